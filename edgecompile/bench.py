@@ -1,0 +1,105 @@
+"""Latency measured through the same Runner an app uses: warm-up, then enough runs for stable
+percentiles. Cold start and peak RSS are measured in a fresh torch-free subprocess."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+
+def latency(runner, feeds: Mapping[str, np.ndarray], *, warmup: int = 10, min_runs: int = 50,
+            max_runs: int = 2000, min_seconds: float = 1.0, threads: int | None = None) -> dict:
+    """p50/p90/p99/mean in milliseconds over at least `min_runs` runs and `min_seconds` seconds."""
+    for _ in range(warmup):
+        runner.run(feeds)
+    samples = []
+    start = time.perf_counter()
+    while len(samples) < max_runs and (len(samples) < min_runs or time.perf_counter() - start < min_seconds):
+        t0 = time.perf_counter()
+        runner.run(feeds)
+        samples.append(time.perf_counter() - t0)
+    ms = np.asarray(samples) * 1e3
+    batch = int(next(iter(feeds.values())).shape[0]) if feeds else 1
+    return {
+        "p50": float(np.percentile(ms, 50)),
+        "p90": float(np.percentile(ms, 90)),
+        "p99": float(np.percentile(ms, 99)),
+        "mean": float(ms.mean()),
+        "min": float(ms.min()),
+        "runs": len(ms),
+        "warmup": warmup,
+        "batch": batch,
+        "threads": threads or os.cpu_count(),
+        "samples": [round(float(v), 4) for v in ms[:1000]],
+    }
+
+
+def bench(bundle_dir: str | Path, *, runs: int = 50, warmup: int = 10, threads: int | None = None,
+          batch: int = 1, min_seconds: float = 1.0) -> dict:
+    """Python API: latency of a bundle on synthetic inputs of the declared shapes."""
+    from edgecompile.runtime import load
+
+    with load(bundle_dir, threads=threads) as runner:
+        feeds = synthetic_feeds(runner.inputs, batch)
+        return latency(runner, feeds, warmup=warmup, min_runs=runs, min_seconds=min_seconds, threads=threads)
+
+
+def synthetic_feeds(inputs, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for spec in inputs:
+        shape = [batch if not isinstance(d, int) or d <= 0 else d for d in spec.shape]
+        dt = np.dtype(spec.dtype)
+        feeds[spec.name] = (rng.random(shape).astype(dt) if dt.kind == "f"
+                            else rng.integers(0, 2, size=shape).astype(dt))
+    return feeds
+
+
+_PROBE = r"""
+import json, resource, sys, time
+t0 = time.perf_counter()
+import numpy as np
+from edgecompile.runtime import load
+t1 = time.perf_counter()
+runner = load(sys.argv[1], threads=int(sys.argv[2]) if sys.argv[2] != "0" else None)
+feeds = {s.name: np.load(sys.argv[3] + "_" + s.name + ".npy") for s in runner.inputs}
+t2 = time.perf_counter()
+runner.run(feeds)
+t3 = time.perf_counter()
+def peak_rss_mb():
+    # VmHWM belongs to this exec'd image; ru_maxrss may carry the forking parent's peak on Linux.
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+print(json.dumps({"import_ms": (t1 - t0) * 1e3, "load_ms": (t2 - t1) * 1e3, "first_run_ms": (t3 - t2) * 1e3,
+                  "cold_start_ms": (t3 - t1) * 1e3,
+                  "peak_rss_mb": peak_rss_mb(),
+                  "torch_imported": "torch" in sys.modules}))
+"""
+
+
+def cold_start(bundle_dir: str | Path, feeds: Mapping[str, np.ndarray], threads: int | None = None,
+               timeout: float = 300) -> dict:
+    """Load + first inference in a fresh process (which also proves the runtime is torch-free)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="edgecompile-probe-") as tmp:
+        prefix = os.path.join(tmp, "feed")
+        for name, arr in feeds.items():
+            np.save(f"{prefix}_{name}.npy", arr)
+        proc = subprocess.run([sys.executable, "-c", _PROBE, str(bundle_dir), str(threads or 0), prefix],
+                              capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        return {"error": f"cold-start probe failed: {tail}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])

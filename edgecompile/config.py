@@ -1,0 +1,198 @@
+"""The build configuration: a validated TOML schema whose tables mirror the CLI flags.
+
+Each table is a frozen dataclass; field metadata carries allowed values. Unknown keys and wrong
+types are ConfigErrors naming the key and what is allowed. `Config.with_overrides` applies
+flags (dotted keys) on top of a file, so a flag always wins over its key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgecompile.errors import ConfigError
+
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "auto")
+
+
+def _choices(*values: str, default: Any) -> Any:
+    return field(default=default, metadata={"choices": values})
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    source: str | None = None
+
+
+@dataclass(frozen=True)
+class BuildSection:
+    target: str = "cpu"
+    backend: str | None = None
+    precision: str | None = _choices(*PRECISIONS, default=None)   # None: the profile's default
+    strict: bool = False
+    force: bool = False
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class DataSection:
+    calibration: str | None = None     # "digits:train[:256]" or a .npz path
+    evaluation: str | None = None      # "digits:test" or a .npz path
+
+
+@dataclass(frozen=True)
+class QuantizeSection:
+    mode: str = _choices("static", "dynamic", "qat", default="static")
+    calibrate: str = _choices("minmax", "entropy", "percentile", default="minmax")
+    calib_samples: int = 256
+    per_channel: bool = True
+    activations: str | None = _choices("uint8", "int8", default=None)   # None: the target's preset
+    weights: str | None = _choices("int8", "uint8", default=None)
+    symmetric_activations: bool | None = None
+    max_accuracy_drop: float | None = None
+    qat_epochs: int = 3
+
+
+@dataclass(frozen=True)
+class PruneSection:
+    ratio: float = 0.0
+    finetune_epochs: int = 3
+    distill: bool = True
+    importance: str = _choices("l1", "l2", default="l1")
+    global_pruning: bool = False
+    iterative_steps: int = 1
+    ignored_layers: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PassesSection:
+    quantize: QuantizeSection = field(default_factory=QuantizeSection)
+    prune: PruneSection = field(default_factory=PruneSection)
+
+
+@dataclass(frozen=True)
+class TvmSection:
+    tune_trials: int = 0
+    tune_timeout: float | None = None   # minutes
+
+
+@dataclass(frozen=True)
+class ReportSection:
+    formats: list[str] = field(default_factory=lambda: ["json", "md"])
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelSection = field(default_factory=ModelSection)
+    build: BuildSection = field(default_factory=BuildSection)
+    data: DataSection = field(default_factory=DataSection)
+    passes: PassesSection = field(default_factory=PassesSection)
+    tvm: TvmSection = field(default_factory=TvmSection)
+    report: ReportSection = field(default_factory=ReportSection)
+
+    # -- construction -------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Config":
+        return _build(cls, data, prefix="")
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "Config":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist", hint="pass an existing TOML file with --config")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}", hint="check the file's syntax") from None
+        return cls.from_dict(data)
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "Config":
+        """Apply dotted-key overrides (e.g. {"build.precision": "int8"}); None values are ignored."""
+        data = self.to_dict()
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            node = data
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        return Config.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _allowed_keys(cls) -> str:
+    return ", ".join(f.name for f in dataclasses.fields(cls))
+
+
+def _build(cls, data: Any, prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"[{prefix.rstrip('.')}] must be a table, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in known:
+            raise ConfigError(
+                f"unknown config key {dotted!r}",
+                hint=f"allowed keys{' in [' + prefix.rstrip('.') + ']' if prefix else ''}: {_allowed_keys(cls)}",
+            )
+        kwargs[key] = _coerce(hints[key], value, dotted, known[key])
+    return cls(**kwargs)
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(tp, value, dotted: str, fld: dataclasses.Field):
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, prefix=dotted + ".")
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        errors = []
+        for arg in args:
+            try:
+                return _coerce(arg, value, dotted, fld)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list) or not all(isinstance(v, item) for v in value):
+            raise ConfigError(f"config key {dotted!r} must be a list of {_type_name(item)}, got {value!r}")
+        return list(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key {dotted!r} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key {dotted!r} must be an integer, got {value!r}")
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key {dotted!r} must be a number, got {value!r}")
+        value = float(value)
+    elif tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key {dotted!r} must be a string, got {value!r}")
+    choices = fld.metadata.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"config key {dotted!r} has invalid value {value!r}", hint=f"allowed values: {', '.join(choices)}")
+    return value
+
+
+def find_default_config(cwd: Path | None = None) -> Path | None:
+    """`edgecompile.toml` in the current directory, if present."""
+    candidate = (cwd or Path.cwd()) / "edgecompile.toml"
+    return candidate if candidate.is_file() else None

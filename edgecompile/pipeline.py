@@ -1,0 +1,308 @@
+"""The build pipeline: source -> module passes -> export (+parity) -> graph passes -> backend
+compile -> bundle (staged) -> evaluate + bench -> report -> atomic commit.
+
+Data flows forward only. Each stage is a function; `build()` wires them and is the Python API
+behind `edgecompile build`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgecompile import registry
+from edgecompile.bundle import Bundle, BundleWriter
+from edgecompile.cache import cache_dir, content_key
+from edgecompile.config import Config
+from edgecompile.data import Dataset, TensorSpec
+from edgecompile.errors import ConfigError, DataError, GateError, TargetUnavailableError
+from edgecompile.machine import machine_info, toolchain_versions
+from edgecompile.passkit import PassContext, PassManager, PassRecord, run_module_passes
+from edgecompile.progress import Progress
+from edgecompile.source import ModelSource, load_data, resolve_source
+from edgecompile.target import BuildContext
+from edgecompile.targets.profiles import get_profile, resolve_backend
+
+
+@dataclass
+class Plan:
+    """Everything decided before any work is done."""
+
+    config: Config
+    source: ModelSource
+    profile: Any
+    backend: str
+    target: Any
+    precision: str
+    calibration: Dataset | None
+    evaluation: Dataset | None
+    train: Dataset | None
+    output: Path
+    classifier: bool
+    options: dict = field(default_factory=dict)
+
+    def bundle_id(self) -> str:
+        return content_key(
+            "bundle/v1", self.source.kind, self.source.fingerprint, self.config.to_dict(), self.backend,
+            self.profile.name, self.precision, toolchain_versions(),
+            None if self.calibration is None else self.calibration.sha256(),
+            None if self.evaluation is None else self.evaluation.sha256(),
+        )
+
+
+def build(model: str | Path | None = None, target: str | None = None, *, output: str | Path | None = None,
+          backend: str | None = None, precision: str | None = None, data: str | Path | None = None,
+          config: Config | str | Path | None = None, strict: bool | None = None, force: bool | None = None,
+          threads: int | None = None, progress: Progress | None = None, **options: Any) -> Bundle:
+    """Build a bundle. Keyword arguments override the config file, which overrides defaults.
+
+    `options` carries Python-API-only extras for passes (e.g. `finetune=callable`,
+    `calibration_data=iterable of feed dicts`).
+    """
+    progress = progress or Progress(quiet=True)
+    cfg = config if isinstance(config, Config) else (Config.from_file(config) if config else Config())
+    cfg = cfg.with_overrides({"model.source": str(model) if model is not None else None,
+                              "build.target": target, "build.backend": backend, "build.precision": precision,
+                              "build.strict": strict, "build.force": force, "build.threads": threads})
+    plan = make_plan(cfg, output=output, data=data, options=options)
+    return execute(plan, progress)
+
+
+def make_plan(cfg: Config, *, output: str | Path | None, data: str | Path | None, options: dict) -> Plan:
+    if not cfg.model.source:
+        raise ConfigError("no model given", hint="pass MODEL (e.g. models/digits) or set [model] source in the config")
+    profile = get_profile(cfg.build.target)
+    backend = resolve_backend(profile, cfg.build.backend)
+    target = registry.get_target(backend)
+    avail = target.check_available()
+    if not avail.ok:
+        raise TargetUnavailableError(f"backend {backend!r} is not available: {avail.reason}",
+                                     hint=avail.hint or f"pip install 'edgecompile[{backend}]'")
+    source = resolve_source(cfg.model.source)
+    precision = cfg.build.precision or profile.default_precision
+    if data is not None:
+        ds_path = str(data)
+        calibration = load_data(cfg.data.calibration or ds_path, source, default=None)
+        evaluation = load_data(cfg.data.evaluation or ds_path, source, default=None)
+    else:
+        calibration = load_data(cfg.data.calibration, source, default=source.default_calibration)
+        evaluation = load_data(cfg.data.evaluation, source, default=source.default_evaluation)
+    train = source.dataset(source.train_split) if source.kind == "torch" and source.train_split else None
+    out = Path(output) if output else Path(f"{source.name}-{profile.name}-{backend}-{precision}")
+    return Plan(cfg, source, profile, backend, target, precision, calibration, evaluation, train, out,
+                classifier=_is_classifier(source), options=options)
+
+
+def _is_classifier(source) -> bool:
+    if source.metric in ("top1", "top1_agreement"):
+        return True
+    out = source.outputs
+    return False if not out else source.metric not in ("mse", "mae")
+
+
+# -- stages ---------------------------------------------------------------------------------------
+
+def reference_outputs(plan: Plan, module) -> np.ndarray | None:
+    """FP32 reference on the evaluation set: torch for torch sources, ORT on the source ONNX otherwise."""
+    ds = plan.evaluation
+    if ds is None:
+        return None
+    if plan.source.kind == "torch":
+        from edgecompile.training import predict
+
+        return predict(module, ds)[0]
+    from edgecompile.targets.ort import ort_outputs
+
+    return ort_outputs(plan.source.path.read_bytes(), ds.batches(64))[0]
+
+
+def module_passes(plan: Plan) -> list:
+    """Module passes (torch, before export) the config asks for, in order."""
+    passes = []
+    prune = plan.config.passes.prune
+    if prune.ratio:
+        passes.append(registry.get_pass("prune")(prune))
+    if plan.precision == "int8" and plan.config.passes.quantize.mode == "qat":
+        passes.append(registry.get_pass("qat")(plan.config.passes.quantize))
+    return passes
+
+
+def graph_passes(plan: Plan) -> list:
+    """Graph passes (ONNX) for this plan. Precision passes are added by the precision stage."""
+    return [registry.get_pass("simplify")()]
+
+
+def load_onnx(plan: Plan):
+    import onnx_ir as ir
+
+    return ir.load(str(plan.source.path))
+
+
+def execute(plan: Plan, progress: Progress) -> Bundle:
+    t_start = time.perf_counter()
+    cfg = plan.config
+    progress.info(f"edgecompile build {plan.source.name} -> target {plan.profile.name} "
+                  f"(backend {plan.backend}, precision {plan.precision})")
+    records: list[PassRecord] = []
+    ctx = PassContext(config=cfg, profile=plan.profile, backend=plan.backend, source=plan.source,
+                      calibration=plan.calibration, evaluation=plan.evaluation, train=plan.train,
+                      cache=cache_dir(), progress=progress, options=plan.options)
+    parity = None
+    module = None
+    if plan.source.kind == "torch":
+        with progress.step("load", plan.source.name):
+            module = plan.source.module()
+        reference = reference_outputs(plan, module)
+        mpasses = module_passes(plan)
+        if mpasses:
+            import copy
+
+            with progress.step("module passes", ", ".join(p.name for p in mpasses)):
+                module = run_module_passes(mpasses, copy.deepcopy(module), ctx, records)
+        from edgecompile.export import check_parity, export_torch
+
+        example = plan.evaluation or plan.calibration or plan.train
+        with progress.step("export", "torch -> ONNX (dynamo)"):
+            model = export_torch(module, plan.source, example)
+        with progress.step("parity", "ONNX vs torch"):
+            parity = check_parity(model, module, example, plan.source.outputs, plan.classifier)
+    else:
+        with progress.step("load", str(plan.source.path)):
+            model = load_onnx(plan)
+            reference = reference_outputs(plan, None)
+
+    evaluator = _onnx_evaluator(plan, reference)
+    ctx.evaluator = evaluator
+    with progress.step("passes", ", ".join(p.name for p in graph_passes(plan))):
+        pm = PassManager(graph_passes(plan))
+        model = pm.run(model, ctx)
+        records.extend(pm.records)
+
+    from edgecompile import precision as precision_stage
+
+    model, achieved, precision_notes = precision_stage.apply(plan, model, ctx, records, progress)
+
+    writer = BundleWriter(plan.output)
+    try:
+        bctx = BuildContext(writer=writer, profile=plan.profile, config=cfg, precision=achieved,
+                            source=plan.source, calibration=plan.calibration, threads=cfg.build.threads,
+                            progress=progress, options=plan.options)
+        with progress.step("compile", plan.backend):
+            artifacts = plan.target.compile(model, bctx)
+        for rel, role in artifacts.files.items():
+            writer.add_artifact(rel, role)
+        manifest = writer.write_manifest(_manifest(plan, model, achieved, records, artifacts, parity))
+        staged = Bundle(writer.staging, manifest)
+
+        from edgecompile import report as report_mod
+
+        with progress.step("evaluate", "task metric + latency"):
+            measured = measure(plan, staged, reference)
+        rep = report_mod.build_report(plan, manifest, measured, records, parity, precision_notes,
+                                      progress, time.perf_counter() - t_start)
+        report_mod.write_reports(writer, rep, cfg.report.formats)
+        _gate_precision(plan, achieved, precision_notes, progress)
+        final = writer.commit()
+    finally:
+        writer.abort()
+    return Bundle(final, manifest)
+
+
+def _gate_precision(plan: Plan, achieved: str, notes: dict, progress: Progress) -> None:
+    if achieved == plan.precision or plan.precision == "auto":
+        return
+    msg = (f"requested precision {plan.precision} was not met: shipping {achieved} "
+           f"({notes.get('reason', 'see report')})")
+    progress.warn(msg)
+    if plan.config.build.strict:
+        raise GateError(msg, hint="drop --strict to ship the fallback, or --force to ship the requested precision")
+
+
+def _onnx_evaluator(plan: Plan, reference: np.ndarray | None):
+    """Task metric of an ONNX graph (through ORT) on the evaluation set — for pass instruments."""
+    if plan.evaluation is None or reference is None:
+        return None
+    import onnx_ir as ir
+
+    from edgecompile.evaluate import choose_metric, compare
+    from edgecompile.targets.ort import ort_outputs
+
+    ds = plan.evaluation.take(512)
+    ref = reference[:len(ds)]
+    metric = choose_metric(plan.source.metric, ds, plan.classifier)
+
+    def evaluate_graph(model) -> float:
+        out = ort_outputs(ir.to_proto(model).SerializeToString(), ds.batches(128))[0]
+        return compare(out, ref, ds, metric, "fp32").candidate
+
+    return evaluate_graph
+
+
+def measure(plan: Plan, bundle: Bundle, reference: np.ndarray | None) -> dict:
+    """Accuracy (task metric vs reference) and latency through the runtime's Runner."""
+    from edgecompile.bench import cold_start, latency, synthetic_feeds
+    from edgecompile.evaluate import choose_metric, compare, run_outputs
+
+    out: dict[str, Any] = {}
+    if not bundle.manifest.get("runs_on_host", True):
+        out["skipped"] = (f"the bundle is for {bundle.manifest['profile']['arch']}; this host cannot run it "
+                          "(measure on the device, e.g. `edgecompile bench --remote`)")
+        return out
+    threads = plan.config.build.threads
+    runner = plan.target.load(bundle, threads=threads)
+    with runner:
+        if plan.evaluation is not None and reference is not None:
+            cand = run_outputs(runner, plan.evaluation)
+            metric = choose_metric(plan.source.metric, plan.evaluation, plan.classifier)
+            ref_name = "torch fp32" if plan.source.kind == "torch" else "source onnx (ORT fp32)"
+            out["accuracy"] = compare(cand, reference, plan.evaluation, metric, ref_name)
+        if plan.evaluation is not None:
+            feeds = {k: v[:1] for k, v in next(plan.evaluation.batches(1)).items()}
+        else:
+            feeds = synthetic_feeds(runner.inputs, 1)
+        out["latency"] = latency(runner, feeds, threads=threads)
+    out["cold_start"] = cold_start(bundle.path, feeds, threads)
+    return out
+
+
+def _manifest(plan: Plan, model, precision: str, records, artifacts, parity) -> dict:
+    import onnx_ir as ir
+
+    from edgecompile import __version__
+
+    def specs(values) -> list[dict]:
+        res = []
+        for v in values:
+            shape = tuple(d if isinstance(d, int) else str(d) for d in (v.shape or ()))
+            dtype = v.dtype.numpy().name if v.dtype is not None else "float32"
+            res.append(TensorSpec(v.name, shape, dtype).to_dict())
+        return res
+
+    opsets = dict(model.opset_imports)
+    return {
+        "bundle_id": plan.bundle_id(),
+        "created_by": f"edgecompile {__version__}",
+        "model": {"name": plan.source.name, "kind": plan.source.kind, "fingerprint": plan.source.fingerprint,
+                  "opset": opsets.get("", None)},
+        "target": plan.profile.name,
+        "backend": plan.backend,
+        "profile": {"name": plan.profile.name, "description": plan.profile.description, "arch": plan.profile.arch},
+        "precision": precision,
+        "requested_precision": plan.precision,
+        "inputs": specs(model.graph.inputs),
+        "outputs": specs(model.graph.outputs),
+        "preprocessing": plan.source.preprocessing,
+        "labels": plan.source.class_labels,
+        "metric": plan.source.metric,
+        "passes": [{"name": r.name, "kind": r.kind, "options": r.options, "modified": r.modified} for r in records],
+        "backend_options": artifacts.backend_options,
+        "config": plan.config.to_dict(),
+        "data": {"calibration": plan.calibration.describe() if plan.calibration is not None else None,
+                 "evaluation": plan.evaluation.describe() if plan.evaluation is not None else None},
+        "toolchain": toolchain_versions(),
+        "measured_on": machine_info(),
+        "runs_on_host": plan.profile.arch == machine_info()["cpu"]["arch"],
+    }

@@ -1,0 +1,123 @@
+"""The torch-free runtime: `load(bundle_dir) -> Runner`.
+
+Imports only numpy, the bundle reader and the backend's own runtime (onnxruntime, openvino,
+tvm runtime, tensorrt) — never torch, never pickle. `load` verifies the manifest's schema and
+every artifact's sha256 before anything is executed.
+
+Runners are context managers with `.inputs` / `.outputs` (TensorSpec lists), `.run(feeds)`
+returning {output name: array}, and `runner(array)` for single-input models. `run` is safe to
+call from several threads. Inputs are validated (names, dtypes, ranks, static dimensions); a
+float input containing NaN/inf is *warned about* (once per runner, RuntimeWarning) and run.
+"""
+from __future__ import annotations
+
+import threading
+import warnings
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from edgecompile.bundle import Bundle
+from edgecompile.data import TensorSpec
+from edgecompile.errors import BundleError, ConfigError, DataError
+
+
+class Runner:
+    """Base class: validation, locking and the calling conventions. Backends implement `_run`."""
+
+    thread_safe = True         # backends whose engine is not re-entrant set False (a lock is used)
+
+    def __init__(self, inputs: list[TensorSpec], outputs: list[TensorSpec], *, bundle: Bundle | None = None,
+                 validate: bool = True):
+        self.inputs = inputs
+        self.outputs = outputs
+        self.bundle = bundle
+        self.validate = validate
+        self._names = [s.name for s in inputs]
+        self._dtypes = {s.name: np.dtype(s.dtype) for s in inputs}
+        self._lock = None if self.thread_safe else threading.Lock()
+        self._warned_nonfinite = False
+        self.closed = False
+
+    # -- backend hooks ---------------------------------------------------------------------
+    def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        pass
+
+    # -- public API --------------------------------------------------------------------------
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.closed:
+            raise BundleError("runner is closed", hint="load the bundle again")
+        if self.validate:
+            self._check(feeds)
+        if self._lock is None:
+            outs = self._run(dict(feeds))
+        else:
+            with self._lock:
+                outs = self._run(dict(feeds))
+        return {spec.name: out for spec, out in zip(self.outputs, outs)}
+
+    def __call__(self, *arrays: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
+        if len(arrays) != len(self.inputs):
+            raise DataError(f"model takes {len(self.inputs)} input(s) ({', '.join(self._names)}), got {len(arrays)}",
+                            hint="use runner.run({name: array}) for several inputs")
+        outs = self.run(dict(zip(self._names, arrays)))
+        values = tuple(outs.values())
+        return values[0] if len(values) == 1 else values
+
+    def close(self) -> None:
+        if not self.closed:
+            self._close()
+            self.closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- validation ----------------------------------------------------------------------------
+    def _check(self, feeds: Mapping[str, np.ndarray]) -> None:
+        if len(feeds) != len(self._names) or any(n not in feeds for n in self._names):
+            missing = [n for n in self._names if n not in feeds]
+            extra = [n for n in feeds if n not in self._dtypes]
+            raise DataError(
+                "wrong input names: " + "; ".join(filter(None, [
+                    f"missing {missing}" if missing else "", f"unexpected {extra}" if extra else ""])),
+                hint=f"the model's inputs are {self._names}")
+        for spec in self.inputs:
+            arr = feeds[spec.name]
+            if not isinstance(arr, np.ndarray):
+                raise DataError(f"input {spec.name!r} must be a numpy array, got {type(arr).__name__}",
+                                hint="wrap it with numpy.asarray(..., dtype=...)")
+            if arr.dtype != self._dtypes[spec.name]:
+                raise DataError(f"input {spec.name!r} has dtype {arr.dtype}, the model expects {spec.dtype}",
+                                hint=f"convert with array.astype('{spec.dtype}')")
+            if arr.ndim != len(spec.shape) or any(
+                    isinstance(d, int) and d != a for d, a in zip(spec.shape, arr.shape)):
+                raise DataError(f"input {spec.name!r} has shape {list(arr.shape)}, the model expects {list(spec.shape)}",
+                                hint="named dimensions (e.g. 'batch') may take any size; the others must match")
+            if not self._warned_nonfinite and arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                self._warned_nonfinite = True
+                warnings.warn(f"input {spec.name!r} contains NaN or infinite values; outputs will be meaningless",
+                              RuntimeWarning, stacklevel=3)
+
+
+def load(path: str | Path, *, threads: int | None = None, verify: bool = True, validate: bool = True) -> Runner:
+    """Open a bundle directory, verify it, and return a Runner for its backend."""
+    bundle = Bundle.open(path, verify=verify)
+    from edgecompile import registry
+
+    try:
+        target = registry.get_target(bundle.backend)
+    except ConfigError:
+        raise BundleError(f"{path}: bundle needs backend {bundle.backend!r}, which this installation does not have",
+                          hint=f"install edgecompile[{bundle.backend}] on this device") from None
+    avail = target.check_available()
+    if not avail.ok:
+        raise BundleError(f"{path}: backend {bundle.backend!r} cannot run here: {avail.reason}",
+                          hint=avail.hint or f"install edgecompile[{bundle.backend}]")
+    return target.load(bundle, threads=threads, validate=validate)

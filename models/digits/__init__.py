@@ -1,0 +1,87 @@
+"""The built-in default: a small CNN on scikit-learn's 8x8 digits, trained in seconds.
+
+Contract: input `input` float32 [N, 1, 8, 8], pixels scaled to [0, 1] (0-16 divided by 16);
+output `logits` [N, 10]; fixed stratified split (seed 0, 20 % test); metric top-1.
+"""
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from edgecompile.data import Dataset, TensorSpec
+from edgecompile.source import TorchModelSource
+
+SEED = 0
+EPOCHS = 30
+_HERE = Path(__file__).resolve().parent
+
+
+@lru_cache(maxsize=None)
+def _arrays():
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = (digits.images.astype(np.float32) / 16.0)[:, None, :, :]
+    y = digits.target.astype(np.int64)
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.2, random_state=SEED, stratify=y)
+    return {"train": (np.ascontiguousarray(x_tr), y_tr), "test": (np.ascontiguousarray(x_te), y_te)}
+
+
+def load_split(split: str) -> Dataset:
+    if split == "calibration":
+        x, y = _arrays()["train"]
+        return Dataset("digits:calibration", {"input": x[:256]}, y[:256])
+    x, y = _arrays()[split]
+    return Dataset(f"digits:{split}", {"input": x}, y)
+
+
+def _fingerprint() -> str:
+    h = hashlib.sha256()
+    for name in ("__init__.py", "model.py"):
+        h.update((_HERE / name).read_bytes())
+    return h.hexdigest()
+
+
+def create():
+    """The trained DigitsNet (cached by definition hash and torch version)."""
+    import torch
+
+    from edgecompile.cache import content_key, subdir
+    from edgecompile.training import deterministic, train_classifier
+
+    from .model import DigitsNet
+
+    key = content_key("digits", _fingerprint(), torch.__version__, EPOCHS, SEED)[:24]
+    path = subdir("models") / f"digits-{key}.pt"
+    model = DigitsNet()
+    if path.is_file():
+        model.load_state_dict(torch.load(path, weights_only=True))
+        return model.eval()
+    with deterministic(SEED):
+        train_classifier(model, load_split("train"), epochs=EPOCHS, lr=1e-2, seed=SEED)
+    tmp = path.with_suffix(f".tmp{id(model)}")
+    torch.save(model.state_dict(), tmp)
+    tmp.replace(path)
+    return model.eval()
+
+
+def source() -> TorchModelSource:
+    return TorchModelSource(
+        name="digits",
+        create=create,
+        inputs=[TensorSpec("input", ("batch", 1, 8, 8), "float32")],
+        outputs=["logits"],
+        load_split=load_split,
+        splits=("train", "calibration", "test"),
+        metric="top1",
+        default_calibration="digits:calibration",
+        default_evaluation="digits:test",
+        train_split="train",
+        preprocessing={"layout": "NCHW", "scale": 1 / 16, "source_range": [0, 16], "range": [0.0, 1.0]},
+        class_labels=[str(i) for i in range(10)],
+        fingerprint=_fingerprint(),
+    )

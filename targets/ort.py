@@ -1,0 +1,110 @@
+"""ONNX Runtime on CPU.
+
+Portability: the bundle stores the ONNX graph as our passes left it (standard ONNX ops only).
+ORT's fully optimized offline models contain layout transforms (NCHWc) and fused kernels chosen
+for the build CPU, so we do *not* save at that level; the full level (ORT_ENABLE_ALL) is applied
+when the runtime creates the session on the device.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from edgecompile.data import TensorSpec
+from edgecompile.errors import CompileError
+from edgecompile.runtime import Runner
+from edgecompile.target import Artifacts, Availability, BuildContext
+
+MODEL_FILE = "model.onnx"
+
+
+def _ort():
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)
+    return onnxruntime
+
+
+def session_options(threads: int | None, level: str = "all"):
+    ort = _ort()
+    so = ort.SessionOptions()
+    so.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[level]
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return so
+
+
+def create_session(model: str | bytes, threads: int | None = None, level: str = "all"):
+    ort = _ort()
+    return ort.InferenceSession(model, sess_options=session_options(threads, level),
+                                providers=["CPUExecutionProvider"])
+
+
+class OrtRunner(Runner):
+    thread_safe = True   # InferenceSession.run is thread-safe
+
+    def __init__(self, session, inputs, outputs, **kw):
+        super().__init__(inputs, outputs, **kw)
+        self.session = session
+        self._out_names = [o.name for o in outputs]
+
+    def _run(self, feeds):
+        return self.session.run(self._out_names, feeds)
+
+    def _close(self):
+        self.session = None
+
+
+class OrtTarget:
+    name = "ort"
+
+    def check_available(self) -> Availability:
+        try:
+            ort = _ort()
+        except ImportError as exc:
+            return Availability(False, f"onnxruntime is not installed ({exc})", hint="pip install onnxruntime")
+        return Availability(True, f"onnxruntime {ort.__version__}")
+
+    def compile(self, model, ctx: BuildContext) -> Artifacts:
+        import onnx_ir as ir
+
+        path = ctx.writer.path(MODEL_FILE)
+        proto = ir.to_proto(model)
+        data = proto.SerializeToString()
+        try:
+            create_session(data, threads=ctx.threads)        # must load and plan on this ORT
+        except Exception as exc:
+            raise CompileError(f"ONNX Runtime cannot load the model: {_first_line(exc)}",
+                               hint="an op or opset this onnxruntime cannot run; try another backend or opset") from None
+        path.write_bytes(data)
+        return Artifacts(files={MODEL_FILE: "model"},
+                         backend_options={"graph_optimization_level_at_load": "all",
+                                          "stored_level": "as exported + edgecompile passes (portable)",
+                                          "providers": ["CPUExecutionProvider"]})
+
+    def load(self, bundle, *, threads: int | None = None, validate: bool = True) -> OrtRunner:
+        session = create_session(str(bundle.artifact("model")), threads=threads)
+        inputs = [TensorSpec.from_dict(d) for d in bundle.manifest["inputs"]]
+        outputs = [TensorSpec.from_dict(d) for d in bundle.manifest["outputs"]]
+        return OrtRunner(session, inputs, outputs, bundle=bundle, validate=validate)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else exc.__class__.__name__
+
+
+def ort_outputs(model_bytes: bytes, feeds_iter, threads: int | None = None) -> list[np.ndarray]:
+    """Run an ONNX model (bytes) over batches of feeds with ORT; outputs concatenated per output."""
+    sess = create_session(model_bytes, threads=threads)
+    outs = None
+    for feeds in feeds_iter:
+        res = sess.run(None, feeds)
+        outs = [[r] for r in res] if outs is None else [o + [r] for o, r in zip(outs, res)]
+    return [np.concatenate(o) for o in outs]
