@@ -5,7 +5,6 @@ output `logits` [N, 10]; fixed stratified split (seed 0, 20 % test); metric top-
 """
 from __future__ import annotations
 
-import hashlib
 from functools import lru_cache
 from pathlib import Path
 
@@ -14,9 +13,12 @@ import numpy as np
 from edgecompile.data import Dataset, TensorSpec
 from edgecompile.source import TorchModelSource
 
+from .._common import fingerprint
+
 SEED = 0
 EPOCHS = 30
 _HERE = Path(__file__).resolve().parent
+_FILES = (_HERE / "__init__.py", _HERE / "model.py")
 
 
 @lru_cache(maxsize=None)
@@ -39,34 +41,18 @@ def load_split(split: str) -> Dataset:
     return Dataset(f"digits:{split}", {"input": x}, y)
 
 
-def _fingerprint() -> str:
-    h = hashlib.sha256()
-    for name in ("__init__.py", "model.py"):
-        h.update((_HERE / name).read_bytes())
-    return h.hexdigest()
-
-
 def create():
-    """The trained DigitsNet (cached by definition hash and torch version)."""
-    import torch
-
-    from edgecompile.cache import content_key, subdir
+    """The trained DigitsNet (weights cached by definition hash and torch version)."""
     from edgecompile.training import deterministic, train_classifier
 
+    from .._common import cached_module, fingerprint
     from .model import DigitsNet
 
-    key = content_key("digits", _fingerprint(), torch.__version__, EPOCHS, SEED)[:24]
-    path = subdir("models") / f"digits-{key}.pt"
-    model = DigitsNet()
-    if path.is_file():
-        model.load_state_dict(torch.load(path, weights_only=True))
-        return model.eval()
-    with deterministic(SEED):
-        train_classifier(model, load_split("train"), epochs=EPOCHS, lr=1e-2, seed=SEED)
-    tmp = path.with_suffix(f".tmp{id(model)}")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(path)
-    return model.eval()
+    def train(model):
+        with deterministic(SEED):
+            train_classifier(model, load_split("train"), epochs=EPOCHS, lr=1e-2, seed=SEED)
+
+    return cached_module("digits", (fingerprint(*_FILES), EPOCHS, SEED), DigitsNet, train)
 
 
 def source() -> TorchModelSource:
@@ -83,5 +69,5 @@ def source() -> TorchModelSource:
         train_split="train",
         preprocessing={"layout": "NCHW", "scale": 1 / 16, "source_range": [0, 16], "range": [0.0, 1.0]},
         class_labels=[str(i) for i in range(10)],
-        fingerprint=_fingerprint(),
+        fingerprint=fingerprint(*_FILES),
     )
