@@ -76,11 +76,18 @@ def make_plan(cfg: Config, *, output: str | Path | None, data: str | Path | None
         raise ConfigError("no model given", hint="pass MODEL (e.g. models/digits) or set [model] source in the config")
     profile = get_profile(cfg.build.target)
     backend = resolve_backend(profile, cfg.build.backend)
-    target = registry.get_target(backend)
+    if backend == "auto":
+        from edgecompile.autochoice import AutoBackend
+
+        target = AutoBackend(profile)
+    else:
+        target = registry.get_target(backend)
     avail = target.check_available()
     if not avail.ok:
         raise TargetUnavailableError(f"backend {backend!r} is not available: {avail.reason}",
                                      hint=avail.hint or f"pip install 'edgecompile[{backend}]'")
+    if hasattr(target, "check_config"):      # e.g. an OpenVINO device this machine does not have
+        target.check_config(cfg)
     source = resolve_source(cfg.model.source)
     precision = cfg.build.precision or profile.default_precision
     if data is not None:
@@ -183,18 +190,32 @@ def execute(plan: Plan, progress: Progress) -> Bundle:
 
     from edgecompile import precision as precision_stage
 
-    model, achieved, precision_notes = precision_stage.apply(plan, model, ctx, records, progress)
+    choice = chosen = None
+    if plan.backend == "auto":
+        from edgecompile import autochoice
+
+        plan, model, achieved, precision_notes, choice, chosen = autochoice.run(
+            plan, model, ctx, records, progress, reference)
+    else:
+        model, achieved, precision_notes = precision_stage.apply(plan, model, ctx, records, progress)
 
     writer = BundleWriter(plan.output)
     try:
         bctx = BuildContext(writer=writer, profile=plan.profile, config=cfg, precision=achieved,
                             source=plan.source, calibration=plan.calibration, threads=cfg.build.threads,
                             progress=progress, options=plan.options)
-        with progress.step("compile", plan.backend):
-            artifacts = plan.target.compile(model, bctx)
+        if chosen is not None:      # ship the very bytes that were measured
+            artifacts = autochoice.copy_into(chosen, writer)
+            autochoice.cleanup(chosen)
+        else:
+            with progress.step("compile", plan.backend):
+                artifacts = plan.target.compile(model, bctx)
         for rel, role in artifacts.files.items():
             writer.add_artifact(rel, role)
-        manifest = writer.write_manifest(_manifest(plan, model, achieved, records, artifacts, parity))
+        man = _manifest(plan, model, achieved, records, artifacts, parity)
+        if choice is not None:
+            man["autochoice"] = choice
+        manifest = writer.write_manifest(man)
         staged = Bundle(writer.staging, manifest)
 
         from edgecompile import report as report_mod
@@ -208,6 +229,8 @@ def execute(plan: Plan, progress: Progress) -> Bundle:
         final = writer.commit()
     finally:
         writer.abort()
+        if chosen is not None:
+            autochoice.cleanup(chosen)
     return Bundle(final, manifest)
 
 

@@ -41,6 +41,7 @@ def build_report(plan, manifest: dict, measured: dict, records, parity, precisio
         "steps_seconds": dict(progress.timings),
         "warnings": list(progress.warnings),
         "skipped": measured.get("skipped"),
+        "backend_choice": manifest.get("autochoice"),
     }
 
 
@@ -66,7 +67,9 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
     acc, lat = report.get("accuracy"), report.get("latency_ms")
     rows = [
         ("model", report["model"]),
-        ("target / backend", f"{report['target']} / {report['backend']}"),
+        ("target / backend", f"{report['target']} / {report['backend']}" + (
+            f" (auto: fastest of {sum(1 for c in report['backend_choice']['candidates'] if c['p50_ms'])} measured,"
+            " see report.md)" if report.get("backend_choice") else "")),
         ("precision", report["precision"] + ("" if report["precision"] == report["requested_precision"]
                                              else f" (requested {report['requested_precision']})")),
     ]
@@ -108,6 +111,10 @@ def render_md(report: dict) -> str:
         lines += ["## Warnings", ""] + [f"- **{w}**" for w in report["warnings"]] + [""]
     lines += ["## Summary", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in summary_rows(report)]
+    if report.get("backend_choice"):
+        from edgecompile.autochoice import render_md as choice_md
+
+        lines += [""] + choice_md(report["backend_choice"])
     if report.get("passes"):
         lines += ["", "## Passes", "", "| pass | kind | time (s) | nodes | size (KiB) | metric delta | notes |",
                   "|---|---|---|---|---|---|---|"]
