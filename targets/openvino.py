@@ -20,6 +20,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import numpy as np
+
 from edgecompile.data import TensorSpec
 from edgecompile.errors import BundleError, CompileError, TargetUnavailableError
 from edgecompile.runtime import Runner
@@ -122,7 +124,7 @@ class OpenVinoRunner(Runner):
         self._ports = [compiled.output(o.name) for o in outputs]
 
     def _run(self, feeds):
-        res = self.request.infer(feeds)
+        res = self.request.infer({k: np.ascontiguousarray(v) for k, v in feeds.items()}, share_inputs=True)
         return [res[p] for p in self._ports]
 
     def _close(self):
@@ -224,8 +226,6 @@ def _first_line(exc: Exception) -> str:
 
 def ov_outputs(model_path: str, feeds_iter, precision: str = "fp32", threads: int | None = None):
     """Run an ONNX/IR file with OpenVINO on CPU over batches of feeds (for benchmarks and peers)."""
-    import numpy as np
-
     compiled = core().compile_model(core().read_model(model_path), "CPU",
                                     compile_config(precision, threads, "LATENCY", None))
     req = compiled.create_infer_request()
