@@ -345,7 +345,8 @@ def run(plan, model, ctx, records, progress, reference):
             cleanup(r)
     records.extend(chosen.candidate.records)
     progress.info(f"auto: chose {chosen.backend} {chosen.precision} ({chosen.reason})")
-    return chosen.candidate.plan, chosen.candidate.model, chosen.precision, notes, choice, chosen
+    shipped = dataclasses.replace(chosen.candidate.plan, precision=plan.precision)   # keep the request
+    return shipped, chosen.candidate.model, chosen.precision, notes, choice, chosen
 
 
 def copy_into(row: Row, writer) -> Any:
