@@ -229,6 +229,8 @@ def interleaved_latency(runners, feeds, *, rounds: int = 7, round_seconds: float
         for j in range(n):
             k = (j + rnd) % n
             r, samples = runners[k], out[k]
+            for _ in range(2):           # unrecorded: let the previous engine's spinning threads settle
+                r.run(feeds)
             for _ in range(counts[k]):
                 t0 = time.perf_counter()
                 r.run(feeds)
