@@ -130,3 +130,28 @@ def test_unavailable_openvino_device_only_removes_that_candidate():
     assert backends["ort"] == (True, "")
     assert backends["openvino"][0] is False and "not available" in backends["openvino"][1]
     assert backends["tvm"][0] is False
+
+
+def _has_quantize():
+    from edgecompile import registry
+
+    return registry.has_pass("quantize")
+
+
+@pytest.mark.skipif(not _has_quantize(), reason="the quantize pass (int8 QDQ) is not in this tree yet")
+def test_int8_candidates_span_backends_with_fp32_fallbacks(digits_onnx, tmp_path):
+    onnx, npz = digits_onnx
+    b = edgecompile.build(onnx, target="cpu", precision="int8", output=tmp_path / "b", data=npz)
+    choice = b.manifest["autochoice"]
+    rows = {(c["backend"], c["precision"]): c for c in choice["candidates"]}
+    assert {("ort", "fp32"), ("openvino", "fp32"), ("ort", "int8"), ("openvino", "int8")} <= set(rows)
+    for c in rows.values():                      # each int8 row was measured, or says why it was not
+        assert c["p50_ms"] is not None or (c["status"] == "failed" and c["reason"])
+    chosen = [c for c in rows.values() if c["status"] == "chosen"][0]
+    base = rows[("ort", "fp32")]
+    assert chosen["p50_ms"] <= base["p50_ms"]    # never slower than ORT fp32 on the machine it was chosen on
+    assert (b.manifest["backend"], b.manifest["precision"]) == (chosen["backend"], chosen["precision"])
+    if chosen["precision"] == "int8":
+        assert chosen["accuracy_drop"] <= choice["bound"]
+    else:
+        assert b.report()["precision_notes"]["reason"].startswith("no int8 candidate met the bound")

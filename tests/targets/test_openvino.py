@@ -123,3 +123,20 @@ def test_runtime_warns_when_the_cpu_features_differ(ov_fp32, tmp_path):
     (dest / "manifest.json").write_text(json.dumps(m))
     with pytest.warns(RuntimeWarning, match="measured on a CPU with other features"):
         edgecompile.runtime.load(dest).close()
+
+
+def _has_quantize():
+    from edgecompile import registry
+
+    return registry.has_pass("quantize")
+
+
+@pytest.mark.skipif(not _has_quantize(), reason="the quantize pass (int8 QDQ) is not in this tree yet")
+def test_int8_reads_the_qdq_graph_and_keeps_the_rest_f32(digits_onnx, tmp_path):
+    b = _build(digits_onnx, tmp_path / "int8", precision="int8", force=True)
+    assert b.manifest["precision"] == "int8" and "int8" in ovt.OpenVinoTarget().precisions
+    assert b.manifest["backend_options"]["config"]["INFERENCE_PRECISION_HINT"] == "f32"
+    xml = (b.path / "model.xml").read_text()
+    assert "FakeQuantize" in xml or 'element_type="u8"' in xml or 'element_type="i8"' in xml
+    acc = b.report()["accuracy"]
+    assert acc["n"] == 360 and acc["delta"] is not None
