@@ -193,6 +193,10 @@ def measure_candidates(plan, candidates: list[Candidate], reference, progress, *
         except EdgeCompileError as exc:
             row.status, row.reason = "failed", exc.message
             continue
+        except Exception as exc:     # an engine refusing one candidate must not end the whole choice
+            text = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
+            row.status, row.reason = "failed", f"{cand.backend} could not build or load it: {text}"
+            continue
         runners.append((row, runner))
         if plan.evaluation is not None and reference is not None:
             metric = choose_metric(plan.source.metric, plan.evaluation, plan.classifier)
