@@ -146,17 +146,19 @@ def main() -> None:
     else:
         tmp = tempfile.TemporaryDirectory(prefix="edgecompile-bench-")
         work = Path(tmp.name)
+    tv = toolchain_versions()
+    head = (f"CPU: {cpu['model']} ({cpu['cores']} cores); flags: {' '.join(cpu['flags'])}\n"
+            f"onnxruntime {tv.get('onnxruntime')}, openvino {tv.get('openvino')}; batch 1; threads "
+            f"{args.threads or 'default'}; {args.rounds} interleaved rounds\n\n"
+            "| model | runtime | p50 ms | p99 ms | speedup vs ORT fp32 bundle | accuracy |\n|---|---|---|---|---|---|")
     rows = []
     for name in args.models.split(","):
-        rows += bench_model(name.strip(), work, args.rounds, args.round_seconds, args.threads)
-    tv = toolchain_versions()
-    print(f"\nCPU: {cpu['model']} ({cpu['cores']} cores); flags: {' '.join(cpu['flags'])}")
-    print(f"onnxruntime {tv.get('onnxruntime')}, openvino {tv.get('openvino')}; batch 1; threads "
-          f"{args.threads or 'default'}; {args.rounds} interleaved rounds")
-    print("\n| model | runtime | p50 ms | p99 ms | speedup vs ORT fp32 bundle | accuracy |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['model']} | {r['what']} | {r['p50']:.3f} | {r['p99']:.3f} | {r['ratio']:.2f}x | {r['acc']} |")
+        new = bench_model(name.strip(), work, args.rounds, args.round_seconds, args.threads)
+        rows += new
+        print("\n" + head)           # each model's table as soon as it is done, all of them at the end
+        for r in (rows if name == args.models.split(",")[-1] else new):
+            print(f"| {r['model']} | {r['what']} | {r['p50']:.3f} | {r['p99']:.3f} | {r['ratio']:.2f}x | {r['acc']} |",
+                  flush=True)
     if tmp:
         tmp.cleanup()
 

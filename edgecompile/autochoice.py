@@ -35,9 +35,8 @@ class AutoBackend:
 
     name = "auto"
 
-    def __init__(self, profile, plan_probe=None):
+    def __init__(self, profile):
         self.profile = profile
-        self._probe = plan_probe
 
     def backends(self, plan=None) -> list[tuple[str, Any, str]]:
         """[(name, target, why excluded or '')] for every backend the profile lists."""

@@ -223,15 +223,3 @@ def _first_line(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:300] if text else exc.__class__.__name__
 
-
-def ov_outputs(model_path: str, feeds_iter, precision: str = "fp32", threads: int | None = None):
-    """Run an ONNX/IR file with OpenVINO on CPU over batches of feeds (for benchmarks and peers)."""
-    compiled = core().compile_model(core().read_model(model_path), "CPU",
-                                    compile_config(precision, threads, "LATENCY", None))
-    req = compiled.create_infer_request()
-    outs = None
-    for feeds in feeds_iter:
-        res = req.infer(feeds)
-        vals = [res[p] for p in compiled.outputs]
-        outs = [[v] for v in vals] if outs is None else [o + [v] for o, v in zip(outs, vals)]
-    return [np.concatenate(o) for o in outs]
