@@ -23,8 +23,9 @@ import numpy as np
 from edgecompile.errors import EdgeCompileError
 from edgecompile.target import Availability
 
-# Backends that are always worth measuring when installed; others opt in with
-# `auto_candidate(plan) -> Availability` (e.g. TVM only when its tuning database is warm).
+# Backends that are always worth measuring when installed; others opt in by defining
+# `auto_candidate(model, plan) -> Availability`, asked with each prepared graph (e.g. TVM: ok only
+# when its tuning database for that graph and target is warm, so auto never starts a long tuning).
 ALWAYS = ("ort", "openvino")
 BASELINE = ("ort", "fp32")
 DEFAULT_MAX_ACCURACY_DROP = 1.0    # contract units (pt for top-1/agreement, relative % for errors)
@@ -51,10 +52,8 @@ class AutoBackend:
                 continue
             target = registry.get_target(name)
             avail = target.check_available()
-            if avail.ok and name not in ALWAYS:
-                ask = getattr(target, "auto_candidate", None)
-                avail = ask(plan) if ask is not None else Availability(
-                    False, "does not say when it is worth measuring (no auto_candidate)")
+            if avail.ok and name not in ALWAYS and not hasattr(target, "auto_candidate"):
+                avail = Availability(False, "does not say when it is worth measuring (no auto_candidate)")
             if avail.ok and plan is not None and hasattr(target, "check_config"):
                 try:
                     target.check_config(plan.config)
@@ -157,6 +156,12 @@ def prepare(plan, model, ctx, pairs, progress) -> tuple[list[Candidate], list[Ro
         if achieved != prec:
             skipped.append(Row(name, prec, status="failed", reason=notes.get("reason", f"gave {achieved}")))
             continue
+        ask = getattr(target, "auto_candidate", None) if name not in ALWAYS else None
+        if ask is not None:
+            worth = ask(m, sub)
+            if not worth.ok:
+                skipped.append(Row(name, prec, status="failed", reason=f"not measured: {worth.reason}"))
+                continue
         candidates.append(Candidate(name, prec, target, m, sub, recs, notes))
     return candidates, skipped
 
