@@ -92,6 +92,80 @@ def build(obj: Ctx, model, target, backend, precision, output, data, config_path
 
 
 @cli.command()
+@click.argument("bundle_dir", type=click.Path())
+@click.option("-f", "--format", "fmt", type=click.Choice(["md", "json", "html"]), default="md", show_default=True,
+              help="md and json print to stdout; html writes DIR/report.html.")
+@click.option("-o", "--output", type=click.Path(), help="Write to this file instead ('-' for stdout).")
+@click.option("--json", "json_mode", is_flag=True, help="Same as --format json.")
+@click.pass_obj
+def report(obj: Ctx, bundle_dir, fmt, output, json_mode):
+    """Render a bundle's report (from its report.json) as Markdown, JSON or one self-contained HTML page."""
+    from edgecompile.report import load_report, render_md
+    from edgecompile.report_sections import with_sections
+
+    rep = load_report(bundle_dir)
+    fmt = "json" if json_mode else fmt
+    if fmt == "json":
+        from edgecompile.bundle import _json_default
+
+        text = json.dumps(with_sections(rep, bundle_dir), indent=2, default=_json_default) + "\n"
+    elif fmt == "md":
+        text = render_md(rep, bundle_dir)
+    else:
+        from edgecompile.report_html import render_html
+
+        text = render_html(rep, bundle_dir)
+        output = output or str(Path(bundle_dir) / "report.html")
+    if not output or output == "-":
+        click.echo(text, nl=not text.endswith("\n"))
+        return
+    _write_output(Path(output), text)
+    if not obj.quiet:
+        click.echo(f"wrote {output}", err=True)
+
+
+def _write_output(path: Path, text: str) -> None:
+    """Write a whole file or nothing (temp file + rename)."""
+    import os
+
+    from edgecompile.errors import EdgeCompileError
+
+    if path.is_dir():
+        raise ConfigError(f"output {str(path)!r} is a directory", hint="pass a file name to -o")
+    tmp = path.with_name(f".{path.name}.part-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise EdgeCompileError(f"cannot write {str(path)!r}: {exc.strerror}", hint="choose a writable -o path") from None
+
+
+@cli.command()
+@click.argument("a")
+@click.argument("b")
+@click.option("--data", type=click.Path(), help=".npz with arrays named after the inputs (+ optional labels). "
+              "Default: the evaluation split the bundle was measured on, else random inputs.")
+@click.option("-n", "--samples", type=click.IntRange(min=1), help="Use only the first N samples.")
+@click.option("--tolerance", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
+              help="Relative L2 error above which an intermediate tensor counts as diverged.")
+@click.option("--no-localize", is_flag=True, help="Compare the outputs only; skip the search for the first diverging node.")
+@click.option("--json", "json_mode", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def compare(obj: Ctx, a, b, data, samples, tolerance, no_localize, json_mode):
+    """Run A and B (bundles, .onnx files or model packages) on the same inputs; find where B diverges from A."""
+    from edgecompile.compare import compare as run_compare
+    from edgecompile.compare import render_text
+
+    res = run_compare(a, b, data=data, samples=samples, tolerance=tolerance, localize=not no_localize,
+                      progress=obj.progress(json_mode))
+    if json_mode:
+        _emit_json(res)
+    else:
+        click.echo(render_text(res))
+
+
+@cli.command()
 @click.option("--json", "json_mode", is_flag=True, help="Machine-readable output.")
 def targets(json_mode):
     """List every target (device profile), its backends, and whether each is available here."""
