@@ -23,7 +23,7 @@ class Ctx:
     def progress(self, json_mode: bool = False):
         from edgecompile.progress import Progress
 
-        return Progress(quiet=self.quiet or json_mode, verbose=self.verbose)
+        return Progress(quiet=self.quiet or json_mode, verbose=self.verbose and not self.quiet)
 
 
 def _version_callback(ctx, _param, value):
@@ -51,6 +51,21 @@ def cli(ctx, debug, quiet, verbose):
     ctx.obj = Ctx(debug, quiet, verbose)
 
 
+def _set_flag(name: str):
+    def callback(ctx, _param, value):
+        if value:
+            setattr(ctx.find_object(Ctx), name, True)
+    return callback
+
+
+def verbosity_options(f):
+    """-q/-v accepted after the command name too (`edgecompile build -q ...`), same as before it."""
+    f = click.option("-v", "--verbose", is_flag=True, expose_value=False, callback=_set_flag("verbose"),
+                     help="More detail on stderr.")(f)
+    return click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_set_flag("quiet"),
+                        help="Only warnings and errors on stderr.")(f)
+
+
 def _emit_json(data) -> None:
     from edgecompile.bundle import _json_default
 
@@ -70,6 +85,7 @@ def _emit_json(data) -> None:
 @click.option("--force", is_flag=True, default=None, help="Ship the requested precision regardless.")
 @click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads for measurement and the manifest.")
 @click.option("--json", "json_mode", is_flag=True, help="Print report.json to stdout.")
+@verbosity_options
 @click.pass_obj
 def build(obj: Ctx, model, target, backend, precision, output, data, config_path, strict, force, threads, json_mode):
     """Build a bundle for MODEL (a models/<name> package, a built-in name, or a .onnx file)."""
@@ -97,6 +113,7 @@ def build(obj: Ctx, model, target, backend, precision, output, data, config_path
               help="md and json print to stdout; html writes DIR/report.html.")
 @click.option("-o", "--output", type=click.Path(), help="Write to this file instead ('-' for stdout).")
 @click.option("--json", "json_mode", is_flag=True, help="Same as --format json.")
+@verbosity_options
 @click.pass_obj
 def report(obj: Ctx, bundle_dir, fmt, output, json_mode):
     """Render a bundle's report (from its report.json) as Markdown, JSON or one self-contained HTML page."""
@@ -151,6 +168,7 @@ def _write_output(path: Path, text: str) -> None:
               help="Relative L2 error above which an intermediate tensor counts as diverged.")
 @click.option("--no-localize", is_flag=True, help="Compare the outputs only; skip the search for the first diverging node.")
 @click.option("--json", "json_mode", is_flag=True, help="Machine-readable output.")
+@verbosity_options
 @click.pass_obj
 def compare(obj: Ctx, a, b, data, samples, tolerance, no_localize, json_mode):
     """Run A and B (bundles, .onnx files or model packages) on the same inputs; find where B diverges from A."""

@@ -43,7 +43,7 @@ class Side:
     inputs: list[TensorSpec]
     outputs: list[str]
     metric: str | None
-    run: Callable[[Dataset], list[np.ndarray]]
+    run: Callable[..., list[np.ndarray]]     # (dataset, progress=None) -> outputs
     onnx: Callable[[], bytes | None]           # lazily: serialized ONNX (None: not ONNX-based)
     default_data: Callable[[], Dataset | None] = lambda: None
     onnx_note: str = ""
@@ -73,11 +73,11 @@ def _bundle_side(path: Path) -> Side:
     onnx_files = [rel for rel, info in sorted(m["artifacts"].items()) if rel.endswith(".onnx")]
     onnx_files.sort(key=lambda rel: m["artifacts"][rel].get("role") != "model")
 
-    def run(ds: Dataset) -> list[np.ndarray]:
+    def run(ds: Dataset, progress=None) -> list[np.ndarray]:
         from edgecompile.runtime import load
 
         with load(path) as runner:
-            return _collect(lambda feeds: list(runner.run(feeds).values()), ds)
+            return _collect(lambda feeds: list(runner.run(feeds).values()), ds, progress=progress)
 
     def onnx_bytes():
         return (path / onnx_files[0]).read_bytes() if onnx_files else None
@@ -99,11 +99,11 @@ def _onnx_side(path: Path) -> Side:
     src = resolve_source(path)             # validates the file (ModelLoadError otherwise)
     data = path.read_bytes()
 
-    def run(ds: Dataset) -> list[np.ndarray]:
+    def run(ds: Dataset, progress=None) -> list[np.ndarray]:
         from edgecompile.targets.ort import create_session
 
         sess = create_session(data)
-        return _collect(lambda feeds: sess.run(None, feeds), ds)
+        return _collect(lambda feeds: sess.run(None, feeds), ds, progress=progress)
 
     return Side(str(path), "onnx", f"onnx {path.name}", src.inputs, src.outputs, None, run, lambda: data)
 
@@ -116,10 +116,10 @@ def _model_side(text: str) -> Side:
         raise ModelLoadError(f"{text}: cannot compare this kind of model", hint="pass a bundle, .onnx or model package")
     cache: dict[str, bytes] = {}
 
-    def run(ds: Dataset) -> list[np.ndarray]:
+    def run(ds: Dataset, progress=None) -> list[np.ndarray]:
         from edgecompile.training import predict
 
-        outs = predict(src.module(), ds)
+        outs = predict(src.module(), ds)        # torch: one pass, fast for the bundled models
         return [outs[i] for i in sorted(outs)]
 
     def onnx_bytes():
@@ -158,9 +158,12 @@ def _bound_data(identity: str | None, inputs: list[TensorSpec]) -> Dataset | Non
     return load_data(identity, src, default=None)
 
 
-def _collect(fn, ds: Dataset, batch: int = 64) -> list[np.ndarray]:
+def _collect(fn, ds: Dataset, batch: int = 64, progress=None, label: str = "run") -> list[np.ndarray]:
     outs = None
-    for feeds in ds.batches(batch):
+    batches = ds.batches(batch)
+    if progress is not None:
+        batches = progress.iterate(batches, -(-len(ds) // batch), label)
+    for feeds in batches:
         res = [np.asarray(r) for r in fn(feeds)]
         outs = [[r] for r in res] if outs is None else [o + [r] for o, r in zip(outs, res)]
     return [np.concatenate(o) for o in outs]
@@ -200,9 +203,9 @@ def compare(a: str | Path | Side, b: str | Path | Side, *, data: str | Path | No
     ds, notes = choose_data(a, b, data, samples)
     step = progress.step if progress is not None else _nostep
     with step("run A", a.description):
-        out_a = a.run(ds)
+        out_a = a.run(ds, progress)
     with step("run B", b.description):
-        out_b = b.run(ds)
+        out_b = b.run(ds, progress)
     names = a.outputs if a.outputs == b.outputs else [f"{x}|{y}" for x, y in zip(a.outputs, b.outputs)]
     if len(out_a) != len(out_b):
         notes.append(f"A has {len(out_a)} outputs and B {len(out_b)}: comparing the first {min(len(out_a), len(out_b))}")
