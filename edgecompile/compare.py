@@ -415,8 +415,7 @@ def _probe_indices(lo: int, hi: int, fanout: int, errors: dict) -> list[int]:
     free = [i for i in range(lo + 1, hi) if i not in errors]
     if len(free) <= fanout:
         return free
-    step = len(free) / fanout
-    return sorted({free[min(len(free) - 1, int(round((j + 1) * step)) - 1)] for j in range(fanout)})
+    return sorted({free[(j + 1) * len(free) // (fanout + 1)] for j in range(fanout)})
 
 
 # -- text output ----------------------------------------------------------------------------------

@@ -210,10 +210,10 @@ def execute(plan: Plan, progress: Progress) -> Bundle:
 
         with progress.step("evaluate", "task metric + latency"):
             measured = measure(plan, staged, reference, progress)
+        _gate_precision(plan, achieved, precision_notes, progress)     # before the report: it carries the warning
         rep = report_mod.build_report(plan, manifest, measured, records, parity, precision_notes,
                                       progress, time.perf_counter() - t_start, writer.staging)
         report_mod.write_reports(writer, rep, cfg.report.formats)
-        _gate_precision(plan, achieved, precision_notes, progress)
         final = writer.commit()
     finally:
         writer.abort()

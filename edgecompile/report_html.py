@@ -193,16 +193,27 @@ def latency_chart(data: dict) -> str:
     ms = np.asarray(data["samples"], np.float64)
     ms = ms[ms > 0] if np.any(ms > 0) else np.asarray([1e-3])
     h, left, bottom, top_pad = 270, 60, 44, 30
-    lo, hi = float(ms.min()), float(ms.max())
+    lo = float(ms.min())
+    # the axis ends a little past p99; rarer outliers (a busy machine) are counted in one overflow bar
+    hi = float(min(ms.max(), max(data["p99"] * 1.5, lo * 1.01)))
+    overflow = ms[ms > hi]
+    ms = ms[ms <= hi]
     log = hi / max(lo, 1e-9) > 20
     f = np.log10 if log else (lambda x: x)
-    a, b = float(f(lo)), float(f(hi)) if hi > lo else float(f(lo)) + 1e-3
+    a, b = float(f(lo)), (float(f(hi)) if hi > lo else float(f(lo)) + 1e-3)
     edges = np.linspace(a, b, 41)
     counts, _ = np.histogram(f(ms), bins=edges)
-    ph, pw = h - bottom - top_pad, W - left - 20
+    ph, pw = h - bottom - top_pad, W - left - 20 - (70 if len(overflow) else 0)
     xpx = lambda v: left + pw * (f(v) - a) / (b - a)  # noqa: E731
-    top = counts.max() or 1
+    top = max(counts.max(), len(overflow)) or 1
     body = []
+    if len(overflow):
+        bh = max(ph * len(overflow) / top, 1)
+        x = left + pw + 20
+        body.append(f'<rect x="{x}" y="{top_pad + ph - bh:.1f}" width="40" height="{bh:.1f}" fill="var(--grey)">'
+                    f"<title>{len(overflow)} runs slower than {hi:.4f} ms (max {overflow.max():.3f} ms)</title></rect>"
+                    f'<text x="{x + 20}" y="{h - bottom + 16}" text-anchor="middle">&gt; {hi:.3g}</text>'
+                    f'<text x="{x + 20}" y="{top_pad + ph - bh - 4:.1f}" text-anchor="middle">{len(overflow)}</text>')
     for i, c in enumerate(counts):
         if not c:
             continue
@@ -219,7 +230,7 @@ def latency_chart(data: dict) -> str:
                     f'<text x="{xpx(t):.1f}" y="{h - bottom + 16}" text-anchor="middle">{t:g}</text>')
     colors = {"p50": "var(--green)", "p90": "var(--amber)", "p99": "var(--red)"}
     for j, (k, color) in enumerate(colors.items()):
-        v = min(max(data[k], lo), hi)
+        v = min(max(data[k], lo), hi)          # p99 lies inside the axis by construction
         x = xpx(v)
         body.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top_pad - 6}" y2="{h - bottom}" stroke="{color}" '
                     f'stroke-width="2" stroke-dasharray="5 3"><title>{k} = {data[k]:.4f} ms</title></line>'
@@ -228,7 +239,8 @@ def latency_chart(data: dict) -> str:
                     f'style="fill:{color};font-weight:600">{k} {data[k]:.3f} ms</text>')
     body.append(f'<line class="axis" x1="{left}" x2="{W - 10}" y1="{h - bottom}" y2="{h - bottom}"/>'
                 f'<text x="{left}" y="{h - 6}" class="legend">latency per run, ms{" (log scale)" if log else ""}; '
-                f'{len(ms)} samples</text>')
+                f'{len(ms) + len(overflow)} samples' + (f", {len(overflow)} beyond the axis (grey bar)" if len(overflow) else "")
+                + "</text>")
     return _svg("latency", h, body, "latency histogram with p50, p90 and p99")
 
 
@@ -262,8 +274,13 @@ def _latency(sec: Section, report: dict) -> str:
 def _size(sec: Section, report: dict) -> str:
     d = sec.data
     total = max(d["file_bytes"], 1)
+    big = [r for r in d["rows"] if r["bytes"] >= 0.005 * total][:12]
+    rest = [r for r in d["rows"] if r not in big and r["bytes"] > 0]
     items = [(r["op_type"], r["bytes"] / 1024, f"{r['op_type']}: {r['bytes']} bytes, {r['nodes']} nodes, "
-              f"{r['params']} parameters") for r in d["rows"] if r["bytes"] > 0]
+              f"{r['params']} parameters") for r in big]
+    if rest:
+        b = sum(r["bytes"] for r in rest)
+        items.append((f"{len(rest)} other op types", b / 1024, ", ".join(r["op_type"] for r in rest) + f": {b} bytes"))
     rows = [{"op type": r["op_type"], "nodes": r["nodes"], "params": r["params"], "KiB": round(r["bytes"] / 1024, 1),
              "share": f"{100 * r['bytes'] / total:.1f} %"} for r in d["rows"]]
     return (f"<p>{esc(d['file'])}: {d['file_bytes'] / 1024:.1f} KiB</p>"

@@ -135,7 +135,8 @@ PROBE_JS = """JSON.stringify({
 })"""
 
 
-def render_page(path: str | Path, screenshot: str | Path | None = None, width: int = 1200) -> dict:
+def render_page(path: str | Path, screenshot: str | Path | None = None, width: int = 1200,
+                clip: tuple[int, int, int, int] | None = None) -> dict:
     """Load a local page; returns {"errors": [...], "page": PROBE_JS result}; optionally a full-page PNG."""
     url = Path(path).resolve().as_uri()
     with Chromium() as br:
@@ -153,7 +154,10 @@ def render_page(path: str | Path, screenshot: str | Path | None = None, width: i
             br.call("Emulation.setDeviceMetricsOverride",
                     {"width": width, "height": min(int(page["height"]), 16000), "deviceScaleFactor": 1,
                      "mobile": False}, session=s)
-            png = br.call("Page.captureScreenshot", {"format": "png"}, session=s)["data"]
+            shot = {"format": "png"}
+            if clip:
+                shot["clip"] = dict(zip(("x", "y", "width", "height"), clip), scale=1)
+            png = br.call("Page.captureScreenshot", shot, session=s)["data"]
             Path(screenshot).write_bytes(base64.b64decode(png))
         br.call("Runtime.evaluate", {"expression": "1"}, session=s)     # flush pending events
         errors = []
@@ -171,6 +175,7 @@ def render_page(path: str | Path, screenshot: str | Path | None = None, width: i
 
 
 if __name__ == "__main__":
-    res = render_page(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None)
+    clip = tuple(int(v) for v in sys.argv[3].split(",")) if len(sys.argv) > 3 else None   # x,y,w,h
+    res = render_page(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None, clip=clip)
     print(json.dumps(res, indent=2))
     sys.exit(1 if res["errors"] else 0)
