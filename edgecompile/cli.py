@@ -66,6 +66,17 @@ def verbosity_options(f):
                         help="Only warnings and errors on stderr.")(f)
 
 
+def _finite(obj):
+    """Strict JSON for scripts: non-finite floats (e.g. the SNR of identical outputs) become null."""
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def _emit_json(data) -> None:
     from edgecompile.bundle import _json_default
 
@@ -125,7 +136,8 @@ def report(obj: Ctx, bundle_dir, fmt, output, json_mode):
     if fmt == "json":
         from edgecompile.bundle import _json_default
 
-        text = json.dumps(with_sections(rep, bundle_dir), indent=2, default=_json_default) + "\n"
+        text = json.dumps(_finite(with_sections(rep, bundle_dir)), indent=2, default=_json_default,
+                          allow_nan=False) + "\n"
     elif fmt == "md":
         text = render_md(rep, bundle_dir)
     else:
@@ -178,7 +190,7 @@ def compare(obj: Ctx, a, b, data, samples, tolerance, no_localize, json_mode):
     res = run_compare(a, b, data=data, samples=samples, tolerance=tolerance, localize=not no_localize,
                       progress=obj.progress(json_mode))
     if json_mode:
-        _emit_json(res)
+        _emit_json(_finite(res))        # snr_db is null where the outputs are identical
     else:
         click.echo(render_text(res))
 

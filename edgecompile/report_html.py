@@ -291,10 +291,13 @@ def _per_layer(sec: Section, report: dict) -> str:
     rows, col = sec.data["rows"], sec.data["column"]
     out = ""
     if col:
-        ranked = sorted((r for r in rows if isinstance(r.get(col), (int, float))), key=lambda r: -abs(r[col]))[:30]
-        items = [(label_of(r), abs(float(r[col])), f"{label_of(r)}: {col} = {r[col]:.4g}") for r in ranked]
-        out += (f'<p class="legend">{esc(col)} per layer, largest first (top {len(items)} of {len(rows)})</p>'
-                + hbar_chart("per_layer", items, lambda v: f"{v:.3g}", f"per-layer {col}", "var(--amber)"))
+        cos = "cos" in col                      # similarity: plot the distance 1 - cosine
+        val = (lambda r: 1.0 - float(r[col])) if cos else (lambda r: abs(float(r[col])))
+        name = f"1 - {col}" if cos else col
+        ranked = sorted((r for r in rows if isinstance(r.get(col), (int, float))), key=lambda r: -val(r))[:30]
+        items = [(label_of(r), val(r), f"{label_of(r)}: {col} = {r[col]:.6g}") for r in ranked]
+        out += (f'<p class="legend">{esc(name)} per layer, largest first (top {len(items)} of {len(rows)})</p>'
+                + hbar_chart("per_layer", items, lambda v: f"{v:.3g}", f"per-layer {name}", "var(--amber)"))
     return out + table(rows)
 
 

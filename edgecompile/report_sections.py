@@ -177,7 +177,10 @@ def numeric_column(rows: list[dict]) -> str | None:
     for k in preferred:
         if k in keys:
             return k
-    return keys[0] if keys else None
+    errorish = [k for k in keys if not any(t in k for t in ("cos", "snr", "agree", "index", "count"))]
+    if errorish:
+        return errorish[0]
+    return next((k for k in keys if "cos" in k), None)      # plotted as 1 - cosine
 
 
 def label_of(row: dict) -> str:

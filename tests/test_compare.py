@@ -106,6 +106,9 @@ def test_cli_compare_json_and_errors(digits_bundle, model_onnx, tmp_path, bundle
     assert rc == 0, err
     res = json.loads(out)
     assert res["localization"]["first"]["node"] == node and err == ""      # --json: nothing on stderr
+    rc, out, _ = run_cli("compare", digits_bundle.path, model_onnx, "--json", "--no-localize")
+    same = json.loads(out, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert same["outputs"]["logits"]["snr_db"] is None and same["outputs"]["logits"]["max_abs"] == 0
     rc, out, err = run_cli("compare", digits_bundle.path, bad, "--no-localize", "-n", "50")
     assert rc == 0 and "first diverging" not in out and "(50 samples, labels)" in out and "top1" in out
     rc, _, err = run_cli("compare", digits_bundle.path, tmp_path / "missing.onnx")
@@ -115,3 +118,14 @@ def test_cli_compare_json_and_errors(digits_bundle, model_onnx, tmp_path, bundle
     assert rc == 1 and "sha256" in err and "Traceback" not in err
     rc, _, err = run_cli("compare", digits_bundle.path, bad, "--data", tmp_path / "nope.npz")
     assert rc == 2 and "does not exist" in err
+
+
+def test_non_onnx_side_is_not_localized(digits_bundle):
+    from edgecompile.compare import localize_sides, open_side
+
+    a = open_side(digits_bundle.path)
+    b = open_side(digits_bundle.path)
+    b.onnx, b.onnx_note = (lambda: None), "the tvm bundle has no ONNX artifact"
+    ds = Dataset("x", {"input": np.zeros((2, 1, 8, 8), np.float32)})
+    loc = localize_sides(a, b, ds)
+    assert loc == {"status": "not applicable", "reason": f"{digits_bundle.path}: the tvm bundle has no ONNX artifact"}

@@ -102,6 +102,10 @@ def test_optional_sections_render_when_recorded(digits_bundle):
     alt["passes"][0]["notes"]["per_layer"] = {"node_Conv_100": {"mse": 0.5}}
     layer = {s.id: s for s in sections(alt)}["per_layer"]
     assert layer.data["rows"] == [{"node": "node_Conv_100", "mse": 0.5}]
+    # a similarity-only record is plotted as a distance (1 - cosine), worst layer first
+    alt["passes"][0]["notes"]["per_layer"] = [{"node": "good", "cosine": 0.9999}, {"node": "bad", "cosine": 0.97}]
+    page = render_html(alt)
+    assert "1 - cosine per layer" in page and page.index(">bad<") < page.index(">good<")
 
 
 @needs_chromium
@@ -130,3 +134,12 @@ def test_rich_report_renders_and_the_browser_check_can_fail(digits_bundle, tmp_p
                       '<img src="missing.png"></body></html>')
     errors = render_page(broken)["errors"]
     assert any("boom" in e for e in errors) and any("missing.png" in e for e in errors)
+
+
+def test_report_formats_are_validated():
+    from edgecompile.config import Config
+    from edgecompile.errors import ConfigError
+
+    assert Config.from_dict({"report": {"formats": ["json", "html"]}}).report.formats == ["json", "html"]
+    with pytest.raises(ConfigError, match="report.formats' has invalid value 'pdf'"):
+        Config.from_dict({"report": {"formats": ["md", "pdf"]}})
