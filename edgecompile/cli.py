@@ -179,16 +179,17 @@ def _write_output(path: Path, text: str) -> None:
 @click.option("--tolerance", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
               help="Relative L2 error above which an intermediate tensor counts as diverged.")
 @click.option("--no-localize", is_flag=True, help="Compare the outputs only; skip the search for the first diverging node.")
+@click.option("--per-node", is_flag=True, help="Also list the error of every matched node (e.g. per-layer INT8 error).")
 @click.option("--json", "json_mode", is_flag=True, help="Machine-readable output.")
 @verbosity_options
 @click.pass_obj
-def compare(obj: Ctx, a, b, data, samples, tolerance, no_localize, json_mode):
+def compare(obj: Ctx, a, b, data, samples, tolerance, no_localize, per_node, json_mode):
     """Run A and B (bundles, .onnx files or model packages) on the same inputs; find where B diverges from A."""
     from edgecompile.compare import compare as run_compare
     from edgecompile.compare import render_text
 
     res = run_compare(a, b, data=data, samples=samples, tolerance=tolerance, localize=not no_localize,
-                      progress=obj.progress(json_mode))
+                      per_node=per_node, progress=obj.progress(json_mode))
     if json_mode:
         _emit_json(_finite(res))        # snr_db is null where the outputs are identical
     else:

@@ -15,6 +15,7 @@ diverge); a divergence that a later layer fully masks can be missed, which the r
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -196,7 +197,7 @@ def choose_data(a: Side, b: Side, data: str | Path | None, samples: int | None) 
 
 def compare(a: str | Path | Side, b: str | Path | Side, *, data: str | Path | None = None,
             samples: int | None = None, tolerance: float = DEFAULT_TOLERANCE, localize: bool = True,
-            progress=None) -> dict:
+            per_node: bool = False, progress=None) -> dict:
     """Python API behind `edgecompile compare`: A is the reference, B the candidate."""
     a = a if isinstance(a, Side) else open_side(a)
     b = b if isinstance(b, Side) else open_side(b)
@@ -220,6 +221,12 @@ def compare(a: str | Path | Side, b: str | Path | Side, *, data: str | Path | No
     if localize:
         with step("localize", "first diverging node"):
             result["localization"] = localize_sides(a, b, ds.take(LOCALIZE_SAMPLES), tolerance, progress)
+    if per_node:
+        if a.onnx() is None or b.onnx() is None:
+            result["nodes"] = {"status": "not applicable", "reason": "both sides must be ONNX-based"}
+        else:
+            with step("per node", "every matched node"):
+                result["nodes"] = node_errors(a.onnx(), b.onnx(), ds.take(LOCALIZE_SAMPLES))
     return result
 
 
@@ -410,6 +417,37 @@ def localize(onnx_a: bytes, onnx_b: bytes, ds: Dataset, tolerance: float = DEFAU
     return {**base, "status": "diverged", "first": first}
 
 
+def node_errors(onnx_a: bytes, onnx_b: bytes, ds: Dataset, chunk: int = 64, max_nodes: int = 500) -> dict:
+    """Error of every matched node's output in B against A (cumulative: it includes what flowed in
+    from upstream), in A's topological order. This is the per-layer quantization error when A is the
+    FP32 graph and B its QDQ version. Tensors are fetched `chunk` at a time to bound memory."""
+    ga, gb = _graph(onnx_a), _graph(onnx_b)
+    pairs, how = match_nodes(ga, gb)
+    pairs = pairs[:max_nodes]
+    rows = []
+    for start in range(0, len(pairs), chunk):
+        part = pairs[start:start + chunk]
+        ra = _run_exposed(ga, [na.tensor for na, _ in part], ds)
+        rb = _run_exposed(gb, [nb.tensor for _, nb in part], ds)
+        for na, nb in part:
+            e = tensor_error(ra[na.tensor], rb[nb.tensor])
+            if e is not None:
+                rows.append({"node": na.name, "op_type": na.op, "rel_error": e["rel_error"], "cosine": e["cosine"],
+                             "snr_db": e["snr_db"] if math.isfinite(e["snr_db"]) else None})
+    return {"matching": how, "samples": len(ds), "rows": rows}
+
+
+def per_layer_error(fp32_onnx: bytes, final_onnx: bytes, ds: Dataset, progress=None, samples: int = 8) -> list[dict] | None:
+    """The build's per-layer quantization error: every matched node of the shipped graph against the
+    FP32 graph on a few evaluation samples. A diagnostic: a failure is noted, never fatal."""
+    try:
+        return node_errors(fp32_onnx, final_onnx, ds.take(samples))["rows"] or None
+    except Exception as exc:           # e.g. an op ORT cannot run unoptimized; the build itself is fine
+        if progress is not None:
+            progress.debug(f"per-layer error not computed: {exc.__class__.__name__}: {str(exc)[:200]}")
+        return None
+
+
 def _probe_indices(lo: int, hi: int, fanout: int, errors: dict) -> list[int]:
     """Up to `fanout` not-yet-probed indices spread evenly over the open interval (lo, hi)."""
     free = [i for i in range(lo + 1, hi) if i not in errors]
@@ -459,6 +497,14 @@ def render_text(res: dict) -> str:
         if "matched_nodes" in loc:
             lines.append(f"  {loc['matched_nodes']} nodes matched by {loc['matching']}, tolerance {loc['tolerance']:g} "
                          f"(relative L2), {loc.get('rounds', 0)} bisection rounds on {loc['samples']} samples")
+    nodes = res.get("nodes")
+    if nodes and nodes.get("rows"):
+        lines += ["", f"per-node error of B against A (cumulative, {nodes['samples']} samples, matched by {nodes['matching']}):",
+                  f"  {'node':<28} {'op':<14} {'rel. error':>10} {'cosine':>10}"]
+        lines += [f"  {r['node'][:28]:<28} {r['op_type'][:14]:<14} {r['rel_error']:>10.3g} {r['cosine']:>10.6f}"
+                  for r in nodes["rows"]]
+    elif nodes:
+        lines.append(f"per-node errors: {nodes['status']}: {nodes['reason']}")
     return "\n".join(lines)
 
 

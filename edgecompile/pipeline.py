@@ -192,7 +192,14 @@ def execute(plan: Plan, progress: Progress) -> Bundle:
 
     from edgecompile import precision as precision_stage
 
+    fp32_graph = _serialize(model) if plan.precision != "fp32" and plan.evaluation is not None else None
     model, achieved, precision_notes = precision_stage.apply(plan, model, ctx, records, progress)
+    per_layer = None
+    if fp32_graph is not None and achieved != "fp32":
+        from edgecompile.compare import per_layer_error
+
+        with progress.step("per-layer", f"{achieved} vs the fp32 graph"):
+            per_layer = per_layer_error(fp32_graph, _serialize(model), plan.evaluation, progress)
 
     writer = BundleWriter(plan.output)
     try:
@@ -213,11 +220,19 @@ def execute(plan: Plan, progress: Progress) -> Bundle:
         _gate_precision(plan, achieved, precision_notes, progress)     # before the report: it carries the warning
         rep = report_mod.build_report(plan, manifest, measured, records, parity, precision_notes,
                                       progress, time.perf_counter() - t_start, writer.staging)
+        if per_layer and not rep.get("per_layer"):
+            rep["per_layer"] = per_layer
         report_mod.write_reports(writer, rep, cfg.report.formats)
         final = writer.commit()
     finally:
         writer.abort()
     return Bundle(final, manifest)
+
+
+def _serialize(model) -> bytes:
+    import onnx_ir as ir
+
+    return ir.to_proto(model).SerializeToString()
 
 
 def _gate_precision(plan: Plan, achieved: str, notes: dict, progress: Progress) -> None:

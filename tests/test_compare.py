@@ -129,3 +129,21 @@ def test_non_onnx_side_is_not_localized(digits_bundle):
     ds = Dataset("x", {"input": np.zeros((2, 1, 8, 8), np.float32)})
     loc = localize_sides(a, b, ds)
     assert loc == {"status": "not applicable", "reason": f"{digits_bundle.path}: the tvm bundle has no ONNX artifact"}
+
+
+def test_per_node_errors_are_the_per_layer_table(digits_bundle, model_onnx, tmp_path):
+    from edgecompile.compare import per_layer_error
+    from edgecompile.source import resolve_source
+
+    bad = tmp_path / "bad.onnx"
+    node = _corrupt(model_onnx, bad, "features.1.0.weight")
+    ds = resolve_source("digits").dataset("test")
+    res = compare(digits_bundle.path, bad, localize=False, per_node=True, samples=16)
+    rows = res["nodes"]["rows"]
+    errors = {r["node"]: r["rel_error"] for r in rows}
+    names = [r["node"] for r in rows]
+    assert errors[node] > 0.1 and all(errors[n] == 0 for n in names[:names.index(node)])
+    assert "per-node error of B against A" in render_text(res)
+    table = per_layer_error(model_onnx.read_bytes(), bad.read_bytes(), ds)
+    assert [r["node"] for r in table] == names and table[0]["snr_db"] is None     # identical: no finite SNR
+    assert per_layer_error(b"not onnx", bad.read_bytes(), ds) is None              # diagnostics never break a build
