@@ -220,7 +220,9 @@ def execute(plan: Plan, progress: Progress) -> Bundle:
         _gate_precision(plan, achieved, precision_notes, progress)     # before the report: it carries the warning
         rep = report_mod.build_report(plan, manifest, measured, records, parity, precision_notes,
                                       progress, time.perf_counter() - t_start, writer.staging)
-        if per_layer and not rep.get("per_layer"):
+        from edgecompile.report_sections import per_layer as recorded_per_layer
+
+        if per_layer and not recorded_per_layer(rep):        # the quantization pass's own record wins
             rep["per_layer"] = per_layer
         report_mod.write_reports(writer, rep, cfg.report.formats)
         final = writer.commit()
