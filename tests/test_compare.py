@@ -111,13 +111,26 @@ def test_cli_compare_json_and_errors(digits_bundle, model_onnx, tmp_path, bundle
     assert same["outputs"]["logits"]["snr_db"] is None and same["outputs"]["logits"]["max_abs"] == 0
     rc, out, err = run_cli("compare", digits_bundle.path, bad, "--no-localize", "-n", "50")
     assert rc == 0 and "first diverging" not in out and "(50 samples, labels)" in out and "top1" in out
-    rc, _, err = run_cli("compare", digits_bundle.path, tmp_path / "missing.onnx")
-    assert rc == 1 and "does not exist" in err and "Traceback" not in err
     (bundle_copy / "model.onnx").write_bytes(bad.read_bytes())            # tampered bundle is refused
     rc, _, err = run_cli("compare", bundle_copy, digits_bundle.path)
     assert rc == 1 and "sha256" in err and "Traceback" not in err
-    rc, _, err = run_cli("compare", digits_bundle.path, bad, "--data", tmp_path / "nope.npz")
-    assert rc == 2 and "does not exist" in err
+    # the other bad inputs are EdgeCompileErrors too (main() maps those to one line + exit code)
+    from edgecompile.errors import DataError, ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        compare(digits_bundle.path, tmp_path / "missing.onnx")
+    with pytest.raises(DataError, match="does not exist") as exc:
+        compare(digits_bundle.path, bad, data=tmp_path / "nope.npz")
+    assert exc.value.exit_code == 2
+    import onnx
+
+    other = onnx.load(str(model_onnx))
+    other.graph.input[0].name = "image"
+    for n in other.graph.node:
+        n.input[:] = ["image" if i == "input" else i for i in n.input]
+    onnx.save(other, str(tmp_path / "other.onnx"))
+    with pytest.raises(DataError, match="different inputs"):
+        compare(digits_bundle.path, tmp_path / "other.onnx")
 
 
 def test_non_onnx_side_is_not_localized(digits_bundle):
