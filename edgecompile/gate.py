@@ -105,13 +105,17 @@ def tango_p(losses: int, gains: int, n: int, margin: float) -> float:
     return normal_sf(num / math.sqrt(var))
 
 
+def paired_binary_p(losses: int, gains: int, n: int, margin: float) -> tuple[str, float]:
+    """(method, one-sided p-value) from the discordant counts; `margin` is the allowed drop as a fraction."""
+    if margin <= 0:
+        return "exact McNemar (one-sided)", mcnemar_exact_p(losses, gains)
+    return "Tango score test, paired (one-sided)", tango_p(losses, gains, n, margin)
+
+
 def paired_binary(baseline: np.ndarray, candidate: np.ndarray, margin: float, *, seed: int = 0) -> TestResult:
     """Gate test for paired correct/incorrect results; `margin` is the allowed drop as a fraction."""
     losses, gains, n = discordant(baseline, candidate)
-    if margin <= 0:
-        method, p = "exact McNemar (one-sided)", mcnemar_exact_p(losses, gains)
-    else:
-        method, p = "Tango score test, paired (one-sided)", tango_p(losses, gains, n, margin)
+    method, p = paired_binary_p(losses, gains, n, margin)
     diff = np.asarray(baseline, np.float64).reshape(-1) - np.asarray(candidate, np.float64).reshape(-1)
     return TestResult(method, (losses - gains) / n if n else 0.0, margin, p, paired_ci(diff, seed=seed), n,
                       {"losses": losses, "gains": gains})
