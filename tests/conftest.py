@@ -77,8 +77,8 @@ def digits_baseline(digits_bundle, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def regressed_bundle(digits_bundle, digits_test_npz, tmp_path_factory):
-    """A deliberately broken build: the digits ONNX with noise (30 % of each weight tensor's std) added
-    to its conv/linear weights, rebuilt through the real pipeline from the .onnx (~85 % top-1)."""
+    """A deliberately broken build: the digits ONNX with noise (50 % of each weight tensor's std) added
+    to its conv/linear weights, rebuilt through the real pipeline from the .onnx (top-1 drops by tens of points)."""
     import numpy as np
     import onnx
     from onnx import numpy_helper
@@ -90,7 +90,7 @@ def regressed_bundle(digits_bundle, digits_test_npz, tmp_path_factory):
     for init in model.graph.initializer:
         if init.name.endswith("weight"):
             w = numpy_helper.to_array(init)
-            noisy = w + rng.normal(0.0, 0.3 * float(w.std()), w.shape).astype(w.dtype)
+            noisy = w + rng.normal(0.0, 0.5 * float(w.std()), w.shape).astype(w.dtype)
             init.CopyFrom(numpy_helper.from_array(noisy, init.name))
     root = tmp_path_factory.mktemp("gate-broken")
     onnx.save(model, root / "digits-noisy.onnx")
