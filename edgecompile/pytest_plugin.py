@@ -9,7 +9,7 @@
 Run with `pytest --edgecompile-bundle build/digits-cpu --edgecompile-baseline baseline.json`
 (or the ini keys `edgecompile_bundle` / `edgecompile_baseline`). Tests that use the fixtures
 are skipped, with the reason, when the bundle or baseline is not configured. `edgecompile_load`
-is a factory for any other bundle: `edgecompile_load(path)` -> LoadedBundle(bundle, runner, data).
+is a factory for any other bundle: `edgecompile_load(path)` -> LoadedBundle (.bundle, .runner, .data).
 """
 from __future__ import annotations
 
@@ -21,22 +21,27 @@ import pytest
 
 @dataclass
 class LoadedBundle:
-    """A verified bundle, a Runner for it (closed at teardown) and its evaluation data (loaded on
-    first use: the bundle's recorded evaluation data, or the `.npz` given)."""
+    """A verified bundle, a Runner for it (closed at teardown) and its evaluation data, loaded on
+    first use: the `.npz` given, else the configured baseline's data, else the data the bundle
+    records in its manifest."""
 
     path: Path
     bundle: object          # edgecompile.bundle.Bundle
     runner: object          # edgecompile.runtime.Runner
     data_file: Path | None = None
+    baseline: Path | None = None
     _data: object = None
 
     @property
     def data(self):
         """edgecompile.data.Dataset"""
         if self._data is None:
-            from edgecompile.regression import bundle_dataset
+            from edgecompile.regression import bundle_dataset, dataset_for
 
-            self._data = bundle_dataset(self.bundle, self.data_file)
+            if self.data_file is None and self.baseline is not None:
+                self._data = dataset_for(self.baseline, self.path)
+            else:
+                self._data = bundle_dataset(self.bundle, self.data_file)
         return self._data
 
     def outputs(self):
@@ -89,17 +94,18 @@ def _setting(config, name: str) -> Path | None:
 
 @pytest.fixture
 def edgecompile_load():
-    """Factory: `edgecompile_load(path, data=None)` -> LoadedBundle; runners close at teardown."""
+    """Factory: `edgecompile_load(path, data=None, baseline=None)` -> LoadedBundle; runners close at teardown."""
     from edgecompile.bundle import Bundle
     from edgecompile.runtime import load
 
     opened = []
 
-    def _load(path, data=None) -> LoadedBundle:
+    def _load(path, data=None, baseline=None) -> LoadedBundle:
         bundle = Bundle.open(path)
         runner = load(bundle.path)
         opened.append(runner)
-        return LoadedBundle(bundle.path, bundle, runner, Path(data) if data is not None else None)
+        return LoadedBundle(bundle.path, bundle, runner, Path(data) if data is not None else None,
+                            Path(baseline) if baseline is not None else None)
 
     yield _load
     for r in opened:
@@ -112,7 +118,7 @@ def edgecompile_bundle(request, edgecompile_load) -> LoadedBundle:
     path = _setting(request.config, "bundle")
     if path is None:
         pytest.skip("no bundle configured: pass --edgecompile-bundle DIR or set edgecompile_bundle in the ini file")
-    return edgecompile_load(path, _setting(request.config, "data"))
+    return edgecompile_load(path, _setting(request.config, "data"), _setting(request.config, "baseline"))
 
 
 @pytest.fixture

@@ -36,10 +36,9 @@ def test_plugin_passes_on_the_good_bundle(inner, digits_bundle, digits_baseline)
     res.assert_outcomes(passed=2)
 
 
-def test_plugin_fails_on_the_regressed_bundle_with_a_readable_message(inner, regressed_bundle, digits_baseline,
-                                                                      digits_test_npz):
+def test_plugin_fails_on_the_regressed_bundle_with_a_readable_message(inner, regressed_bundle, digits_baseline):
     res = inner.runpytest("--edgecompile-bundle", str(regressed_bundle.path), "--edgecompile-baseline",
-                          str(digits_baseline[1]), "--edgecompile-data", str(digits_test_npz))
+                          str(digits_baseline[1]))
     res.assert_outcomes(passed=1, failed=1)
     res.stdout.fnmatch_lines([
         "*RegressionError: bundle * regressed against its baseline:",
@@ -53,6 +52,21 @@ def test_plugin_skips_with_a_reason_when_not_configured(inner):
     res = inner.runpytest("-rs")
     res.assert_outcomes(skipped=2)
     res.stdout.fnmatch_lines(["*no bundle configured: pass --edgecompile-bundle DIR*"])
+
+
+def test_load_factory_and_explicit_data(inner, regressed_bundle, digits_test_npz):
+    inner.makepyfile(test_factory=f'''
+import pytest
+from edgecompile.errors import DataError
+
+def test_factory(edgecompile_load):
+    b = edgecompile_load({str(regressed_bundle.path)!r})
+    with pytest.raises(DataError, match="not kept in the bundle"):
+        b.data
+    b = edgecompile_load({str(regressed_bundle.path)!r}, data={str(digits_test_npz)!r})
+    assert len(b.data) == 360 and b.outputs().shape == (360, 10)
+''')
+    inner.runpytest("test_factory.py").assert_outcomes(passed=1)
 
 
 def test_plugin_reads_ini_settings(inner, digits_bundle, digits_baseline):

@@ -156,3 +156,17 @@ def test_onnx_bundle_needs_its_data_file_and_label_free_agreement(regressed_bund
     assert check(digits_bundle.path, ref).ok
     r = check(regressed_bundle.path, ref)
     assert not r.ok and r.metric == "top1_agreement" and r.candidate_value < 0.95
+
+
+def test_baseline_and_check_import_no_torch(digits_bundle, digits_baseline, tmp_path):
+    """CI runners that only check bundles need no torch: bound digits data come from scikit-learn."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom edgecompile.regression import check\n"
+            f"r = check({str(digits_bundle.path)!r}, {str(digits_baseline[1])!r})\n"
+            "assert r.ok\nimport edgecompile.pytest_plugin, edgecompile.verdict\n"
+            "print(' '.join(sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True).stdout
+    mods = {m.split(".")[0] for m in out.split()}
+    assert "sklearn" in mods and not mods & {"torch", "tvm", "openvino", "tensorrt", "onnx"}
