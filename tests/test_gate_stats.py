@@ -45,13 +45,15 @@ def test_tango_uses_the_likelihood_maximum_on_the_null_boundary(losses, gains, n
     grid = np.linspace(1e-6, (1 - d) / 2 - 1e-6, 20001)
     ll = losses * np.log(grid + d) + gains * np.log(grid) + m * np.log(1 - 2 * grid - d)
     assert q == pytest.approx(grid[ll.argmax()], abs=1e-4)
-    z = (losses - gains - n * d) / math.sqrt(n * (2 * q + d * (1 - d)))
+    num = losses - gains - n * d
+    z = (num - 0.5 if num > 0 else num) / math.sqrt(n * (2 * q + d * (1 - d)))     # continuity-corrected
     assert gate.tango_p(losses, gains, n, d) == pytest.approx(gate.normal_sf(z))
 
 
 def test_tango_with_zero_margin_is_the_mcnemar_statistic_and_p_falls_with_losses():
-    z = (12 - 4) / math.sqrt(16)
+    z = (12 - 4 - 0.5) / math.sqrt(16)
     assert gate.tango_p(12, 4, 500, 0.0) == pytest.approx(gate.normal_sf(z))
+    assert gate.tango_p(3, 9, 500, 0.0) > 0.5
     ps = [gate.tango_p(k, 2, 360, 0.01) for k in range(0, 30)]
     assert all(a >= b for a, b in zip(ps, ps[1:]))
     # a 1-pt margin tolerates what a zero margin does not
@@ -112,7 +114,26 @@ def test_false_alarm_rate_at_the_edge_of_the_null(max_drop_pt, discord):
     """True drop exactly max_drop (the hardest null case): alarms stay at alpha (MC s.e. ~0.35 %)."""
     d = max_drop_pt / 100
     rate = _alarm_rate(np.random.default_rng(7), 4000, 360, (discord + d) / 2, (discord - d) / 2, d)
-    assert rate <= 0.06
+    assert rate <= 0.055
+
+
+@pytest.mark.parametrize("n,max_drop_pt", [(100, 0.0), (100, 1.0), (360, 0.5), (360, 2.0)])
+def test_exact_size_of_the_gate_over_the_whole_null_boundary(n, max_drop_pt):
+    """Not sampled: the exact probability of failing a build whose true drop is exactly max_drop,
+    summed over every (losses, gains) outcome, maximised over the share of discordant samples."""
+    d = max_drop_pt / 100
+    pairs = [(lo, ga) for lo in range(n + 1) for ga in range(n + 1 - lo)]
+    lo = np.array([p[0] for p in pairs])
+    ga = np.array([p[1] for p in pairs])
+    fails = np.array([gate.paired_binary_p(a, b, n, d)[1] < gate.ALPHA for a, b in pairs])
+    logfact = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, n + 1)))])
+    worst = 0.0
+    for disc in np.linspace(d + 1e-6, 0.4, 160):
+        p_loss, p_gain = (disc + d) / 2, (disc - d) / 2
+        logp = (logfact[n] - logfact[lo] - logfact[ga] - logfact[n - lo - ga] + lo * np.log(p_loss)
+                + ga * np.log(p_gain) + (n - lo - ga) * np.log1p(-disc))
+        worst = max(worst, float(np.exp(logp[fails]).sum()))
+    assert worst <= 0.05 + 1e-9
 
 
 @pytest.mark.parametrize("true_drop_pt,bound_pt,power", [(5.0, 1.0, 0.95), (4.0, 0.0, 0.95), (3.0, 1.0, 0.5)])
