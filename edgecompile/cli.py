@@ -152,7 +152,7 @@ def baseline(obj: Ctx, bundle_dir, output, data, no_latency, threads):
 @click.argument("bundle_dir", metavar="DIR")
 @click.option("--baseline", "baseline_path", required=True, type=click.Path(), help="Baseline JSON (from `baseline`).")
 @click.option("--max-drop", type=click.FloatRange(min=0), default=None, show_default=False,
-              help="Allowed accuracy drop: points for percentage metrics, relative %% for error metrics (default 1.0).")
+              help="Allowed accuracy drop: points for percentage metrics, relative % for error metrics (default 1.0).")
 @click.option("--max-latency-ratio", type=float, help="Gate latency: fail when candidate/baseline p50 exceeds this.")
 @click.option("--data", type=click.Path(), help=".npz to evaluate on; differing from the baseline's data makes the test unpaired.")
 @click.option("--alpha", type=click.FloatRange(min=1e-6, max=0.5), default=0.05, show_default=True,
