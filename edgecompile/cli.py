@@ -232,6 +232,65 @@ def targets(json_mode):
     click.echo("\n* default backend for the target")
 
 
+@cli.command()
+@click.argument("bundle_dir", metavar="DIR")
+@click.option("-o", "--output", required=True, type=click.Path(), help="Baseline JSON file to write.")
+@click.option("--data", type=click.Path(), help=".npz to evaluate on (default: the data the bundle was evaluated on).")
+@click.option("--no-latency", is_flag=True, help="Do not record latency.")
+@click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads.")
+@click.pass_obj
+def baseline(obj: Ctx, bundle_dir, output, data, no_latency, threads):
+    """Record a baseline of bundle DIR: per-sample task-metric results, data sha256, latency, fingerprints."""
+    from edgecompile.regression import make_baseline, save_baseline
+
+    b = make_baseline(bundle_dir, data=data, measure_latency=not no_latency, threads=threads)
+    path = save_baseline(b, output)
+    if not obj.quiet:
+        m = b["metric"]
+        value = f"{100 * m['value']:.2f} %" if m["kind"] != "error" else f"{m['value']:.4g}"
+        lat = f", latency p50 {b['latency_ms']['p50']:.3f} ms" if b.get("latency_ms") else ""
+        click.echo(f"baseline written to {path}: {m['name']} {value} on {b['data']['identity']} "
+                   f"(n = {m['n']}){lat}")
+
+
+@cli.command()
+@click.argument("bundle_dir", metavar="DIR")
+@click.option("--baseline", "baseline_path", required=True, type=click.Path(), help="Baseline JSON (from `baseline`).")
+@click.option("--max-drop", type=click.FloatRange(min=0), default=None, show_default=False,
+              help="Allowed accuracy drop: points for percentage metrics, relative % for error metrics (default 1.0).")
+@click.option("--max-latency-ratio", type=float, help="Gate latency: fail when candidate/baseline p50 exceeds this.")
+@click.option("--data", type=click.Path(), help=".npz to evaluate on; differing from the baseline's data makes the test unpaired.")
+@click.option("--alpha", type=click.FloatRange(min=1e-6, max=0.5), default=0.05, show_default=True,
+              help="Significance level of the one-sided tests.")
+@click.option("--junit", "junit_path", type=click.Path(), help="Write the verdict as JUnit XML.")
+@click.option("--json", "json_mode", is_flag=True, help="Print the verdict as JSON.")
+@click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads.")
+@click.pass_obj
+def check(obj: Ctx, bundle_dir, baseline_path, max_drop, max_latency_ratio, data, alpha, junit_path, json_mode, threads):
+    """Re-evaluate bundle DIR on the baseline's data; exit 3 when a regression is shown (one-sided test, alpha 0.05)."""
+    import os
+
+    from edgecompile.errors import GateError
+    from edgecompile.regression import DEFAULT_MAX_DROP, check as run_check
+    from edgecompile.verdict import github_annotations, render_table, write_junit
+
+    res = run_check(bundle_dir, baseline_path, max_drop=DEFAULT_MAX_DROP if max_drop is None else max_drop,
+                    max_latency_ratio=max_latency_ratio, data=data, alpha=alpha, threads=threads)
+    if junit_path:
+        write_junit(res, junit_path)
+    if os.environ.get("GITHUB_ACTIONS") == "true":
+        for line in github_annotations(res):
+            click.echo(line)
+    if json_mode:
+        _emit_json(res.to_dict())
+    elif not obj.quiet or not res.ok:
+        click.echo(render_table(res))
+    if not res.ok:
+        raise GateError(res.failures[0] if len(res.failures) == 1 else f"{len(res.failures)} gates failed: "
+                        + "; ".join(res.failures),
+                        hint="inspect the verdict above; raise --max-drop/--max-latency-ratio only if the loss is acceptable")
+
+
 def main(argv=None) -> None:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
