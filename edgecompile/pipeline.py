@@ -299,6 +299,7 @@ def _manifest(plan: Plan, model, precision: str, records, artifacts, parity) -> 
         "metric": plan.source.metric,
         "passes": [{"name": r.name, "kind": r.kind, "options": r.options, "modified": r.modified} for r in records],
         "backend_options": artifacts.backend_options,
+        "artifact_status": artifacts.notes.get("artifact_status"),
         "config": plan.config.to_dict(),
         "data": {"calibration": plan.calibration.describe() if plan.calibration is not None else None,
                  "evaluation": plan.evaluation.describe() if plan.evaluation is not None else None},

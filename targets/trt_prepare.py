@@ -215,7 +215,7 @@ def build_plan(model: ir.Model, *, precision: str, int8_mode: str | None, profil
         "optimization_level": cfg.optimization_level,
         "profiles": [input_profiles(model, cfg)],
         "dla": dla,
-        "timing_cache": {"enabled": cfg.timing_cache, "file": "cache/tensorrt/timing-{key}.cache",
+        "timing_cache": {"enabled": cfg.timing_cache, "file": "cache/tensorrt/timing-{tensorrt_version}-sm{major}{minor}.cache",
                          "key": "tensorrt version + compute capability"},
         "engine_cache": "cache/tensorrt/{tensorrt_version}-sm{major}{minor}-{bundle_id[:16]}.engine",
         "checks": {"compatibility": compatibility, "qdq": qdq},
