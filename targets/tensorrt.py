@@ -245,14 +245,18 @@ class TrtRunner(Runner):
 
 # -- engines on the device: bundled, cached, or built now ------------------------------------------
 
+def engine_key(trt_version: str, compute_capability: tuple[int, int], bundle_id: str) -> str:
+    """Cache key of a device-built engine: TensorRT version + GPU compute capability + bundle."""
+    major, minor = compute_capability
+    return f"{trt_version}-sm{major}{minor}-{bundle_id[:16]}"
+
+
 def _engine_cache_path(bundle, key: str) -> Path:
     return bundle.path / "cache" / "tensorrt" / f"{key}.engine"
 
 
 def ensure_engine(bundle, *, progress=None, rebuild: bool = False) -> tuple[bytes, str, Path]:
     """The engine for this device: (bytes, origin "bundled"|"cached"|"built", path)."""
-    from edgecompile.targets.trt_prepare import engine_key
-
     trt = _trt()
     cc = compute_capability()
     version = trt.__version__

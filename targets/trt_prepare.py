@@ -7,7 +7,6 @@
   `IInt8EntropyCalibrator2.read_calibration_cache` hands back to the builder (implicit INT8).
 - `build_plan`: every builder setting (precision flags, workspace, optimization profiles, DLA,
   timing cache) as JSON, so the device can build the engine exactly as planned.
-- `engine_key`: the cache key of an engine (TensorRT version + GPU compute capability + bundle).
 - `strip_qdq`: the float graph a Q/DQ graph simulates (for the CPU fallback).
 """
 from __future__ import annotations
@@ -220,11 +219,6 @@ def build_plan(model: ir.Model, *, precision: str, int8_mode: str | None, profil
         "engine_cache": "cache/tensorrt/{tensorrt_version}-sm{major}{minor}-{bundle_id[:16]}.engine",
         "checks": {"compatibility": compatibility, "qdq": qdq},
     }
-
-
-def engine_key(trt_version: str, compute_capability: tuple[int, int], bundle_id: str) -> str:
-    major, minor = compute_capability
-    return f"{trt_version}-sm{major}{minor}-{bundle_id[:16]}"
 
 
 # -- the float graph behind a Q/DQ graph (for the CPU fallback) ------------------------------------
