@@ -155,6 +155,9 @@ def build_engine(onnx_path: Path, plan: dict, *, calibration_cache: bytes | None
     if int8.get("mode") == "implicit":
         if calibration_cache is None:
             raise CompileError("implicit INT8 plan without a calibration cache", hint="rebuild the bundle")
+        if not hasattr(config, "int8_calibrator"):
+            raise CompileError(f"TensorRT {trt.__version__} no longer supports implicit INT8 (calibrators)",
+                               hint="rebuild the bundle with explicit Q/DQ INT8 ([tensorrt] int8 = 'explicit')")
         config.int8_calibrator = _calibrator(trt, calibration_cache)
         if profiles:
             config.set_calibration_profile(profiles[0])

@@ -197,6 +197,9 @@ def build_plan(model: ir.Model, *, precision: str, int8_mode: str | None, profil
             raise CompileError(f"[tensorrt] dla_core {cfg.dla_core} does not exist on {profile.name} "
                                f"({cores} DLA cores)", hint=f"use 0..{cores - 1} or leave dla_core unset"
                                if cores else "this device has no DLA; leave dla_core unset")
+        if precision == "fp32":
+            raise CompileError("DLA runs fp16 or int8 layers only, and this bundle is fp32",
+                               hint="use --precision fp16 or int8 with [tensorrt] dla_core, or leave dla_core unset")
         dla = {"core": cfg.dla_core, "gpu_fallback": cfg.gpu_fallback}
     return {
         "tensorrt_version": cfg.version,

@@ -206,6 +206,9 @@ def test_build_plan_settings_and_validation(trt_bundle):
     with pytest.raises(CompileError, match="dla_core 2 does not exist"):
         trt_prepare.build_plan(model, precision="fp16", int8_mode=None, profile=get_profile("jetson"), cfg=bad,
                                onnx_file="m", calibration_file=None, compatibility={}, qdq=None)
+    with pytest.raises(CompileError, match="DLA runs fp16 or int8"):
+        trt_prepare.build_plan(model, precision="fp32", int8_mode=None, profile=get_profile("jetson"), cfg=cfg,
+                               onnx_file="m", calibration_file=None, compatibility={}, qdq=None)
     bad = Config.from_dict({"tensorrt": {"min_batch": 4, "opt_batch": 2}}).tensorrt
     with pytest.raises(CompileError, match="min_batch <= opt_batch"):
         trt_prepare.input_profiles(model, bad)
