@@ -320,7 +320,7 @@ class TensorRtTarget:
 
     # -- build time ---------------------------------------------------------------------------
     def compile(self, model, ctx: BuildContext) -> Artifacts:
-        import onnx_ir as ir
+        import onnx_ir as ir  # noqa: F401  (used below)
 
         from edgecompile.targets import trt_compat, trt_prepare
 
@@ -337,6 +337,11 @@ class TensorRtTarget:
                 raise CompileError("[tensorrt] int8 = 'implicit' cannot be used on a graph that already has Q/DQ nodes",
                                    hint="set [tensorrt] int8 = 'auto' or 'explicit'")
         precision = "int8" if int8_mode else ctx.precision
+        prepared = {}
+        if qdq_present:
+            model, folded = trt_prepare.fold_int32_dequantize(ir.from_proto(ir.to_proto(model)))
+            if folded:
+                prepared["int32 bias dequantize folded"] = folded
         compat = trt_compat.check_graph(model)
         qdq = trt_compat.check_qdq(model) if qdq_present else None
         if qdq is not None and not qdq.ok:
@@ -371,6 +376,9 @@ class TensorRtTarget:
         ctx.writer.path(PLAN_FILE).write_text(json.dumps(plan, indent=2) + "\n")
         files[PLAN_FILE] = ROLE_PLAN
         status[PLAN_FILE] = {"state": "built", "why": "prepared ONNX + builder settings for the device"}
+        if prepared:
+            status[ONNX_FILE] = {"state": "built", "why": "prepared for TensorRT: " + ", ".join(
+                f"{k}: {v}" for k, v in prepared.items()) + " (TensorRT dequantizes int8 only; values unchanged)"}
 
         engine_state = self._engine_here(ctx, plan, compat, files, calib_file)
         status["tensorrt engine"] = engine_state

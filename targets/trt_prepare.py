@@ -8,6 +8,7 @@
 - `build_plan`: every builder setting (precision flags, workspace, optimization profiles, DLA,
   timing cache) as JSON, so the device can build the engine exactly as planned.
 - `strip_qdq`: the float graph a Q/DQ graph simulates (for the CPU fallback).
+- `fold_int32_dequantize`: int32 bias DequantizeLinear -> float initializers (TensorRT takes int8 Q/DQ only).
 """
 from __future__ import annotations
 
@@ -253,24 +254,49 @@ def strip_qdq(model: ir.Model) -> tuple[ir.Model, int]:
             if not x.uses() and not x.is_graph_output():
                 graph.remove(prod, safe=True)
                 removed += 1
-        elif x is not None and x.const_value is not None and not out.is_graph_output():
-            q = x.const_value.numpy().astype(np.float32)
-            scale = node.inputs[1].const_value.numpy().astype(np.float32)
-            zp = (node.inputs[2].const_value.numpy().astype(np.float32)
-                  if len(node.inputs) > 2 and node.inputs[2] is not None and node.inputs[2].const_value is not None
-                  else np.zeros_like(scale))
-            if scale.ndim == 1 and scale.size > 1:
-                axis = node.attributes["axis"].value if "axis" in node.attributes else 1
-                shape = [1] * q.ndim
-                shape[axis] = scale.size
-                scale, zp = scale.reshape(shape), zp.reshape(shape)
-            w = ir.Value(name=f"{out.name}_float", shape=ir.Shape(q.shape), type=ir.TensorType(ir.DataType.FLOAT),
-                         const_value=ir.tensor((q - zp) * scale, name=f"{out.name}_float"))
-            graph.register_initializer(w)
-            out.replace_all_uses_with(w)
-            graph.remove(node, safe=True)
+        elif _fold_constant_dq(graph, node):
             removed += 1
     import onnx_ir.passes.common as common
 
     clone = common.RemoveUnusedNodesPass()(clone).model
     return clone, removed
+
+
+def _fold_constant_dq(graph: ir.Graph, node: ir.Node) -> bool:
+    """Replace DequantizeLinear(constant) by a float32 initializer with the dequantized values."""
+    x, out = node.inputs[0], node.outputs[0]
+    scale_v = node.inputs[1] if len(node.inputs) > 1 else None
+    zp_v = node.inputs[2] if len(node.inputs) > 2 else None
+    if x is None or x.const_value is None or out.is_graph_output() or scale_v is None or scale_v.const_value is None:
+        return False
+    if zp_v is not None and zp_v.const_value is None:
+        return False
+    q = x.const_value.numpy().astype(np.float64)
+    scale = scale_v.const_value.numpy().astype(np.float64)
+    zp = zp_v.const_value.numpy().astype(np.float64) if zp_v is not None else np.zeros_like(scale)
+    if scale.ndim == 1 and scale.size > 1:
+        axis = node.attributes["axis"].value if "axis" in node.attributes else 1
+        shape = [1] * q.ndim
+        shape[axis if axis >= 0 else axis + q.ndim] = scale.size
+        scale, zp = scale.reshape(shape), zp.reshape(shape)
+    values = ((q - zp) * scale).astype(np.float32)
+    w = ir.Value(name=f"{out.name}_float", shape=ir.Shape(values.shape), type=ir.TensorType(ir.DataType.FLOAT),
+                 const_value=ir.tensor(values, name=f"{out.name}_float"))
+    graph.register_initializer(w)
+    out.replace_all_uses_with(w)
+    graph.remove(node, safe=True)
+    return True
+
+
+def fold_int32_dequantize(model: ir.Model) -> tuple[ir.Model, int]:
+    """TensorRT dequantizes int8 only: fold DequantizeLinear of constant int32 tensors (quantized biases,
+    as ONNX Runtime's quantizer writes them) into float32 initializers with exactly the dequantized
+    values. Returns (model, number of nodes folded); the model is changed in place."""
+    folded = 0
+    for node in list(model.graph):
+        if node.op_type != "DequantizeLinear" or node.domain not in ("", "ai.onnx"):
+            continue
+        x = node.inputs[0]
+        if x is not None and x.dtype == ir.DataType.INT32 and _fold_constant_dq(model.graph, node):
+            folded += 1
+    return model, folded

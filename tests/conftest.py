@@ -99,6 +99,9 @@ def quantized(trt_bundle, tmp_path_factory, digits_source):
         "tensorrt": dict(activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
                          extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
                                         "QuantizeBias": False}),
+        "tensorrt-int32-bias": dict(activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                                    per_channel=True,
+                                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True}),
         "ort-default": dict(activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True),
     }
     d = tmp_path_factory.mktemp("qdq")

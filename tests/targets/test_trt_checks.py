@@ -106,6 +106,21 @@ def test_ort_default_qdq_fails_with_reasons(quantized):
     assert "int32 (bias) dequantization" in problems
 
 
+def test_int32_bias_dequantize_is_folded_exactly(quantized, digits_source):
+    from edgecompile.targets.ort import ort_outputs
+
+    qdq = quantized["tensorrt-int32-bias"]
+    before = trt_compat.check_qdq(qdq)
+    assert {i.problem.split(":")[0] for i in before.errors} == {"int32 (bias) dequantization is unsupported"}
+    proto = ir.to_proto(qdq).SerializeToString()
+    folded, n = trt_prepare.fold_int32_dequantize(ir.from_proto(ir.to_proto(qdq)))
+    assert n == len(before.errors) == 4
+    assert trt_compat.check_qdq(folded).ok
+    x = digits_source.dataset("test").take(64).inputs["input"]
+    np.testing.assert_allclose(ort_outputs(ir.to_proto(folded).SerializeToString(), [{"input": x}])[0],
+                               ort_outputs(proto, [{"input": x}])[0], rtol=1e-5, atol=1e-5)
+
+
 def test_q_without_dq_and_wrong_weight_axis_are_flagged():
     w = numpy_helper.from_array(np.ones((4, 3, 1, 1), np.int8), "w")
     ws = numpy_helper.from_array(np.full(3, 0.1, np.float32), "ws")       # per-channel on axis 1: wrong
