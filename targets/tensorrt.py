@@ -333,15 +333,17 @@ class TensorRtTarget:
             if int8_mode == "explicit" and not qdq_present:
                 raise CompileError("[tensorrt] int8 = 'explicit' needs a Q/DQ graph, and this graph has none",
                                    hint="enable the quantize pass, or set [tensorrt] int8 = 'implicit' (calibration cache)")
-            if int8_mode == "implicit" and qdq_present:
-                raise CompileError("[tensorrt] int8 = 'implicit' cannot be used on a graph that already has Q/DQ nodes",
-                                   hint="set [tensorrt] int8 = 'auto' or 'explicit'")
         precision = "int8" if int8_mode else ctx.precision
         prepared = {}
+        if int8_mode == "implicit" and qdq_present:
+            # TensorRT cannot mix both: drop the Q/DQ (weights keep their quantized values) and calibrate
+            model, removed = trt_prepare.strip_qdq(model)
+            prepared["Q/DQ removed for implicit INT8"] = removed
+            qdq_present = False
         if qdq_present:
             model, folded = trt_prepare.fold_int32_dequantize(ir.from_proto(ir.to_proto(model)))
             if folded:
-                prepared["int32 bias dequantize folded"] = folded
+                prepared["int32 bias DequantizeLinear folded to float (TensorRT dequantizes int8 only)"] = folded
         compat = trt_compat.check_graph(model)
         qdq = trt_compat.check_qdq(model) if qdq_present else None
         if qdq is not None and not qdq.ok:
@@ -378,7 +380,7 @@ class TensorRtTarget:
         status[PLAN_FILE] = {"state": "built", "why": "prepared ONNX + builder settings for the device"}
         if prepared:
             status[ONNX_FILE] = {"state": "built", "why": "prepared for TensorRT: " + ", ".join(
-                f"{k}: {v}" for k, v in prepared.items()) + " (TensorRT dequantizes int8 only; values unchanged)"}
+                f"{k}: {v}" for k, v in prepared.items()) }
 
         engine_state = self._engine_here(ctx, plan, compat, files, calib_file)
         status["tensorrt engine"] = engine_state

@@ -73,16 +73,17 @@ def test_jetson_int8_cli_build_uses_a_calibration_cache(trt_int8_build):
     assert rc == 0, stderr
     assert "tensorrt engine" in stdout and "int8" in stdout
     m = json.loads((out / "manifest.json").read_text())
-    assert m["precision"] == "int8" and m["artifacts"]["tensorrt/calibration.cache"]["role"] == "trt-calibration-cache"
+    assert m["precision"] == "int8"
     plan = json.loads((out / "tensorrt" / "build_plan.json").read_text())
     graph = ir.load(str(out / "tensorrt" / "model.onnx"))
     from edgecompile.targets.trt_compat import check_qdq, has_qdq
 
     if has_qdq(graph):                 # the quantize pass produced an explicit Q/DQ graph
-        assert plan["int8"]["mode"] == "explicit" and check_qdq(graph).ok
-    else:                              # no Q/DQ: implicit INT8 from our calibration cache
-        assert plan["int8"] == {"mode": "implicit", "calibration_cache": "tensorrt/calibration.cache",
-                                "calibrator": plan["int8"]["calibrator"]}
+        assert plan["int8"]["mode"] == "explicit" and check_qdq(graph).ok, check_qdq(graph).summary()
+        assert plan["checks"]["qdq"]["ok"] and "tensorrt/calibration.cache" not in m["artifacts"]
+    else:                              # no Q/DQ (quantize pass absent): implicit INT8 from our calibration cache
+        assert plan["int8"]["mode"] == "implicit" and plan["int8"]["calibration_cache"] == "tensorrt/calibration.cache"
+        assert m["artifacts"]["tensorrt/calibration.cache"]["role"] == "trt-calibration-cache"
     assert plan["flags"] == ["INT8", "FP16"]
 
 
@@ -140,11 +141,32 @@ def test_explicit_int8_from_a_qdq_graph(quantized, tmp_path, digits_source):
 def test_non_tensorrt_qdq_and_mode_mismatches_are_compile_errors(quantized, trt_bundle, tmp_path, digits_source):
     with pytest.raises(CompileError, match="fails TensorRT's Q/DQ rules"):
         _compile(quantized["ort-default"], tmp_path / "a", digits_source)
-    with pytest.raises(CompileError, match="cannot be used on a graph that already has Q/DQ"):
-        _compile(quantized["tensorrt"], tmp_path / "b", digits_source, int8="implicit")
     fp32 = ir.load(str(trt_bundle.path / "tensorrt" / "model.onnx"))
     with pytest.raises(CompileError, match="needs a Q/DQ graph"):
         _compile(fp32, tmp_path / "c", digits_source, int8="explicit")
+
+
+def test_implicit_int8_writes_a_calibration_cache_for_every_activation(trt_bundle, quantized, tmp_path,
+                                                                       digits_source):
+    from edgecompile.targets import trt_prepare
+
+    fp32 = ir.load(str(trt_bundle.path / "tensorrt" / "model.onnx"))
+    for name, model in (("fp32", fp32), ("qdq", quantized["tensorrt"])):
+        arts, writer = _compile(model, tmp_path / name, digits_source, int8="implicit")
+        try:
+            text = (writer.staging / "tensorrt" / "calibration.cache").read_text()
+            header, scales = trt_prepare.parse_calibration_cache(text)
+            graph = ir.load(str(writer.staging / "tensorrt" / "model.onnx"))
+            plan = json.loads((writer.staging / "tensorrt" / "build_plan.json").read_text())
+        finally:
+            writer.abort()
+        assert header == "TRT-100100-EntropyCalibration2"
+        assert plan["int8"]["mode"] == "implicit" and arts.files["tensorrt/calibration.cache"] == "trt-calibration-cache"
+        assert list(scales) == trt_prepare.activation_names(graph)
+        assert scales["input"] == pytest.approx(1 / 127)          # digits pixels are in [0, 1]
+        assert all(s > 0 for s in scales.values())
+        assert not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.graph)
+    assert "Q/DQ removed" in arts.notes["artifact_status"]["tensorrt/model.onnx"]["why"]
 
 
 def test_unsupported_graph_ships_with_the_engine_skipped(tmp_path, digits_source):
