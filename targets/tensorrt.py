@@ -9,7 +9,7 @@ TensorRT and the profile's GPU:
     tensorrt/calibration.cache     implicit INT8 only: TensorRT calibration cache    role trt-calibration-cache
     tensorrt/checks.json           parser compatibility + Q/DQ check results         role trt-checks
     tensorrt/<ver>-sm<cc>.engine   only when built here on a matching GPU            role trt-engine
-    fallback/cpu.so                TVM library for the device's CPU (fp32)            role cpu-fallback
+    fallback/cpu.so (+ cpu.json)   TVM library for the device's CPU (fp32)            role cpu-fallback
 
 On the device `load()` uses, in order: the bundled engine (matching TensorRT version + compute
 capability), a cached engine in `DIR/cache/tensorrt/` (key: TensorRT version + compute capability +
@@ -42,6 +42,7 @@ CHECKS_FILE = "tensorrt/checks.json"
 FALLBACK_FILE = "fallback/cpu.so"
 ROLE_ONNX, ROLE_PLAN, ROLE_CALIB = "trt-onnx", "trt-build-plan", "trt-calibration-cache"
 ROLE_CHECKS, ROLE_ENGINE, ROLE_FALLBACK = "trt-checks", "trt-engine", "cpu-fallback"
+ROLE_FALLBACK_META = "cpu-fallback-meta"
 TRT_HINT = ("on a Jetson, use the TensorRT that JetPack installs (python3-libnvinfer); "
             "the PyPI wheels are download stubs")
 
@@ -451,12 +452,20 @@ class TensorRtTarget:
         tvm_cfg = ctx.config.tvm
         with _maybe_step(ctx.progress, "fallback", f"TVM {ctx.profile.arch} CPU library (fp32)"):
             info = compile_library(fp32, ctx.profile, out, tune_trials=tvm_cfg.tune_trials,
-                                   tune_timeout=tvm_cfg.tune_timeout, progress=ctx.progress)
+                                   tune_timeout=tvm_cfg.tune_timeout, progress=ctx.progress,
+                                   cache=ctx.options.get("tvm_cache", True))
         files[FALLBACK_FILE] = ROLE_FALLBACK
+        folder = Path(FALLBACK_FILE).parent
+        for name in (info or {}).get("files", []):         # the library's metadata, read by load_library
+            rel = str(folder / name)
+            if rel != FALLBACK_FILE and (ctx.staging / rel).is_file():
+                files[rel] = ROLE_FALLBACK_META
         why = f"fp32 {ctx.profile.arch} CPU library for when TensorRT is unavailable"
         if removed:
             why += f" (Q/DQ removed: {removed} nodes; weights keep their quantized values)"
-        return {"state": "built", "why": why, "arch": ctx.profile.arch, "tvm": info}
+        return {"state": "built", "why": why, "arch": ctx.profile.arch,
+                "tvm": {k: info.get(k) for k in ("tvm_version", "target", "cross_compiler", "compiled_batch",
+                                                 "tuning") if k in (info or {})}}
 
     # -- run time -----------------------------------------------------------------------------
     def load(self, bundle, *, threads: int | None = None, validate: bool = True, progress=None) -> Runner:
@@ -492,7 +501,7 @@ class TensorRtTarget:
 
         warnings.warn(f"{reason}; running the TVM CPU fallback (fp32) instead of the GPU engine", RuntimeWarning,
                       stacklevel=3)
-        return load_library(libs[0], inputs, outputs, threads=threads)
+        return load_library(libs[0], inputs, outputs, threads=threads, bundle=bundle, validate=validate)
 
 
 class _NullStep:
