@@ -188,7 +188,8 @@ def execute(plan: Plan, progress: Progress) -> Bundle:
     writer = BundleWriter(plan.output)
     try:
         bctx = BuildContext(writer=writer, profile=plan.profile, config=cfg, precision=achieved,
-                            source=plan.source, calibration=plan.calibration, threads=cfg.build.threads,
+                            source=plan.source, calibration=plan.calibration, evaluation=plan.evaluation,
+                            threads=cfg.build.threads,
                             progress=progress, options=plan.options)
         with progress.step("compile", plan.backend):
             artifacts = plan.target.compile(model, bctx)

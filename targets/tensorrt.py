@@ -365,8 +365,16 @@ class TensorRtTarget:
             ctx.writer.path(CALIB_FILE).write_text(trt_prepare.calibration_cache_text(amax, cfg.version))
             files[CALIB_FILE] = ROLE_CALIB
             calib_file = CALIB_FILE
-            status[CALIB_FILE] = {"state": "built", "why": f"implicit INT8: {len(amax)} tensor ranges from "
-                                  f"{min(samples, len(ctx.calibration))} calibration samples (entropy)"}
+            why = (f"implicit INT8: {len(amax)} tensor ranges from {min(samples, len(ctx.calibration))} "
+                   f"calibration samples (entropy)")
+            status[CALIB_FILE] = {"state": "built", "why": why}
+            if ctx.evaluation is not None:
+                with _maybe_step(progress, "int8 estimate", "ORT simulation of the calibration cache"):
+                    est = trt_prepare.estimate_implicit_int8(model, amax, ctx.evaluation)
+                status[CALIB_FILE]["estimate"] = est
+                if est["top1_agreement"] is not None:
+                    why += f"; simulated int8 top-1 agreement with fp32 {100 * est['top1_agreement']:.1f} %"
+                status[CALIB_FILE]["why"] = why + f", output cosine {est['output_cosine']:.4f} (n={est['n']}, ORT)"
 
         checks = {"compatibility": compat.to_dict(), "qdq": qdq.to_dict() if qdq else None}
         ctx.writer.path(CHECKS_FILE).write_text(json.dumps(checks, indent=2) + "\n")

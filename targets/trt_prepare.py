@@ -30,12 +30,15 @@ ALGORITHM = "EntropyCalibration2"
 def entropy_amax(hist: np.ndarray, edges: np.ndarray, stride: int = 8) -> float:
     """The |x| threshold minimising KL(P || Q), P the clipped histogram, Q its 128-level quantization.
 
-    Candidate thresholds are every `stride`-th bin edge from 128 bins up to the full range.
+    Candidate thresholds are every `stride`-th bin edge from 128 bins up to the full range. The first
+    bin's count is replaced by the second's (as NVIDIA's pytorch-quantization does), so the spike of
+    exact zeros after a ReLU does not pull the threshold down.
     """
-    hist = np.asarray(hist, dtype=np.float64)
+    hist = np.asarray(hist, dtype=np.float64).copy()
     n = len(hist)
     if n < QUANT_LEVELS or hist.sum() == 0:
         return float(edges[-1])
+    hist[0] = hist[1]        # exact zeros (e.g. after ReLU) would dominate the divergence: level them out
     best_kl, best_i = np.inf, n
     candidates = list(range(QUANT_LEVELS, n + 1, stride))
     if candidates[-1] != n:
@@ -300,3 +303,78 @@ def fold_int32_dequantize(model: ir.Model) -> tuple[ir.Model, int]:
         if x is not None and x.dtype == ir.DataType.INT32 and _fold_constant_dq(model.graph, node):
             folded += 1
     return model, folded
+
+
+# -- what the calibration cache does to accuracy (an ORT simulation, not the engine) ---------------
+
+_WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
+
+
+def simulate_implicit_int8(model: ir.Model, amax: dict[str, float]) -> ir.Model:
+    """The graph with every calibrated activation (except network outputs) fake-quantized (symmetric int8, scale amax/127, as the
+    cache tells TensorRT) and Conv/Gemm/MatMul weights quantized per output channel (as TensorRT does).
+    It bounds the INT8 error from above: TensorRT may keep some layers in FP16/FP32."""
+    clone = ir.from_proto(ir.to_proto(model))
+    graph = clone.graph
+    opset = max(13, dict(clone.opset_imports).get("", 13))
+    values = {v.name: v for v in graph.inputs}
+    for node in graph:
+        for v in node.outputs:
+            values[v.name] = v
+    for name, a in amax.items():
+        v = values.get(name)
+        if v is None or not v.uses() or v.is_graph_output():
+            continue                  # network outputs stay float in TensorRT unless asked otherwise
+        scale = ir.tensor(np.array(max(a, 1e-8) / 127.0, np.float32), name=f"{name}__scale")
+        zero = ir.tensor(np.array(0, np.int8), name=f"{name}__zp")
+        s_v = ir.Value(name=scale.name, shape=ir.Shape([]), type=ir.TensorType(ir.DataType.FLOAT), const_value=scale)
+        z_v = ir.Value(name=zero.name, shape=ir.Shape([]), type=ir.TensorType(ir.DataType.INT8), const_value=zero)
+        graph.register_initializer(s_v)
+        graph.register_initializer(z_v)
+        uses = list(v.uses())
+        q = ir.Node("", "QuantizeLinear", [v, s_v, z_v], name=f"{name}__q", version=opset)
+        dq = ir.Node("", "DequantizeLinear", [q.outputs[0], s_v, z_v], name=f"{name}__dq", version=opset)
+        dq.outputs[0].name = f"{name}__fq"
+        dq.outputs[0].dtype = v.dtype
+        dq.outputs[0].shape = v.shape
+        producer = v.producer()
+        if producer is None:
+            graph.insert_before(graph[0], [q, dq])
+        else:
+            graph.insert_after(producer, [q, dq])
+        for use in uses:
+            use.node.replace_input_with(use.idx, dq.outputs[0])
+    for node in graph:
+        idx = _WEIGHT_INPUT.get(node.op_type)
+        if idx is None or len(node.inputs) <= idx or node.inputs[idx] is None or node.inputs[idx].const_value is None:
+            continue
+        w = node.inputs[idx].const_value.numpy().astype(np.float32)
+        axis = 0 if node.op_type in ("Conv",) or (node.op_type == "Gemm" and _attr_int(node, "transB")) else (
+            1 if node.op_type == "ConvTranspose" else w.ndim - 1)
+        red = tuple(i for i in range(w.ndim) if i != axis)
+        s = np.maximum(np.abs(w).max(axis=red, keepdims=True), 1e-12) / 127.0
+        wq = (np.clip(np.round(w / s), -127, 127) * s).astype(np.float32)
+        new = ir.Value(name=f"{node.inputs[idx].name}__int8sim", shape=ir.Shape(wq.shape),
+                       type=ir.TensorType(ir.DataType.FLOAT), const_value=ir.tensor(wq, name=f"{node.inputs[idx].name}__int8sim"))
+        graph.register_initializer(new)
+        node.replace_input_with(idx, new)
+    return clone
+
+
+def _attr_int(node: ir.Node, name: str, default: int = 0) -> int:
+    a = node.attributes.get(name)
+    return default if a is None else int(a.value)
+
+
+def estimate_implicit_int8(model: ir.Model, amax: dict[str, float], dataset, samples: int = 1024) -> dict:
+    """Top-1 agreement and output cosine of the simulated INT8 graph against the FP32 graph (ORT)."""
+    from edgecompile.targets.ort import ort_outputs
+
+    ds = dataset.take(samples)
+    ref = ort_outputs(ir.to_proto(model).SerializeToString(), ds.batches(128))[0]
+    sim = ort_outputs(ir.to_proto(simulate_implicit_int8(model, amax)).SerializeToString(), ds.batches(128))[0]
+    r, s = ref.reshape(len(ref), -1).astype(np.float64), sim.reshape(len(sim), -1).astype(np.float64)
+    cos = float(np.sum(r * s) / max(np.linalg.norm(r) * np.linalg.norm(s), 1e-30))
+    return {"n": len(ds), "top1_agreement": float(np.mean(r.argmax(1) == s.argmax(1))) if r.shape[1] > 1 else None,
+            "output_cosine": cos, "method": "ORT simulation of the calibration cache + per-channel int8 weights "
+                                            "(not the engine; TensorRT may keep layers in fp16)"}

@@ -112,7 +112,7 @@ def test_engine_command_without_tensorrt_is_a_one_line_error(trt_bundle, digits_
     assert rc == 1 and "no TensorRT engine" in err
 
 
-def _compile(model, tmp_path, digits_source, precision="int8", **tensorrt):
+def _compile(model, tmp_path, digits_source, precision="int8", evaluation=None, **tensorrt):
     from edgecompile.config import Config
     from edgecompile.progress import Progress
     from edgecompile.target import BuildContext
@@ -122,7 +122,7 @@ def _compile(model, tmp_path, digits_source, precision="int8", **tensorrt):
     writer = BundleWriter(tmp_path / "b")
     ctx = BuildContext(writer=writer, profile=get_profile("jetson-xavier"), config=cfg, precision=precision,
                        source=digits_source, calibration=digits_source.dataset("calibration"),
-                       progress=Progress(quiet=True))
+                       evaluation=evaluation, progress=Progress(quiet=True))
     return trt_target.TensorRtTarget().compile(model, ctx), writer
 
 
@@ -152,7 +152,8 @@ def test_implicit_int8_writes_a_calibration_cache_for_every_activation(trt_bundl
 
     fp32 = ir.load(str(trt_bundle.path / "tensorrt" / "model.onnx"))
     for name, model in (("fp32", fp32), ("qdq", quantized["tensorrt"])):
-        arts, writer = _compile(model, tmp_path / name, digits_source, int8="implicit")
+        arts, writer = _compile(model, tmp_path / name, digits_source, int8="implicit",
+                                evaluation=digits_source.dataset("test"))
         try:
             text = (writer.staging / "tensorrt" / "calibration.cache").read_text()
             header, scales = trt_prepare.parse_calibration_cache(text)
@@ -166,6 +167,8 @@ def test_implicit_int8_writes_a_calibration_cache_for_every_activation(trt_bundl
         assert scales["input"] == pytest.approx(1 / 127)          # digits pixels are in [0, 1]
         assert all(s > 0 for s in scales.values())
         assert not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.graph)
+        est = arts.notes["artifact_status"]["tensorrt/calibration.cache"]["estimate"]
+        assert est["n"] == 360 and est["top1_agreement"] >= 0.97 and est["output_cosine"] > 0.99
     assert "Q/DQ removed" in arts.notes["artifact_status"]["tensorrt/model.onnx"]["why"]
 
 

@@ -213,3 +213,15 @@ def test_build_plan_settings_and_validation(trt_bundle):
     bad = Config.from_dict({"tensorrt": {"min_batch": 4, "opt_batch": 2}}).tensorrt
     with pytest.raises(CompileError, match="min_batch <= opt_batch"):
         trt_prepare.input_profiles(model, bad)
+
+
+def test_simulated_int8_tells_good_ranges_from_bad(trt_bundle, digits_source):
+    model = ir.load(str(trt_bundle.path / "tensorrt" / "model.onnx"))
+    amax = trt_prepare.calibrate(model, digits_source.dataset("calibration"), samples=256)
+    sim = trt_prepare.simulate_implicit_int8(model, amax)
+    assert sum(n.op_type == "QuantizeLinear" for n in sim.graph) == len(amax) - 1     # all but the output
+    good = trt_prepare.estimate_implicit_int8(model, amax, digits_source.dataset("test"))
+    clipped = trt_prepare.estimate_implicit_int8(model, {k: v / 20 for k, v in amax.items()},
+                                                 digits_source.dataset("test"))
+    assert good["top1_agreement"] >= 0.97 and good["output_cosine"] > 0.99
+    assert clipped["top1_agreement"] < 0.5
