@@ -210,12 +210,13 @@ class TrtRunner(Runner):
         self._buffers: dict[str, object] = {}
 
     def _buffer(self, name: str, shape, dtype):
-        buf = self._buffers.get(name)
-        if buf is None or np.dtype(buf.dtype) != np.dtype(dtype):
+        dtype = np.dtype(dtype)
+        buf, have = self._buffers.get(name, (None, None))
+        if buf is None or have != dtype:          # (DeviceArray.dtype is deprecated: track it here)
             if buf is not None:
                 buf.free()
-            buf = self._cuda.DeviceArray(shape=tuple(shape), dtype=np.dtype(dtype))
-            self._buffers[name] = buf
+            buf = self._cuda.DeviceArray(shape=tuple(shape), dtype=dtype)
+            self._buffers[name] = (buf, dtype)
         return buf.resize(tuple(shape))
 
     def _run(self, feeds):
@@ -240,7 +241,7 @@ class TrtRunner(Runner):
         return [host for _, host in results]
 
     def _close(self):
-        for buf in self._buffers.values():
+        for buf, _ in self._buffers.values():
             buf.free()
         self._buffers.clear()
         self.stream.free()
