@@ -322,7 +322,7 @@ class TensorRtTarget:
 
     # -- build time ---------------------------------------------------------------------------
     def compile(self, model, ctx: BuildContext) -> Artifacts:
-        import onnx_ir as ir  # noqa: F401  (used below)
+        import onnx_ir as ir
 
         from edgecompile.targets import trt_compat, trt_prepare
 
