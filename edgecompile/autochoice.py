@@ -186,7 +186,7 @@ def measure_candidates(plan, candidates: list[Candidate], reference, progress, *
         writer = BundleWriter(root / f"{i}-{cand.backend}-{cand.precision}")
         try:
             bctx = BuildContext(writer=writer, profile=plan.profile, config=plan.config, precision=cand.precision,
-                                source=plan.source, calibration=plan.calibration, threads=threads,
+                                source=plan.source, calibration=plan.calibration, evaluation=plan.evaluation, threads=threads,
                                 progress=progress, options=plan.options)
             arts = cand.target.compile(cand.model, bctx)
             for rel, role in arts.files.items():
@@ -377,28 +377,3 @@ def cleanup(row: Row) -> None:
         except OSError:
             pass
 
-
-def render_md(choice: dict) -> list[str]:
-    """The candidate table for report.md."""
-    unit = choice.get("bound_units", "pt")
-    lines = ["## Backend choice (measured on this machine)", "",
-             f"requested `{choice['requested']['backend']}` / `{choice['requested']['precision']}`; chose "
-             f"**{choice['chosen']['backend']} {choice['chosen']['precision']}** ({choice['chosen']['reason']}); "
-             f"accuracy bound {choice['bound']:g} {unit}; CPU {choice['measured_on']['model']} "
-             f"(flags: {' '.join(choice['measured_on']['flags']) or 'none'})", "",
-             "| backend | precision | p50 (ms) | p99 (ms) | speedup vs ort fp32 | accuracy delta | status |",
-             "|---|---|---|---|---|---|---|"]
-
-    def f(v, spec):
-        return "" if v is None else format(v, spec)
-
-    for c in choice["candidates"]:
-        status = c["status"] + (f": {c['reason']}" if c["reason"] else "")
-        lines.append(f"| {c['backend']} | {c['precision']} | {f(c['p50_ms'], '.3f')} | {f(c['p99_ms'], '.3f')} | "
-                     f"{f(c['speedup_vs_ort_fp32'], '.2f')}{'x' if c['speedup_vs_ort_fp32'] else ''} | "
-                     f"{f(c['accuracy_delta'], '+.4f')} | {status} |")
-    for name, why in choice.get("excluded_backends", {}).items():
-        lines.append(f"| {name} | | | | | | not a candidate: {why} |")
-    if choice.get("fit_notes"):
-        lines += [""] + [f"- {n}" for n in choice["fit_notes"]]
-    return lines + [""]

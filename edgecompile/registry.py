@@ -14,6 +14,7 @@ from edgecompile.errors import ConfigError
 BUILTIN_TARGETS: dict[str, str] = {
     "ort": "edgecompile.targets.ort:OrtTarget",
     "openvino": "edgecompile.targets.openvino:OpenVinoTarget",
+    "tensorrt": "edgecompile.targets.tensorrt:TensorRtTarget",
 }
 
 BUILTIN_PASSES: dict[str, str] = {

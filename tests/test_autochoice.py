@@ -48,8 +48,10 @@ def test_auto_bundle_report_and_runtime(auto_fp32, digits_source):
     assert rep["backend_choice"]["chosen"]["backend"] == rep["backend"]
     assert rep["cold_start"]["torch_imported"] is False
     md = (auto_fp32.path / "report.md").read_text()
-    assert "## Backend choice" in md and "| ort | fp32 |" in md and "| openvino | fp32 |" in md
-    assert "speedup vs ort fp32" in md and "chosen: fastest within the accuracy bound" in md
+    assert "## Candidates tried" in md and "| ort | fp32 |" in md and "| openvino | fp32 |" in md
+    assert "speedup vs ort fp32" in md and "| chosen | fastest within the accuracy bound |" in md
+    assert "backend choice" in md and "| tvm |" in md
+    assert [c["backend"] for c in rep["candidates"]][:2] == ["ort", "openvino"]
     ds = digits_source.dataset("test")
     with edgecompile.runtime.load(auto_fp32.path) as r:
         assert (r(ds.inputs["input"]).argmax(1) == ds.labels).mean() >= 0.95
