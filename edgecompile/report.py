@@ -44,12 +44,43 @@ def build_report(plan, manifest: dict, measured: dict, records, parity, precisio
     }
 
 
-def write_reports(writer, report: dict, formats) -> None:
-    from edgecompile.bundle import write_json
+def render_json(report: dict) -> str:
+    from edgecompile.bundle import _json_default
 
-    write_json(writer.staging / "report.json", report)
-    if "md" in formats:
-        writer.write_derived("report.md", render_md(report))
+    return json.dumps(report, indent=2, default=_json_default) + "\n"
+
+
+# The one place that maps a report format to its renderer (report.json dict -> text). `build` writes
+# `report.<fmt>` for each configured format; `edgecompile report --format` prints one of them.
+RENDERERS = {
+    "json": render_json,
+    "md": lambda report: render_md(report),
+}
+
+
+def formats() -> list[str]:
+    return list(RENDERERS)
+
+
+def check_formats(requested) -> None:
+    from edgecompile.errors import ConfigError
+
+    unknown = [f for f in requested if f not in RENDERERS]
+    if unknown:
+        raise ConfigError(f"config key 'report.formats' has invalid value(s) {unknown}",
+                          hint=f"allowed values: {', '.join(RENDERERS)}")
+
+
+def render(report: dict, fmt: str) -> str:
+    check_formats([fmt])
+    return RENDERERS[fmt](report)
+
+
+def write_reports(writer, report: dict, formats) -> None:
+    """report.json always (the source of every other format), then the other configured formats."""
+    check_formats(formats)
+    for fmt in ["json", *(f for f in formats if f != "json")]:
+        writer.write_derived(f"report.{fmt}", render(report, fmt))
 
 
 def _fmt(v, spec=".4f", none="n/a"):
@@ -92,6 +123,12 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
     cpu = report["machine"]["cpu"]
     rows.append(("measured on", f"{cpu['model']} ({cpu['cores']} cores)"))
     rows.append(("build time", f"{report['build_seconds']:.1f} s"))
+    cache = report.get("cache")
+    if cache and cache.get("bundle") == "hit":
+        rows.append(("build cache", f"hit (bundle {report['bundle_id'][:12]}, first built in "
+                                    f"{cache.get('original_build_seconds', 0):.1f} s)"))
+    elif cache:
+        rows.append(("build cache", f"bundle {cache.get('bundle')}, export {cache.get('export') or 'n/a'}"))
     return rows
 
 
