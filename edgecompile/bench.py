@@ -41,13 +41,17 @@ def latency(runner, feeds: Mapping[str, np.ndarray], *, warmup: int = 10, min_ru
 
 
 def bench(bundle_dir: str | Path, *, runs: int = 50, warmup: int = 10, threads: int | None = None,
-          batch: int = 1, min_seconds: float = 1.0) -> dict:
-    """Python API: latency of a bundle on synthetic inputs of the declared shapes."""
+          batch: int = 1, min_seconds: float = 1.0, max_runs: int = 2000) -> dict:
+    """Python API: latency of a bundle on synthetic inputs of the declared shapes.
+
+    At least `runs` timed runs and `min_seconds` seconds, at most `max_runs` runs
+    (`runs == max_runs, min_seconds=0` gives exactly `runs`)."""
     from edgecompile.runtime import load
 
     with load(bundle_dir, threads=threads) as runner:
         feeds = synthetic_feeds(runner.inputs, batch)
-        return latency(runner, feeds, warmup=warmup, min_runs=runs, min_seconds=min_seconds, threads=threads)
+        return latency(runner, feeds, warmup=warmup, min_runs=runs, max_runs=max(max_runs, runs),
+                       min_seconds=min_seconds, threads=threads)
 
 
 def synthetic_feeds(inputs, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
