@@ -125,9 +125,17 @@ def reference_outputs(plan: Plan, module) -> np.ndarray | None:
         from edgecompile.training import predict
 
         return predict(module, ds)[0]
-    from edgecompile.targets.ort import ort_outputs
+    from edgecompile.targets.ort import explain_load_error, ort_outputs
 
-    return ort_outputs(plan.source.path.read_bytes(), ds.batches(64))[0]
+    try:
+        return ort_outputs(plan.source.path.read_bytes(), ds.batches(64))[0]
+    except Exception as exc:
+        from edgecompile.errors import ModelLoadError
+
+        raise ModelLoadError(f"{plan.source.path}: ONNX Runtime cannot run the source model for the FP32 "
+                             f"reference: {explain_load_error(exc)}",
+                             hint="the reference for .onnx sources is the model under ORT FP32; "
+                                  "use ops/opsets onnxruntime supports") from None
 
 
 def module_passes(plan: Plan) -> list:
