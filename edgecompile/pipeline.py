@@ -273,6 +273,7 @@ def bundle_from_cache(plan: Plan, entry: Path, key: str, progress: Progress, t_s
     writer = BundleWriter(plan.output)
     try:
         with progress.step("cache", f"hit: bundle {key[:12]}"):
+            t_copy = time.perf_counter()
             for rel in [MANIFEST, *manifest["artifacts"]]:
                 shutil.copyfile(entry / rel, writer.path(rel))
             Bundle(writer.staging, manifest).verify()
@@ -280,6 +281,7 @@ def bundle_from_cache(plan: Plan, entry: Path, key: str, progress: Progress, t_s
             rep["cache"] = {"bundle": "hit", "export": None, "key": key,
                             "original_build_seconds": (rep.get("cache") or {}).get("original_build_seconds", original)}
             rep["build_seconds"] = time.perf_counter() - t_start
+            rep["steps_seconds"] = {**progress.timings, "cache": time.perf_counter() - t_copy}
             report_mod.write_reports(writer, rep, plan.config.report.formats)
         for w in rep.get("warnings", []):
             progress.warn(f"(cached build) {w}")
