@@ -37,8 +37,8 @@ def code_fingerprint() -> str:
     h = hashlib.sha256()
     for pkg in (edgecompile, edgecompile.passes, edgecompile.targets):
         root = Path(pkg.__file__).resolve().parent
-        for path in sorted(root.glob("*.py")):
-            h.update(f"{pkg.__name__}/{path.name}\0".encode())
+        for path in sorted(root.rglob("*.py")):
+            h.update(f"{pkg.__name__}/{path.relative_to(root).as_posix()}\0".encode())
             h.update(path.read_bytes())
     return h.hexdigest()
 
