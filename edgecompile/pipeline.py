@@ -177,7 +177,9 @@ def bundle_key(plan: Plan) -> str:
 
 # Config keys that cannot change the exported ONNX graph, its parity check or the torch reference
 # outputs. Everything else in the config is part of the export key (a module pass reading a new
-# key is therefore covered automatically); data is keyed by content (sha256) instead of spec.
+# key is therefore covered automatically); data is keyed by content (sha256) instead of spec, the
+# device profile by its resolved name (module passes may tailor to a device), and the precision
+# only where a module pass depends on it (QAT). Backends of one profile share the export.
 _EXPORT_IRRELEVANT = {"model": None, "data": None, "report": None, "tvm": None,
                       "build": ("target", "backend", "precision", "strict", "force", "threads")}
 
@@ -195,7 +197,7 @@ def export_key(plan: Plan) -> str:
                 cfg[section].pop(k, None)
     qat = plan.precision == "int8" and plan.config.passes.quantize.mode == "qat"
     shas = [None if d is None else d.sha256() for d in (plan.evaluation, plan.calibration, plan.train)]
-    return content_key("export-cache/v1", plan.source.kind, plan.source.fingerprint, cfg,
+    return content_key("export-cache/v1", plan.source.kind, plan.source.fingerprint, cfg, plan.profile.name,
                        plan.precision if qat else None, DEFAULT_OPSET, toolchain_versions(),
                        code_fingerprint(), shas)
 

@@ -112,15 +112,18 @@ def test_bundle_key_misses_when_any_one_input_changes(base_plan, tmp_path, monke
 
 def test_export_key_covers_what_changes_the_graph_only(base_plan, tmp_path):
     from edgecompile.pipeline import export_key
+    from edgecompile.targets.profiles import get_profile
 
     key = export_key(base_plan)
     same = [_plan(base_plan, tmp_path, **{"build.threads": 1}), _plan(base_plan, tmp_path, **{"build.strict": True}),
             _plan(base_plan, tmp_path, **{"report.formats": ["json"]}),
-            _plan(base_plan, tmp_path, **{"build.precision": "int8"})]           # static int8: same FP32 export
+            _plan(base_plan, tmp_path, **{"build.precision": "int8"}),           # static int8: same FP32 export
+            dataclasses.replace(base_plan, backend="openvino")]                  # same device, another engine
     assert all(export_key(p) == key for p in same)
     different = [_plan(base_plan, tmp_path, **{"passes.prune.ratio": 0.5}),
                  _plan(base_plan, tmp_path, **{"data.evaluation": "digits:test[:100]"}),
                  _plan(base_plan, tmp_path, **{"build.precision": "int8", "passes.quantize.mode": "qat"}),
+                 dataclasses.replace(base_plan, profile=get_profile("rpi4"), backend="tvm"),
                  dataclasses.replace(base_plan, source=dataclasses.replace(base_plan.source, fingerprint="1" * 64))]
     keys = [export_key(p) for p in different]
     assert key not in keys and len(set(keys)) == len(keys)
