@@ -171,8 +171,10 @@ def cache_state(plan: Plan) -> str:
 
 def bundle_key(plan: Plan) -> str:
     """Content address of the whole bundle: bundle_id (source, effective config, backend, profile,
-    precision, toolchain versions, data sha256s) plus the fingerprint of EdgeCompile's code."""
-    return content_key("bundle-cache/v1", plan.bundle_id(), code_fingerprint())
+    precision, toolchain versions, data sha256s), the fingerprint of EdgeCompile's code, and this
+    machine (the manifest's `measured_on` and the report's measurements belong to it, so a cache
+    directory shared between machines never serves another machine's numbers)."""
+    return content_key("bundle-cache/v1", plan.bundle_id(), code_fingerprint(), machine_info())
 
 
 # Config keys that cannot change the exported ONNX graph, its parity check or the torch reference
@@ -199,7 +201,7 @@ def export_key(plan: Plan) -> str:
     shas = [None if d is None else d.sha256() for d in (plan.evaluation, plan.calibration, plan.train)]
     return content_key("export-cache/v1", plan.source.kind, plan.source.fingerprint, cfg, plan.profile.name,
                        plan.precision if qat else None, DEFAULT_OPSET, toolchain_versions(),
-                       code_fingerprint(), shas)
+                       code_fingerprint(), machine_info()["cpu"], shas)
 
 
 def export_stage(plan: Plan, ctx: PassContext, records: list, progress: Progress, cache: StageCache):

@@ -108,6 +108,11 @@ def test_bundle_key_misses_when_any_one_input_changes(base_plan, tmp_path, monke
     monkeypatch.undo()
     monkeypatch.setattr(pipeline, "code_fingerprint", lambda: "edited")
     assert pipeline.bundle_key(base_plan) != key                           # edited EdgeCompile code misses
+    monkeypatch.undo()
+    assert pipeline.bundle_key(base_plan) == key
+    other = {**pipeline.machine_info(), "cpu": {"model": "Cortex-A76", "arch": "aarch64", "cores": 4, "flags": []}}
+    monkeypatch.setattr(pipeline, "machine_info", lambda: other)
+    assert pipeline.bundle_key(base_plan) != key                           # a shared cache, another machine
 
 
 def test_export_key_covers_what_changes_the_graph_only(base_plan, tmp_path):
