@@ -22,13 +22,10 @@ def cached_module(name: str, key_parts: tuple, make: Callable[[], object], prepa
 
     from edgecompile.cache import content_key, subdir
 
-    from edgecompile.training import deterministic
-
-    # "seeded-init": the initial weights are drawn under a fixed seed (before, they came from whatever
-    # state the global torch RNG was in, so two fresh caches trained different weights).
-    key = content_key(name, torch.__version__, "seeded-init", *key_parts)[:24]
+    key = content_key(name, torch.__version__, *key_parts)[:24]
     path = subdir("models") / f"{name}-{key}.pt"
-    with deterministic(0):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)              # the initial weights are part of the definition: seed them
         module = make()
     if path.is_file():
         module.load_state_dict(torch.load(path, weights_only=True))
