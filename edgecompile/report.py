@@ -33,6 +33,7 @@ def build_report(plan, manifest: dict, measured: dict, records, parity, precisio
         "size_bytes": size,
         "artifacts": {k: {"size": v["size"], "role": v["role"]} for k, v in manifest["artifacts"].items()},
         "export": parity,
+        "quantization": quantization_section(precision_notes, acc),
         "passes": [r.to_dict() for r in records],
         "data": manifest["data"],
         "machine": manifest["measured_on"],
@@ -42,6 +43,18 @@ def build_report(plan, manifest: dict, measured: dict, records, parity, precisio
         "warnings": list(progress.warnings),
         "skipped": measured.get("skipped"),
     }
+
+
+def quantization_section(precision_notes: dict, acc) -> dict | None:
+    """precision.py's INT8 summary plus the bundle's task-metric delta (None when not quantizing)."""
+    quant = (precision_notes or {}).get("quantization")
+    if not quant:
+        return None
+    quant = dict(quant)
+    if acc is not None:
+        quant["accuracy_delta"] = acc.delta
+        quant["accuracy_metric"] = acc.metric
+    return quant
 
 
 def write_reports(writer, report: dict, formats) -> None:
@@ -118,6 +131,8 @@ def render_md(report: dict) -> str:
             delta = f"{p['metric_delta']:+.4f}" if p.get("metric_delta") is not None else ""
             notes = "; ".join(f"{k}: {v}" for k, v in (p.get("notes") or {}).items())
             lines.append(f"| {p['name']} | {p['kind']} | {p['seconds']:.2f} | {nodes} | {size} | {delta} | {notes} |")
+    if report.get("quantization"):
+        lines += ["", "## Quantization", ""] + _quant_md(report["quantization"])
     if report.get("export"):
         lines += ["", "## Export parity (ONNX vs torch)", "", "| output | cosine | max-abs | agreement |", "|---|---|---|---|"]
         for name, s in report["export"]["outputs"].items():
@@ -129,6 +144,33 @@ def render_md(report: dict) -> str:
               f"- CPU flags: {' '.join(cpu['flags']) or 'none detected'}",
               "- toolchain: " + ", ".join(f"{k} {v}" for k, v in report["toolchain"].items()), ""]
     return "\n".join(lines)
+
+
+def _quant_md(q: dict) -> list[str]:
+    if q.get("nothing_to_quantize"):
+        return [f"Nothing to quantize ({q.get('mode')} mode): {q['nothing_to_quantize']}"]
+    rows = [("mode / preset", f"{q.get('mode')} / {q.get('preset')}")]
+    if q.get("activations"):
+        rows.append(("types", f"activations {q['activations']}{' symmetric' if q.get('symmetric_activations') else ''}, "
+                              f"weights {q['weights']} {'per-channel' if q.get('per_channel') else 'per-tensor'}"))
+    cal = q.get("calibration")
+    if cal:
+        extra = f" (p{cal['percentile']:g})" if cal.get("percentile") else ""
+        rows.append(("calibration", f"{cal['method']}{extra}, {cal['samples']} samples of {cal['data']}"))
+    if q.get("quantized_ops") is not None:
+        rows.append(("quantized ops", str(q["quantized_ops"])))
+    if q.get("size_ratio") is not None:
+        sb = q["size_bytes"]
+        rows.append(("size int8 / fp32", f"{q['size_ratio']:.3f} ({sb['int8'] / 1024:.1f} / {sb['fp32'] / 1024:.1f} KiB)"))
+    lat = q.get("latency")
+    if lat:
+        rows.append(("speedup vs fp32", f"{lat['speedup']:.2f}x ({lat['int8_ms']:.4f} vs {lat['fp32_ms']:.4f} ms, "
+                                        f"batch {lat['batch']}, {lat['measured_with']})"))
+    if q.get("accuracy_delta") is not None:
+        rows.append((f"accuracy delta ({q['accuracy_metric']})", f"{q['accuracy_delta']:+.4f}"))
+    if q.get("output_cosine") is not None:
+        rows.append(("output cosine vs fp32 graph", f"{q['output_cosine']:.6f}"))
+    return ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
 
 
 def load_report(bundle_dir: str | Path) -> dict:
