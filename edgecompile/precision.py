@@ -18,7 +18,8 @@ from __future__ import annotations
 from edgecompile import registry
 from edgecompile.errors import CompileError
 
-# INT8 counts as "slower than FP32" only beyond this margin (timing noise on shared machines).
+# INT8 counts as "slower than FP32" only beyond this margin, and only when it lost every
+# interleaved round (see measurably_slower): timing noise on shared machines is large.
 SLOWER_TOLERANCE = 0.10
 
 
@@ -75,11 +76,18 @@ def int8(plan, model, ctx, records, progress):
         notes["reason"] = (f"INT8 loses {drop:.3g} {summary['metric_drop_unit']} of {summary['metric']} "
                            f"(bound max_accuracy_drop = {bound:g})")
         return model, "fp32", notes
-    speedup = summary.get("latency", {}).get("speedup")
-    if plan.backend == "ort" and speedup is not None and speedup < 1.0 - SLOWER_TOLERANCE:
-        notes["reason"] = f"INT8 is slower than FP32 here ({speedup:.2f}x the FP32 speed at batch 1)"
+    lat = summary.get("latency") or {}
+    if plan.backend == "ort" and lat and measurably_slower(lat):
+        notes["reason"] = (f"INT8 is slower than FP32 here ({lat['speedup']:.2f}x the FP32 speed at batch 1, "
+                           f"slower in all {lat['rounds']} interleaved rounds)")
         return model, "fp32", notes
     return qmodel, "int8", notes
+
+
+def measurably_slower(lat: dict) -> bool:
+    """INT8 slower than FP32 beyond the tolerance *and* in every interleaved round: a loaded,
+    noisy machine must not turn a coin flip into a precision fallback."""
+    return lat["speedup"] < 1.0 - SLOWER_TOLERANCE and lat["slower_rounds"] == lat["rounds"]
 
 
 def _qat(plan, model, ctx, records, progress):
@@ -149,8 +157,10 @@ def summarize(plan, fp32_model, int8_model, record) -> dict:
         feeds = synthetic_feeds(specs, 1)
     lat = interleaved({"fp32": lambda: s32.run(None, feeds), "int8": lambda: s8.run(None, feeds)},
                       rounds=8, seconds=1.5)
+    paired = [a / b for a, b in zip(lat["fp32"]["samples_ms"], lat["int8"]["samples_ms"])]
     out["latency"] = {"fp32_ms": lat["fp32"]["ms"], "int8_ms": lat["int8"]["ms"],
                       "speedup": lat["fp32"]["ms"] / lat["int8"]["ms"], "batch": 1,
+                      "slower_rounds": sum(1 for r in paired if r < 1.0),
                       "threads": threads or "ort default", "measured_with": "onnxruntime CPU, interleaved",
                       "rounds": lat["fp32"]["rounds"]}
     return out

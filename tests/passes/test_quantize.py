@@ -13,6 +13,7 @@ from edgecompile.errors import ConfigError, DataError
 from edgecompile.passes.quantize import PRESETS, Quantize, gemm_to_matmul, settings
 from edgecompile.passkit import PassContext
 from edgecompile.targets.ort import ort_outputs
+from quant_models import mlp, mlp_feeds
 
 
 # -- fixtures ------------------------------------------------------------------------------------
@@ -41,26 +42,6 @@ def run(proto, section=None, **ctx_kw):
 def top1(proto, ds) -> float:
     out = ort_outputs(proto.SerializeToString(), ds.batches(128))[0]
     return float((out.argmax(1) == ds.labels).mean())
-
-
-def mlp(seed: int = 0, hidden: int = 64) -> onnx.ModelProto:
-    """x[N,16] -> MatMul+Add -> Relu -> Gemm(transB) -> logits[N,10], random weights."""
-    rng = np.random.default_rng(seed)
-    w1 = numpy_helper.from_array(rng.normal(0, 0.5, (16, hidden)).astype(np.float32), "w1")
-    b1 = numpy_helper.from_array(rng.normal(0, 0.1, (hidden,)).astype(np.float32), "b1")
-    w2 = numpy_helper.from_array(rng.normal(0, 0.3, (10, hidden)).astype(np.float32), "w2")
-    b2 = numpy_helper.from_array(rng.normal(0, 0.1, (10,)).astype(np.float32), "b2")
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h0"], name="fc1"),
-             helper.make_node("Add", ["h0", "b1"], ["h1"], name="fc1_bias"),
-             helper.make_node("Relu", ["h1"], ["h"], name="relu"),
-             helper.make_node("Gemm", ["h", "w2", "b2"], ["logits"], name="fc2", transB=1)]
-    g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
-                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 10])], [w1, b1, w2, b2])
-    return onnx.shape_inference.infer_shapes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
-
-
-def mlp_feeds(n=256, seed=1):
-    return {"x": np.random.default_rng(seed).normal(0, 1, (n, 16)).astype(np.float32)}
 
 
 def cosine(a, b) -> float:
