@@ -143,7 +143,7 @@ def summarize(plan, fp32_model, int8_model, record) -> dict:
     s8 = create_session(q_bytes, threads=threads)
     data = plan.evaluation if plan.evaluation is not None else plan.calibration
     if data is not None:
-        ds = data.take(256)
+        ds = data.take(128)
         a = np.concatenate([s8.run(None, f)[0] for f in ds.batches(64)])
         b = np.concatenate([s32.run(None, f)[0] for f in ds.batches(64)])
         sim = raw_similarity(a, b)

@@ -124,6 +124,9 @@ class Quantize:
             return PassResult(model, False, {"nothing_to_quantize":
                               f"the graph has no {'/'.join(COMPUTE_OPS)} op; kept FP32"})
         preset_name, preset = settings(self.section, ctx.backend)
+        if self.section.mode == "dynamic" and ctx.backend == "tensorrt":
+            raise ConfigError("TensorRT runs static (QDQ) INT8 only, not dynamic quantization",
+                              hint="use --quantize static with calibration data")
         with _quiet_ort_logging():
             if self.section.mode == "dynamic":
                 out, notes = self._dynamic(proto, preset)
