@@ -171,11 +171,17 @@ def collect_stats(proto, names: Sequence[str], batches: list[dict[str, np.ndarra
     out_names = list(names)
     stats: dict[str, TensorStats] = {}
 
-    def runs():
-        for feeds in rebatch(batches, batch_size):
+    n = sum(len(next(iter(b.values()))) for b in batches)
+    total = -(-n // batch_size)
+
+    def runs(label: str):
+        it = rebatch(batches, batch_size)
+        if progress is not None:
+            it = progress.iterate(it, total, label)
+        for feeds in it:
             yield dict(zip(out_names, sess.run(out_names, feeds)))
 
-    for outs in runs():                                   # pass 1: range
+    for outs in runs("calibration (ranges)"):             # pass 1: range
         for name, arr in outs.items():
             if arr.size == 0:
                 continue
@@ -188,7 +194,7 @@ def collect_stats(proto, names: Sequence[str], batches: list[dict[str, np.ndarra
     if histograms:                                        # pass 2: |x| histogram on the final range
         for s in stats.values():
             s.hist = np.zeros(HIST_BINS, np.int64)
-        for outs in runs():
+        for outs in runs("calibration (histograms)"):
             for name, arr in outs.items():
                 s = stats.get(name)
                 if s is None or s.absmax == 0:

@@ -167,7 +167,8 @@ class Quantize:
         names = tensors_to_calibrate(proto, op_types)
         method = self.section.calibrate
         stats = collect_stats(proto, names, batches, histograms=method != "minmax",
-                              threads=getattr(ctx.config.build, "threads", None) if ctx.config else None)
+                              threads=getattr(ctx.config.build, "threads", None) if ctx.config else None,
+                              progress=ctx.progress)
         ranges = compute_ranges(stats, method, percentile=self.section.percentile,
                                 unsigned_activations=preset.activations == "uint8",
                                 symmetric=preset.symmetric_activations)
