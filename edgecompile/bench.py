@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -105,7 +105,7 @@ def cold_start(bundle_dir: str | Path, feeds: Mapping[str, np.ndarray], threads:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def interleaved(candidates: Mapping[str, "callable"], *, rounds: int = 8, seconds: float = 1.0,
+def interleaved(candidates: Mapping[str, Callable[[], object]], *, rounds: int = 8, seconds: float = 1.0,
                 warmup: int = 3) -> dict[str, dict]:
     """Per-call latency of several zero-argument callables measured side by side.
 

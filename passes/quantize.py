@@ -105,6 +105,11 @@ class Quantize:
         if self.section.mode not in ("static", "dynamic"):
             raise ConfigError(f"the quantize pass runs static or dynamic PTQ, not {self.section.mode!r}",
                               hint="mode 'qat' is handled by the QAT module pass")
+        if not 0.0 < self.section.percentile <= 100.0:
+            raise ConfigError(f"[passes.quantize] percentile must be in (0, 100], got {self.section.percentile:g}",
+                              hint="e.g. 99.99 clips the top 0.01 % of |x|")
+        if self.section.calib_samples < 1:
+            raise ConfigError(f"[passes.quantize] calib_samples must be at least 1, got {self.section.calib_samples}")
 
     def options(self) -> dict:
         s = self.section

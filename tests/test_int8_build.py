@@ -66,14 +66,27 @@ def test_digits_int8_cli_done_when(tmp_path):
 
 def test_onnx_source_int8_with_calibration_flags(digits_onnx, tmp_path):
     model, data = digits_onnx
-    cfg = Config().with_overrides({"passes.quantize.calibrate": "percentile", "passes.quantize.calib_samples": 32})
-    bundle = edgecompile.build(model, "cpu", output=tmp_path / "b", precision="int8", data=data, config=cfg)
-    rep = json.loads((bundle.path / "report.json").read_text())
+    code, stdout, stderr = run_cli("build", model, "--precision", "int8", "--data", data, "--calibrate", "percentile",
+                                   "--calib-samples", "32", "-o", tmp_path / "b", "--json")
+    assert code == 0, stderr
+    rep = json.loads(stdout)
     assert rep["precision"] == "int8"
     assert rep["quantization"]["calibration"]["method"] == "percentile"
     assert rep["quantization"]["calibration"]["samples"] == 32
+    assert rep["quantization"]["calibration"]["percentile"] == 99.99
     assert rep["accuracy"]["reference_model"].startswith("source onnx")
     assert abs(rep["accuracy"]["delta"]) <= 0.01
+
+
+def test_quantize_table_in_toml(tmp_path):
+    cfg_file = tmp_path / "q.toml"
+    cfg_file.write_text('[passes.quantize]\nmode = "dynamic"\ncalibrate = "entropy"\nper_channel = false\n'
+                        'activations = "int8"\nmax_accuracy_drop = 0.5\n')
+    q = Config.from_file(cfg_file).passes.quantize
+    assert (q.mode, q.calibrate, q.per_channel, q.activations, q.max_accuracy_drop) == ("dynamic", "entropy", False, "int8", 0.5)
+    cfg_file.write_text('[passes.quantize]\ncalibrate = "kl"\n')
+    code, _, stderr = run_cli("build", "models/digits", "--precision", "int8", "-c", cfg_file, "-o", tmp_path / "x")
+    assert code == 2 and "minmax, entropy, percentile" in stderr
 
 
 def test_python_api_calibration_data_is_validated(digits_onnx, tmp_path):

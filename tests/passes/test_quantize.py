@@ -119,6 +119,8 @@ def test_config_overrides_the_preset(digits_fp32, digits_source, digits_data):
     with pytest.raises(ConfigError, match="TensorRT needs symmetric int8"):
         settings(QuantizeSection(activations="uint8"), "tensorrt")
     assert settings(QuantizeSection(), "openvino") == ("openvino", PRESETS["openvino"])
+    with pytest.raises(ConfigError, match="percentile"):
+        Quantize(QuantizeSection(calibrate="percentile", percentile=150.0))
     with pytest.raises(ConfigError, match="static"):
         run(digits_fp32, QuantizeSection(mode="dynamic"), backend="tensorrt")
 
