@@ -83,7 +83,8 @@ class TvmSection:
 
 @dataclass(frozen=True)
 class ReportSection:
-    formats: list[str] = field(default_factory=lambda: ["json", "md"])
+    formats: list[str] = field(default_factory=lambda: ["json", "md"],
+                               metadata={"choices": ("json", "md", "html")})   # report.json is always written
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,11 @@ def _coerce(tp, value, dotted: str, fld: dataclasses.Field):
         (item,) = typing.get_args(tp)
         if not isinstance(value, list) or not all(isinstance(v, item) for v in value):
             raise ConfigError(f"config key {dotted!r} must be a list of {_type_name(item)}, got {value!r}")
+        choices = fld.metadata.get("choices")
+        bad = [v for v in value if choices and v not in choices]
+        if bad:
+            raise ConfigError(f"config key {dotted!r} has invalid value {bad[0]!r}",
+                              hint=f"allowed values: {', '.join(choices)}")
         return list(value)
     if tp is bool:
         if not isinstance(value, bool):

@@ -146,6 +146,11 @@ def execute(plan: Plan, progress: Progress) -> Bundle:
     cfg = plan.config
     progress.info(f"edgecompile build {plan.source.name} -> target {plan.profile.name} "
                   f"(backend {plan.backend}, precision {plan.precision})")
+    for what, ds in (("calibration", plan.calibration), ("evaluation", plan.evaluation), ("train", plan.train)):
+        if ds is not None:
+            progress.debug(f"{what} data: {ds.identity} ({len(ds)} samples, "
+                           f"{'labels' if ds.labels is not None else 'no labels'})")
+    progress.debug(f"output {plan.output.absolute()} (bundle id {plan.bundle_id()[:16]}), cache {cache_dir()}")
     records: list[PassRecord] = []
     ctx = PassContext(config=cfg, profile=plan.profile, backend=plan.backend, source=plan.source,
                       calibration=plan.calibration, evaluation=plan.evaluation, train=plan.train,
@@ -180,10 +185,21 @@ def execute(plan: Plan, progress: Progress) -> Bundle:
         pm = PassManager(graph_passes(plan))
         model = pm.run(model, ctx)
         records.extend(pm.records)
+    for r in pm.records:
+        metric = "" if r.metric_after is None else f", metric {r.metric_before:.4f} -> {r.metric_after:.4f}"
+        progress.debug(f"pass {r.name}: {r.seconds:.2f} s, nodes {r.nodes_before} -> {r.nodes_after}{metric}"
+                       + "".join(f"; {k}: {v}" for k, v in r.notes.items() if not isinstance(v, (list, dict))))
 
     from edgecompile import precision as precision_stage
 
+    fp32_graph = _serialize(model) if plan.precision != "fp32" and plan.evaluation is not None else None
     model, achieved, precision_notes = precision_stage.apply(plan, model, ctx, records, progress)
+    per_layer = None
+    if fp32_graph is not None and achieved != "fp32":
+        from edgecompile.compare import per_layer_error
+
+        with progress.step("per-layer", f"{achieved} vs the fp32 graph"):
+            per_layer = per_layer_error(fp32_graph, _serialize(model), plan.evaluation, progress)
 
     writer = BundleWriter(plan.output)
     try:
@@ -200,15 +216,25 @@ def execute(plan: Plan, progress: Progress) -> Bundle:
         from edgecompile import report as report_mod
 
         with progress.step("evaluate", "task metric + latency"):
-            measured = measure(plan, staged, reference)
+            measured = measure(plan, staged, reference, progress)
+        _gate_precision(plan, achieved, precision_notes, progress)     # before the report: it carries the warning
         rep = report_mod.build_report(plan, manifest, measured, records, parity, precision_notes,
-                                      progress, time.perf_counter() - t_start)
+                                      progress, time.perf_counter() - t_start, writer.staging)
+        from edgecompile.report_sections import per_layer as recorded_per_layer
+
+        if per_layer and not recorded_per_layer(rep):        # the quantization pass's own record wins
+            rep["per_layer"] = per_layer
         report_mod.write_reports(writer, rep, cfg.report.formats)
-        _gate_precision(plan, achieved, precision_notes, progress)
         final = writer.commit()
     finally:
         writer.abort()
     return Bundle(final, manifest)
+
+
+def _serialize(model) -> bytes:
+    import onnx_ir as ir
+
+    return ir.to_proto(model).SerializeToString()
 
 
 def _gate_precision(plan: Plan, achieved: str, notes: dict, progress: Progress) -> None:
@@ -241,7 +267,7 @@ def _onnx_evaluator(plan: Plan, reference: np.ndarray | None):
     return evaluate_graph
 
 
-def measure(plan: Plan, bundle: Bundle, reference: np.ndarray | None) -> dict:
+def measure(plan: Plan, bundle: Bundle, reference: np.ndarray | None, progress: Progress | None = None) -> dict:
     """Accuracy (task metric vs reference) and latency through the runtime's Runner."""
     from edgecompile.bench import cold_start, latency, synthetic_feeds
     from edgecompile.evaluate import choose_metric, compare, run_outputs
@@ -255,7 +281,7 @@ def measure(plan: Plan, bundle: Bundle, reference: np.ndarray | None) -> dict:
     runner = plan.target.load(bundle, threads=threads)
     with runner:
         if plan.evaluation is not None and reference is not None:
-            cand = run_outputs(runner, plan.evaluation)
+            cand = run_outputs(runner, plan.evaluation, progress=progress)
             metric = choose_metric(plan.source.metric, plan.evaluation, plan.classifier)
             ref_name = "torch fp32" if plan.source.kind == "torch" else "source onnx (ORT fp32)"
             out["accuracy"] = compare(cand, reference, plan.evaluation, metric, ref_name)
@@ -265,6 +291,10 @@ def measure(plan: Plan, bundle: Bundle, reference: np.ndarray | None) -> dict:
             feeds = synthetic_feeds(runner.inputs, 1)
         out["latency"] = latency(runner, feeds, threads=threads)
     out["cold_start"] = cold_start(bundle.path, feeds, threads)
+    if progress is not None:
+        lat = out["latency"]
+        progress.debug(f"latency p50 {lat['p50']:.3f} ms over {lat['runs']} runs; cold start "
+                       f"{out['cold_start'].get('cold_start_ms', float('nan')):.1f} ms")
     return out
 
 

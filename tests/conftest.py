@@ -51,3 +51,47 @@ def run_cli(*args, cwd=None, env=None, timeout=600):
     proc = subprocess.run([sys.executable, "-m", "edgecompile", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, env=full_env, timeout=timeout)
     return proc.returncode, proc.stdout, proc.stderr
+
+
+# -- regression gate (issue #12) -------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def digits_test_npz(tmp_path_factory, digits_source):
+    """digits:test as a .npz (input + labels), the form `--data` takes."""
+    import numpy as np
+
+    ds = digits_source.dataset("test")
+    path = tmp_path_factory.mktemp("gate-data") / "digits-test.npz"
+    np.savez(path, input=ds.inputs["input"], labels=ds.labels)
+    return path
+
+
+@pytest.fixture(scope="session")
+def digits_baseline(digits_bundle, tmp_path_factory):
+    """A baseline (dict + file) of the shared digits bundle."""
+    from edgecompile.regression import make_baseline, save_baseline
+
+    base = make_baseline(digits_bundle.path)
+    return base, save_baseline(base, tmp_path_factory.mktemp("gate-baseline") / "baseline.json")
+
+
+@pytest.fixture(scope="session")
+def regressed_bundle(digits_bundle, digits_test_npz, tmp_path_factory):
+    """A deliberately broken build: the digits ONNX with noise (50 % of each weight tensor's std) added
+    to its conv/linear weights, rebuilt through the real pipeline from the .onnx (top-1 drops by tens of points)."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    import edgecompile
+
+    model = onnx.load(digits_bundle.artifact("model"))
+    rng = np.random.default_rng(0)
+    for init in model.graph.initializer:
+        if init.name.endswith("weight"):
+            w = numpy_helper.to_array(init)
+            noisy = w + rng.normal(0.0, 0.5 * float(w.std()), w.shape).astype(w.dtype)
+            init.CopyFrom(numpy_helper.from_array(noisy, init.name))
+    root = tmp_path_factory.mktemp("gate-broken")
+    onnx.save(model, root / "digits-noisy.onnx")
+    return edgecompile.build(root / "digits-noisy.onnx", target="cpu", output=root / "bundle", data=digits_test_npz)

@@ -57,6 +57,7 @@ def test_digits_int8_cli_done_when(tmp_path):
     assert rep["passes"][-1]["size_after"] < rep["passes"][-1]["size_before"]
     md = (out / "report.md").read_text()
     assert "## Quantization" in md and "minmax, 256 samples" in md
+    assert "## Per-layer quantization error" in md
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["precision"] == "int8"
     with load(out) as runner:                                    # the torch-free runtime runs the QDQ bundle
@@ -105,6 +106,7 @@ def test_accuracy_bound_falls_back_to_fp32_unless_forced(mlp_onnx, tmp_path):
     assert rep["precision"] == "fp32" and rep["requested_precision"] == "int8"
     assert "max_accuracy_drop" in rep["precision_notes"]["reason"]
     assert rep["quantization"]["metric_drop"] > 0
+    assert any("not met" in w for w in rep["warnings"])
     forced = edgecompile.build(model, "cpu", output=tmp_path / "forced", precision="int8", data=data, config=cfg,
                                force=True)
     assert json.loads((forced.path / "report.json").read_text())["precision"] == "int8"
