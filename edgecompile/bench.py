@@ -110,8 +110,9 @@ def interleaved(candidates: Mapping[str, Callable[[], object]], *, rounds: int =
     """Per-call latency of several zero-argument callables measured side by side.
 
     Each round times a burst of calls of every candidate, alternating the order (A B, B A, ...)
-    so that drifting machine load hits all candidates alike; the result per candidate is the
-    median over rounds of the mean time per call, in ms. `seconds` is the total budget (about).
+    so that drifting machine load hits all candidates alike; a round's value is the median call
+    time of its burst (robust to preemption stalls on a loaded machine), the result per candidate
+    the median over rounds, in ms. `seconds` is the total budget (about).
     """
     names = list(candidates)
     per_call = {}
@@ -131,9 +132,11 @@ def interleaved(candidates: Mapping[str, Callable[[], object]], *, rounds: int =
         order = names if r % 2 == 0 else names[::-1]
         for name in order:
             fn, k = candidates[name], burst[name]
-            t0 = time.perf_counter()
-            for _ in range(k):
+            times = np.empty(k)
+            for i in range(k):
+                t0 = time.perf_counter()
                 fn()
-            samples[name].append((time.perf_counter() - t0) / k * 1e3)
+                times[i] = time.perf_counter() - t0
+            samples[name].append(float(np.median(times)) * 1e3)
     return {n: {"ms": float(np.median(s)), "rounds": len(s), "calls_per_round": burst[n],
                 "samples_ms": [round(v, 5) for v in s]} for n, s in samples.items()}
