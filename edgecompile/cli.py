@@ -129,6 +129,23 @@ def build(obj: Ctx, model, target, backend, precision, output, data, config_path
 
 @cli.command()
 @click.argument("bundle_dir", type=click.Path())
+@click.option("--rebuild", is_flag=True, help="Build again even if a cached engine exists.")
+@click.option("--json", "json_mode", is_flag=True, help="Machine-readable output.")
+@verbosity_options
+@click.pass_obj
+def engine(obj: Ctx, bundle_dir, rebuild, json_mode):
+    """Prebuild the TensorRT engine of a jetson bundle on this device (cached in DIR/cache/tensorrt/)."""
+    from edgecompile.targets.tensorrt import prebuild
+
+    info = prebuild(bundle_dir, progress=obj.progress(json_mode), rebuild=rebuild)
+    if json_mode:
+        _emit_json(info)
+    elif not obj.quiet:
+        click.echo(f"engine {info['origin']}: {info['engine']} ({info['bytes']} bytes, {info['tensorrt']})")
+
+
+@cli.command()
+@click.argument("bundle_dir", type=click.Path())
 @click.option("-f", "--format", "fmt", type=click.Choice(["md", "json", "html"]), default="md", show_default=True,
               help="md and json print to stdout; html writes DIR/report.html.")
 @click.option("-o", "--output", type=click.Path(), help="Write to this file instead ('-' for stdout).")

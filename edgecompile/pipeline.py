@@ -204,7 +204,8 @@ def execute(plan: Plan, progress: Progress) -> Bundle:
     writer = BundleWriter(plan.output)
     try:
         bctx = BuildContext(writer=writer, profile=plan.profile, config=cfg, precision=achieved,
-                            source=plan.source, calibration=plan.calibration, threads=cfg.build.threads,
+                            source=plan.source, calibration=plan.calibration, evaluation=plan.evaluation,
+                            threads=cfg.build.threads,
                             progress=progress, options=plan.options)
         with progress.step("compile", plan.backend):
             artifacts = plan.target.compile(model, bctx)
@@ -329,6 +330,7 @@ def _manifest(plan: Plan, model, precision: str, records, artifacts, parity) -> 
         "metric": plan.source.metric,
         "passes": [{"name": r.name, "kind": r.kind, "options": r.options, "modified": r.modified} for r in records],
         "backend_options": artifacts.backend_options,
+        "artifact_status": artifacts.notes.get("artifact_status"),
         "config": plan.config.to_dict(),
         "data": {"calibration": plan.calibration.describe() if plan.calibration is not None else None,
                  "evaluation": plan.evaluation.describe() if plan.evaluation is not None else None},

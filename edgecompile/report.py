@@ -34,6 +34,8 @@ def build_report(plan, manifest: dict, measured: dict, records, parity, precisio
         "peak_rss_mb": cold.get("peak_rss_mb"),
         "size_bytes": size,
         "artifacts": {k: {"size": v["size"], "role": v["role"]} for k, v in manifest["artifacts"].items()},
+        "artifact_status": manifest.get("artifact_status"),
+        "execution": (manifest.get("backend_options") or {}).get("execution"),
         "export": parity,
         "quantization": quantization_section(precision_notes, acc),
         "passes": [r.to_dict() for r in records],
@@ -108,6 +110,11 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
         rows.append(("cold start", f"{report['cold_start_ms']:.1f} ms (load + first inference)"))
     if report.get("peak_rss_mb") is not None:
         rows.append(("peak RSS", f"{report['peak_rss_mb']:.1f} MB (runtime process)"))
+    for name, st in (report.get("artifact_status") or {}).items():
+        rows.append((name, f"{st['state']}: {st['why']}"))
+    for where, what in (report.get("execution") or {}).items():
+        if what:
+            rows.append((f"runs on {where.replace('_', ' ')}", what))
     rows.append(("size", f"{report['size_bytes'] / 1024:.1f} KiB"))
     cpu = report["machine"]["cpu"]
     rows.append(("measured on", f"{cpu['model']} ({cpu['cores']} cores)"))

@@ -18,7 +18,7 @@ from .._common import fingerprint
 SEED = 0
 EPOCHS = 30
 _HERE = Path(__file__).resolve().parent
-_FILES = (_HERE / "__init__.py", _HERE / "model.py")
+_FILES = (_HERE / "__init__.py", _HERE / "model.py", _HERE.parent / "_common.py")
 
 
 @lru_cache(maxsize=None)
