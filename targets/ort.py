@@ -62,6 +62,7 @@ class OrtRunner(Runner):
 
 class OrtTarget:
     name = "ort"
+    precisions = ("fp32", "int8")     # int8: QDQ (static) or integer ops (dynamic) from the quantize pass
 
     def check_available(self) -> Availability:
         try:
