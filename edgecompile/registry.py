@@ -19,6 +19,7 @@ BUILTIN_TARGETS: dict[str, str] = {
 
 BUILTIN_PASSES: dict[str, str] = {
     "simplify": "edgecompile.passes.simplify:Simplify",
+    "quantize": "edgecompile.passes.quantize:Quantize",
 }
 
 
