@@ -356,6 +356,7 @@ def run(plan, model, ctx, records, progress, reference):
     records.extend(chosen.candidate.records)
     progress.info(f"auto: chose {chosen.backend} {chosen.precision} ({chosen.reason})")
     shipped = dataclasses.replace(chosen.candidate.plan, precision=plan.precision)   # keep the request
+    notes = {**{k: v for k, v in chosen.candidate.notes.items() if k != "reason"}, **notes}  # e.g. quantization
     return shipped, chosen.candidate.model, chosen.precision, notes, choice, chosen
 
 
