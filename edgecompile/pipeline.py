@@ -186,7 +186,7 @@ def bundle_key(plan: Plan) -> str:
 # key is therefore covered automatically); data is keyed by content (sha256) instead of spec, the
 # device profile by its resolved name (module passes may tailor to a device), and the precision
 # only where a module pass depends on it (QAT). Backends of one profile share the export.
-_EXPORT_IRRELEVANT = {"model": None, "data": None, "report": None, "tvm": None,
+_EXPORT_IRRELEVANT = {"model": None, "data": None, "report": None, "tvm": None, "openvino": None, "auto": None,
                       "build": ("target", "backend", "precision", "strict", "force", "threads")}
 
 
