@@ -17,6 +17,7 @@ BUILTIN_TARGETS: dict[str, str] = {
 
 BUILTIN_PASSES: dict[str, str] = {
     "simplify": "edgecompile.passes.simplify:Simplify",
+    "prune": "edgecompile.passes.prune:Prune",
 }
 
 

@@ -1,0 +1,276 @@
+"""Structured channel pruning (torch-pruning's dependency-graph MetaPruner) + fine-tuning.
+
+Whole channels are removed from convolutions/linears together with everything that depends on
+them (BatchNorm, the next layer's inputs, residual partners), so the pruned model is a smaller dense
+model that exports and runs on every backend. Importance is the L1 or L2 norm of each channel group
+(torch-pruning's MagnitudeImportance). The classifier (the layer producing the model output) is never
+pruned. Fine-tuning afterwards uses logit KD with the unpruned model as teacher by default
+(`edgecompile.distill`), plain cross-entropy with `distill = false`, or a user callable
+(`finetune=callable(module, teacher, dataset)` in the Python API).
+
+The pass records params, FLOPs, size, latency (torch, batch 1) and the task metric before pruning,
+after each pruning step and after fine-tuning; the report renders them from `notes["pruning"]`.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+
+from edgecompile.config import PruneSection
+from edgecompile.errors import ConfigError, PassError
+from edgecompile.passkit import ModuleResult, PassContext
+
+
+class Prune:
+    name = "prune"
+
+    def __init__(self, options: PruneSection | None = None, **overrides):
+        base = options or PruneSection()
+        self.cfg = dataclasses.replace(base, **overrides) if overrides else base
+
+    def options(self) -> dict:
+        return dataclasses.asdict(self.cfg)
+
+    # -- the pass ---------------------------------------------------------------------------
+    def __call__(self, module, ctx: PassContext) -> ModuleResult:
+        import torch
+
+        cfg = self.cfg
+        if cfg.ratio <= 0:
+            return ModuleResult(module, False, {"skipped": "ratio is 0"})
+        module.eval()
+        example = _example_input(ctx)
+        teacher = copy.deepcopy(module).eval()
+        ignored = self._ignored(module, example)
+        probe = _Probe(ctx, teacher, example)
+        rows = [probe.row("unpruned", module, ratio=0.0)]
+
+        pruner = self._pruner(module, example, ignored, ctx)
+        steps = pruner.iterative_steps
+        finetune_each = self._per_step_epochs(steps) if cfg.target is None else [0] * (steps - 1) + [cfg.finetune_epochs]
+        notes: dict = {}
+        ratio = 0.0
+        for i in range(steps):
+            try:
+                pruner.step()
+            except Exception as exc:
+                raise PassError(f"pruning {ctx.source.name!r} failed at step {i + 1}: {exc.__class__.__name__}: {exc}",
+                                hint="add the offending layers to [passes.prune] ignored_layers, or lower the ratio") from exc
+            ratio = pruner.per_step_pruning_ratio[i + 1]
+            row = probe.row(f"pruned step {i + 1}" if steps > 1 else "pruned", module, ratio=ratio)
+            rows.append(row)
+            if cfg.target is not None and row[cfg.target] <= cfg.target_ratio * rows[0][cfg.target]:
+                notes["target"] = (f"{cfg.target} {row[cfg.target] / rows[0][cfg.target]:.2f}x <= "
+                                   f"{cfg.target_ratio}x reached at channel ratio {ratio:.3f}")
+                finetune_each = [cfg.finetune_epochs]
+                break
+            if cfg.target is None and finetune_each[i] and i < steps - 1:
+                self._finetune(module, teacher, ctx, finetune_each[i], cfg.distill, notes)
+                rows.append(probe.row(f"fine-tuned step {i + 1}", module, ratio=ratio))
+        else:
+            if cfg.target is not None:
+                notes["target"] = (f"{cfg.target} target {cfg.target_ratio}x NOT reached: "
+                                   f"{rows[-1][cfg.target] / rows[0][cfg.target]:.2f}x at the maximum ratio {cfg.ratio}")
+                if ctx.progress is not None:
+                    ctx.progress.warn(f"prune: {notes['target']} (raise [passes.prune] ratio)")
+        pruned_copy = copy.deepcopy(module) if cfg.compare else None
+        epochs = finetune_each[-1] if finetune_each else 0
+        if self._finetune(module, teacher, ctx, epochs, cfg.distill, notes):
+            rows.append(probe.row(f"fine-tuned ({notes['finetune']})", module, ratio=ratio))
+        if pruned_copy is not None and epochs:
+            other = not cfg.distill
+            if self._finetune(pruned_copy, teacher, ctx, cfg.finetune_epochs, other, {}, comparing=True):
+                rows.append(probe.row(f"comparison: fine-tuned {'with' if other else 'without'} KD",
+                                      pruned_copy, ratio=ratio, comparison=True))
+        module.eval()
+        with torch.no_grad():
+            module(example)       # the pruned module still runs end to end
+        final = next(r for r in reversed(rows) if not r.get("comparison"))
+        base = rows[0]
+        notes.update({
+            "channels removed": f"{ratio:.0%} per layer" + (" (global)" if cfg.global_pruning else ""),
+            "params": f"{base['params']} -> {final['params']} ({final['params'] / base['params']:.2f}x)",
+            "flops": f"{base['flops']:.3g} -> {final['flops']:.3g} ({final['flops'] / base['flops']:.2f}x)",
+        })
+        if base.get("metric") is not None:
+            notes[base["metric_name"]] = f"{base['metric']:.4f} -> {final['metric']:.4f}"
+        notes["pruning"] = {"importance": cfg.importance, "global": cfg.global_pruning, "ratio": ratio,
+                            "ignored_layers": sorted(ignored_names(module, ignored)), "steps": rows,
+                            "metric": base.get("metric_name"), "latency_batch": 1,
+                            "params_ratio": final["params"] / base["params"],
+                            "flops_ratio": final["flops"] / base["flops"]}
+        return ModuleResult(module, True, notes)
+
+    # -- pieces -----------------------------------------------------------------------------
+    def _ignored(self, module, example) -> list:
+        modules = dict(module.named_modules())
+        ignored = []
+        for name in self.cfg.ignored_layers:
+            if name not in modules or not name:
+                prunable = [n for n, m in modules.items() if n and _is_prunable(m)]
+                raise ConfigError(f"[passes.prune] ignored_layers: the model has no layer named {name!r}",
+                                  hint=f"valid names include: {', '.join(prunable[:8])}"
+                                       f"{', ...' if len(prunable) > 8 else ''}")
+            ignored.append(modules[name])
+        head = _output_layer(module, example)
+        if head is not None and all(head is not m for m in ignored):
+            ignored.append(head)
+        return ignored
+
+    def _pruner(self, module, example, ignored, ctx):
+        import torch_pruning as tp
+
+        cfg = self.cfg
+        steps = cfg.iterative_steps if cfg.target is None else max(cfg.iterative_steps, 20)
+        imp = tp.importance.MagnitudeImportance(p=1 if cfg.importance == "l1" else 2)
+        try:
+            return tp.pruner.MetaPruner(module, example, importance=imp, pruning_ratio=cfg.ratio,
+                                        global_pruning=cfg.global_pruning, iterative_steps=steps,
+                                        ignored_layers=ignored, round_to=cfg.round_to)
+        except Exception as exc:
+            raise PassError(f"cannot prune {ctx.source.name!r}: torch-pruning could not trace the model "
+                            f"({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
+                            hint="the model's forward must be traceable by autograd on one example input; "
+                                 "add untraceable parts to [passes.prune] ignored_layers, or build without --prune") from exc
+
+    def _per_step_epochs(self, steps: int) -> list[int]:
+        total = self.cfg.finetune_epochs
+        if steps == 1 or total == 0:
+            return [total] * steps
+        each = max(1, total // steps)
+        return [each] * (steps - 1) + [max(1, total - each * (steps - 1))]
+
+    def _finetune(self, module, teacher, ctx: PassContext, epochs: int, use_kd: bool, notes: dict,
+                  comparing: bool = False) -> bool:
+        cfg = self.cfg
+        user = (ctx.options or {}).get("finetune")
+        if user is not None and not comparing:
+            if not callable(user):
+                raise ConfigError("finetune= must be a callable(module, teacher, dataset)")
+            out = user(module, teacher, ctx.train)
+            if out is not None and out is not module:
+                module.load_state_dict(out.state_dict())
+            notes["finetune"] = f"user callable {getattr(user, '__name__', type(user).__name__)}"
+            module.eval()
+            return True
+        if not epochs:
+            return False
+        if ctx.train is None:
+            notes["finetune"] = "skipped: the model has no training split"
+            return False
+        if use_kd:
+            from edgecompile.distill import distill
+
+            distill(teacher, module, ctx.train, epochs=epochs, temperature=cfg.temperature, alpha=cfg.alpha,
+                    features=cfg.distill_features or None, lr=cfg.finetune_lr)
+            notes["finetune"] = f"{epochs} epochs, KD (T={cfg.temperature:g}, alpha={cfg.alpha:g})"
+            return True
+        if ctx.train.labels is None:
+            notes["finetune"] = "skipped: the training split has no labels (enable distillation)"
+            if ctx.progress is not None and not comparing:
+                ctx.progress.warn("prune: not fine-tuned: the training split has no labels; use distillation")
+            return False
+        from edgecompile.training import deterministic, train_classifier
+
+        with deterministic(0):
+            train_classifier(module, ctx.train, epochs=epochs, lr=cfg.finetune_lr)
+        notes["finetune"] = f"{epochs} epochs, cross-entropy"
+        return True
+
+
+# -- measurements ---------------------------------------------------------------------------
+
+class _Probe:
+    """Params, FLOPs, size, batch-1 torch latency and the task metric of a module."""
+
+    def __init__(self, ctx: PassContext, teacher, example):
+        self.example = example[:1]
+        self.ds = ctx.evaluation.take(512) if ctx.evaluation is not None else None
+        self.metric = None
+        if self.ds is not None:
+            from edgecompile.evaluate import choose_metric
+            from edgecompile.training import predict
+
+            self.metric = choose_metric(ctx.source.metric, self.ds, True)
+            self.reference = predict(teacher, self.ds)[0]
+
+    def row(self, stage: str, module, *, ratio: float, comparison: bool = False) -> dict:
+        import torch_pruning as tp
+
+        macs, params = tp.utils.count_ops_and_params(module, self.example)
+        size = sum(t.numel() * t.element_size() for t in module.state_dict().values())
+        row = {"stage": stage, "ratio": ratio, "params": int(params), "flops": int(2 * macs), "size_bytes": int(size),
+               "latency_ms": _torch_latency_ms(module, self.example)}
+        if comparison:
+            row["comparison"] = True
+        if self.metric is not None:
+            from edgecompile.evaluate import compare
+            from edgecompile.training import predict
+
+            ev = compare(predict(module, self.ds)[0], self.reference, self.ds, self.metric, "unpruned")
+            row.update(metric=ev.candidate, metric_name=ev.metric)
+        return row
+
+
+def _torch_latency_ms(module, x, budget_s: float = 0.3, max_runs: int = 50) -> float:
+    """Median wall time of one batch-1 forward in torch (warm-up first); a rough guide only."""
+    import statistics
+
+    import torch
+
+    module.eval()
+    times = []
+    with torch.inference_mode():
+        module(x)
+        start = time.perf_counter()
+        while len(times) < max_runs and (len(times) < 5 or time.perf_counter() - start < budget_s):
+            t0 = time.perf_counter()
+            module(x)
+            times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def _example_input(ctx: PassContext):
+    import numpy as np
+    import torch
+
+    for ds in (ctx.train, ctx.calibration, ctx.evaluation):
+        if ds is not None and len(ds):
+            return torch.from_numpy(np.ascontiguousarray(next(iter(ds.inputs.values()))[:2]))
+    spec = ctx.source.inputs[0]
+    shape = [2 if not isinstance(d, int) else d for d in spec.shape]
+    return torch.zeros(shape, dtype=getattr(torch, spec.dtype))
+
+
+def _is_prunable(m) -> bool:
+    from torch import nn
+
+    return isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
+
+
+def _output_layer(module, example):
+    """The last conv/linear executed in forward: the classifier head, kept at full width."""
+    import torch
+
+    last = []
+    hooks = [m.register_forward_hook(lambda mod, i, o: last.append(mod))
+             for m in module.modules() if _is_prunable(m)]
+    try:
+        with torch.no_grad():
+            module(example)
+    except Exception as exc:
+        raise PassError(f"cannot prune: the model fails on an example input ({exc.__class__.__name__}: {exc})",
+                        hint="check the model's input spec") from exc
+    finally:
+        for h in hooks:
+            h.remove()
+    return last[-1] if last else None
+
+
+def ignored_names(module, ignored) -> list[str]:
+    ids = {id(m) for m in ignored}
+    return [n for n, m in module.named_modules() if id(m) in ids]
+
+
+__all__ = ["Prune"]
