@@ -99,9 +99,32 @@ class PruneSection:
 
 
 @dataclass(frozen=True)
+class DistillSection:
+    teacher: str | None = None          # a model (package path or built-in name); set -> the student is distilled
+    epochs: int = 10
+    temperature: float = 4.0
+    alpha: float = 0.7
+    features: list[str] = field(default_factory=list)   # "student_layer:teacher_layer" (or one name for both)
+    feature_weight: float = 1.0
+    lr: float = 1e-3
+    compare: bool = False               # also train the student without KD (same epochs) and report both
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise ConfigError(f"config key 'passes.distill.epochs' must be >= 1, got {self.epochs}")
+        if self.temperature <= 0:
+            raise ConfigError(f"config key 'passes.distill.temperature' must be > 0, got {self.temperature}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"config key 'passes.distill.alpha' must be in [0, 1], got {self.alpha}")
+        if self.lr <= 0:
+            raise ConfigError(f"config key 'passes.distill.lr' must be > 0, got {self.lr}")
+
+
+@dataclass(frozen=True)
 class PassesSection:
     quantize: QuantizeSection = field(default_factory=QuantizeSection)
     prune: PruneSection = field(default_factory=PruneSection)
+    distill: DistillSection = field(default_factory=DistillSection)
 
 
 @dataclass(frozen=True)

@@ -56,23 +56,30 @@ class Plan:
 def build(model: str | Path | None = None, target: str | None = None, *, output: str | Path | None = None,
           backend: str | None = None, precision: str | None = None, data: str | Path | None = None,
           config: Config | str | Path | None = None, strict: bool | None = None, force: bool | None = None,
-          threads: int | None = None, progress: Progress | None = None, **options: Any) -> Bundle:
+          threads: int | None = None, progress: Progress | None = None, prune: float | None = None,
+          finetune_epochs: int | None = None, distill: bool | None = None, **options: Any) -> Bundle:
     """Build a bundle. Keyword arguments override the config file, which overrides defaults.
 
+    `model` is a path/name or an already resolved `ModelSource` (e.g. a distilled student).
+    `prune`, `finetune_epochs`, `distill` set [passes.prune] ratio / finetune_epochs / distill.
     `options` carries Python-API-only extras for passes (e.g. `finetune=callable`,
     `calibration_data=iterable of feed dicts`).
     """
     progress = progress or Progress(quiet=True)
     cfg = config if isinstance(config, Config) else (Config.from_file(config) if config else Config())
-    cfg = cfg.with_overrides({"model.source": str(model) if model is not None else None,
+    source = model if model is not None and not isinstance(model, (str, Path)) else None
+    cfg = cfg.with_overrides({"model.source": (source.name if source is not None else str(model)) if model is not None else None,
                               "build.target": target, "build.backend": backend, "build.precision": precision,
-                              "build.strict": strict, "build.force": force, "build.threads": threads})
-    plan = make_plan(cfg, output=output, data=data, options=options)
+                              "build.strict": strict, "build.force": force, "build.threads": threads,
+                              "passes.prune.ratio": prune, "passes.prune.finetune_epochs": finetune_epochs,
+                              "passes.prune.distill": distill})
+    plan = make_plan(cfg, output=output, data=data, options=options, source=source)
     return execute(plan, progress)
 
 
-def make_plan(cfg: Config, *, output: str | Path | None, data: str | Path | None, options: dict) -> Plan:
-    if not cfg.model.source:
+def make_plan(cfg: Config, *, output: str | Path | None, data: str | Path | None, options: dict,
+              source: ModelSource | None = None) -> Plan:
+    if not cfg.model.source and source is None:
         raise ConfigError("no model given", hint="pass MODEL (e.g. models/digits) or set [model] source in the config")
     profile = get_profile(cfg.build.target)
     backend = resolve_backend(profile, cfg.build.backend)
@@ -81,7 +88,7 @@ def make_plan(cfg: Config, *, output: str | Path | None, data: str | Path | None
     if not avail.ok:
         raise TargetUnavailableError(f"backend {backend!r} is not available: {avail.reason}",
                                      hint=avail.hint or f"pip install 'edgecompile[{backend}]'")
-    source = resolve_source(cfg.model.source)
+    source = source if source is not None else resolve_source(cfg.model.source)
     precision = cfg.build.precision or profile.default_precision
     if data is not None:
         ds_path = str(data)
@@ -122,6 +129,8 @@ def reference_outputs(plan: Plan, module) -> np.ndarray | None:
 def module_passes(plan: Plan) -> list:
     """Module passes (torch, before export) the config asks for, in order."""
     passes = []
+    if plan.config.passes.distill.teacher:
+        passes.append(registry.get_pass("distill")(plan.config.passes.distill))
     prune = plan.config.passes.prune
     if prune.ratio:
         passes.append(registry.get_pass("prune")(prune))

@@ -41,7 +41,17 @@ def build_report(plan, manifest: dict, measured: dict, records, parity, precisio
         "steps_seconds": dict(progress.timings),
         "warnings": list(progress.warnings),
         "skipped": measured.get("skipped"),
+        "pruning": _module_pass_steps(records, "prune", "pruning"),
+        "distillation": _module_pass_steps(records, "distill", "distillation"),
     }
+
+
+def _module_pass_steps(records, name: str, key: str) -> dict | None:
+    """A module pass's per-step measurements (params, FLOPs, size, latency, metric), if it ran."""
+    for r in records:
+        if r.name == name and isinstance(r.notes.get(key), dict):
+            return r.notes[key]
+    return None
 
 
 def write_reports(writer, report: dict, formats) -> None:
@@ -88,6 +98,10 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
         rows.append(("cold start", f"{report['cold_start_ms']:.1f} ms (load + first inference)"))
     if report.get("peak_rss_mb") is not None:
         rows.append(("peak RSS", f"{report['peak_rss_mb']:.1f} MB (runtime process)"))
+    if report.get("pruning"):
+        pr = report["pruning"]
+        rows.append(("pruning", f"{pr['ratio']:.0%} of channels: params {pr['params_ratio']:.2f}x, "
+                                f"FLOPs {pr['flops_ratio']:.2f}x"))
     rows.append(("size", f"{report['size_bytes'] / 1024:.1f} KiB"))
     cpu = report["machine"]["cpu"]
     rows.append(("measured on", f"{cpu['model']} ({cpu['cores']} cores)"))
@@ -116,8 +130,12 @@ def render_md(report: dict) -> str:
             size = (f"{p['size_before'] / 1024:.1f} -> {p['size_after'] / 1024:.1f}"
                     if p.get("size_before") is not None else "")
             delta = f"{p['metric_delta']:+.4f}" if p.get("metric_delta") is not None else ""
-            notes = "; ".join(f"{k}: {v}" for k, v in (p.get("notes") or {}).items())
+            notes = "; ".join(f"{k}: {v}" for k, v in (p.get("notes") or {}).items() if not isinstance(v, (dict, list)))
             lines.append(f"| {p['name']} | {p['kind']} | {p['seconds']:.2f} | {nodes} | {size} | {delta} | {notes} |")
+    if report.get("distillation"):
+        lines += ["", *render_distillation_md(report["distillation"])]
+    if report.get("pruning"):
+        lines += ["", *render_pruning_md(report["pruning"])]
     if report.get("export"):
         lines += ["", "## Export parity (ONNX vs torch)", "", "| output | cosine | max-abs | agreement |", "|---|---|---|---|"]
         for name, s in report["export"]["outputs"].items():
@@ -129,6 +147,37 @@ def render_md(report: dict) -> str:
               f"- CPU flags: {' '.join(cpu['flags']) or 'none detected'}",
               "- toolchain: " + ", ".join(f"{k} {v}" for k, v in report["toolchain"].items()), ""]
     return "\n".join(lines)
+
+
+def render_pruning_md(pruning: dict) -> list[str]:
+    """The per-step pruning table (torch measurements on the module, latency at batch 1)."""
+    metric = pruning.get("metric")
+    lines = ["## Pruning", "",
+             f"importance {pruning['importance']}, {'global' if pruning['global'] else 'uniform'} ratio "
+             f"{pruning['ratio']:.3f}, kept at full width: {', '.join(pruning['ignored_layers']) or 'none'}", "",
+             f"| step | channel ratio | params | FLOPs | size (KiB) | torch latency (ms, batch 1) | {metric or 'metric'} |",
+             "|---|---|---|---|---|---|---|"]
+    base = pruning["steps"][0]
+    for r in pruning["steps"]:
+        rel = "" if r is base else f" ({r['params'] / base['params']:.2f}x)"
+        frel = "" if r is base else f" ({r['flops'] / base['flops']:.2f}x)"
+        lines.append(f"| {r['stage']} | {r['ratio']:.3f} | {r['params']}{rel} | {r['flops']:.3g}{frel} | "
+                     f"{r['size_bytes'] / 1024:.1f} | {r['latency_ms']:.3f} | {_fmt(r.get('metric'))} |")
+    return lines
+
+
+def render_distillation_md(dist: dict) -> list[str]:
+    metric = dist.get("metric")
+    lines = ["## Distillation", "", f"teacher {dist['teacher']}, logit KD T={dist['temperature']:g}, alpha={dist['alpha']:g}"
+             + (f", feature KD on {', '.join(dist['features'])}" if dist.get("features") else ""), "",
+             f"| model | params | FLOPs | size (KiB) | torch latency (ms) | {metric or 'metric'} |", "|---|---|---|---|---|---|"]
+    for r in dist["steps"]:
+        if "params" not in r:
+            lines.append(f"| {r['stage']} | | | | | |")
+            continue
+        lines.append(f"| {r['stage']} | {r['params']} | {r['flops']:.3g} | {r['size_bytes'] / 1024:.1f} | "
+                     f"{r['latency_ms']:.3f} | {_fmt(r.get('metric'))} |")
+    return lines
 
 
 def load_report(bundle_dir: str | Path) -> dict:
