@@ -106,7 +106,7 @@ class DistillSection:
     alpha: float = 0.7
     features: list[str] = field(default_factory=list)   # "student_layer:teacher_layer" (or one name for both)
     feature_weight: float = 1.0
-    lr: float = 1e-3
+    lr: float = 3e-3
     compare: bool = False               # also train the student without KD (same epochs) and report both
 
     def __post_init__(self):

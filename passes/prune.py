@@ -124,15 +124,29 @@ class Prune:
         cfg = self.cfg
         steps = cfg.iterative_steps if cfg.target is None else max(cfg.iterative_steps, 20)
         imp = tp.importance.MagnitudeImportance(p=1 if cfg.importance == "l1" else 2)
+        hint = ("the model's forward must be traceable by autograd on one example input (no torch.no_grad, "
+                ".detach() or numpy round trips); add untraceable layers to [passes.prune] ignored_layers, "
+                "or build without --prune")
         try:
-            return tp.pruner.MetaPruner(module, example, importance=imp, pruning_ratio=cfg.ratio,
-                                        global_pruning=cfg.global_pruning, iterative_steps=steps,
-                                        ignored_layers=ignored, round_to=cfg.round_to)
+            pruner = tp.pruner.MetaPruner(module, example, importance=imp, pruning_ratio=cfg.ratio,
+                                          global_pruning=cfg.global_pruning, iterative_steps=steps,
+                                          ignored_layers=ignored, round_to=cfg.round_to)
         except Exception as exc:
             raise PassError(f"cannot prune {ctx.source.name!r}: torch-pruning could not trace the model "
                             f"({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
-                            hint="the model's forward must be traceable by autograd on one example input; "
-                                 "add untraceable parts to [passes.prune] ignored_layers, or build without --prune") from exc
+                            hint=hint) from exc
+        # torch-pruning does not complain about a broken autograd graph: it silently prunes only what it
+        # saw. A prunable layer that is missing from the graph, or whose output leads nowhere, means the
+        # trace was cut; pruning around it would be wrong or a silent no-op.
+        nodes = pruner.DG.module2node
+        ignored_ids = {id(m) for m in ignored}
+        cut = [name for name, m in module.named_modules()
+               if _is_prunable(m) and id(m) not in ignored_ids and (m not in nodes or not nodes[m].outputs)]
+        if cut:
+            raise PassError(f"cannot prune {ctx.source.name!r}: torch-pruning could not trace layer(s) "
+                            f"{', '.join(cut[:5])}{', ...' if len(cut) > 5 else ''} through the model's forward",
+                            hint=hint)
+        return pruner
 
     def _per_step_epochs(self, steps: int) -> list[int]:
         total = self.cfg.finetune_epochs
