@@ -72,7 +72,7 @@ class PruneSection:
     temperature: float = 4.0
     alpha: float = 0.7                  # weight of the KD term (1 - alpha: cross-entropy on labels)
     distill_features: list[str] = field(default_factory=list)  # layer names for feature KD
-    finetune_lr: float = 1e-3
+    finetune_lr: float = 1e-2             # Adam; the digits recipe (pruning removes most of the function)
     compare: bool = False               # also fine-tune without KD and report both
 
     def __post_init__(self):

@@ -48,11 +48,17 @@ def create():
     from .._common import cached_module, fingerprint
     from .model import DigitsNet
 
+    def make():
+        import torch
+
+        torch.manual_seed(SEED)     # initial weights independent of whatever used the global RNG before
+        return DigitsNet()
+
     def train(model):
         with deterministic(SEED):
             train_classifier(model, load_split("train"), epochs=EPOCHS, lr=1e-2, seed=SEED)
 
-    return cached_module("digits", (fingerprint(*_FILES), EPOCHS, SEED), DigitsNet, train)
+    return cached_module("digits", (fingerprint(*_FILES), EPOCHS, SEED), make, train)
 
 
 def source() -> TorchModelSource:
