@@ -52,7 +52,6 @@ class OrtRunner(Runner):
     def __init__(self, session, inputs, outputs, **kw):
         super().__init__(inputs, outputs, **kw)
         self.session = session
-        self._out_names = [o.name for o in outputs]
 
     def _run(self, feeds):
         return self.session.run(self._out_names, feeds)
