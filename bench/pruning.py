@@ -40,8 +40,15 @@ def resnet_latency(args, root: Path) -> None:
     for r in args.ratios:
         variants += [(f"pruned {r:.0%} fp32", r, "fp32"), (f"pruned {r:.0%} int8", r, "int8")]
     runners, notes = {}, {}
+    from edgecompile import precision as precision_stage
+    from edgecompile.registry import get_target
+
+    shippable = precision_stage.supported(get_target("ort"))
     for label, ratio, precision in variants:
         out = root / label.replace(" ", "-").replace("%", "")
+        if precision not in shippable:
+            notes[label] = f"n/a: the ort target cannot ship {precision} in this checkout (it has {', '.join(shippable)})"
+            continue
         if not (args.reuse and (out / "manifest.json").is_file()):
             t0 = time.perf_counter()
             try:
