@@ -22,6 +22,9 @@ from edgecompile.modulestats import Probe, example_input
 from edgecompile.passkit import ModuleResult, PassContext
 
 
+_TARGET_KEYS = {"params": "params", "flops": "flops", "latency": "latency_ms"}
+
+
 class Prune:
     name = "prune"
 
@@ -51,6 +54,7 @@ class Prune:
         finetune_each = self._per_step_epochs(steps) if cfg.target is None else [0] * (steps - 1) + [cfg.finetune_epochs]
         notes: dict = {}
         ratio = 0.0
+        key = _TARGET_KEYS.get(cfg.target)
         for i in range(steps):
             try:
                 pruner.step()
@@ -60,8 +64,8 @@ class Prune:
             ratio = pruner.per_step_pruning_ratio[i + 1]
             row = probe.row(f"pruned step {i + 1}" if steps > 1 else "pruned", module, ratio=ratio)
             rows.append(row)
-            if cfg.target is not None and row[cfg.target] <= cfg.target_ratio * rows[0][cfg.target]:
-                notes["target"] = (f"{cfg.target} {row[cfg.target] / rows[0][cfg.target]:.2f}x <= "
+            if cfg.target is not None and row[key] <= cfg.target_ratio * rows[0][key]:
+                notes["target"] = (f"{cfg.target} {row[key] / rows[0][key]:.2f}x <= "
                                    f"{cfg.target_ratio}x reached at channel ratio {ratio:.3f}")
                 finetune_each = [cfg.finetune_epochs]
                 break
@@ -71,7 +75,7 @@ class Prune:
         else:
             if cfg.target is not None:
                 notes["target"] = (f"{cfg.target} target {cfg.target_ratio}x NOT reached: "
-                                   f"{rows[-1][cfg.target] / rows[0][cfg.target]:.2f}x at the maximum ratio {cfg.ratio}")
+                                   f"{rows[-1][key] / rows[0][key]:.2f}x at the maximum ratio {cfg.ratio}")
                 if ctx.progress is not None:
                     ctx.progress.warn(f"prune: {notes['target']} (raise [passes.prune] ratio)")
         pruned_copy = copy.deepcopy(module) if cfg.compare else None

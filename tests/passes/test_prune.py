@@ -71,6 +71,15 @@ def test_flops_target_stops_when_reached(digits_source, teacher):
     assert "reached" in res.notes["target"]
 
 
+def test_latency_target_is_measured_and_reported(digits_source, teacher):
+    # timings are noisy: only check that the loop runs on measured latency and says what it found
+    res = Prune(ratio=0.3, target="latency", target_ratio=0.5, finetune_epochs=0)(
+        copy.deepcopy(teacher), _ctx(digits_source, evaluation=False))
+    steps = res.notes["pruning"]["steps"]
+    assert all(r["latency_ms"] > 0 for r in steps) and res.notes["pruning"]["ratio"] <= 0.3
+    assert "latency" in res.notes["target"]
+
+
 def test_ignored_layer_keeps_its_width(digits_source, teacher):
     res = Prune(ratio=0.5, finetune_epochs=0, ignored_layers=["features.0.0"])(
         copy.deepcopy(teacher), _ctx(digits_source, evaluation=False))
