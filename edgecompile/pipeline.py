@@ -155,6 +155,11 @@ def execute(plan: Plan, progress: Progress) -> Bundle:
     cfg = plan.config
     progress.info(f"edgecompile build {plan.source.name} -> target {plan.profile.name} "
                   f"(backend {plan.backend}, precision {plan.precision})")
+    for what, ds in (("calibration", plan.calibration), ("evaluation", plan.evaluation), ("train", plan.train)):
+        if ds is not None:
+            progress.debug(f"{what} data: {ds.identity} ({len(ds)} samples, "
+                           f"{'labels' if ds.labels is not None else 'no labels'})")
+    progress.debug(f"output {plan.output.absolute()} (bundle id {plan.bundle_id()[:16]}), cache {cache_dir()}")
     records: list[PassRecord] = []
     ctx = PassContext(config=cfg, profile=plan.profile, backend=plan.backend, source=plan.source,
                       calibration=plan.calibration, evaluation=plan.evaluation, train=plan.train,
@@ -189,15 +194,27 @@ def execute(plan: Plan, progress: Progress) -> Bundle:
         pm = PassManager(graph_passes(plan))
         model = pm.run(model, ctx)
         records.extend(pm.records)
+    for r in pm.records:
+        metric = "" if r.metric_after is None else f", metric {r.metric_before:.4f} -> {r.metric_after:.4f}"
+        progress.debug(f"pass {r.name}: {r.seconds:.2f} s, nodes {r.nodes_before} -> {r.nodes_after}{metric}"
+                       + "".join(f"; {k}: {v}" for k, v in r.notes.items() if not isinstance(v, (list, dict))))
 
     from edgecompile import precision as precision_stage
 
+    fp32_graph = _serialize(model) if plan.precision != "fp32" and plan.evaluation is not None else None
     model, achieved, precision_notes = precision_stage.apply(plan, model, ctx, records, progress)
+    per_layer = None
+    if fp32_graph is not None and achieved != "fp32":
+        from edgecompile.compare import per_layer_error
+
+        with progress.step("per-layer", f"{achieved} vs the fp32 graph"):
+            per_layer = per_layer_error(fp32_graph, _serialize(model), plan.evaluation, progress)
 
     writer = BundleWriter(plan.output)
     try:
         bctx = BuildContext(writer=writer, profile=plan.profile, config=cfg, precision=achieved,
-                            source=plan.source, calibration=plan.calibration, threads=cfg.build.threads,
+                            source=plan.source, calibration=plan.calibration, evaluation=plan.evaluation,
+                            threads=cfg.build.threads,
                             progress=progress, options=plan.options)
         with progress.step("compile", plan.backend):
             artifacts = plan.target.compile(model, bctx)
@@ -209,15 +226,25 @@ def execute(plan: Plan, progress: Progress) -> Bundle:
         from edgecompile import report as report_mod
 
         with progress.step("evaluate", "task metric + latency"):
-            measured = measure(plan, staged, reference)
+            measured = measure(plan, staged, reference, progress)
+        _gate_precision(plan, achieved, precision_notes, progress)     # before the report: it carries the warning
         rep = report_mod.build_report(plan, manifest, measured, records, parity, precision_notes,
-                                      progress, time.perf_counter() - t_start)
+                                      progress, time.perf_counter() - t_start, writer.staging)
+        from edgecompile.report_sections import per_layer as recorded_per_layer
+
+        if per_layer and not recorded_per_layer(rep):        # the quantization pass's own record wins
+            rep["per_layer"] = per_layer
         report_mod.write_reports(writer, rep, cfg.report.formats)
-        _gate_precision(plan, achieved, precision_notes, progress)
         final = writer.commit()
     finally:
         writer.abort()
     return Bundle(final, manifest)
+
+
+def _serialize(model) -> bytes:
+    import onnx_ir as ir
+
+    return ir.to_proto(model).SerializeToString()
 
 
 def _gate_precision(plan: Plan, achieved: str, notes: dict, progress: Progress) -> None:
@@ -250,7 +277,7 @@ def _onnx_evaluator(plan: Plan, reference: np.ndarray | None):
     return evaluate_graph
 
 
-def measure(plan: Plan, bundle: Bundle, reference: np.ndarray | None) -> dict:
+def measure(plan: Plan, bundle: Bundle, reference: np.ndarray | None, progress: Progress | None = None) -> dict:
     """Accuracy (task metric vs reference) and latency through the runtime's Runner."""
     from edgecompile.bench import cold_start, latency, synthetic_feeds
     from edgecompile.evaluate import choose_metric, compare, run_outputs
@@ -264,7 +291,7 @@ def measure(plan: Plan, bundle: Bundle, reference: np.ndarray | None) -> dict:
     runner = plan.target.load(bundle, threads=threads)
     with runner:
         if plan.evaluation is not None and reference is not None:
-            cand = run_outputs(runner, plan.evaluation)
+            cand = run_outputs(runner, plan.evaluation, progress=progress)
             metric = choose_metric(plan.source.metric, plan.evaluation, plan.classifier)
             ref_name = "torch fp32" if plan.source.kind == "torch" else "source onnx (ORT fp32)"
             out["accuracy"] = compare(cand, reference, plan.evaluation, metric, ref_name)
@@ -274,6 +301,10 @@ def measure(plan: Plan, bundle: Bundle, reference: np.ndarray | None) -> dict:
             feeds = synthetic_feeds(runner.inputs, 1)
         out["latency"] = latency(runner, feeds, threads=threads)
     out["cold_start"] = cold_start(bundle.path, feeds, threads)
+    if progress is not None:
+        lat = out["latency"]
+        progress.debug(f"latency p50 {lat['p50']:.3f} ms over {lat['runs']} runs; cold start "
+                       f"{out['cold_start'].get('cold_start_ms', float('nan')):.1f} ms")
     return out
 
 
@@ -308,6 +339,7 @@ def _manifest(plan: Plan, model, precision: str, records, artifacts, parity) -> 
         "metric": plan.source.metric,
         "passes": [{"name": r.name, "kind": r.kind, "options": r.options, "modified": r.modified} for r in records],
         "backend_options": artifacts.backend_options,
+        "artifact_status": artifacts.notes.get("artifact_status"),
         "config": plan.config.to_dict(),
         "data": {"calibration": plan.calibration.describe() if plan.calibration is not None else None,
                  "evaluation": plan.evaluation.describe() if plan.evaluation is not None else None},

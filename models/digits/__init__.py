@@ -18,7 +18,7 @@ from .._common import fingerprint
 SEED = 0
 EPOCHS = 30
 _HERE = Path(__file__).resolve().parent
-_FILES = (_HERE / "__init__.py", _HERE / "model.py")
+_FILES = (_HERE / "__init__.py", _HERE / "model.py", _HERE.parent / "_common.py")
 
 
 @lru_cache(maxsize=None)
@@ -48,17 +48,11 @@ def create():
     from .._common import cached_module, fingerprint
     from .model import DigitsNet
 
-    def make():
-        import torch
-
-        torch.manual_seed(SEED)     # initial weights independent of whatever used the global RNG before
-        return DigitsNet()
-
     def train(model):
         with deterministic(SEED):
             train_classifier(model, load_split("train"), epochs=EPOCHS, lr=1e-2, seed=SEED)
 
-    return cached_module("digits", (fingerprint(*_FILES), EPOCHS, SEED), make, train)
+    return cached_module("digits", (fingerprint(*_FILES), EPOCHS, SEED), DigitsNet, train)
 
 
 def source() -> TorchModelSource:

@@ -21,8 +21,6 @@ _FILES = (_HERE / "__init__.py", *digits._FILES)
 
 
 def create():
-    import torch
-
     from edgecompile.training import deterministic, train_classifier
 
     from .._common import cached_module
@@ -32,11 +30,7 @@ def create():
         with deterministic(digits.SEED):
             train_classifier(model, digits.load_split("train"), epochs=EPOCHS, lr=1e-2, seed=digits.SEED)
 
-    def make():
-        torch.manual_seed(digits.SEED)          # the initial weights do not depend on what ran before
-        return DigitsNet(width=WIDTH)
-
-    return cached_module("digits_small", (fingerprint(*_FILES), WIDTH, EPOCHS), make, train)
+    return cached_module("digits_small", (fingerprint(*_FILES), WIDTH, EPOCHS), lambda: DigitsNet(width=WIDTH), train)
 
 
 def source() -> TorchModelSource:
