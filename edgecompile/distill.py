@@ -87,9 +87,8 @@ class Distiller(nn.Module):
             raise ConfigError(f"distillation alpha must be in [0, 1], got {alpha}")
         self.student = student
         self.temperature, self.alpha, self.feature_weight = float(temperature), float(alpha), float(feature_weight)
-        self._teacher = [teacher.eval()]            # a list: not a submodule, so not in parameters()/state_dict()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
+        # a list: not a submodule, so not in parameters()/state_dict(); it runs under no_grad in loss()
+        self._teacher = [teacher.eval()]
         self.pairs = _pairs(features)
         self.projections = nn.ModuleList()
         self._acts: dict[str, torch.Tensor] = {}

@@ -43,6 +43,7 @@ class Prune:
         if cfg.ratio <= 0:
             return ModuleResult(module, False, {"skipped": "ratio is 0"})
         module.eval()
+        frozen = {n for n, p in module.named_parameters() if not p.requires_grad}
         example = example_input(ctx)
         teacher = copy.deepcopy(module).eval()
         ignored = self._ignored(module, example)
@@ -61,6 +62,7 @@ class Prune:
             except Exception as exc:
                 raise PassError(f"pruning {ctx.source.name!r} failed at step {i + 1}: {exc.__class__.__name__}: {exc}",
                                 hint="add the offending layers to [passes.prune] ignored_layers, or lower the ratio") from exc
+            _refreeze(module, frozen)        # pruning replaces parameters; keep the user's frozen ones frozen
             ratio = pruner.per_step_pruning_ratio[i + 1]
             row = probe.row(f"pruned step {i + 1}" if steps > 1 else "pruned", module, ratio=ratio)
             rows.append(row)
@@ -123,6 +125,7 @@ class Prune:
         return ignored
 
     def _pruner(self, module, example, ignored, ctx):
+        import torch
         import torch_pruning as tp
 
         cfg = self.cfg
@@ -131,14 +134,21 @@ class Prune:
         hint = ("the model's forward must be traceable by autograd on one example input (no torch.no_grad, "
                 ".detach() or numpy round trips); add untraceable layers to [passes.prune] ignored_layers, "
                 "or build without --prune")
+        frozen = [p for p in module.parameters() if not p.requires_grad]
         try:
-            pruner = tp.pruner.MetaPruner(module, example, importance=imp, pruning_ratio=cfg.ratio,
-                                          global_pruning=cfg.global_pruning, iterative_steps=steps,
-                                          ignored_layers=ignored, round_to=cfg.round_to)
+            for p in frozen:                  # the trace follows autograd: frozen weights would hide layers
+                p.requires_grad_(True)        # (re-frozen by name after each step: see _refreeze)
+            with torch.enable_grad():
+                pruner = tp.pruner.MetaPruner(module, example, importance=imp, pruning_ratio=cfg.ratio,
+                                              global_pruning=cfg.global_pruning, iterative_steps=steps,
+                                              ignored_layers=ignored, round_to=cfg.round_to)
         except Exception as exc:
             raise PassError(f"cannot prune {ctx.source.name!r}: torch-pruning could not trace the model "
                             f"({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
                             hint=hint) from exc
+        finally:
+            for p in frozen:
+                p.requires_grad_(False)
         # torch-pruning does not complain about a broken autograd graph: it silently prunes only what it
         # saw. A prunable layer that is missing from the graph, or whose output leads nowhere, means the
         # trace was cut; pruning around it would be wrong or a silent no-op.
@@ -220,6 +230,12 @@ def _output_layer(module, example):
         for h in hooks:
             h.remove()
     return last[-1] if last else None
+
+
+def _refreeze(module, names: set[str]) -> None:
+    for n, p in module.named_parameters():
+        if n in names:
+            p.requires_grad_(False)
 
 
 def ignored_names(module, ignored) -> list[str]:

@@ -47,9 +47,12 @@ def test_feature_kd_adds_a_projection_when_widths_differ(digits_source):
     assert (d.projections[1].in_channels, d.projections[1].out_channels) == (16, 64)
     own = {id(p) for p in d.parameters()}
     assert not any(id(p) in own for p in teacher.parameters())          # the teacher is not trained
+    assert all(p.requires_grad for p in teacher.parameters())           # ... nor modified
+    teacher.zero_grad(set_to_none=True)
     loss = d.loss(x)
     loss.backward()
     assert d.projections[0].weight.grad is not None and d.student.classifier.weight.grad is not None
+    assert all(p.grad is None for p in teacher.parameters())
     d.train()
     assert d.student.training and not d.teacher.training                 # the teacher's BN stays frozen
     d.remove_hooks()

@@ -87,6 +87,16 @@ def test_ignored_layer_keeps_its_width(digits_source, teacher):
     assert res.notes["pruning"]["ignored_layers"] == ["classifier", "features.0.0"]
 
 
+def test_frozen_weights_and_no_grad_context_still_prune(digits_source, teacher):
+    m = copy.deepcopy(teacher)
+    for p in m.parameters():
+        p.requires_grad_(False)
+    with torch.no_grad():
+        res = Prune(ratio=0.5, finetune_epochs=0)(m, _ctx(digits_source, evaluation=False))
+    assert [c.out_channels for c in _convs(res.module)] == [16, 16, 32]
+    assert not any(p.requires_grad for p in res.module.parameters())
+
+
 def test_unknown_ignored_layer_names_it_and_lists_valid_ones(digits_source, teacher):
     with pytest.raises(ConfigError) as err:
         Prune(ratio=0.5, ignored_layers=["features.9"])(copy.deepcopy(teacher), _ctx(digits_source))
