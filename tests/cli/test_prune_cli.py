@@ -32,6 +32,10 @@ def test_pruned_digits_meets_the_issue_targets(pruned, digits_bundle):
     assert "pruning" in stdout and "params 0.2" in stdout
     md = (out / "report.md").read_text()
     assert "## Pruning" in md and "| unpruned |" in md and "| pruned |" in md
+    from edgecompile.report_html import render_html
+
+    html = render_html(rep, out)
+    assert '<section id="pruning">' in html and "fine-tuned" in html
     manifest = json.loads((out / "manifest.json").read_text())
     assert [p["name"] for p in manifest["passes"]][:1] == ["prune"]
     assert manifest["config"]["passes"]["prune"]["ratio"] == 0.5
