@@ -38,19 +38,26 @@ class Probe:
 
 
 def _torch_latency_ms(module, x, budget_s: float = 0.3, max_runs: int = 50) -> float:
-    """Best wall time of one batch-1 forward in torch (after a warm-up): the least noisy figure on a
-    shared machine; a rough guide only (the bundle's latency is measured through its Runner)."""
+    """Best wall time of one batch-1 forward in torch on one thread (after a warm-up): a rough guide
+    to compare the steps of a pass, and the least noisy one on a shared machine (multi-threaded torch
+    spins badly when other processes hold the cores). The bundle's latency is measured through its
+    Runner as usual."""
     import torch
 
     module.eval()
+    threads = torch.get_num_threads()
     times = []
-    with torch.inference_mode():
-        module(x)
-        start = time.perf_counter()
-        while len(times) < max_runs and (len(times) < 5 or time.perf_counter() - start < budget_s):
-            t0 = time.perf_counter()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
             module(x)
-            times.append(time.perf_counter() - t0)
+            start = time.perf_counter()
+            while len(times) < max_runs and (len(times) < 5 or time.perf_counter() - start < budget_s):
+                t0 = time.perf_counter()
+                module(x)
+                times.append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(threads)
     return 1e3 * min(times)
 
 

@@ -261,7 +261,7 @@ def module_pass_rows(data: dict) -> list[dict]:
         if "params" in r:
             rel = lambda k: "" if r is base or not base.get(k) else f" ({r[k] / base[k]:.2f}x)"  # noqa: E731
             row.update({"params": f"{r['params']}{rel('params')}", "FLOPs": f"{r['flops']:.3g}{rel('flops')}",
-                        "size (KiB)": f"{r['size_bytes'] / 1024:.1f}", "torch latency (ms)": f"{r['latency_ms']:.3f}"})
+                        "size (KiB)": f"{r['size_bytes'] / 1024:.1f}", "torch latency (ms, 1 thread)": f"{r['latency_ms']:.3f}"})
         row[metric] = "" if r.get("metric") is None else f"{r['metric']:.4f}"
         rows.append(row)
     return rows
