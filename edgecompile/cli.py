@@ -29,13 +29,9 @@ class Ctx:
 def _version_callback(ctx, _param, value):
     if not value or ctx.resilient_parsing:
         return
-    from edgecompile import __version__
-    from edgecompile.machine import toolchain_versions
+    from edgecompile.commands.version import echo_versions
 
-    click.echo(f"edgecompile {__version__}")
-    for name, ver in toolchain_versions().items():
-        if name != "edgecompile":
-            click.echo(f"  {name} {ver}")
+    echo_versions()
     ctx.exit(0)
 
 
@@ -100,22 +96,35 @@ def _emit_json(data) -> None:
 @click.option("--finetune-epochs", type=click.IntRange(min=0), help="Fine-tuning epochs after pruning (default 3).")
 @click.option("--distill/--no-distill", default=None,
               help="Fine-tune the pruned model with the unpruned one as teacher (default: on).")
+@click.option("--quantize", "quantize", type=click.Choice(["static", "dynamic", "qat"]),
+              help="INT8 mode for --precision int8 ([passes.quantize] mode). Default: static.")
+@click.option("--calibrate", type=click.Choice(["minmax", "entropy", "percentile"]),
+              help="Calibration method for static INT8 ([passes.quantize] calibrate). Default: minmax.")
+@click.option("--calib-samples", type=click.IntRange(min=1),
+              help="Number of calibration samples ([passes.quantize] calib_samples). Default: 256.")
+@click.option("--no-cache", "no_cache", is_flag=True,
+              help="Neither read nor write the build cache (stages are recomputed; trained example weights are kept).")
 @click.option("--json", "json_mode", is_flag=True, help="Print report.json to stdout.")
 @verbosity_options
 @click.pass_obj
 def build(obj: Ctx, model, target, backend, precision, output, data, config_path, strict, force, threads,
-          prune, finetune_epochs, distill, json_mode):
-    """Build a bundle for MODEL (a models/<name> package, a built-in name, or a .onnx file)."""
+          quantize, calibrate, calib_samples, no_cache, prune, finetune_epochs, distill, json_mode):
+    """Build a bundle for MODEL (a models/<name> package, a built-in name, or a .onnx file).
+
+    Flags override the config file (--config FILE, else ./edgecompile.toml), which overrides defaults.
+    An identical rebuild is served from the content-addressed build cache (see `edgecompile cache`)."""
     from edgecompile.config import Config, find_default_config
     from edgecompile.pipeline import build as run_build
     from edgecompile.report import load_report, render_table
 
     path = Path(config_path) if config_path else find_default_config()
     cfg = Config.from_file(path) if path else Config()
+    cfg = cfg.with_overrides({"passes.quantize.mode": quantize, "passes.quantize.calibrate": calibrate,
+                              "passes.quantize.calib_samples": calib_samples})
     progress = obj.progress(json_mode)
     bundle = run_build(model, target, output=output, backend=backend, precision=precision, data=data,
                        config=cfg, strict=strict, force=force, threads=threads, progress=progress,
-                       prune=prune, finetune_epochs=finetune_epochs, distill=distill)
+                       cache=not no_cache, prune=prune, finetune_epochs=finetune_epochs, distill=distill)
     rep = load_report(bundle.path)
     if json_mode:
         _emit_json(rep)
@@ -358,6 +367,12 @@ def check(obj: Ctx, bundle_dir, baseline_path, max_drop, max_latency_ratio, data
         raise GateError(res.failures[0] if len(res.failures) == 1 else f"{len(res.failures)} gates failed: "
                         + "; ".join(res.failures),
                         hint="inspect the verdict above; raise --max-drop/--max-latency-ratio only if the loss is acceptable")
+
+
+# -- run, bench, inspect, verify, cache, version: edgecompile/commands/ ----------------------------------
+from edgecompile.commands import register as _register_commands  # noqa: E402
+
+_register_commands(cli)
 
 
 def main(argv=None) -> None:

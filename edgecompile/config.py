@@ -49,6 +49,7 @@ class QuantizeSection:
     mode: str = _choices("static", "dynamic", "qat", default="static")
     calibrate: str = _choices("minmax", "entropy", "percentile", default="minmax")
     calib_samples: int = 256
+    percentile: float = 99.99          # for calibrate = "percentile": clip |x| at this percentile
     per_channel: bool = True
     activations: str | None = _choices("uint8", "int8", default=None)   # None: the target's preset
     weights: str | None = _choices("int8", "uint8", default=None)

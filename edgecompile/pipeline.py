@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from edgecompile import registry
-from edgecompile.bundle import Bundle, BundleWriter
+from edgecompile.bundle import Bundle, BundleWriter, check_writable
+from edgecompile.buildcache import StageCache, code_fingerprint
 from edgecompile.cache import cache_dir, content_key
 from edgecompile.config import Config
 from edgecompile.data import Dataset, TensorSpec
@@ -43,6 +44,8 @@ class Plan:
     output: Path
     classifier: bool
     options: dict = field(default_factory=dict)
+    use_cache: bool = True
+    started: float = field(default_factory=time.perf_counter)   # for the reported build time
 
     def bundle_id(self) -> str:
         return content_key(
@@ -56,14 +59,17 @@ class Plan:
 def build(model: str | Path | None = None, target: str | None = None, *, output: str | Path | None = None,
           backend: str | None = None, precision: str | None = None, data: str | Path | None = None,
           config: Config | str | Path | None = None, strict: bool | None = None, force: bool | None = None,
-          threads: int | None = None, progress: Progress | None = None, prune: float | None = None,
-          finetune_epochs: int | None = None, distill: bool | None = None, **options: Any) -> Bundle:
+          threads: int | None = None, progress: Progress | None = None, cache: bool = True,
+          prune: float | None = None, finetune_epochs: int | None = None, distill: bool | None = None,
+          **options: Any) -> Bundle:
     """Build a bundle. Keyword arguments override the config file, which overrides defaults.
 
+    `cache=False` neither reads nor writes the build cache (see edgecompile.buildcache).
     `model` is a path/name or an already resolved `ModelSource` (e.g. a distilled student).
     `prune`, `finetune_epochs`, `distill` set [passes.prune] ratio / finetune_epochs / distill.
     `options` carries Python-API-only extras for passes (e.g. `finetune=callable`,
-    `calibration_data=iterable of feed dicts`).
+    `calibration_data=iterable of feed dicts`); builds with options bypass the build cache,
+    since callables cannot be part of a content key.
     """
     progress = progress or Progress(quiet=True)
     cfg = config if isinstance(config, Config) else (Config.from_file(config) if config else Config())
@@ -73,12 +79,12 @@ def build(model: str | Path | None = None, target: str | None = None, *, output:
                               "build.strict": strict, "build.force": force, "build.threads": threads,
                               "passes.prune.ratio": prune, "passes.prune.finetune_epochs": finetune_epochs,
                               "passes.prune.distill": distill})
-    plan = make_plan(cfg, output=output, data=data, options=options, source=source)
+    plan = make_plan(cfg, output=output, data=data, options=options, use_cache=cache, source=source)
     return execute(plan, progress)
 
 
 def make_plan(cfg: Config, *, output: str | Path | None, data: str | Path | None, options: dict,
-              source: ModelSource | None = None) -> Plan:
+              use_cache: bool = True, source: ModelSource | None = None) -> Plan:
     if not cfg.model.source and source is None:
         raise ConfigError("no model given", hint="pass MODEL (e.g. models/digits) or set [model] source in the config")
     profile = get_profile(cfg.build.target)
@@ -99,8 +105,9 @@ def make_plan(cfg: Config, *, output: str | Path | None, data: str | Path | None
         evaluation = load_data(cfg.data.evaluation, source, default=source.default_evaluation)
     train = source.dataset(source.train_split) if source.kind == "torch" and source.train_split else None
     out = Path(output) if output else Path(f"{source.name}-{profile.name}-{backend}-{precision}")
+    check_writable(out)
     return Plan(cfg, source, profile, backend, target, precision, calibration, evaluation, train, out,
-                classifier=_is_classifier(source), options=options)
+                classifier=_is_classifier(source), options=options, use_cache=use_cache)
 
 
 def _is_classifier(source) -> bool:
@@ -121,9 +128,17 @@ def reference_outputs(plan: Plan, module) -> np.ndarray | None:
         from edgecompile.training import predict
 
         return predict(module, ds)[0]
-    from edgecompile.targets.ort import ort_outputs
+    from edgecompile.targets.ort import explain_load_error, ort_outputs
 
-    return ort_outputs(plan.source.path.read_bytes(), ds.batches(64))[0]
+    try:
+        return ort_outputs(plan.source.path.read_bytes(), ds.batches(64))[0]
+    except Exception as exc:
+        from edgecompile.errors import ModelLoadError
+
+        raise ModelLoadError(f"{plan.source.path}: ONNX Runtime cannot run the source model for the FP32 "
+                             f"reference: {explain_load_error(exc)}",
+                             hint="the reference for .onnx sources is the model under ORT FP32; "
+                                  "use ops/opsets onnxruntime supports") from None
 
 
 def module_passes(plan: Plan) -> list:
@@ -150,8 +165,146 @@ def load_onnx(plan: Plan):
     return ir.load(str(plan.source.path))
 
 
+def cache_state(plan: Plan) -> str:
+    """"on", or why the build cache is not used for this plan."""
+    if not plan.use_cache:
+        return "off (--no-cache)"
+    if plan.options:
+        return "off (Python-API options: " + ", ".join(sorted(plan.options)) + ")"
+    return "on"
+
+
+def bundle_key(plan: Plan) -> str:
+    """Content address of the whole bundle: bundle_id (source, effective config, backend, profile,
+    precision, toolchain versions, data sha256s), the fingerprint of EdgeCompile's code, and this
+    machine (the manifest's `measured_on` and the report's measurements belong to it, so a cache
+    directory shared between machines never serves another machine's numbers)."""
+    return content_key("bundle-cache/v1", plan.bundle_id(), code_fingerprint(), machine_info())
+
+
+# Config keys that cannot change the exported ONNX graph, its parity check or the torch reference
+# outputs. Everything else in the config is part of the export key (a module pass reading a new
+# key is therefore covered automatically); data is keyed by content (sha256) instead of spec, the
+# device profile by its resolved name (module passes may tailor to a device), and the precision
+# only where a module pass depends on it (QAT). Backends of one profile share the export.
+_EXPORT_IRRELEVANT = {"model": None, "data": None, "report": None, "tvm": None,
+                      "build": ("target", "backend", "precision", "strict", "force", "threads")}
+
+
+def export_key(plan: Plan) -> str:
+    """Content address of the export stage (module passes + torch -> ONNX + parity + reference)."""
+    from edgecompile.export import DEFAULT_OPSET
+
+    cfg = plan.config.to_dict()
+    for section, keys in _EXPORT_IRRELEVANT.items():
+        if keys is None:
+            cfg.pop(section, None)
+        else:
+            for k in keys:
+                cfg[section].pop(k, None)
+    qat = plan.precision == "int8" and plan.config.passes.quantize.mode == "qat"
+    shas = [None if d is None else d.sha256() for d in (plan.evaluation, plan.calibration, plan.train)]
+    teacher = plan.config.passes.distill.teacher
+    if teacher:                          # the distilled student depends on the teacher's definition too
+        shas.append(resolve_source(teacher).fingerprint)
+    return content_key("export-cache/v1", plan.source.kind, plan.source.fingerprint, cfg, plan.profile.name,
+                       plan.precision if qat else None, DEFAULT_OPSET, toolchain_versions(),
+                       code_fingerprint(), machine_info()["cpu"], shas)
+
+
+def export_stage(plan: Plan, ctx: PassContext, records: list, progress: Progress, cache: StageCache):
+    """torch source -> (onnx_ir model, FP32 reference outputs, parity, "hit"|"miss"|None), from the
+    cache when possible."""
+    import onnx_ir as ir
+
+    key = export_key(plan) if cache.enabled else None
+    hit = cache.get("export", key) if key else None
+    if hit is not None:
+        import json
+
+        import onnx
+
+        with progress.step("export", f"cache hit {key[:12]}"):
+            meta = json.loads((hit / "meta.json").read_text())
+            model = ir.from_proto(onnx.load_model_from_string((hit / "model.onnx").read_bytes()))
+            reference = np.load(hit / "reference.npy") if meta["reference"] else None
+        for r in meta["records"]:
+            r = dict(r)
+            r.pop("metric_delta", None)
+            records.append(PassRecord(**r))
+        return model, reference, meta["parity"], "hit"
+
+    with progress.step("load", plan.source.name):
+        module = plan.source.module()
+    reference = reference_outputs(plan, module)
+    mpasses = module_passes(plan)
+    first = len(records)
+    if mpasses:
+        import copy
+
+        with progress.step("module passes", ", ".join(p.name for p in mpasses)):
+            module = run_module_passes(mpasses, copy.deepcopy(module), ctx, records)
+    from edgecompile.export import check_parity, export_torch
+
+    example = plan.evaluation or plan.calibration or plan.train
+    with progress.step("export", "torch -> ONNX (dynamo)"):
+        model = export_torch(module, plan.source, example)
+    with progress.step("parity", "ONNX vs torch"):
+        parity = check_parity(model, module, example, plan.source.outputs, plan.classifier)
+    if key:
+        import json
+
+        def fill(d: Path) -> None:
+            (d / "model.onnx").write_bytes(ir.to_proto(model).SerializeToString())
+            if reference is not None:
+                np.save(d / "reference.npy", reference)
+            meta = {"parity": parity, "reference": reference is not None,
+                    "records": [r.to_dict() for r in records[first:]]}
+            (d / "meta.json").write_text(json.dumps(meta, default=_json_default))
+
+        cache.put("export", key, fill)
+    return model, reference, parity, "miss" if key else None
+
+
+def _json_default(o):
+    from edgecompile.bundle import _json_default as default
+
+    return default(o)
+
+
+def bundle_from_cache(plan: Plan, entry: Path, key: str, progress: Progress, t_start: float) -> Bundle:
+    """Copy a cached bundle (artifacts + manifest) into place atomically; re-render its reports."""
+    import json
+    import shutil
+
+    from edgecompile import report as report_mod
+    from edgecompile.bundle import MANIFEST
+
+    manifest = json.loads((entry / MANIFEST).read_text())
+    rep = json.loads((entry / "report.json").read_text())
+    writer = BundleWriter(plan.output)
+    try:
+        with progress.step("cache", f"hit: bundle {key[:12]}"):
+            t_copy = time.perf_counter()
+            for rel in [MANIFEST, *manifest["artifacts"]]:
+                shutil.copyfile(entry / rel, writer.path(rel))
+            Bundle(writer.staging, manifest).verify()
+            original = rep.get("build_seconds")
+            rep["cache"] = {"bundle": "hit", "export": None, "key": key,
+                            "original_build_seconds": (rep.get("cache") or {}).get("original_build_seconds", original)}
+            rep["build_seconds"] = time.perf_counter() - t_start
+            rep["steps_seconds"] = {**progress.timings, "cache": time.perf_counter() - t_copy}
+            report_mod.write_reports(writer, rep, plan.config.report.formats)
+        for w in rep.get("warnings", []):
+            progress.warn(f"(cached build) {w}")
+        final = writer.commit()
+    finally:
+        writer.abort()
+    return Bundle(final, manifest)
+
+
 def execute(plan: Plan, progress: Progress) -> Bundle:
-    t_start = time.perf_counter()
+    t_start = plan.started
     cfg = plan.config
     progress.info(f"edgecompile build {plan.source.name} -> target {plan.profile.name} "
                   f"(backend {plan.backend}, precision {plan.precision})")
@@ -160,29 +313,22 @@ def execute(plan: Plan, progress: Progress) -> Bundle:
             progress.debug(f"{what} data: {ds.identity} ({len(ds)} samples, "
                            f"{'labels' if ds.labels is not None else 'no labels'})")
     progress.debug(f"output {plan.output.absolute()} (bundle id {plan.bundle_id()[:16]}), cache {cache_dir()}")
+    state = cache_state(plan)
+    cache = StageCache(enabled=state == "on")
+    bkey = bundle_key(plan) if cache.enabled else None
+    if bkey:
+        entry = cache.get("bundle", bkey)
+        if entry is not None:
+            return bundle_from_cache(plan, entry, bkey, progress, t_start)
     records: list[PassRecord] = []
     ctx = PassContext(config=cfg, profile=plan.profile, backend=plan.backend, source=plan.source,
                       calibration=plan.calibration, evaluation=plan.evaluation, train=plan.train,
                       cache=cache_dir(), progress=progress, options=plan.options)
     parity = None
-    module = None
+    export_state = None
     if plan.source.kind == "torch":
-        with progress.step("load", plan.source.name):
-            module = plan.source.module()
-        reference = reference_outputs(plan, module)
-        mpasses = module_passes(plan)
-        if mpasses:
-            import copy
-
-            with progress.step("module passes", ", ".join(p.name for p in mpasses)):
-                module = run_module_passes(mpasses, copy.deepcopy(module), ctx, records)
-        from edgecompile.export import check_parity, export_torch
-
-        example = plan.evaluation or plan.calibration or plan.train
-        with progress.step("export", "torch -> ONNX (dynamo)"):
-            model = export_torch(module, plan.source, example)
-        with progress.step("parity", "ONNX vs torch"):
-            parity = check_parity(model, module, example, plan.source.outputs, plan.classifier)
+        model, reference, parity, export_state = export_stage(plan, ctx, records, progress, cache)
+        export_state = export_state or state
     else:
         with progress.step("load", str(plan.source.path)):
             model = load_onnx(plan)
@@ -234,7 +380,17 @@ def execute(plan: Plan, progress: Progress) -> Bundle:
 
         if per_layer and not recorded_per_layer(rep):        # the quantization pass's own record wins
             rep["per_layer"] = per_layer
+        rep["cache"] = {"bundle": "miss" if bkey else state, "export": export_state, "key": bkey}
         report_mod.write_reports(writer, rep, cfg.report.formats)
+        if bkey:
+            def fill(d: Path) -> None:
+                import shutil
+
+                for rel in ["manifest.json", "report.json", *manifest["artifacts"]]:
+                    (d / rel).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(writer.staging / rel, d / rel)
+
+            cache.put("bundle", bkey, fill)
         final = writer.commit()
     finally:
         writer.abort()

@@ -20,6 +20,7 @@ BUILTIN_PASSES: dict[str, str] = {
     "simplify": "edgecompile.passes.simplify:Simplify",
     "prune": "edgecompile.passes.prune:Prune",
     "distill": "edgecompile.passes.distill:Distill",
+    "quantize": "edgecompile.passes.quantize:Quantize",
 }
 
 

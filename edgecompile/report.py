@@ -37,6 +37,7 @@ def build_report(plan, manifest: dict, measured: dict, records, parity, precisio
         "artifact_status": manifest.get("artifact_status"),
         "execution": (manifest.get("backend_options") or {}).get("execution"),
         "export": parity,
+        "quantization": quantization_section(precision_notes, acc),
         "passes": [r.to_dict() for r in records],
         "data": manifest["data"],
         "machine": manifest["measured_on"],
@@ -57,6 +58,18 @@ def _module_pass_steps(records, name: str, key: str) -> dict | None:
         if r.name == name and isinstance(r.notes.get(key), dict):
             return r.notes[key]
     return None
+
+
+def quantization_section(precision_notes: dict, acc) -> dict | None:
+    """precision.py's INT8 summary plus the bundle's task-metric delta (None when not quantizing)."""
+    quant = (precision_notes or {}).get("quantization")
+    if not quant:
+        return None
+    quant = dict(quant)
+    if acc is not None:
+        quant["accuracy_delta"] = acc.delta
+        quant["accuracy_metric"] = acc.metric
+    return quant
 
 
 def write_reports(writer, report: dict, formats) -> None:
@@ -120,6 +133,12 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
     cpu = report["machine"]["cpu"]
     rows.append(("measured on", f"{cpu['model']} ({cpu['cores']} cores)"))
     rows.append(("build time", f"{report['build_seconds']:.1f} s"))
+    cache = report.get("cache")
+    if cache and cache.get("bundle") == "hit":
+        rows.append(("build cache", f"hit (bundle {report['bundle_id'][:12]}, first built in "
+                                    f"{cache.get('original_build_seconds', 0):.1f} s)"))
+    elif cache:
+        rows.append(("build cache", f"bundle {cache.get('bundle')}, export {cache.get('export') or 'n/a'}"))
     return rows
 
 
@@ -243,7 +262,11 @@ def _md_environment(data, report):
     return lines
 
 
-_MD = {"summary": _md_summary, "warnings": _md_warnings, "accuracy": _md_accuracy, "latency": _md_latency,
+def _md_quantization(rows, report):
+    return ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+
+
+_MD = {"summary": _md_summary, "quantization": _md_quantization, "warnings": _md_warnings, "accuracy": _md_accuracy, "latency": _md_latency,
        "size": _md_size, "per_layer": _md_rows, "float_nodes": _md_rows, "candidates": _md_rows,
        "passes": _md_passes, "pruning": _md_rows, "distillation": _md_rows, "precision_notes": _md_kv, "export": _md_export, "artifacts": _md_artifacts,
        "environment": _md_environment}

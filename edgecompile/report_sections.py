@@ -187,6 +187,34 @@ def label_of(row: dict) -> str:
     return str(row.get("node") or row.get("name") or row.get("layer") or row.get("precision") or "?")
 
 
+def quantization_rows(q: dict) -> list[list[str]]:
+    """The report's `quantization` record (precision.py) as label/value rows."""
+    if q.get("nothing_to_quantize"):
+        return [["result", f"nothing to quantize ({q.get('mode')} mode): {q['nothing_to_quantize']}"]]
+    rows = [["mode / preset", f"{q.get('mode')} / {q.get('preset')}"]]
+    if q.get("activations"):
+        rows.append(["types", f"activations {q['activations']}{' symmetric' if q.get('symmetric_activations') else ''}, "
+                              f"weights {q['weights']} {'per-channel' if q.get('per_channel') else 'per-tensor'}"])
+    cal = q.get("calibration")
+    if cal:
+        extra = f" (p{cal['percentile']:g})" if cal.get("percentile") else ""
+        rows.append(["calibration", f"{cal['method']}{extra}, {cal['samples']} samples of {cal['data']}"])
+    if q.get("quantized_ops") is not None:
+        rows.append(["quantized ops", str(q["quantized_ops"])])
+    if q.get("size_ratio") is not None:
+        sb = q["size_bytes"]
+        rows.append(["size int8 / fp32", f"{q['size_ratio']:.3f} ({sb['int8'] / 1024:.1f} / {sb['fp32'] / 1024:.1f} KiB)"])
+    lat = q.get("latency")
+    if lat:
+        rows.append(["speedup vs fp32", f"{lat['speedup']:.2f}x ({lat['int8_ms']:.4f} vs {lat['fp32_ms']:.4f} ms, "
+                                        f"batch {lat['batch']}, {lat['measured_with']})"])
+    if q.get("accuracy_delta") is not None:
+        rows.append([f"accuracy delta ({q['accuracy_metric']})", f"{q['accuracy_delta']:+.4f}"])
+    if q.get("output_cosine") is not None:
+        rows.append(["output cosine vs fp32 graph", f"{q['output_cosine']:.6f}"])
+    return rows
+
+
 # -- the list -------------------------------------------------------------------------------------
 
 def sections(report: dict, bundle_dir: str | Path | None = None) -> list[Section]:
@@ -214,6 +242,11 @@ def sections(report: dict, bundle_dir: str | Path | None = None) -> list[Section
         sizes = bundle_size_by_op(bundle_dir, report.get("artifacts") or {})
     out.append(Section("size", "Size by op type", OK if sizes else
                        "not applicable: the bundle has no ONNX artifact to break down", sizes))
+
+    quant = report.get("quantization")
+    out.append(Section("quantization", "Quantization", OK if quant else
+                       "not applicable: no INT8 quantization was requested",
+                       quantization_rows(quant) if quant else None))
 
     layers = per_layer(report)
     out.append(Section("per_layer", "Per-layer quantization error", OK if layers else (
