@@ -88,3 +88,22 @@ def test_distill_command_builds_the_student(tmp_path, digits_bundle):
 def test_distill_rejects_an_incompatible_teacher(tmp_path):
     rc, _, err = run_cli("distill", "--teacher", "resnet18", "--student", "models/digits_small", "-o", tmp_path / "z")
     assert rc == 2 and "share the input contract" in err and not (tmp_path / "z").exists()
+
+
+def test_prune_composes_with_int8(tmp_path):
+    import edgecompile
+    from edgecompile.precision import supported
+    from edgecompile.registry import get_target
+    from edgecompile.report import load_report
+
+    if "int8" not in supported(get_target("ort")):
+        pytest.skip("the ort target has no int8 in this checkout")
+    # force: on a tiny model int8 may time slower than fp32 on a busy host, and the precision stage would
+    # (rightly) fall back; here we test that the pruned graph quantizes and ships
+    bundle = edgecompile.build("models/digits", target="cpu", precision="int8", force=True, prune=0.5,
+                               finetune_epochs=5, output=tmp_path / "pq")
+    rep = load_report(bundle.path)
+    assert rep["precision"] == "int8" and rep["pruning"]["params_ratio"] <= 0.6
+    names = [p["name"] for p in bundle.manifest["passes"]]
+    assert names[0] == "prune" and "quantize" in names
+    assert rep["accuracy"]["delta"] >= -0.02          # pruned + int8 stays close to the unpruned fp32 model
