@@ -19,6 +19,8 @@ BUILTIN_TARGETS: dict[str, str] = {
 
 BUILTIN_PASSES: dict[str, str] = {
     "simplify": "edgecompile.passes.simplify:Simplify",
+    "prune": "edgecompile.passes.prune:Prune",
+    "distill": "edgecompile.passes.distill:Distill",
     "quantize": "edgecompile.passes.quantize:Quantize",
 }
 
