@@ -69,9 +69,14 @@ def _emit_json(data) -> None:
 @click.option("--strict", is_flag=True, default=None, help="Exit 3 when the requested precision cannot be met.")
 @click.option("--force", is_flag=True, default=None, help="Ship the requested precision regardless.")
 @click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads for measurement and the manifest.")
+@click.option("--tune", "tune_trials", type=click.IntRange(min=0), metavar="TRIALS",
+              help="TVM: MetaSchedule trials (the tuning database is cached and reused).")
+@click.option("--tune-timeout", type=click.FloatRange(min=0, min_open=True), metavar="MIN",
+              help="TVM: stop tuning after MIN minutes.")
 @click.option("--json", "json_mode", is_flag=True, help="Print report.json to stdout.")
 @click.pass_obj
-def build(obj: Ctx, model, target, backend, precision, output, data, config_path, strict, force, threads, json_mode):
+def build(obj: Ctx, model, target, backend, precision, output, data, config_path, strict, force, threads,
+          tune_trials, tune_timeout, json_mode):
     """Build a bundle for MODEL (a models/<name> package, a built-in name, or a .onnx file)."""
     from edgecompile.config import Config, find_default_config
     from edgecompile.pipeline import build as run_build
@@ -81,7 +86,8 @@ def build(obj: Ctx, model, target, backend, precision, output, data, config_path
     cfg = Config.from_file(path) if path else Config()
     progress = obj.progress(json_mode)
     bundle = run_build(model, target, output=output, backend=backend, precision=precision, data=data,
-                       config=cfg, strict=strict, force=force, threads=threads, progress=progress)
+                       config=cfg, strict=strict, force=force, threads=threads, progress=progress,
+                       tune_trials=tune_trials, tune_timeout=tune_timeout)
     rep = load_report(bundle.path)
     if json_mode:
         _emit_json(rep)

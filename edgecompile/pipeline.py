@@ -60,13 +60,16 @@ def build(model: str | Path | None = None, target: str | None = None, *, output:
     """Build a bundle. Keyword arguments override the config file, which overrides defaults.
 
     `options` carries Python-API-only extras for passes (e.g. `finetune=callable`,
-    `calibration_data=iterable of feed dicts`).
+    `calibration_data=iterable of feed dicts`). `tune_trials` / `tune_timeout` (minutes) override
+    the config's [tvm] keys like the CLI's --tune / --tune-timeout.
     """
     progress = progress or Progress(quiet=True)
     cfg = config if isinstance(config, Config) else (Config.from_file(config) if config else Config())
     cfg = cfg.with_overrides({"model.source": str(model) if model is not None else None,
                               "build.target": target, "build.backend": backend, "build.precision": precision,
-                              "build.strict": strict, "build.force": force, "build.threads": threads})
+                              "build.strict": strict, "build.force": force, "build.threads": threads,
+                              "tvm.tune_trials": options.pop("tune_trials", None),
+                              "tvm.tune_timeout": options.pop("tune_timeout", None)})
     plan = make_plan(cfg, output=output, data=data, options=options)
     return execute(plan, progress)
 

@@ -13,6 +13,7 @@ from edgecompile.errors import ConfigError
 
 BUILTIN_TARGETS: dict[str, str] = {
     "ort": "edgecompile.targets.ort:OrtTarget",
+    "tvm": "edgecompile.targets.tvm:TvmTarget",
 }
 
 BUILTIN_PASSES: dict[str, str] = {
