@@ -141,6 +141,9 @@ def cross_compiler(profile) -> str | None:
     return cc
 
 
+_HANDLED_BY_FRONTEND = {"If", "Constant"}     # converted by the frontend itself, not via its convert map
+
+
 # -- ONNX -> Relax ------------------------------------------------------------------------------------
 
 def unsupported_nodes(proto) -> list[dict]:
@@ -158,7 +161,9 @@ def unsupported_nodes(proto) -> list[dict]:
             domain = node.domain or "ai.onnx"
             opset = opsets.get(domain)
             reason = None
-            if domain not in ("ai.onnx", "ai.onnx.ml") and node.op_type not in convert_map:
+            if node.op_type in _HANDLED_BY_FRONTEND and domain == "ai.onnx":
+                pass
+            elif domain not in ("ai.onnx", "ai.onnx.ml") and node.op_type not in convert_map:
                 reason = f"custom domain {domain!r}"
             elif node.op_type not in convert_map:
                 reason = "no converter in TVM's ONNX frontend"

@@ -28,6 +28,9 @@ from edgecompile.errors import ConfigError
 
 META_FILE = "edgecompile.json"
 MIN_CHUNK, MAX_CHUNK = 4, 32
+# MetaSchedule's builder/runner timeouts include starting their worker processes; on a loaded
+# 2-core machine that alone can take tens of seconds, so be generous (TVM's default is 30 s).
+BUILD_TIMEOUT_S, RUN_TIMEOUT_S = 120.0, 120.0
 
 
 def database_key(graph_sha256: str, target: dict, tvm_version: str) -> str:
@@ -128,9 +131,10 @@ class TuningDatabase:
         tasks.sort(key=lambda t: -flops[t.task_name] * t.weight)
         chunk = max(MIN_CHUNK, min(MAX_CHUNK, budget // len(tasks)))
         cores = max(1, min(os.cpu_count() or 1, int(target.attrs.get("num-cores", 0) or os.cpu_count() or 1)))
-        builder = ms.builder.LocalBuilder(max_workers=cores)
-        runner = ms.runner.LocalRunner()
         done = 0
+        hidden = _hide_torch_from_workers()
+        builder = ms.builder.LocalBuilder(max_workers=cores, timeout_sec=BUILD_TIMEOUT_S)
+        runner = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S)
         if progress is not None:
             progress.info(f"    tuning {len(tasks)} kernels, {budget} trials, database {self.key[:12]} "
                           f"(chunks of {chunk})")
@@ -179,6 +183,7 @@ class TuningDatabase:
             session["seconds"] = seconds
             self.meta["tuning_seconds"] = float(self.meta["tuning_seconds"]) + seconds
             del builder, runner
+            hidden.close()
         return session
 
     def _best_us(self, task) -> float | None:
@@ -191,6 +196,30 @@ class TuningDatabase:
             return None
         secs = [float(s) for s in top[0].run_secs]
         return 1e6 * sum(secs) / len(secs)
+
+
+def _hide_torch_from_workers() -> contextlib.ExitStack:
+    """MetaSchedule's builder/runner workers are fresh `python -m tvm.exec.popen_worker` processes, and
+    tvm_ffi imports torch whenever it is installed (seconds per worker, for nothing). Put a `torch`
+    that raises ImportError first on the workers' PYTHONPATH while tuning; undone on close()."""
+    stack = contextlib.ExitStack()
+    shim = subdir("tvm", "worker-path")
+    pkg = shim / "torch"
+    pkg.mkdir(exist_ok=True)
+    init = pkg / "__init__.py"
+    if not init.is_file():
+        init.write_text('raise ImportError("torch is hidden from TVM tuning workers by edgecompile")\n')
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(shim) + (os.pathsep + old if old else "")
+
+    def restore():
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
+
+    stack.callback(restore)
+    return stack
 
 
 def _fused(mod, target, tvm, relax):
