@@ -406,6 +406,8 @@ class TvmTarget:
         notes = {}
         if meta["tuning"].get("untuned_warning"):
             notes["tvm"] = meta["tuning"]["untuned_warning"]
+            if ctx.progress is not None:
+                ctx.progress.warn(meta["tuning"]["untuned_warning"])
         return Artifacts(files=files, backend_options={k: meta[k] for k in (
             "tvm_version", "target", "cross_compiler", "host_cpu", "compiled_batch", "graph_sha256", "tuning",
             "timings_s")}, notes=notes)
