@@ -20,6 +20,8 @@ _LAZY = {
     "load": ("edgecompile.runtime", "load"),
     "Bundle": ("edgecompile.bundle", "Bundle"),
     "Config": ("edgecompile.config", "Config"),
+    "check": ("edgecompile.regression", "check"),
+    "make_baseline": ("edgecompile.regression", "make_baseline"),
 }
 _SUBMODULES = {"runtime", "errors", "config", "bundle", "metrics", "data", "registry", "report"}
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -41,13 +41,17 @@ def latency(runner, feeds: Mapping[str, np.ndarray], *, warmup: int = 10, min_ru
 
 
 def bench(bundle_dir: str | Path, *, runs: int = 50, warmup: int = 10, threads: int | None = None,
-          batch: int = 1, min_seconds: float = 1.0) -> dict:
-    """Python API: latency of a bundle on synthetic inputs of the declared shapes."""
+          batch: int = 1, min_seconds: float = 1.0, max_runs: int = 2000) -> dict:
+    """Python API: latency of a bundle on synthetic inputs of the declared shapes.
+
+    At least `runs` timed runs and `min_seconds` seconds, at most `max_runs` runs
+    (`runs == max_runs, min_seconds=0` gives exactly `runs`)."""
     from edgecompile.runtime import load
 
     with load(bundle_dir, threads=threads) as runner:
         feeds = synthetic_feeds(runner.inputs, batch)
-        return latency(runner, feeds, warmup=warmup, min_runs=runs, min_seconds=min_seconds, threads=threads)
+        return latency(runner, feeds, warmup=warmup, min_runs=runs, max_runs=max(max_runs, runs),
+                       min_seconds=min_seconds, threads=threads)
 
 
 def synthetic_feeds(inputs, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
@@ -103,3 +107,40 @@ def cold_start(bundle_dir: str | Path, feeds: Mapping[str, np.ndarray], threads:
         tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
         return {"error": f"cold-start probe failed: {tail}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def interleaved(candidates: Mapping[str, Callable[[], object]], *, rounds: int = 8, seconds: float = 1.0,
+                warmup: int = 3) -> dict[str, dict]:
+    """Per-call latency of several zero-argument callables measured side by side.
+
+    Each round times a burst of calls of every candidate, alternating the order (A B, B A, ...)
+    so that drifting machine load hits all candidates alike; a round's value is the median call
+    time of its burst (robust to preemption stalls on a loaded machine), the result per candidate
+    the median over rounds, in ms. `seconds` is the total budget (about).
+    """
+    names = list(candidates)
+    per_call = {}
+    for name in names:                       # warm up, and size the bursts to the budget
+        fn = candidates[name]
+        for _ in range(warmup):
+            fn()
+        calls, t0 = 0, time.perf_counter()
+        while calls < 3 or (time.perf_counter() - t0 < 0.02 and calls < 10000):
+            fn()
+            calls += 1
+        per_call[name] = max((time.perf_counter() - t0) / calls, 1e-7)
+    share = seconds / max(1, rounds * len(names))
+    burst = {n: max(1, int(share / per_call[n])) for n in names}
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        order = names if r % 2 == 0 else names[::-1]
+        for name in order:
+            fn, k = candidates[name], burst[name]
+            times = np.empty(k)
+            for i in range(k):
+                t0 = time.perf_counter()
+                fn()
+                times[i] = time.perf_counter() - t0
+            samples[name].append(float(np.median(times)) * 1e3)
+    return {n: {"ms": float(np.median(s)), "rounds": len(s), "calls_per_round": burst[n],
+                "samples_ms": [round(v, 5) for v in s]} for n, s in samples.items()}

@@ -121,6 +121,36 @@ class Bundle:
         return p
 
 
+def _check_dest(dest: Path) -> None:
+    if dest.exists() and not dest.is_dir():
+        raise BundleError(f"output {str(dest)!r} exists and is not a directory", hint="choose another -o path")
+    if dest.is_dir() and any(dest.iterdir()) and not (dest / MANIFEST).is_file():
+        raise BundleError(f"output directory {str(dest)!r} is not empty and is not a bundle",
+                          hint="refusing to replace it; choose an empty or new -o path")
+
+
+def check_writable(dest: str | Path) -> None:
+    """Fail early (before any work) when a bundle cannot be written at `dest`.
+
+    Probes for real by creating and removing a directory in the nearest existing ancestor, since
+    permission bits say nothing for root, while a read-only mount or a special filesystem still refuses."""
+    import tempfile
+
+    dest = Path(dest).absolute()
+    _check_dest(dest)
+    ancestor = dest.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise BundleError(f"cannot create output directory {str(dest.parent)!r}: {str(ancestor)!r} is not a directory",
+                          hint="choose a writable -o location")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".edgecompile-probe-", dir=ancestor))
+    except OSError as exc:
+        raise BundleError(f"output location {str(ancestor)!r} is not writable: {exc.strerror}",
+                          hint="choose a writable -o location") from None
+
+
 class BundleWriter:
     """Stage a bundle next to its destination and swap it in atomically on commit."""
 
@@ -132,11 +162,7 @@ class BundleWriter:
         except OSError as exc:
             raise BundleError(f"cannot create output directory {str(parent)!r}: {exc.strerror}",
                               hint="choose a writable -o location") from None
-        if self.dest.exists() and not self.dest.is_dir():
-            raise BundleError(f"output {str(self.dest)!r} exists and is not a directory", hint="choose another -o path")
-        if self.dest.is_dir() and any(self.dest.iterdir()) and not (self.dest / MANIFEST).is_file():
-            raise BundleError(f"output directory {str(self.dest)!r} is not empty and is not a bundle",
-                              hint="refusing to replace it; choose an empty or new -o path")
+        _check_dest(self.dest)
         recover(self.dest)
         self.staging = parent / f"{self.dest.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
         try:

@@ -49,6 +49,7 @@ class QuantizeSection:
     mode: str = _choices("static", "dynamic", "qat", default="static")
     calibrate: str = _choices("minmax", "entropy", "percentile", default="minmax")
     calib_samples: int = 256
+    percentile: float = 99.99          # for calibrate = "percentile": clip |x| at this percentile
     per_channel: bool = True
     activations: str | None = _choices("uint8", "int8", default=None)   # None: the target's preset
     weights: str | None = _choices("int8", "uint8", default=None)
@@ -81,8 +82,25 @@ class TvmSection:
 
 
 @dataclass(frozen=True)
+class TensorRtSection:
+    """Builder settings for `--backend tensorrt` (Jetson targets); stored in the bundle's build plan."""
+    version: str = _choices("10.1", default="10.1")          # operator table the graph is checked against
+    workspace_mb: int = 1024                                  # builder workspace memory pool limit
+    min_batch: int = 1                                        # optimization profile for a dynamic batch
+    opt_batch: int = 1
+    max_batch: int = 8
+    dla_core: int | None = None                               # run on this DLA core (GPU fallback on)
+    gpu_fallback: bool = True
+    int8: str = _choices("auto", "explicit", "implicit", default="auto")   # auto: explicit when Q/DQ present
+    timing_cache: bool = True                                 # persist tactic timings on the device
+    optimization_level: int = 3                               # builder_optimization_level 0..5
+    cpu_fallback: bool = True                                 # TVM AArch64 library in the same bundle
+
+
+@dataclass(frozen=True)
 class ReportSection:
-    formats: list[str] = field(default_factory=lambda: ["json", "md"])
+    formats: list[str] = field(default_factory=lambda: ["json", "md"],
+                               metadata={"choices": ("json", "md", "html")})   # report.json is always written
 
 
 @dataclass(frozen=True)
@@ -92,6 +110,7 @@ class Config:
     data: DataSection = field(default_factory=DataSection)
     passes: PassesSection = field(default_factory=PassesSection)
     tvm: TvmSection = field(default_factory=TvmSection)
+    tensorrt: TensorRtSection = field(default_factory=TensorRtSection)
     report: ReportSection = field(default_factory=ReportSection)
 
     # -- construction -------------------------------------------------------------------
@@ -171,6 +190,11 @@ def _coerce(tp, value, dotted: str, fld: dataclasses.Field):
         (item,) = typing.get_args(tp)
         if not isinstance(value, list) or not all(isinstance(v, item) for v in value):
             raise ConfigError(f"config key {dotted!r} must be a list of {_type_name(item)}, got {value!r}")
+        choices = fld.metadata.get("choices")
+        bad = [v for v in value if choices and v not in choices]
+        if bad:
+            raise ConfigError(f"config key {dotted!r} has invalid value {bad[0]!r}",
+                              hint=f"allowed values: {', '.join(choices)}")
         return list(value)
     if tp is bool:
         if not isinstance(value, bool):

@@ -42,10 +42,13 @@ class Evaluation:
 
 
 def run_outputs(fn: Callable[[Mapping[str, np.ndarray]], list[np.ndarray]] | object, ds: Dataset,
-                batch_size: int = 64) -> np.ndarray:
+                batch_size: int = 64, progress=None) -> np.ndarray:
     """First output of `fn` (a Runner or a feeds->outputs callable) over the dataset."""
     outs = []
-    for feeds in ds.batches(batch_size):
+    batches = ds.batches(batch_size)
+    if progress is not None:
+        batches = progress.iterate(batches, -(-len(ds) // batch_size), "evaluate")
+    for feeds in batches:
         if hasattr(fn, "run"):
             res = fn.run(feeds)
             outs.append(next(iter(res.values())))

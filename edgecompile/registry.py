@@ -14,10 +14,12 @@ from edgecompile.errors import ConfigError
 BUILTIN_TARGETS: dict[str, str] = {
     "ort": "edgecompile.targets.ort:OrtTarget",
     "tvm": "edgecompile.targets.tvm:TvmTarget",
+    "tensorrt": "edgecompile.targets.tensorrt:TensorRtTarget",
 }
 
 BUILTIN_PASSES: dict[str, str] = {
     "simplify": "edgecompile.passes.simplify:Simplify",
+    "quantize": "edgecompile.passes.quantize:Quantize",
 }
 
 

@@ -9,7 +9,9 @@ REPORT_SCHEMA_VERSION = 1
 
 
 def build_report(plan, manifest: dict, measured: dict, records, parity, precision_notes: dict, progress,
-                 build_seconds: float) -> dict:
+                 build_seconds: float, bundle_dir=None) -> dict:
+    from edgecompile.report_sections import bundle_size_by_op
+
     acc = measured.get("accuracy")
     lat = measured.get("latency")
     cold = measured.get("cold_start", {})
@@ -32,7 +34,10 @@ def build_report(plan, manifest: dict, measured: dict, records, parity, precisio
         "peak_rss_mb": cold.get("peak_rss_mb"),
         "size_bytes": size,
         "artifacts": {k: {"size": v["size"], "role": v["role"]} for k, v in manifest["artifacts"].items()},
+        "artifact_status": manifest.get("artifact_status"),
+        "execution": (manifest.get("backend_options") or {}).get("execution"),
         "export": parity,
+        "quantization": quantization_section(precision_notes, acc),
         "passes": [r.to_dict() for r in records],
         "data": manifest["data"],
         "machine": manifest["measured_on"],
@@ -41,7 +46,20 @@ def build_report(plan, manifest: dict, measured: dict, records, parity, precisio
         "steps_seconds": dict(progress.timings),
         "warnings": list(progress.warnings),
         "skipped": measured.get("skipped"),
+        "size_by_op": bundle_size_by_op(bundle_dir, manifest["artifacts"]) if bundle_dir is not None else None,
     }
+
+
+def quantization_section(precision_notes: dict, acc) -> dict | None:
+    """precision.py's INT8 summary plus the bundle's task-metric delta (None when not quantizing)."""
+    quant = (precision_notes or {}).get("quantization")
+    if not quant:
+        return None
+    quant = dict(quant)
+    if acc is not None:
+        quant["accuracy_delta"] = acc.delta
+        quant["accuracy_metric"] = acc.metric
+    return quant
 
 
 def write_reports(writer, report: dict, formats) -> None:
@@ -49,7 +67,11 @@ def write_reports(writer, report: dict, formats) -> None:
 
     write_json(writer.staging / "report.json", report)
     if "md" in formats:
-        writer.write_derived("report.md", render_md(report))
+        writer.write_derived("report.md", render_md(report, writer.staging))
+    if "html" in formats:
+        from edgecompile.report_html import render_html
+
+        writer.write_derived("report.html", render_html(report, writer.staging))
 
 
 def _fmt(v, spec=".4f", none="n/a"):
@@ -88,10 +110,21 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
         rows.append(("cold start", f"{report['cold_start_ms']:.1f} ms (load + first inference)"))
     if report.get("peak_rss_mb") is not None:
         rows.append(("peak RSS", f"{report['peak_rss_mb']:.1f} MB (runtime process)"))
+    for name, st in (report.get("artifact_status") or {}).items():
+        rows.append((name, f"{st['state']}: {st['why']}"))
+    for where, what in (report.get("execution") or {}).items():
+        if what:
+            rows.append((f"runs on {where.replace('_', ' ')}", what))
     rows.append(("size", f"{report['size_bytes'] / 1024:.1f} KiB"))
     cpu = report["machine"]["cpu"]
     rows.append(("measured on", f"{cpu['model']} ({cpu['cores']} cores)"))
     rows.append(("build time", f"{report['build_seconds']:.1f} s"))
+    cache = report.get("cache")
+    if cache and cache.get("bundle") == "hit":
+        rows.append(("build cache", f"hit (bundle {report['bundle_id'][:12]}, first built in "
+                                    f"{cache.get('original_build_seconds', 0):.1f} s)"))
+    elif cache:
+        rows.append(("build cache", f"bundle {cache.get('bundle')}, export {cache.get('export') or 'n/a'}"))
     return rows
 
 
@@ -101,35 +134,143 @@ def render_table(report: dict) -> str:
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
 
 
-def render_md(report: dict) -> str:
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(map(str, v))
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+def md_table(rows: list[dict], columns: list[str] | None = None) -> list[str]:
+    """A Markdown table of flat dicts (columns: union of keys in order of appearance)."""
+    cols = columns or list(dict.fromkeys(k for r in rows for k in r))
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_cell(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return lines
+
+
+def render_md(report: dict, bundle_dir=None) -> str:
+    """report.md: the same sections as report.html and `report --format json`, as text."""
+    from edgecompile.report_sections import sections
+
     lines = [f"# EdgeCompile report: {report['model']} -> {report['target']} ({report['backend']}, {report['precision']})",
              "", f"bundle `{report['bundle_id'][:16]}`, built {report['created_at']}", ""]
-    if report.get("warnings"):
-        lines += ["## Warnings", ""] + [f"- **{w}**" for w in report["warnings"]] + [""]
-    lines += ["## Summary", "", "| | |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in summary_rows(report)]
-    if report.get("passes"):
-        lines += ["", "## Passes", "", "| pass | kind | time (s) | nodes | size (KiB) | metric delta | notes |",
-                  "|---|---|---|---|---|---|---|"]
-        for p in report["passes"]:
-            nodes = f"{p['nodes_before']} -> {p['nodes_after']}" if p.get("nodes_before") is not None else ""
-            size = (f"{p['size_before'] / 1024:.1f} -> {p['size_after'] / 1024:.1f}"
-                    if p.get("size_before") is not None else "")
-            delta = f"{p['metric_delta']:+.4f}" if p.get("metric_delta") is not None else ""
-            notes = "; ".join(f"{k}: {v}" for k, v in (p.get("notes") or {}).items())
-            lines.append(f"| {p['name']} | {p['kind']} | {p['seconds']:.2f} | {nodes} | {size} | {delta} | {notes} |")
-    if report.get("export"):
-        lines += ["", "## Export parity (ONNX vs torch)", "", "| output | cosine | max-abs | agreement |", "|---|---|---|---|"]
-        for name, s in report["export"]["outputs"].items():
-            lines.append(f"| {name} | {s['cosine']:.6f} | {s['max_abs']:.3g} | {_fmt(s.get('agreement'), '.4f')} |")
-    lines += ["", "## Artifacts", "", "| file | role | bytes |", "|---|---|---|"]
-    lines += [f"| {k} | {v['role']} | {v['size']} |" for k, v in report["artifacts"].items()]
-    cpu = report["machine"]["cpu"]
-    lines += ["", "## Environment", "", f"- CPU: {cpu['model']} ({cpu['arch']}, {cpu['cores']} cores)",
-              f"- CPU flags: {' '.join(cpu['flags']) or 'none detected'}",
-              "- toolchain: " + ", ".join(f"{k} {v}" for k, v in report["toolchain"].items()), ""]
+    for sec in sections(report, bundle_dir):
+        if sec.id == "warnings" and not sec.ok:
+            continue
+        lines += [f"## {sec.title}", ""]
+        if not sec.ok:
+            lines += [f"_{sec.status}_", ""]
+            continue
+        lines += _MD[sec.id](sec.data, report) + [""]
     return "\n".join(lines)
 
 
+def _md_summary(data, report):
+    return ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in data]
+
+
+def _md_warnings(data, report):
+    return [f"- **{w}**" for w in data]
+
+
+def _md_accuracy(data, report):
+    pct = data.get("kind") == "percentage"
+    f = (lambda x: f"{100 * x:.2f} %") if pct else (lambda x: f"{x:.6g}")
+    d = (lambda x: f"{100 * x:+.2f} pt") if pct else (lambda x: f"{x:+.6g}")
+    rows = [{"step": s["label"], data["metric"] or "metric": f(s["value"]),
+             "change": "" if s.get("delta") is None else d(s["delta"])} for s in data["steps"]]
+    return md_table(rows)
+
+
+def _md_latency(data, report):
+    import numpy as np
+
+    ms = np.asarray(data["samples"])
+    edges = np.quantile(ms, [0, 0.5, 0.9, 0.99, 1.0])
+    lines = [f"p50 {data['p50']:.3f} ms, p90 {data['p90']:.3f} ms, p99 {data['p99']:.3f} ms, mean {data['mean']:.3f} ms "
+             f"over {data['runs']} runs (batch {data['batch']}, {data['threads']} threads; {len(ms)} samples kept)", ""]
+    labels = ["fastest half (min..p50)", "p50..p90", "p90..p99", "slowest 1 % (p99..max)"]
+    rows = [{"range": lab, "from (ms)": f"{lo:.4f}", "to (ms)": f"{hi:.4f}",
+             "samples": int(np.sum((ms >= lo) & (ms <= hi)))} for lab, lo, hi in zip(labels, edges[:-1], edges[1:])]
+    return lines + md_table(rows)
+
+
+def _md_size(data, report):
+    total = data["file_bytes"]
+    rows = [{"op type": r["op_type"], "nodes": r["nodes"], "params": r["params"], "KiB": f"{r['bytes'] / 1024:.1f}",
+             "share": f"{100 * r['bytes'] / max(total, 1):.1f} %"} for r in data["rows"]]
+    return [f"{data['file']}: {total / 1024:.1f} KiB", ""] + md_table(rows)
+
+
+def _md_rows(data, report):
+    rows = data["rows"] if isinstance(data, dict) else data
+    return md_table(rows)
+
+
+def _md_passes(data, report):
+    rows = []
+    for p in data:
+        rows.append({
+            "pass": p["name"], "kind": p["kind"], "time (s)": f"{p['seconds']:.2f}",
+            "nodes": f"{p['nodes_before']} -> {p['nodes_after']}" if p.get("nodes_before") is not None else "",
+            "size (KiB)": (f"{p['size_before'] / 1024:.1f} -> {p['size_after'] / 1024:.1f}"
+                           if p.get("size_before") is not None else ""),
+            "metric delta": f"{p['metric_delta']:+.4f}" if p.get("metric_delta") is not None else "",
+            "notes": "; ".join(f"{k}: {v}" for k, v in (p.get("notes") or {}).items()
+                               if not isinstance(v, (list, dict))),
+        })
+    return md_table(rows)
+
+
+def _md_kv(data, report):
+    return [f"- {k}: {v}" for k, v in data.items()]
+
+
+def _md_export(data, report):
+    rows = [{"output": name, "cosine": f"{s['cosine']:.6f}", "max-abs": f"{s['max_abs']:.3g}",
+             "agreement": _fmt(s.get("agreement"), ".4f")} for name, s in data["outputs"].items()]
+    return [f"on {data['n']} samples", ""] + md_table(rows)
+
+
+def _md_artifacts(data, report):
+    return md_table([{"file": k, "role": v["role"], "bytes": v["size"]} for k, v in data.items()])
+
+
+def _md_environment(data, report):
+    cpu = (data.get("machine") or {}).get("cpu") or {}
+    lines = [f"- CPU: {cpu.get('model')} ({cpu.get('arch')}, {cpu.get('cores')} cores)",
+             f"- CPU flags: {' '.join(cpu.get('flags') or []) or 'none detected'}"]
+    lines += [f"- {k} {v}" for k, v in (data.get("toolchain") or {}).items()]
+    if data.get("steps_seconds"):
+        lines.append("- build steps: " + ", ".join(f"{k} {v:.2f} s" for k, v in data["steps_seconds"].items()))
+    return lines
+
+
+def _md_quantization(rows, report):
+    return ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+
+
+_MD = {"summary": _md_summary, "quantization": _md_quantization, "warnings": _md_warnings, "accuracy": _md_accuracy, "latency": _md_latency,
+       "size": _md_size, "per_layer": _md_rows, "float_nodes": _md_rows, "candidates": _md_rows,
+       "passes": _md_passes, "precision_notes": _md_kv, "export": _md_export, "artifacts": _md_artifacts,
+       "environment": _md_environment}
+
+
 def load_report(bundle_dir: str | Path) -> dict:
-    return json.loads((Path(bundle_dir) / "report.json").read_text())
+    from edgecompile.errors import BundleError
+
+    path = Path(bundle_dir) / "report.json"
+    if not path.is_file():
+        raise BundleError(f"{bundle_dir}: no report.json" + ("" if (Path(bundle_dir) / "manifest.json").is_file()
+                                                            else " (not a bundle directory)"),
+                          hint="build the bundle with `edgecompile build MODEL -o DIR`")
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path}: not valid JSON ({exc.__class__.__name__})",
+                          hint="report.json is derived: rebuild the bundle to regenerate it") from None
+    if not isinstance(report, dict) or "model" not in report or "precision" not in report:
+        raise BundleError(f"{path}: not an EdgeCompile report", hint="rebuild the bundle to regenerate it")
+    return report

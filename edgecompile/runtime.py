@@ -36,6 +36,11 @@ class Runner:
         self.validate = validate
         self._names = [s.name for s in inputs]
         self._dtypes = {s.name: np.dtype(s.dtype) for s in inputs}
+        # Precomputed per input: (name, dtype, rank, [(axis, size) of fixed dims], is_float) for a cheap hot path.
+        self._checks = [(s.name, np.dtype(s.dtype), len(s.shape),
+                         [(i, d) for i, d in enumerate(s.shape) if isinstance(d, int) and d > 0],
+                         np.dtype(s.dtype).kind == "f") for s in inputs]
+        self._out_names = [s.name for s in outputs]
         self._lock = None if self.thread_safe else threading.Lock()
         self._warned_nonfinite = False
         self.closed = False
@@ -53,12 +58,13 @@ class Runner:
             raise BundleError("runner is closed", hint="load the bundle again")
         if self.validate:
             self._check(feeds)
+        feeds = feeds if type(feeds) is dict else dict(feeds)
         if self._lock is None:
-            outs = self._run(dict(feeds))
+            outs = self._run(feeds)
         else:
             with self._lock:
-                outs = self._run(dict(feeds))
-        return {spec.name: out for spec, out in zip(self.outputs, outs)}
+                outs = self._run(feeds)
+        return dict(zip(self._out_names, outs))
 
     def __call__(self, *arrays: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
         if len(arrays) != len(self.inputs):
@@ -81,29 +87,35 @@ class Runner:
 
     # -- validation ----------------------------------------------------------------------------
     def _check(self, feeds: Mapping[str, np.ndarray]) -> None:
-        if len(feeds) != len(self._names) or any(n not in feeds for n in self._names):
-            missing = [n for n in self._names if n not in feeds]
-            extra = [n for n in feeds if n not in self._dtypes]
-            raise DataError(
-                "wrong input names: " + "; ".join(filter(None, [
-                    f"missing {missing}" if missing else "", f"unexpected {extra}" if extra else ""])),
-                hint=f"the model's inputs are {self._names}")
-        for spec in self.inputs:
-            arr = feeds[spec.name]
-            if not isinstance(arr, np.ndarray):
-                raise DataError(f"input {spec.name!r} must be a numpy array, got {type(arr).__name__}",
+        if len(feeds) != len(self._checks):
+            self._names_error(feeds)
+        for name, dtype, rank, fixed, is_float in self._checks:
+            arr = feeds.get(name)
+            if arr is None:
+                self._names_error(feeds)
+            if type(arr) is not np.ndarray and not isinstance(arr, np.ndarray):
+                raise DataError(f"input {name!r} must be a numpy array, got {type(arr).__name__}",
                                 hint="wrap it with numpy.asarray(..., dtype=...)")
-            if arr.dtype != self._dtypes[spec.name]:
-                raise DataError(f"input {spec.name!r} has dtype {arr.dtype}, the model expects {spec.dtype}",
-                                hint=f"convert with array.astype('{spec.dtype}')")
-            if arr.ndim != len(spec.shape) or any(
-                    isinstance(d, int) and d != a for d, a in zip(spec.shape, arr.shape)):
-                raise DataError(f"input {spec.name!r} has shape {list(arr.shape)}, the model expects {list(spec.shape)}",
+            if arr.dtype != dtype:
+                raise DataError(f"input {name!r} has dtype {arr.dtype}, the model expects {dtype.name}",
+                                hint=f"convert with array.astype('{dtype.name}')")
+            shape = arr.shape
+            if len(shape) != rank or any(shape[i] != d for i, d in fixed):
+                spec = next(s for s in self.inputs if s.name == name)
+                raise DataError(f"input {name!r} has shape {list(shape)}, the model expects {list(spec.shape)}",
                                 hint="named dimensions (e.g. 'batch') may take any size; the others must match")
-            if not self._warned_nonfinite and arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            if is_float and not self._warned_nonfinite and not np.isfinite(arr).all():
                 self._warned_nonfinite = True
-                warnings.warn(f"input {spec.name!r} contains NaN or infinite values; outputs will be meaningless",
-                              RuntimeWarning, stacklevel=3)
+                warnings.warn(f"input {name!r} contains NaN or infinite values; outputs will be meaningless",
+                              RuntimeWarning, stacklevel=4)
+
+    def _names_error(self, feeds) -> None:
+        missing = [n for n in self._names if n not in feeds]
+        extra = [n for n in feeds if n not in self._dtypes]
+        raise DataError(
+            "wrong input names: " + "; ".join(filter(None, [
+                f"missing {missing}" if missing else "", f"unexpected {extra}" if extra else ""])),
+            hint=f"the model's inputs are {self._names}")
 
 
 def load(path: str | Path, *, threads: int | None = None, verify: bool = True, validate: bool = True) -> Runner:

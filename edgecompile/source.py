@@ -121,20 +121,12 @@ def _from_module(module, text: str) -> TorchModelSource:
 
 
 def _onnx_source(path: Path) -> OnnxModelSource:
-    if not path.is_file():
-        raise ModelLoadError(f"model file {str(path)!r} does not exist", hint="check the path")
-    data = path.read_bytes()
-    if not data:
-        raise ModelLoadError(f"{path}: file is empty (0 bytes)", hint="re-export the model")
     import onnx
 
-    try:
-        proto = onnx.ModelProto.FromString(data)
-    except Exception as exc:
-        raise ModelLoadError(f"{path}: not a valid ONNX model ({exc.__class__.__name__})",
-                             hint="the file may be truncated or not ONNX; re-export it") from None
-    if not proto.graph.node:
-        raise ModelLoadError(f"{path}: not a valid ONNX model (graph has no nodes)", hint="re-export the model")
+    from edgecompile.inspection import read_onnx
+
+    proto = read_onnx(path)
+    data = path.read_bytes()
     initializers = {i.name for i in proto.graph.initializer}
     inputs = []
     for vi in proto.graph.input:

@@ -32,6 +32,7 @@ class BuildContext:
     precision: str              # the precision the graph was prepared for
     source: Any                 # edgecompile.source.ModelSource
     calibration: Any = None     # edgecompile.data.Dataset | None
+    evaluation: Any = None      # edgecompile.data.Dataset | None (build-time estimates only)
     threads: int | None = None
     progress: Any = None
     options: dict = field(default_factory=dict)

@@ -24,7 +24,9 @@ def cached_module(name: str, key_parts: tuple, make: Callable[[], object], prepa
 
     key = content_key(name, torch.__version__, *key_parts)[:24]
     path = subdir("models") / f"{name}-{key}.pt"
-    module = make()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)              # the initial weights are part of the definition: seed them
+        module = make()
     if path.is_file():
         module.load_state_dict(torch.load(path, weights_only=True))
         return module.eval()

@@ -27,7 +27,7 @@ def _split(name: str, split: str) -> Dataset:
 
 
 def imagenet_source(name: str, model_cls, files: tuple[Path, ...]) -> TorchModelSource:
-    fp = fingerprint(*files, Path(__file__))
+    fp = fingerprint(*files, Path(__file__), Path(__file__).with_name("_common.py"))
 
     def create():
         return cached_module(name, (fp,), model_cls, reestimate_batchnorm)

@@ -52,7 +52,6 @@ class OrtRunner(Runner):
     def __init__(self, session, inputs, outputs, **kw):
         super().__init__(inputs, outputs, **kw)
         self.session = session
-        self._out_names = [o.name for o in outputs]
 
     def _run(self, feeds):
         return self.session.run(self._out_names, feeds)
@@ -63,6 +62,7 @@ class OrtRunner(Runner):
 
 class OrtTarget:
     name = "ort"
+    precisions = ("fp32", "int8")     # int8: QDQ (static) or integer ops (dynamic) from the quantize pass
 
     def check_available(self) -> Availability:
         try:
@@ -80,7 +80,7 @@ class OrtTarget:
         try:
             create_session(data, threads=ctx.threads)        # must load and plan on this ORT
         except Exception as exc:
-            raise CompileError(f"ONNX Runtime cannot load the model: {_first_line(exc)}",
+            raise CompileError(f"ONNX Runtime cannot load the model: {explain_load_error(exc)}",
                                hint="an op or opset this onnxruntime cannot run; try another backend or opset") from None
         path.write_bytes(data)
         return Artifacts(files={MODEL_FILE: "model"},
@@ -98,6 +98,27 @@ class OrtTarget:
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:300] if text else exc.__class__.__name__
+
+
+def explain_load_error(exc: Exception) -> str:
+    """ORT's load errors, reduced to one line that names the op or opset when ORT says which."""
+    import re
+
+    text = " ".join(str(exc).split())
+    m = re.search(r"([\w.]*):(\w+)\((-?\d+)\) is not a registered function/op", text)
+    if m:
+        domain = m[1] or "ai.onnx"
+        return f"op {m[2]!r} (domain {domain!r}) is not implemented by onnxruntime {_ort().__version__}"
+    m = re.search(r"Opset (\d+) is under development.*?support for domain ([\w.]+) is till opset (\d+)", text)
+    if m:
+        return (f"opset {m[1]} (domain {m[2]!r}) is newer than onnxruntime {_ort().__version__} supports "
+                f"(up to opset {m[3]})")
+    m = re.search(r"No opset import for domain '?([\w.]+)'?", text)
+    if m:
+        return f"the model uses domain {m[1]!r} without importing an opset for it"
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    text = re.sub(r"/onnxruntime_src/\S+ [^)]*\)\s*", "", text)      # C++ source location noise
+    return text[:300] or exc.__class__.__name__
 
 
 def ort_outputs(model_bytes: bytes, feeds_iter, threads: int | None = None) -> list[np.ndarray]:

@@ -51,3 +51,105 @@ def run_cli(*args, cwd=None, env=None, timeout=600):
     proc = subprocess.run([sys.executable, "-m", "edgecompile", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, env=full_env, timeout=timeout)
     return proc.returncode, proc.stdout, proc.stderr
+
+
+# -- jetson (TensorRT) bundles: fp16 through the Python API, int8 through the CLI -------------------
+
+@pytest.fixture(scope="session")
+def trt_bundle(tmp_path_factory):
+    import edgecompile
+
+    out = tmp_path_factory.mktemp("bundles") / "digits-jetson"
+    return edgecompile.build("models/digits", target="jetson", output=out)
+
+
+@pytest.fixture(scope="session")
+def trt_int8_build(tmp_path_factory):
+    """(returncode, stdout, stderr, bundle dir) of `edgecompile build ... --target jetson --precision int8`."""
+    out = tmp_path_factory.mktemp("bundles") / "digits-jetson-int8"
+    rc, stdout, stderr = run_cli("build", "models/digits", "--target", "jetson", "--precision", "int8", "-o", out)
+    return rc, stdout, stderr, out
+
+
+@pytest.fixture(scope="session")
+def trt_int8_bundle(trt_int8_build):
+    rc, _, stderr, out = trt_int8_build
+    assert rc == 0, stderr
+    return out
+
+
+@pytest.fixture(scope="session")
+def quantized(trt_bundle, tmp_path_factory, digits_source):
+    """The prepared digits graph quantized by ONNX Runtime: TensorRT-style and ORT's default preset."""
+    import onnx_ir as ir
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    src = trt_bundle.path / "tensorrt" / "model.onnx"
+    calib = digits_source.dataset("calibration").take(64)
+    out = {}
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(calib.batches(32))
+
+        def get_next(self):
+            return next(self.it, None)
+
+    presets = {
+        "tensorrt": dict(activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+                         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                        "QuantizeBias": False}),
+        "tensorrt-int32-bias": dict(activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                                    per_channel=True,
+                                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True}),
+        "ort-default": dict(activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True),
+    }
+    d = tmp_path_factory.mktemp("qdq")
+    for name, kw in presets.items():
+        quantize_static(str(src), str(d / f"{name}.onnx"), Reader(), quant_format=QuantFormat.QDQ, **kw)
+        out[name] = ir.load(str(d / f"{name}.onnx"))
+    return out
+
+
+# -- regression gate (issue #12) -------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def digits_test_npz(tmp_path_factory, digits_source):
+    """digits:test as a .npz (input + labels), the form `--data` takes."""
+    import numpy as np
+
+    ds = digits_source.dataset("test")
+    path = tmp_path_factory.mktemp("gate-data") / "digits-test.npz"
+    np.savez(path, input=ds.inputs["input"], labels=ds.labels)
+    return path
+
+
+@pytest.fixture(scope="session")
+def digits_baseline(digits_bundle, tmp_path_factory):
+    """A baseline (dict + file) of the shared digits bundle."""
+    from edgecompile.regression import make_baseline, save_baseline
+
+    base = make_baseline(digits_bundle.path)
+    return base, save_baseline(base, tmp_path_factory.mktemp("gate-baseline") / "baseline.json")
+
+
+@pytest.fixture(scope="session")
+def regressed_bundle(digits_bundle, digits_test_npz, tmp_path_factory):
+    """A deliberately broken build: the digits ONNX with noise (50 % of each weight tensor's std) added
+    to its conv/linear weights, rebuilt through the real pipeline from the .onnx (top-1 drops by tens of points)."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    import edgecompile
+
+    model = onnx.load(digits_bundle.artifact("model"))
+    rng = np.random.default_rng(0)
+    for init in model.graph.initializer:
+        if init.name.endswith("weight"):
+            w = numpy_helper.to_array(init)
+            noisy = w + rng.normal(0.0, 0.5 * float(w.std()), w.shape).astype(w.dtype)
+            init.CopyFrom(numpy_helper.from_array(noisy, init.name))
+    root = tmp_path_factory.mktemp("gate-broken")
+    onnx.save(model, root / "digits-noisy.onnx")
+    return edgecompile.build(root / "digits-noisy.onnx", target="cpu", output=root / "bundle", data=digits_test_npz)

@@ -1,0 +1,270 @@
+"""Post-training INT8 quantization: static (QDQ ONNX, calibrated) or dynamic (int8 weights,
+activations quantized at run time).
+
+Static PTQ uses our own calibrator (edgecompile.calibration: MinMax, Entropy and Percentile that
+really differ) and hands the resulting ranges to ONNX Runtime's QDQQuantizer, which inserts the
+QuantizeLinear/DequantizeLinear pairs, quantizes weights (per channel or per tensor) and biases.
+Activation/weight types follow the backend's preset (PRESETS, the contract's table) unless the
+[passes.quantize] keys override them.
+"""
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+
+from edgecompile.errors import ConfigError, DataError
+from edgecompile.passkit import PassContext, PassResult
+
+
+@dataclass(frozen=True)
+class QuantPreset:
+    """How a backend wants its QDQ graph."""
+
+    activations: str                 # "uint8" | "int8"
+    weights: str                     # "int8" | "uint8"
+    symmetric_activations: bool      # zero-point 0 (int8) / 128 (uint8)
+    symmetric_weights: bool = True
+    per_channel: bool = True
+
+
+# The contract: ORT/OpenVINO run U8S8 (asymmetric uint8 activations, per-channel symmetric int8
+# weights); TensorRT only takes symmetric int8 everywhere (zero-point 0).
+PRESETS: dict[str, QuantPreset] = {
+    "ort": QuantPreset("uint8", "int8", symmetric_activations=False),
+    "openvino": QuantPreset("uint8", "int8", symmetric_activations=False),
+    "tensorrt": QuantPreset("int8", "int8", symmetric_activations=True),
+}
+DEFAULT_PRESET = "ort"
+
+# Ops whose presence makes quantization worthwhile (they carry the weights and the FLOPs).
+COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Attention", "LSTM")
+DYNAMIC_OPS = ("MatMul", "Attention", "LSTM")       # Gemm is rewritten to MatMul(+Add) first
+
+
+def preset_for(backend: str) -> tuple[str, QuantPreset]:
+    name = backend if backend in PRESETS else DEFAULT_PRESET
+    return name, PRESETS[name]
+
+
+def settings(section, backend: str) -> tuple[str, QuantPreset]:
+    """The backend's preset with the config's explicit overrides applied."""
+    name, preset = preset_for(backend)
+    over = {}
+    if section.activations is not None:
+        over["activations"] = section.activations
+    if section.weights is not None:
+        over["weights"] = section.weights
+        over["symmetric_weights"] = section.weights == "int8"
+    if section.symmetric_activations is not None:
+        over["symmetric_activations"] = section.symmetric_activations
+    if section.per_channel != preset.per_channel:
+        over["per_channel"] = section.per_channel
+    if over:
+        preset = replace(preset, **over)
+        name += " (overridden)"
+    if name.startswith("tensorrt") and not (preset.symmetric_activations and preset.activations == "int8"):
+        raise ConfigError("TensorRT needs symmetric int8 activations (zero-point 0)",
+                          hint="drop the [passes.quantize] activations/symmetric_activations overrides for tensorrt")
+    return name, preset
+
+
+@contextmanager
+def _quiet_ort_logging():
+    """ORT's quantization tooling logs through the root logger; a pass must not print."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _qtype(name: str):
+    from onnxruntime.quantization import QuantType
+
+    return {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}[name]
+
+
+def _count(proto, ops) -> int:
+    return sum(1 for n in proto.graph.node if n.op_type in ops)
+
+
+class Quantize:
+    """Graph pass: FP32 ONNX -> INT8 (QDQ for static, integer ops for dynamic)."""
+
+    name = "quantize"
+
+    def __init__(self, section=None):
+        from edgecompile.config import QuantizeSection
+
+        self.section = section or QuantizeSection()
+        if self.section.mode not in ("static", "dynamic"):
+            raise ConfigError(f"the quantize pass runs static or dynamic PTQ, not {self.section.mode!r}",
+                              hint="mode 'qat' is handled by the QAT module pass")
+        if not 0.0 < self.section.percentile <= 100.0:
+            raise ConfigError(f"[passes.quantize] percentile must be in (0, 100], got {self.section.percentile:g}",
+                              hint="e.g. 99.99 clips the top 0.01 % of |x|")
+        if self.section.calib_samples < 1:
+            raise ConfigError(f"[passes.quantize] calib_samples must be at least 1, got {self.section.calib_samples}")
+
+    def options(self) -> dict:
+        s = self.section
+        opts = {"mode": s.mode, "per_channel": s.per_channel}
+        if s.mode == "static":
+            opts.update(calibrate=s.calibrate, calib_samples=s.calib_samples)
+            if s.calibrate == "percentile":
+                opts["percentile"] = s.percentile
+        return opts
+
+    def __call__(self, model, ctx: PassContext) -> PassResult:
+        import onnx
+        import onnx_ir as ir
+
+        proto = onnx.shape_inference.infer_shapes(ir.to_proto(model))
+        if not _count(proto, COMPUTE_OPS):
+            return PassResult(model, False, {"nothing_to_quantize":
+                              f"the graph has no {'/'.join(COMPUTE_OPS)} op; kept FP32"})
+        preset_name, preset = settings(self.section, ctx.backend)
+        if self.section.mode == "dynamic" and ctx.backend == "tensorrt":
+            raise ConfigError("TensorRT runs static (QDQ) INT8 only, not dynamic quantization",
+                              hint="use --quantize static with calibration data")
+        with _quiet_ort_logging():
+            if self.section.mode == "dynamic":
+                out, notes = self._dynamic(proto, preset)
+            else:
+                out, notes = self._static(proto, preset, ctx)
+        if out is None:
+            return PassResult(model, False, notes)
+        notes = {"mode": self.section.mode, "preset": preset_name, **notes}
+        return PassResult(ir.from_proto(out), True, notes)
+
+    # -- static -------------------------------------------------------------------------------
+    def _calibration_feeds(self, proto, ctx: PassContext):
+        from edgecompile.calibration import collect_feeds, graph_input_specs
+
+        specs = graph_input_specs(proto)
+        limit = self.section.calib_samples
+        given = (ctx.options or {}).get("calibration_data")
+        if given is not None:
+            return collect_feeds(given, specs, limit, "calibration_data") + ("calibration_data (Python API)",)
+        if ctx.calibration is not None:
+            ds = ctx.calibration.take(limit)
+            batches, n = collect_feeds(ds.batches(64), specs, limit, f"calibration data {ds.identity}")
+            return batches, n, ds.identity
+        raise DataError("static INT8 quantization needs calibration data and this model has none",
+                        hint="pass --data FILE.npz (arrays named after the inputs), set [data] calibration, "
+                             "use --quantize dynamic, or pass calibration_data= in the Python API")
+
+    def _static(self, proto, preset: QuantPreset, ctx: PassContext):
+        from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+        from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+        from onnxruntime.quantization.quant_utils import update_opset_version
+        from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+        from edgecompile.calibration import collect_stats, compute_ranges, tensors_to_calibrate
+
+        batches, n, identity = self._calibration_feeds(proto, ctx)
+        op_types = sorted(set(QDQRegistry) | set(QLinearOpsRegistry))
+        names = tensors_to_calibrate(proto, op_types)
+        method = self.section.calibrate
+        stats = collect_stats(proto, names, batches, histograms=method != "minmax",
+                              threads=getattr(ctx.config.build, "threads", None) if ctx.config else None,
+                              progress=ctx.progress)
+        ranges = compute_ranges(stats, method, percentile=self.section.percentile,
+                                unsigned_activations=preset.activations == "uint8",
+                                symmetric=preset.symmetric_activations)
+        enum = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                "percentile": CalibrationMethod.Percentile}[method]
+        tensors = TensorsData(enum, {k: TensorData(lowest=np.array(lo, np.float32), highest=np.array(hi, np.float32))
+                                     for k, (lo, hi) in ranges.items()})
+        act, wt = _qtype(preset.activations), _qtype(preset.weights)
+        model = update_opset_version(proto, wt, act)
+        quantizer = QDQQuantizer(model, preset.per_channel, False, wt, act, tensors, [], [], op_types,
+                                 {"ActivationSymmetric": preset.symmetric_activations,
+                                  "WeightSymmetric": preset.symmetric_weights})
+        out = quantizer.quantize_model()
+        clipped = sum(1 for k, (lo, hi) in ranges.items()
+                      if (lo, hi) != (min(stats[k].lo, 0.0), max(stats[k].hi, 0.0)))
+        notes = {"calibrate": method, "calib_samples": n, "calib_data": identity,
+                 "tensors_calibrated": len(ranges), "ranges_clipped": clipped,
+                 "quantized_ops": _quantized_ops(out), **_preset_notes(preset)}
+        if method == "percentile":
+            notes["percentile"] = self.section.percentile
+        # kept for the report and for tests; plain floats
+        self.last_ranges = {k: (float(lo), float(hi)) for k, (lo, hi) in ranges.items()}
+        return out, notes
+
+    # -- dynamic ------------------------------------------------------------------------------
+    def _dynamic(self, proto, preset: QuantPreset):
+        from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
+        from onnxruntime.quantization.quant_utils import QuantizationMode, QuantType, update_opset_version
+
+        proto, rewritten = gemm_to_matmul(proto)
+        if not any(n.op_type in DYNAMIC_OPS for n in proto.graph.node):
+            return None, {"nothing_to_quantize": "dynamic PTQ quantizes MatMul/Gemm/Attention/LSTM; "
+                                                 "the graph has none (use --quantize static for conv nets)"}
+        wt = _qtype(preset.weights)
+        model = update_opset_version(proto, wt)
+        quantizer = ONNXQuantizer(model, preset.per_channel, False, QuantizationMode.IntegerOps, False, wt,
+                                  QuantType.QUInt8, None, [], [], list(DYNAMIC_OPS), {"MatMulConstBOnly": True})
+        quantizer.quantize_model()
+        out = quantizer.model.model
+        n = _count(out, ("MatMulInteger", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM", "QAttention"))
+        if n == 0:
+            return None, {"nothing_to_quantize": "no MatMul with a constant weight to quantize dynamically"}
+        return out, {"quantized_ops": n, "gemm_rewritten": rewritten, "weights": preset.weights,
+                     "per_channel": preset.per_channel, "activations": "uint8 (dynamic, per batch)"}
+
+
+def _preset_notes(p: QuantPreset) -> dict:
+    d = asdict(p)
+    return {"activations": d["activations"], "weights": d["weights"], "per_channel": d["per_channel"],
+            "symmetric_activations": d["symmetric_activations"]}
+
+
+def _quantized_ops(proto) -> int:
+    """Compute ops whose weight input comes through a DequantizeLinear."""
+    dq_out = {o for n in proto.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return sum(1 for n in proto.graph.node
+               if n.op_type in COMPUTE_OPS and len(n.input) > 1 and n.input[1] in dq_out)
+
+
+def gemm_to_matmul(proto):
+    """Rewrite Gemm(A, B[, C]) with a constant B (alpha = beta = 1, no transA) as MatMul(A, B') + C,
+    so dynamic quantization (MatMulInteger) applies to it. Returns (model, count)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in proto.graph.initializer}
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    nodes, count = [], 0
+    for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if (node.op_type != "Gemm" or node.input[1] not in inits or attrs.get("transA", 0)
+                or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
+            nodes.append(node)
+            continue
+        b = numpy_helper.to_array(inits[node.input[1]])
+        if attrs.get("transB", 0):
+            b = np.ascontiguousarray(b.T)
+        b_name = f"{node.input[1]}__matmul_{count}"
+        model.graph.initializer.append(numpy_helper.from_array(b, b_name))
+        has_c = len(node.input) > 2 and node.input[2]
+        mm_out = f"{node.output[0]}__matmul" if has_c else node.output[0]
+        nodes.append(helper.make_node("MatMul", [node.input[0], b_name], [mm_out], name=f"{node.name or 'gemm'}_matmul{count}"))
+        if has_c:
+            nodes.append(helper.make_node("Add", [mm_out, node.input[2]], [node.output[0]], name=f"{node.name or 'gemm'}_add{count}"))
+        count += 1
+    if count:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        used = {i for n in model.graph.node for i in n.input}
+        keep = [i for i in model.graph.initializer if i.name in used]
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(keep)
+    return model, count
