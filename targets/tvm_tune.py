@@ -155,6 +155,9 @@ class TuningDatabase:
                     n = min(chunk, budget - done)
                     before = len(self.database)
                     try:
+                        # each call re-applies MetaSchedule's logging config, whose console level is
+                        # taken from this logger: keep its per-trial chatter in the log files only
+                        logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
                         ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
                             [task], str(self.path), num_threads=cores, seed=0)
                         ms.tune_tasks(tasks=ctxs, task_weights=weights, work_dir=str(self.path),
