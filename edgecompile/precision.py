@@ -91,12 +91,18 @@ def measurably_slower(lat: dict) -> bool:
 
 
 def _qat(plan, model, ctx, records, progress):
-    """Hook for the QAT issue: its module pass (run before export) fake-quantizes the module, so
-    the exported graph must already carry QuantizeLinear/DequantizeLinear pairs."""
-    if any(node.op_type == "QuantizeLinear" for node in model.graph):
-        return model, "int8", {"quantization": {"mode": "qat"}}
-    return model, "fp32", {"reason": "quantize mode 'qat': the exported graph has no QDQ nodes "
-                                     "(is the QAT pass installed?)", "quantization": {"mode": "qat"}}
+    """QAT (issue 7): the module pass fake-quantized the torch module, so the exported graph
+    already carries QuantizeLinear/DequantizeLinear pairs; the PTQ pass is skipped. Weight
+    QuantizeLinear nodes are folded into int8 initializers (PTQ's layout); the QAT record's
+    FP32 / PTQ-initialised / QAT metrics go to the report's quantization section."""
+    from edgecompile.passes.qat import qat_summary
+
+    if not any(node.op_type == "QuantizeLinear" for node in model.graph):
+        return model, "fp32", {"reason": "quantize mode 'qat': the exported graph has no QDQ nodes "
+                                         "(is the QAT pass installed?)", "quantization": {"mode": "qat"}}
+    with progress.step("qat", "fold weight QuantizeLinear into int8 initializers"):
+        model, summary = qat_summary(model, next((r for r in records if r.name == "qat"), None))
+    return model, "int8", {"quantization": summary}
 
 
 def _metric_drop(plan, before, after):

@@ -19,6 +19,8 @@ BUILTIN_TARGETS: dict[str, str] = {
 BUILTIN_PASSES: dict[str, str] = {
     "simplify": "edgecompile.passes.simplify:Simplify",
     "quantize": "edgecompile.passes.quantize:Quantize",
+    "qat": "edgecompile.passes.qat:QuantizationAwareTraining",
+    "fp16": "edgecompile.passes.fp16:Float16",
 }
 
 

@@ -212,7 +212,18 @@ def quantization_rows(q: dict) -> list[list[str]]:
         rows.append([f"accuracy delta ({q['accuracy_metric']})", f"{q['accuracy_delta']:+.4f}"])
     if q.get("output_cosine") is not None:
         rows.append(["output cosine vs fp32 graph", f"{q['output_cosine']:.6f}"])
+    rows.extend(qat_rows(q.get("qat"), q.get("epochs")))
     return rows
+
+
+def qat_rows(c: dict | None, epochs) -> list[list[str]]:
+    """QAT (issue 7): the task metric of the FP32, PTQ-initialised and QAT-trained module side by side."""
+    if not c:
+        return []
+    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"      # noqa: E731
+    return [[f"{c['metric']} fp32 / ptq / qat",
+             f"{fmt(c.get('fp32'))} / {fmt(c.get('ptq'))} / {fmt(c.get('qat'))} "
+             f"({c.get('measured_with')} on {c.get('data')}, {epochs} QAT epochs)"]]
 
 
 # -- the list -------------------------------------------------------------------------------------
