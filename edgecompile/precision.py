@@ -43,7 +43,37 @@ def apply(plan, model, ctx, records, progress):
         return model, "fp32", {"reason": reason}
     if requested == "int8":
         return int8(plan, model, ctx, records, progress)
+    if requested == "fp16" and getattr(plan.target, "fp16_graph", False):
+        return fp16(plan, model, ctx, records, progress)     # else the backend does FP16 itself (TensorRT)
     return model, requested, {}
+
+
+# -- FP16 (issue 7) ----------------------------------------------------------------------------------
+
+def fp16(plan, model, ctx, records, progress):
+    """Run the fp16 graph pass (its record carries size and metric before/after) and measure
+    FP16 against FP32 side by side for the report's `fp16` record."""
+    from edgecompile.passes.fp16 import summarize as fp16_summary
+    from edgecompile.passkit import PassManager
+
+    fp32_bytes = _serialize(model)
+    with progress.step("fp16", "float16 weights/activations"):
+        pm = PassManager([registry.get_pass("fp16")(plan.config.passes.fp16)])
+        hmodel = pm.run(model, ctx)
+        records.extend(pm.records)
+    rec = pm.records[-1]
+    if not rec.modified:
+        why = rec.notes.get("nothing_to_convert") or rec.notes.get("not_converted") or "nothing changed"
+        return model, "fp32", {"reason": f"fp16: {why}"}
+    with progress.step("fp16 vs fp32", "size, latency (interleaved)"):
+        summary = fp16_summary(plan, fp32_bytes, _serialize(hmodel), rec)
+    return hmodel, "fp16", {"fp16": summary}
+
+
+def _serialize(model) -> bytes:
+    import onnx_ir as ir
+
+    return ir.to_proto(model).SerializeToString()
 
 
 # -- INT8 ------------------------------------------------------------------------------------------
