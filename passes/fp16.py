@@ -64,6 +64,10 @@ class Float16:
         if any(a.type == ir.AttributeType.GRAPH or a.type == ir.AttributeType.GRAPHS
                for node in model.graph.all_nodes() for a in node.attributes.values()):
             return PassResult(model, False, {"not_converted": "the graph has control-flow subgraphs"})
+        import onnx
+
+        # every value needs its element type to be converted (or kept): infer the ones the graph lacks
+        model = ir.from_proto(onnx.shape_inference.infer_shapes(ir.to_proto(model)))
         notes = convert(model, set(self.block_list), keep_io_fp32=self.section.io_types == "float32")
         if not notes["converted_values"] and not notes["converted_initializers"]:
             return PassResult(model, False, {"nothing_to_convert": "the graph has no float32 tensor"})
@@ -105,8 +109,33 @@ def convert(model, block: set[str], keep_io_fp32: bool = True) -> dict:
                 out.dtype = F16
                 n_vals += 1
 
+    # graph inputs (before the islands, so that blocked consumers get their Cast back to float32)
+    cast_io = 0
+    if keep_io_fp32:
+        for k, inp in enumerate(list(graph.inputs)):
+            if inp.dtype != F32:
+                continue
+            if inp.is_initializer():
+                continue
+            users = list(inp.uses())
+            if not users:
+                continue
+            cast = ir.node("Cast", [inp], {"to": F16.value}, name=f"input{k}_to_fp16")
+            cast.outputs[0].dtype = F16
+            cast.outputs[0].shape = inp.shape
+            cast.outputs[0].name = f"{inp.name}_fp16"
+            graph.insert_before(graph.node(0), cast)
+            for user, idx in users:
+                user.replace_input_with(idx, cast.outputs[0])
+            cast_io += 1
+    else:
+        for inp in graph.inputs:
+            if inp.dtype == F32 and not inp.is_initializer():
+                inp.dtype = F16
+
     # 2. FP32 islands for blocked ops
     islands = 0
+    island_ops = set()
     for node in [n for n in graph if n.op_type in block]:
         touched = False
         for i, inp in enumerate(node.inputs):
@@ -137,26 +166,11 @@ def convert(model, block: set[str], keep_io_fp32: bool = True) -> dict:
             for k in slots:
                 graph.outputs[k] = half
         islands += touched
+        if touched:
+            island_ops.add(node.op_type)
 
-    # 3. graph I/O
-    cast_io = 0
+    # 3. graph outputs
     if keep_io_fp32:
-        for k, inp in enumerate(list(graph.inputs)):
-            if inp.dtype != F32:
-                continue
-            if inp.is_initializer():
-                continue
-            users = list(inp.uses())
-            if not users:
-                continue
-            cast = ir.node("Cast", [inp], {"to": F16.value}, name=f"input{k}_to_fp16")
-            cast.outputs[0].dtype = F16
-            cast.outputs[0].shape = inp.shape
-            cast.outputs[0].name = f"{inp.name}_fp16"
-            graph.insert_before(graph.node(0), cast)
-            for user, idx in users:
-                user.replace_input_with(idx, cast.outputs[0])
-            cast_io += 1
         for k, out in enumerate(list(graph.outputs)):
             if out.dtype != F16:
                 continue
@@ -167,16 +181,12 @@ def convert(model, block: set[str], keep_io_fp32: bool = True) -> dict:
             graph.append(cast)
             graph.outputs[k] = final
             cast_io += 1
-    else:
-        for inp in graph.inputs:
-            if inp.dtype == F32 and not inp.is_initializer():
-                inp.dtype = F16
 
     removed = _drop_cast_pairs(graph)
     graph.sort()
     return {"io_types": "float32" if keep_io_fp32 else "float16", "converted_initializers": n_init,
             "converted_values": n_vals, "fp32_islands": islands,
-            "fp32_nodes": sorted({n.op_type for n in graph if n.op_type in block}),
+            "fp32_nodes": sorted(island_ops),
             "boundary_casts": cast_io, "cast_pairs_removed": removed, "clipped_weights": clipped}
 
 
@@ -192,9 +202,20 @@ def _drop_cast_pairs(graph) -> int:
         if src is None or src.op_type != "Cast" or src.attributes.get_int("to") != F16:
             continue
         origin = src.inputs[0]
-        if origin.dtype != ir.DataType.FLOAT or node.outputs[0].is_graph_output():
+        if origin.dtype != ir.DataType.FLOAT:
             continue
-        node.outputs[0].replace_all_uses_with(origin)
+        final = node.outputs[0]
+        if final.is_graph_output():
+            if origin.is_graph_input() or origin.is_graph_output() or origin.is_initializer():
+                continue
+            # a float32 result about to leave the graph: it leaves as it is, under the output's name
+            slots = [k for k, o in enumerate(graph.outputs) if o is final]
+            name = final.name
+            final.name = f"{name}_unused"
+            for k in slots:
+                graph.outputs[k] = origin
+            origin.name = name
+        final.replace_all_uses_with(origin)
         graph.remove(node, safe=True)
         removed += 1
         mid = src.outputs[0]
