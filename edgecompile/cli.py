@@ -82,7 +82,8 @@ def _emit_json(data) -> None:
 @cli.command()
 @click.argument("model", required=False)
 @click.option("-t", "--target", help="Device profile (see `edgecompile targets`). Default: cpu.")
-@click.option("-b", "--backend", help="Engine, where the target allows several (e.g. ort, openvino, tvm).")
+@click.option("-b", "--backend", help="Engine, where the target allows several (ort, openvino, tvm, or auto: "
+              "measure them here and ship the fastest within the accuracy bound; the cpu default).")
 @click.option("-p", "--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8", "auto"]),
               help="Numeric precision. Default: the target's (fp32 on CPUs).")
 @click.option("-o", "--output", type=click.Path(), help="Bundle directory to write (replaced atomically).")

@@ -90,6 +90,20 @@ class TvmSection:
 
 
 @dataclass(frozen=True)
+class OpenVinoSection:
+    device: str = "CPU"                  # CPU, GPU, GPU.1, NPU ... where OpenVINO lists it
+    performance_hint: str = _choices("LATENCY", "THROUGHPUT", default="LATENCY")
+    num_streams: int | None = None       # None: what the performance hint picks
+
+
+@dataclass(frozen=True)
+class AutoSection:
+    """`--backend auto`: how long to measure each candidate (interleaved rounds)."""
+    rounds: int = 7
+    round_seconds: float = 0.08          # per candidate per round
+
+
+@dataclass(frozen=True)
 class TensorRtSection:
     """Builder settings for `--backend tensorrt` (Jetson targets); stored in the bundle's build plan."""
     version: str = _choices("10.1", default="10.1")          # operator table the graph is checked against
@@ -118,6 +132,8 @@ class Config:
     data: DataSection = field(default_factory=DataSection)
     passes: PassesSection = field(default_factory=PassesSection)
     tvm: TvmSection = field(default_factory=TvmSection)
+    openvino: OpenVinoSection = field(default_factory=OpenVinoSection)
+    auto: AutoSection = field(default_factory=AutoSection)
     tensorrt: TensorRtSection = field(default_factory=TensorRtSection)
     report: ReportSection = field(default_factory=ReportSection)
 

@@ -83,11 +83,18 @@ def make_plan(cfg: Config, *, output: str | Path | None, data: str | Path | None
         raise ConfigError("no model given", hint="pass MODEL (e.g. models/digits) or set [model] source in the config")
     profile = get_profile(cfg.build.target)
     backend = resolve_backend(profile, cfg.build.backend)
-    target = registry.get_target(backend)
+    if backend == "auto":
+        from edgecompile.autochoice import AutoBackend
+
+        target = AutoBackend(profile)
+    else:
+        target = registry.get_target(backend)
     avail = target.check_available()
     if not avail.ok:
         raise TargetUnavailableError(f"backend {backend!r} is not available: {avail.reason}",
                                      hint=avail.hint or f"pip install 'edgecompile[{backend}]'")
+    if hasattr(target, "check_config"):      # e.g. an OpenVINO device this machine does not have
+        target.check_config(cfg)
     source = resolve_source(cfg.model.source)
     precision = cfg.build.precision or profile.default_precision
     if data is not None:
@@ -179,7 +186,7 @@ def bundle_key(plan: Plan) -> str:
 # key is therefore covered automatically); data is keyed by content (sha256) instead of spec, the
 # device profile by its resolved name (module passes may tailor to a device), and the precision
 # only where a module pass depends on it (QAT). Backends of one profile share the export.
-_EXPORT_IRRELEVANT = {"model": None, "data": None, "report": None, "tvm": None,
+_EXPORT_IRRELEVANT = {"model": None, "data": None, "report": None, "tvm": None, "openvino": None, "auto": None,
                       "build": ("target", "backend", "precision", "strict", "force", "threads")}
 
 
@@ -337,7 +344,14 @@ def execute(plan: Plan, progress: Progress) -> Bundle:
     from edgecompile import precision as precision_stage
 
     fp32_graph = _serialize(model) if plan.precision != "fp32" and plan.evaluation is not None else None
-    model, achieved, precision_notes = precision_stage.apply(plan, model, ctx, records, progress)
+    choice = chosen = None
+    if plan.backend == "auto":
+        from edgecompile import autochoice
+
+        plan, model, achieved, precision_notes, choice, chosen = autochoice.run(
+            plan, model, ctx, records, progress, reference)
+    else:
+        model, achieved, precision_notes = precision_stage.apply(plan, model, ctx, records, progress)
     per_layer = None
     if fp32_graph is not None and achieved != "fp32":
         from edgecompile.compare import per_layer_error
@@ -351,11 +365,18 @@ def execute(plan: Plan, progress: Progress) -> Bundle:
                             source=plan.source, calibration=plan.calibration, evaluation=plan.evaluation,
                             threads=cfg.build.threads,
                             progress=progress, options=plan.options)
-        with progress.step("compile", plan.backend):
-            artifacts = plan.target.compile(model, bctx)
+        if chosen is not None:      # ship the very bytes that were measured
+            artifacts = autochoice.copy_into(chosen, writer)
+            autochoice.cleanup(chosen)
+        else:
+            with progress.step("compile", plan.backend):
+                artifacts = plan.target.compile(model, bctx)
         for rel, role in artifacts.files.items():
             writer.add_artifact(rel, role)
-        manifest = writer.write_manifest(_manifest(plan, model, achieved, records, artifacts, parity))
+        man = _manifest(plan, model, achieved, records, artifacts, parity)
+        if choice is not None:
+            man["autochoice"] = choice
+        manifest = writer.write_manifest(man)
         staged = Bundle(writer.staging, manifest)
 
         from edgecompile import report as report_mod
@@ -383,6 +404,8 @@ def execute(plan: Plan, progress: Progress) -> Bundle:
         final = writer.commit()
     finally:
         writer.abort()
+        if chosen is not None:
+            autochoice.cleanup(chosen)
     return Bundle(final, manifest)
 
 

@@ -47,7 +47,27 @@ def build_report(plan, manifest: dict, measured: dict, records, parity, precisio
         "warnings": list(progress.warnings),
         "skipped": measured.get("skipped"),
         "size_by_op": bundle_size_by_op(bundle_dir, manifest["artifacts"]) if bundle_dir is not None else None,
+        "backend_choice": manifest.get("autochoice"),
+        "candidates": _choice_rows(manifest.get("autochoice")),
     }
+
+
+def _choice_rows(choice: dict | None) -> list[dict] | None:
+    """`--backend auto`'s candidate table as flat rows (the shared "Candidates tried" section)."""
+    if not choice:
+        return None
+
+    def num(v, spec):
+        return "" if v is None else format(v, spec)
+
+    rows = [{"backend": c["backend"], "precision": c["precision"], "p50 (ms)": num(c["p50_ms"], ".3f"),
+             "p99 (ms)": num(c["p99_ms"], ".3f"),
+             "speedup vs ort fp32": num(c["speedup_vs_ort_fp32"], ".2f") + ("x" if c["speedup_vs_ort_fp32"] else ""),
+             "accuracy delta": num(c["accuracy_delta"], "+.4f"), "status": c["status"], "why": c["reason"]}
+            for c in choice["candidates"]]
+    rows += [{"backend": name, "status": "not a candidate", "why": why}
+             for name, why in (choice.get("excluded_backends") or {}).items()]
+    return rows
 
 
 def quantization_section(precision_notes: dict, acc) -> dict | None:
@@ -110,6 +130,14 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
         rows.append(("cold start", f"{report['cold_start_ms']:.1f} ms (load + first inference)"))
     if report.get("peak_rss_mb") is not None:
         rows.append(("peak RSS", f"{report['peak_rss_mb']:.1f} MB (runtime process)"))
+    choice = report.get("backend_choice")
+    if choice:
+        n = sum(1 for c in choice["candidates"] if c["p50_ms"] is not None)
+        rows.append(("backend choice", f"auto: {choice['chosen']['backend']} {choice['chosen']['precision']}, "
+                                       f"{choice['chosen']['reason']} ({n} measured here, bound "
+                                       f"{choice['bound']:g} {choice['bound_units']}; see candidates)"))
+        for note in choice.get("fit_notes") or []:
+            rows.append(("backend note", note))
     for name, st in (report.get("artifact_status") or {}).items():
         rows.append((name, f"{st['state']}: {st['why']}"))
     for where, what in (report.get("execution") or {}).items():
