@@ -30,6 +30,10 @@ def supported(target) -> tuple[str, ...]:
 def apply(plan, model, ctx, records, progress):
     """Returns (model, achieved precision, notes)."""
     requested = plan.precision
+    if requested != "int8" and _is_qat_graph(plan, model):
+        # issue 7: automatic backend choice asks for fp32 baselines, but a QAT export is int8 by
+        # construction -- offering it as "fp32" would mislabel a Q/DQ graph
+        return model, "int8", {"reason": "the QAT export is an int8 (Q/DQ) graph; it has no fp32/fp16 form"}
     if requested == "fp32":
         return model, "fp32", {}
     available = supported(plan.target)
@@ -120,6 +124,10 @@ def measurably_slower(lat: dict) -> bool:
     return lat["speedup"] < 1.0 - SLOWER_TOLERANCE and lat["slower_rounds"] == lat["rounds"]
 
 
+def _is_qat_graph(plan, model) -> bool:
+    return plan.config.passes.quantize.mode == "qat" and any(n.op_type == "QuantizeLinear" for n in model.graph)
+
+
 def _qat(plan, model, ctx, records, progress):
     """QAT (issue 7): the module pass fake-quantized the torch module, so the exported graph
     already carries QuantizeLinear/DequantizeLinear pairs; the PTQ pass is skipped. Weight
@@ -131,7 +139,8 @@ def _qat(plan, model, ctx, records, progress):
         return model, "fp32", {"reason": "quantize mode 'qat': the exported graph has no QDQ nodes "
                                          "(is the QAT pass installed?)", "quantization": {"mode": "qat"}}
     with progress.step("qat", "fold weight QuantizeLinear into int8 initializers"):
-        model, summary = qat_summary(model, next((r for r in records if r.name == "qat"), None))
+        rec = next((r for r in [*getattr(ctx, "module_records", []), *records] if r.name == "qat"), None)
+        model, summary = qat_summary(model, rec)
     return model, "int8", {"quantization": summary}
 
 

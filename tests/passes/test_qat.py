@@ -14,7 +14,7 @@ from conftest import REPO, run_cli
 @pytest.fixture(scope="module")
 def qat_cli_bundle(tmp_path_factory):
     out = tmp_path_factory.mktemp("qat") / "digits-qat"
-    rc, stdout, stderr = run_cli("build", "models/digits", "--target", "cpu", "--precision", "int8",
+    rc, stdout, stderr = run_cli("build", "models/digits", "--target", "cpu", "--backend", "ort", "--precision", "int8",
                                  "--quantize", "qat", "--qat-epochs", "2", "-o", out, cwd=REPO)
     assert rc == 0, stderr
     return out, stdout + stderr
@@ -177,3 +177,24 @@ def test_cli_rejects_negative_qat_epochs():
     rc, _, err = run_cli("build", "models/digits", "--precision", "int8", "--quantize", "qat",
                          "--qat-epochs", "-1", cwd=REPO)
     assert rc == 2 and "qat-epochs" in err and "Traceback" not in err
+
+
+def test_a_qat_graph_is_never_offered_as_fp32(qat_cli_bundle):
+    """Automatic backend choice asks the precision stage for fp32 baselines: a Q/DQ graph from QAT
+    must not come back labelled fp32."""
+    from types import SimpleNamespace
+
+    import onnx_ir as ir
+
+    from edgecompile import precision
+    from edgecompile.config import Config
+
+    out, _ = qat_cli_bundle
+    model = ir.load(str(out / "model.onnx"))
+    cfg = Config().with_overrides({"passes.quantize.mode": "qat"})
+    plan = SimpleNamespace(precision="fp32", config=cfg, target=SimpleNamespace(precisions=("fp32", "int8")),
+                           backend="ort")
+    m, achieved, notes = precision.apply(plan, model, None, [], None)
+    assert achieved == "int8" and "QAT" in notes["reason"]
+    plain = SimpleNamespace(precision="fp32", config=Config(), target=plan.target, backend="ort")
+    assert precision.apply(plain, model, None, [], None)[1] == "fp32"     # PTQ/other modes: unchanged
