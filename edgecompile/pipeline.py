@@ -60,26 +60,35 @@ def build(model: str | Path | None = None, target: str | None = None, *, output:
           backend: str | None = None, precision: str | None = None, data: str | Path | None = None,
           config: Config | str | Path | None = None, strict: bool | None = None, force: bool | None = None,
           threads: int | None = None, progress: Progress | None = None, cache: bool = True,
+          prune: float | None = None, finetune_epochs: int | None = None, distill: bool | None = None,
           **options: Any) -> Bundle:
     """Build a bundle. Keyword arguments override the config file, which overrides defaults.
 
     `cache=False` neither reads nor writes the build cache (see edgecompile.buildcache).
+    `model` is a path/name or an already resolved `ModelSource` (e.g. a distilled student).
+    `prune`, `finetune_epochs`, `distill` set [passes.prune] ratio / finetune_epochs / distill.
     `options` carries Python-API-only extras for passes (e.g. `finetune=callable`,
     `calibration_data=iterable of feed dicts`); builds with options bypass the build cache,
-    since callables cannot be part of a content key.
+    since callables cannot be part of a content key. `tune_trials` / `tune_timeout` (minutes)
+    override the config's [tvm] keys like the CLI's --tune / --tune-timeout (they are config, not options).
     """
     progress = progress or Progress(quiet=True)
     cfg = config if isinstance(config, Config) else (Config.from_file(config) if config else Config())
-    cfg = cfg.with_overrides({"model.source": str(model) if model is not None else None,
+    source = model if model is not None and not isinstance(model, (str, Path)) else None
+    cfg = cfg.with_overrides({"model.source": (source.name if source is not None else str(model)) if model is not None else None,
                               "build.target": target, "build.backend": backend, "build.precision": precision,
-                              "build.strict": strict, "build.force": force, "build.threads": threads})
-    plan = make_plan(cfg, output=output, data=data, options=options, use_cache=cache)
+                              "build.strict": strict, "build.force": force, "build.threads": threads,
+                              "passes.prune.ratio": prune, "passes.prune.finetune_epochs": finetune_epochs,
+                              "passes.prune.distill": distill,
+                              "tvm.tune_trials": options.pop("tune_trials", None),
+                              "tvm.tune_timeout": options.pop("tune_timeout", None)})
+    plan = make_plan(cfg, output=output, data=data, options=options, use_cache=cache, source=source)
     return execute(plan, progress)
 
 
 def make_plan(cfg: Config, *, output: str | Path | None, data: str | Path | None, options: dict,
-              use_cache: bool = True) -> Plan:
-    if not cfg.model.source:
+              use_cache: bool = True, source: ModelSource | None = None) -> Plan:
+    if not cfg.model.source and source is None:
         raise ConfigError("no model given", hint="pass MODEL (e.g. models/digits) or set [model] source in the config")
     profile = get_profile(cfg.build.target)
     backend = resolve_backend(profile, cfg.build.backend)
@@ -95,7 +104,7 @@ def make_plan(cfg: Config, *, output: str | Path | None, data: str | Path | None
                                      hint=avail.hint or f"pip install 'edgecompile[{backend}]'")
     if hasattr(target, "check_config"):      # e.g. an OpenVINO device this machine does not have
         target.check_config(cfg)
-    source = resolve_source(cfg.model.source)
+    source = source if source is not None else resolve_source(cfg.model.source)
     precision = cfg.build.precision or profile.default_precision
     if data is not None:
         ds_path = str(data)
@@ -145,6 +154,8 @@ def reference_outputs(plan: Plan, module) -> np.ndarray | None:
 def module_passes(plan: Plan) -> list:
     """Module passes (torch, before export) the config asks for, in order."""
     passes = []
+    if plan.config.passes.distill.teacher:
+        passes.append(registry.get_pass("distill")(plan.config.passes.distill))
     prune = plan.config.passes.prune
     if prune.ratio:
         passes.append(registry.get_pass("prune")(prune))
@@ -203,6 +214,9 @@ def export_key(plan: Plan) -> str:
                 cfg[section].pop(k, None)
     qat = plan.precision == "int8" and plan.config.passes.quantize.mode == "qat"
     shas = [None if d is None else d.sha256() for d in (plan.evaluation, plan.calibration, plan.train)]
+    teacher = plan.config.passes.distill.teacher
+    if teacher:                          # the distilled student depends on the teacher's definition too
+        shas.append(resolve_source(teacher).fingerprint)
     return content_key("export-cache/v1", plan.source.kind, plan.source.fingerprint, cfg, plan.profile.name,
                        plan.precision if qat else None, DEFAULT_OPSET, toolchain_versions(),
                        code_fingerprint(), machine_info()["cpu"], shas)

@@ -14,11 +14,14 @@ from edgecompile.errors import ConfigError
 BUILTIN_TARGETS: dict[str, str] = {
     "ort": "edgecompile.targets.ort:OrtTarget",
     "openvino": "edgecompile.targets.openvino:OpenVinoTarget",
+    "tvm": "edgecompile.targets.tvm:TvmTarget",
     "tensorrt": "edgecompile.targets.tensorrt:TensorRtTarget",
 }
 
 BUILTIN_PASSES: dict[str, str] = {
     "simplify": "edgecompile.passes.simplify:Simplify",
+    "prune": "edgecompile.passes.prune:Prune",
+    "distill": "edgecompile.passes.distill:Distill",
     "quantize": "edgecompile.passes.quantize:Quantize",
     "qat": "edgecompile.passes.qat:QuantizationAwareTraining",
     "fp16": "edgecompile.passes.fp16:Float16",

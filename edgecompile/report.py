@@ -49,6 +49,8 @@ def build_report(plan, manifest: dict, measured: dict, records, parity, precisio
         "size_by_op": bundle_size_by_op(bundle_dir, manifest["artifacts"]) if bundle_dir is not None else None,
         "backend_choice": manifest.get("autochoice"),
         "candidates": _choice_rows(manifest.get("autochoice")),
+        "pruning": _module_pass_steps(records, "prune", "pruning"),
+        "distillation": _module_pass_steps(records, "distill", "distillation"),
     }
 
 
@@ -68,6 +70,15 @@ def _choice_rows(choice: dict | None) -> list[dict] | None:
     rows += [{"backend": name, "status": "not a candidate", "why": why}
              for name, why in (choice.get("excluded_backends") or {}).items()]
     return rows
+
+
+
+def _module_pass_steps(records, name: str, key: str) -> dict | None:
+    """A module pass's per-step measurements (params, FLOPs, size, latency, metric), if it ran."""
+    for r in records:
+        if r.name == name and isinstance(r.notes.get(key), dict):
+            return r.notes[key]
+    return None
 
 
 def quantization_section(precision_notes: dict, acc) -> dict | None:
@@ -138,6 +149,10 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
                                        f"{choice['bound']:g} {choice['bound_units']}; see candidates)"))
         for note in choice.get("fit_notes") or []:
             rows.append(("backend note", note))
+    if report.get("pruning"):
+        pr = report["pruning"]
+        rows.append(("pruning", f"{pr['ratio']:.0%} of channels: params {pr['params_ratio']:.2f}x, "
+                                f"FLOPs {pr['flops_ratio']:.2f}x"))
     for name, st in (report.get("artifact_status") or {}).items():
         rows.append((name, f"{st['state']}: {st['why']}"))
     for where, what in (report.get("execution") or {}).items():
@@ -282,7 +297,7 @@ def _md_quantization(rows, report):
 
 _MD = {"summary": _md_summary, "quantization": _md_quantization, "fp16": _md_quantization, "warnings": _md_warnings, "accuracy": _md_accuracy, "latency": _md_latency,
        "size": _md_size, "per_layer": _md_rows, "float_nodes": _md_rows, "candidates": _md_rows,
-       "passes": _md_passes, "precision_notes": _md_kv, "export": _md_export, "artifacts": _md_artifacts,
+       "passes": _md_passes, "pruning": _md_rows, "distillation": _md_rows, "precision_notes": _md_kv, "export": _md_export, "artifacts": _md_artifacts,
        "environment": _md_environment}
 
 
