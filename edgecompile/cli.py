@@ -107,13 +107,15 @@ def _emit_json(data) -> None:
               help="Calibration method for static INT8 ([passes.quantize] calibrate). Default: minmax.")
 @click.option("--calib-samples", type=click.IntRange(min=1),
               help="Number of calibration samples ([passes.quantize] calib_samples). Default: 256.")
+@click.option("--qat-epochs", "qat_epochs", type=click.IntRange(min=0),
+              help="Training epochs for --quantize qat ([passes.quantize] qat_epochs). Default: 3.")
 @click.option("--no-cache", "no_cache", is_flag=True,
               help="Neither read nor write the build cache (stages are recomputed; trained example weights are kept).")
 @click.option("--json", "json_mode", is_flag=True, help="Print report.json to stdout.")
 @verbosity_options
 @click.pass_obj
 def build(obj: Ctx, model, target, backend, precision, output, data, config_path, strict, force, threads,
-          quantize, calibrate, calib_samples, no_cache, prune, finetune_epochs, distill, tune_trials,
+          quantize, calibrate, calib_samples, qat_epochs, no_cache, prune, finetune_epochs, distill, tune_trials,
           tune_timeout, json_mode):
     """Build a bundle for MODEL (a models/<name> package, a built-in name, or a .onnx file).
 
@@ -126,7 +128,8 @@ def build(obj: Ctx, model, target, backend, precision, output, data, config_path
     path = Path(config_path) if config_path else find_default_config()
     cfg = Config.from_file(path) if path else Config()
     cfg = cfg.with_overrides({"passes.quantize.mode": quantize, "passes.quantize.calibrate": calibrate,
-                              "passes.quantize.calib_samples": calib_samples})
+                              "passes.quantize.calib_samples": calib_samples,
+                              "passes.quantize.qat_epochs": qat_epochs})
     progress = obj.progress(json_mode)
     bundle = run_build(model, target, output=output, backend=backend, precision=precision, data=data,
                        config=cfg, strict=strict, force=force, threads=threads, progress=progress,

@@ -59,6 +59,13 @@ class QuantizeSection:
 
 
 @dataclass(frozen=True)
+class Fp16Section:
+    """`--precision fp16` (passes/fp16.py): graph I/O type and the ops kept in FP32."""
+    io_types: str = _choices("float32", "float16", default="float32")   # float32: Casts at the boundary
+    block_list: list[str] | None = None      # op types kept in FP32; None: passes.fp16.DEFAULT_BLOCK_LIST
+
+
+@dataclass(frozen=True)
 class PruneSection:
     ratio: float = 0.0                  # fraction of channels removed per prunable layer, in [0, 1)
     finetune_epochs: int = 3
@@ -126,6 +133,7 @@ class PassesSection:
     quantize: QuantizeSection = field(default_factory=QuantizeSection)
     prune: PruneSection = field(default_factory=PruneSection)
     distill: DistillSection = field(default_factory=DistillSection)
+    fp16: Fp16Section = field(default_factory=Fp16Section)
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ class PassContext:
     cache: Path | None = None
     progress: Any = None                        # edgecompile.progress.Progress
     options: dict = field(default_factory=dict) # Python-API-only extras (e.g. finetune=callable)
+    module_records: list = field(default_factory=list)   # records of the module passes that ran (graph stages read them)
 
 
 class Pass(Protocol):

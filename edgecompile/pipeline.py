@@ -338,6 +338,7 @@ def execute(plan: Plan, progress: Progress) -> Bundle:
     export_state = None
     if plan.source.kind == "torch":
         model, reference, parity, export_state = export_stage(plan, ctx, records, progress, cache)
+        ctx.module_records = [r for r in records if r.kind == "module"]   # e.g. QAT's, for the precision stage
         export_state = export_state or state
     else:
         with progress.step("load", str(plan.source.path)):

@@ -30,6 +30,10 @@ def supported(target) -> tuple[str, ...]:
 def apply(plan, model, ctx, records, progress):
     """Returns (model, achieved precision, notes)."""
     requested = plan.precision
+    if requested != "int8" and _is_qat_graph(plan, model):
+        # issue 7: automatic backend choice asks for fp32 baselines, but a QAT export is int8 by
+        # construction -- offering it as "fp32" would mislabel a Q/DQ graph
+        return model, "int8", {"reason": "the QAT export is an int8 (Q/DQ) graph; it has no fp32/fp16 form"}
     if requested == "fp32":
         return model, "fp32", {}
     available = supported(plan.target)
@@ -43,7 +47,37 @@ def apply(plan, model, ctx, records, progress):
         return model, "fp32", {"reason": reason}
     if requested == "int8":
         return int8(plan, model, ctx, records, progress)
+    if requested == "fp16" and getattr(plan.target, "fp16_graph", False):
+        return fp16(plan, model, ctx, records, progress)     # else the backend does FP16 itself (TensorRT)
     return model, requested, {}
+
+
+# -- FP16 (issue 7) ----------------------------------------------------------------------------------
+
+def fp16(plan, model, ctx, records, progress):
+    """Run the fp16 graph pass (its record carries size and metric before/after) and measure
+    FP16 against FP32 side by side for the report's `fp16` record."""
+    from edgecompile.passes.fp16 import summarize as fp16_summary
+    from edgecompile.passkit import PassManager
+
+    fp32_bytes = _serialize(model)
+    with progress.step("fp16", "float16 weights/activations"):
+        pm = PassManager([registry.get_pass("fp16")(plan.config.passes.fp16)])
+        hmodel = pm.run(model, ctx)
+        records.extend(pm.records)
+    rec = pm.records[-1]
+    if not rec.modified:
+        why = rec.notes.get("nothing_to_convert") or rec.notes.get("not_converted") or "nothing changed"
+        return model, "fp32", {"reason": f"fp16: {why}"}
+    with progress.step("fp16 vs fp32", "size, latency (interleaved)"):
+        summary = fp16_summary(plan, fp32_bytes, _serialize(hmodel), rec)
+    return hmodel, "fp16", {"fp16": summary}
+
+
+def _serialize(model) -> bytes:
+    import onnx_ir as ir
+
+    return ir.to_proto(model).SerializeToString()
 
 
 # -- INT8 ------------------------------------------------------------------------------------------
@@ -90,13 +124,24 @@ def measurably_slower(lat: dict) -> bool:
     return lat["speedup"] < 1.0 - SLOWER_TOLERANCE and lat["slower_rounds"] == lat["rounds"]
 
 
+def _is_qat_graph(plan, model) -> bool:
+    return plan.config.passes.quantize.mode == "qat" and any(n.op_type == "QuantizeLinear" for n in model.graph)
+
+
 def _qat(plan, model, ctx, records, progress):
-    """Hook for the QAT issue: its module pass (run before export) fake-quantizes the module, so
-    the exported graph must already carry QuantizeLinear/DequantizeLinear pairs."""
-    if any(node.op_type == "QuantizeLinear" for node in model.graph):
-        return model, "int8", {"quantization": {"mode": "qat"}}
-    return model, "fp32", {"reason": "quantize mode 'qat': the exported graph has no QDQ nodes "
-                                     "(is the QAT pass installed?)", "quantization": {"mode": "qat"}}
+    """QAT (issue 7): the module pass fake-quantized the torch module, so the exported graph
+    already carries QuantizeLinear/DequantizeLinear pairs; the PTQ pass is skipped. Weight
+    QuantizeLinear nodes are folded into int8 initializers (PTQ's layout); the QAT record's
+    FP32 / PTQ-initialised / QAT metrics go to the report's quantization section."""
+    from edgecompile.passes.qat import qat_summary
+
+    if not any(node.op_type == "QuantizeLinear" for node in model.graph):
+        return model, "fp32", {"reason": "quantize mode 'qat': the exported graph has no QDQ nodes "
+                                         "(is the QAT pass installed?)", "quantization": {"mode": "qat"}}
+    with progress.step("qat", "fold weight QuantizeLinear into int8 initializers"):
+        rec = next((r for r in [*getattr(ctx, "module_records", []), *records] if r.name == "qat"), None)
+        model, summary = qat_summary(model, rec)
+    return model, "int8", {"quantization": summary}
 
 
 def _metric_drop(plan, before, after):

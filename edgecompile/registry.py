@@ -23,6 +23,8 @@ BUILTIN_PASSES: dict[str, str] = {
     "prune": "edgecompile.passes.prune:Prune",
     "distill": "edgecompile.passes.distill:Distill",
     "quantize": "edgecompile.passes.quantize:Quantize",
+    "qat": "edgecompile.passes.qat:QuantizationAwareTraining",
+    "fp16": "edgecompile.passes.fp16:Float16",
 }
 
 

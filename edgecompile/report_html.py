@@ -340,7 +340,7 @@ def _environment(sec: Section, report: dict) -> str:
     return "<table>" + "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows) + "</table>"
 
 
-_RENDER = {"summary": _summary, "quantization": _summary, "warnings": _warnings, "accuracy": _accuracy, "latency": _latency, "size": _size,
+_RENDER = {"summary": _summary, "quantization": _summary, "fp16": _summary, "warnings": _warnings, "accuracy": _accuracy, "latency": _latency, "size": _size,
            "per_layer": _per_layer, "float_nodes": _rows, "candidates": _rows, "passes": _passes,
            "pruning": _rows, "distillation": _rows,
            "precision_notes": _kv, "export": _export, "artifacts": _artifacts, "environment": _environment}

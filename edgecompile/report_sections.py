@@ -212,6 +212,38 @@ def quantization_rows(q: dict) -> list[list[str]]:
         rows.append([f"accuracy delta ({q['accuracy_metric']})", f"{q['accuracy_delta']:+.4f}"])
     if q.get("output_cosine") is not None:
         rows.append(["output cosine vs fp32 graph", f"{q['output_cosine']:.6f}"])
+    rows.extend(qat_rows(q.get("qat"), q.get("epochs")))
+    return rows
+
+
+def qat_rows(c: dict | None, epochs) -> list[list[str]]:
+    """QAT (issue 7): the task metric of the FP32, PTQ-initialised and QAT-trained module side by side."""
+    if not c:
+        return []
+    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"      # noqa: E731
+    return [[f"{c['metric']} fp32 / ptq / qat",
+             f"{fmt(c.get('fp32'))} / {fmt(c.get('ptq'))} / {fmt(c.get('qat'))} "
+             f"({c.get('measured_with')} on {c.get('data')}, {epochs} QAT epochs)"]]
+
+
+def fp16_rows(h: dict) -> list[list[str]]:
+    """The report's FP16 record (precision.fp16, issue 7) as label/value rows."""
+    sb = h["size_bytes"]
+    rows = [["size fp16 / fp32", f"{h['size_ratio']:.3f} ({sb['fp16'] / 1024:.1f} / {sb['fp32'] / 1024:.1f} KiB)"],
+            ["graph I/O", h.get("io_types") or "?"],
+            ["ops kept in fp32", ", ".join(h.get("fp32_nodes") or []) or "none"]]
+    if h.get("metric_delta") is not None:
+        rows.append(["metric fp32 graph -> fp16 graph",
+                     f"{h['metric_fp32_graph']:.4f} -> {h['metric_fp16_graph']:.4f} ({h['metric_delta']:+.4f})"])
+    if h.get("output_cosine") is not None:
+        rows.append(["output cosine vs fp32 graph", f"{h['output_cosine']:.6f}"])
+    if h.get("clipped_weights"):
+        rows.append(["weights clipped to the fp16 range", str(h["clipped_weights"])])
+    lat = h.get("latency")
+    if lat:
+        rows.append(["speedup vs fp32", f"{lat['speedup']:.2f}x ({lat['fp16_ms']:.4f} vs {lat['fp32_ms']:.4f} ms, "
+                                        f"batch {lat['batch']}, {lat['measured_with']})"
+                     + (" -- FP16 is slower on this backend" if lat["speedup"] < 0.9 else "")])
     return rows
 
 
@@ -247,6 +279,10 @@ def sections(report: dict, bundle_dir: str | Path | None = None) -> list[Section
     out.append(Section("quantization", "Quantization", OK if quant else
                        "not applicable: no INT8 quantization was requested",
                        quantization_rows(quant) if quant else None))
+
+    half = (report.get("precision_notes") or {}).get("fp16")
+    out.append(Section("fp16", "FP16", OK if half else "not applicable: no FP16 conversion was requested",
+                       fp16_rows(half) if half else None))
 
     layers = per_layer(report)
     out.append(Section("per_layer", "Per-layer quantization error", OK if layers else (

@@ -62,7 +62,9 @@ class OrtRunner(Runner):
 
 class OrtTarget:
     name = "ort"
-    precisions = ("fp32", "int8")     # int8: QDQ (static) or integer ops (dynamic) from the quantize pass
+    precisions = ("fp32", "fp16", "int8")   # int8: QDQ (static) or integer ops (dynamic) from the quantize pass;
+                                            # fp16: the fp16 pass (CPU kernels are partial: often slower)
+    fp16_graph = True                       # precision fp16 = an FP16 ONNX graph (the fp16 pass), not an engine flag
 
     def check_available(self) -> Availability:
         try:

@@ -1,0 +1,266 @@
+"""FP16 graph pass: float32 weights and activations -> float16, with FP32 islands and I/O.
+
+Done on the onnx_ir graph (no protobuf surgery, no extra dependency):
+
+1. every float32 initializer becomes float16 (values beyond the FP16 range are clipped to
+   +-65504 and counted), every float32 value produced by a node becomes float16, float32
+   `Cast`/`Constant`/`ConstantOfShape` nodes produce float16;
+2. nodes whose op type is in the block list (`[passes.fp16] block_list`; by default reductions,
+   Softmax/LogSoftmax, Exp/Log/Pow and friends whose FP16 range or accumulation is unsafe, and
+   Resize whose `scales` input must stay float32) run in FP32 between a Cast to float32 on each
+   float input and a Cast back to float16 on each float output;
+3. graph inputs and outputs keep their float32 type with a Cast at the boundary
+   (`io_types = "float32"`, the default, so callers feed the same arrays as for FP32), or become
+   float16 (`io_types = "float16"`);
+4. Cast(float16 -> float32) -> Cast(float32 -> float16) chains left between neighbouring
+   blocked nodes are removed.
+
+Graphs with control-flow subgraphs (If/Loop/Scan) are left as they are (noted): converting their
+bodies consistently is not implemented.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from edgecompile.errors import ConfigError
+from edgecompile.passkit import PassContext, PassResult
+
+FP16_MAX = 65504.0
+DEFAULT_BLOCK_LIST = ("ReduceSum", "ReduceMean", "ReduceProd", "ReduceSumSquare", "ReduceL1", "ReduceL2",
+                      "ReduceLogSum", "ReduceLogSumExp", "CumSum", "Softmax", "LogSoftmax", "Exp", "Log",
+                      "Pow", "Erf", "Resize", "Range", "TopK", "NonMaxSuppression", "RoiAlign")
+IO_TYPES = ("float32", "float16")
+
+
+def _ir():
+    import onnx_ir as ir
+
+    return ir
+
+
+class Float16:
+    """Graph pass "fp16"."""
+
+    name = "fp16"
+
+    def __init__(self, section=None):
+        from edgecompile.config import Fp16Section
+
+        self.section = section or Fp16Section()
+        if self.section.io_types not in IO_TYPES:
+            raise ConfigError(f"[passes.fp16] io_types must be one of {', '.join(IO_TYPES)}, "
+                              f"got {self.section.io_types!r}")
+
+    @property
+    def block_list(self) -> tuple[str, ...]:
+        b = self.section.block_list
+        return DEFAULT_BLOCK_LIST if b is None else tuple(b)
+
+    def options(self) -> dict:
+        return {"io_types": self.section.io_types, "block_list": list(self.block_list)}
+
+    def __call__(self, model, ctx: PassContext | None = None) -> PassResult:
+        ir = _ir()
+        if any(a.type == ir.AttributeType.GRAPH or a.type == ir.AttributeType.GRAPHS
+               for node in model.graph.all_nodes() for a in node.attributes.values()):
+            return PassResult(model, False, {"not_converted": "the graph has control-flow subgraphs"})
+        import onnx
+
+        # every value needs its element type to be converted (or kept): infer the ones the graph lacks
+        model = ir.from_proto(onnx.shape_inference.infer_shapes(ir.to_proto(model)))
+        notes = convert(model, set(self.block_list), keep_io_fp32=self.section.io_types == "float32")
+        if not notes["converted_values"] and not notes["converted_initializers"]:
+            return PassResult(model, False, {"nothing_to_convert": "the graph has no float32 tensor"})
+        return PassResult(model, True, notes)
+
+
+def convert(model, block: set[str], keep_io_fp32: bool = True) -> dict:
+    """Convert `model` (onnx_ir) to FP16 in place; returns notes."""
+    ir = _ir()
+    F32, F16 = ir.DataType.FLOAT, ir.DataType.FLOAT16
+    graph = model.graph
+    clipped = 0
+
+    # 1. initializers
+    n_init = 0
+    for value in list(graph.initializers.values()):
+        if value.dtype != F32 or value.const_value is None:
+            continue
+        arr = value.const_value.numpy()
+        over = int(np.count_nonzero(np.abs(arr) > FP16_MAX))
+        clipped += over
+        half = np.clip(arr, -FP16_MAX, FP16_MAX).astype(np.float16)
+        value.const_value = ir.Tensor(half, name=value.name)
+        value.dtype = F16
+        n_init += 1
+
+    # node outputs and dtype-carrying attributes
+    n_vals = 0
+    for node in list(graph):
+        if node.op_type == "Cast" and node.domain == "" and node.attributes.get_int("to") == F32.value:
+            node.attributes["to"] = ir.AttrInt64("to", F16.value)
+        if node.op_type in ("Constant", "ConstantOfShape") and "value" in node.attributes:
+            t = node.attributes["value"].value
+            if t.dtype == F32:
+                node.attributes["value"] = ir.AttrTensor("value", ir.Tensor(
+                    np.clip(t.numpy(), -FP16_MAX, FP16_MAX).astype(np.float16), name=t.name))
+        for out in node.outputs:
+            if out.dtype == F32:
+                out.dtype = F16
+                n_vals += 1
+
+    # graph inputs (before the islands, so that blocked consumers get their Cast back to float32)
+    cast_io = 0
+    if keep_io_fp32:
+        for k, inp in enumerate(list(graph.inputs)):
+            if inp.dtype != F32:
+                continue
+            if inp.is_initializer():
+                continue
+            users = list(inp.uses())
+            if not users:
+                continue
+            cast = ir.node("Cast", [inp], {"to": F16.value}, name=f"input{k}_to_fp16")
+            cast.outputs[0].dtype = F16
+            cast.outputs[0].shape = inp.shape
+            cast.outputs[0].name = f"{inp.name}_fp16"
+            graph.insert_before(graph.node(0), cast)
+            for user, idx in users:
+                user.replace_input_with(idx, cast.outputs[0])
+            cast_io += 1
+    else:
+        for inp in graph.inputs:
+            if inp.dtype == F32 and not inp.is_initializer():
+                inp.dtype = F16
+
+    # 2. FP32 islands for blocked ops
+    islands = 0
+    island_ops = set()
+    for node in [n for n in graph if n.op_type in block]:
+        touched = False
+        for i, inp in enumerate(node.inputs):
+            if inp is not None and inp.dtype == F16:
+                cast = ir.node("Cast", [inp], {"to": F32.value}, name=f"{node.name}_in{i}_to_fp32")
+                cast.outputs[0].dtype = F32
+                cast.outputs[0].shape = inp.shape
+                cast.outputs[0].name = f"{node.name}_in{i}_fp32"
+                graph.insert_before(node, cast)
+                node.replace_input_with(i, cast.outputs[0])
+                touched = True
+        for j, out in enumerate(node.outputs):
+            if out.dtype != F16:
+                continue
+            touched = True
+            # the node keeps producing `out`, now float32 and renamed; a Cast back to float16 takes
+            # over its name, its consumers and its graph-output slot
+            uses = list(out.uses())
+            slots = [k for k, o in enumerate(graph.outputs) if o is out]
+            name = out.name
+            out.name, out.dtype = f"{name}_fp32", F32
+            cast = ir.node("Cast", [out], {"to": F16.value}, name=f"{node.name}_out{j}_to_fp16")
+            half = cast.outputs[0]
+            half.name, half.dtype, half.shape = name, F16, out.shape
+            graph.insert_after(node, cast)
+            for user, idx in uses:
+                user.replace_input_with(idx, half)
+            for k in slots:
+                graph.outputs[k] = half
+        islands += touched
+        if touched:
+            island_ops.add(node.op_type)
+
+    # 3. graph outputs
+    if keep_io_fp32:
+        for k, out in enumerate(list(graph.outputs)):
+            if out.dtype != F16:
+                continue
+            name = out.name
+            out.name = f"{name}_fp16"
+            final = ir.Value(name=name, shape=out.shape, type=ir.TensorType(F32))
+            cast = ir.node("Cast", [out], {"to": F32.value}, name=f"output{k}_to_fp32", outputs=[final])
+            graph.append(cast)
+            graph.outputs[k] = final
+            cast_io += 1
+
+    removed = _drop_cast_pairs(graph)
+    graph.sort()
+    return {"io_types": "float32" if keep_io_fp32 else "float16", "converted_initializers": n_init,
+            "converted_values": n_vals, "fp32_islands": islands,
+            "fp32_nodes": sorted(island_ops),
+            "boundary_casts": cast_io, "cast_pairs_removed": removed, "clipped_weights": clipped}
+
+
+def _drop_cast_pairs(graph) -> int:
+    """Remove Cast(to fp32) whose input comes from Cast(to fp16) of a float32 value: reuse that value."""
+    ir = _ir()
+    F32, F16 = ir.DataType.FLOAT.value, ir.DataType.FLOAT16.value
+    removed = 0
+    for node in list(graph):
+        if node.op_type != "Cast" or node.attributes.get_int("to") != F32:
+            continue
+        src = node.inputs[0].producer()
+        if src is None or src.op_type != "Cast" or src.attributes.get_int("to") != F16:
+            continue
+        origin = src.inputs[0]
+        if origin.dtype != ir.DataType.FLOAT:
+            continue
+        final = node.outputs[0]
+        if final.is_graph_output():
+            if origin.is_graph_input() or origin.is_graph_output() or origin.is_initializer():
+                continue
+            # a float32 result about to leave the graph: it leaves as it is, under the output's name
+            slots = [k for k, o in enumerate(graph.outputs) if o is final]
+            name = final.name
+            final.name = f"{name}_unused"
+            for k in slots:
+                graph.outputs[k] = origin
+            origin.name = name
+        final.replace_all_uses_with(origin)
+        graph.remove(node, safe=True)
+        removed += 1
+        mid = src.outputs[0]
+        if not mid.uses() and not mid.is_graph_output():
+            graph.remove(src, safe=True)
+    return removed
+
+
+def summarize(plan, fp32_bytes: bytes, fp16_bytes: bytes, record) -> dict:
+    """The report's `fp16` record: size ratio, metric delta (FP32 graph -> FP16 graph, from the
+    pass record), output cosine and batch-1 latency FP16 vs FP32 under ORT CPU, interleaved."""
+    from edgecompile.bench import interleaved
+    from edgecompile.metrics import raw_similarity
+    from edgecompile.targets.ort import create_session
+
+    notes = record.notes
+    out = {"io_types": notes.get("io_types"), "fp32_nodes": notes.get("fp32_nodes"),
+           "fp32_islands": notes.get("fp32_islands"), "clipped_weights": notes.get("clipped_weights"),
+           "size_bytes": {"fp32": len(fp32_bytes), "fp16": len(fp16_bytes)},
+           "size_ratio": len(fp16_bytes) / len(fp32_bytes)}
+    if record.metric_before is not None and record.metric_after is not None:
+        out.update(metric_fp32_graph=record.metric_before, metric_fp16_graph=record.metric_after,
+                   metric_delta=record.metric_after - record.metric_before)
+    data = plan.evaluation if plan.evaluation is not None else plan.calibration
+    if data is None:
+        return out
+    threads = plan.config.build.threads
+    s32 = create_session(fp32_bytes, threads=threads)
+    s16 = create_session(fp16_bytes, threads=threads)
+    types16 = {i.name: (np.float16 if i.type == "tensor(float16)" else None) for i in s16.get_inputs()}
+
+    def feeds16(f):
+        return {k: v.astype(types16[k]) if types16.get(k) else v for k, v in f.items()}
+
+    ds = data.take(128)
+    a = np.concatenate([s16.run(None, feeds16(f))[0].astype(np.float32) for f in ds.batches(64)])
+    b = np.concatenate([s32.run(None, f)[0] for f in ds.batches(64)])
+    sim = raw_similarity(a, b)
+    out["output_cosine"] = sim["cosine"]
+    one = {k: v[:1] for k, v in next(ds.batches(1)).items()}
+    one16 = feeds16(one)
+    lat = interleaved({"fp32": lambda: s32.run(None, one), "fp16": lambda: s16.run(None, one16)},
+                      rounds=6, seconds=1.0)
+    out["latency"] = {"fp32_ms": lat["fp32"]["ms"], "fp16_ms": lat["fp16"]["ms"],
+                      "speedup": lat["fp32"]["ms"] / lat["fp16"]["ms"], "batch": 1,
+                      "threads": threads or "ort default", "rounds": lat["fp32"]["rounds"],
+                      "measured_with": "onnxruntime CPU, interleaved"}
+    return out
