@@ -15,7 +15,7 @@ from conftest import REPO, run_cli
 def qat_cli_bundle(tmp_path_factory):
     out = tmp_path_factory.mktemp("qat") / "digits-qat"
     rc, stdout, stderr = run_cli("build", "models/digits", "--target", "cpu", "--backend", "ort", "--precision", "int8",
-                                 "--quantize", "qat", "--qat-epochs", "2", "-o", out, cwd=REPO)
+                                 "--quantize", "qat", "--qat-epochs", "3", "-o", out, cwd=REPO)
     assert rc == 0, stderr
     return out, stdout + stderr
 
@@ -57,14 +57,14 @@ def test_cli_qat_bundle_is_qdq_int8_with_the_fp32_ptq_qat_comparison(qat_cli_bun
 
     report = json.loads((out / "report.json").read_text())
     q = report["quantization"]
-    assert q["mode"] == "qat" and q["preset"] == "ort" and q["epochs"] == 2 and q["weights_folded"] == 4
+    assert q["mode"] == "qat" and q["preset"] == "ort" and q["epochs"] == 3 and q["weights_folded"] == 4
     cmp_ = q["qat"]
     assert cmp_["metric"] == "top1" and cmp_["data"] == "digits:test"
     # the targets: QAT >= PTQ and within 0.3 pt of FP32 (torch, and the ORT-measured bundle)
     assert cmp_["qat"] >= cmp_["ptq"] and cmp_["qat"] >= cmp_["fp32"] - 0.003
     assert report["accuracy"]["candidate"] >= report["accuracy"]["reference"] - 0.003
     md = (out / "report.md").read_text()
-    assert "| top1 fp32 / ptq / qat |" in md and "2 QAT epochs" in md
+    assert "| top1 fp32 / ptq / qat |" in md and "3 QAT epochs" in md
     with load(out) as runner:
         x = np.random.default_rng(0).random((3, 1, 8, 8), dtype=np.float32)
         assert runner.run({"input": x})["logits"].shape == (3, 10)
