@@ -97,13 +97,16 @@ def _emit_json(data) -> None:
               help="Calibration method for static INT8 ([passes.quantize] calibrate). Default: minmax.")
 @click.option("--calib-samples", type=click.IntRange(min=1),
               help="Number of calibration samples ([passes.quantize] calib_samples). Default: 256.")
+@click.option("--max-accuracy-drop", "max_accuracy_drop", type=click.FloatRange(min=0.0),
+              help="Accuracy bound for int8/auto ([passes.quantize] max_accuracy_drop): percentage points for "
+                   "top-1/agreement, relative %% for error metrics. Layers are kept in float until it holds.")
 @click.option("--no-cache", "no_cache", is_flag=True,
               help="Neither read nor write the build cache (stages are recomputed; trained example weights are kept).")
 @click.option("--json", "json_mode", is_flag=True, help="Print report.json to stdout.")
 @verbosity_options
 @click.pass_obj
 def build(obj: Ctx, model, target, backend, precision, output, data, config_path, strict, force, threads,
-          quantize, calibrate, calib_samples, no_cache, json_mode):
+          quantize, calibrate, calib_samples, max_accuracy_drop, no_cache, json_mode):
     """Build a bundle for MODEL (a models/<name> package, a built-in name, or a .onnx file).
 
     Flags override the config file (--config FILE, else ./edgecompile.toml), which overrides defaults.
@@ -115,7 +118,8 @@ def build(obj: Ctx, model, target, backend, precision, output, data, config_path
     path = Path(config_path) if config_path else find_default_config()
     cfg = Config.from_file(path) if path else Config()
     cfg = cfg.with_overrides({"passes.quantize.mode": quantize, "passes.quantize.calibrate": calibrate,
-                              "passes.quantize.calib_samples": calib_samples})
+                              "passes.quantize.calib_samples": calib_samples,
+                              "passes.quantize.max_accuracy_drop": max_accuracy_drop})
     progress = obj.progress(json_mode)
     bundle = run_build(model, target, output=output, backend=backend, precision=precision, data=data,
                        config=cfg, strict=strict, force=force, threads=threads, progress=progress,

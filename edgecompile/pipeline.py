@@ -355,7 +355,10 @@ def execute(plan: Plan, progress: Progress) -> Bundle:
             artifacts = plan.target.compile(model, bctx)
         for rel, role in artifacts.files.items():
             writer.add_artifact(rel, role)
-        manifest = writer.write_manifest(_manifest(plan, model, achieved, records, artifacts, parity))
+        mdata = _manifest(plan, model, achieved, records, artifacts, parity)
+        if achieved == "mixed":           # int8 with the listed nodes kept in float (precision search)
+            mdata["float_nodes"] = [n["node"] for n in precision_notes.get("float_nodes", [])]
+        manifest = writer.write_manifest(mdata)
         staged = Bundle(writer.staging, manifest)
 
         from edgecompile import report as report_mod
@@ -394,6 +397,11 @@ def _serialize(model) -> bytes:
 
 def _gate_precision(plan: Plan, achieved: str, notes: dict, progress: Progress) -> None:
     if achieved == plan.precision or plan.precision == "auto":
+        if plan.precision == "auto" and notes.get("reason"):
+            progress.warn(f"precision auto kept {achieved}: {notes['reason']}")
+        return
+    if achieved == "mixed" and plan.precision == "int8":      # int8 that meets max_accuracy_drop
+        progress.warn(f"requested precision int8 shipped as mixed: {notes.get('note', 'see report')}")
         return
     msg = (f"requested precision {plan.precision} was not met: shipping {achieved} "
            f"({notes.get('reason', 'see report')})")
