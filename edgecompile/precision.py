@@ -129,7 +129,7 @@ def _choose(plan, cands, models, slow, bound, notes, auto):
     for c in cands[1:]:
         name = c["precision"]
         if bound is not None and c["accuracy_drop"] is not None and c["accuracy_drop"] > bound:
-            c["status"] = f"rejected: accuracy drop {c['accuracy_drop']:.3g} > bound {bound:g}"
+            c["status"] = f"rejected: accuracy drop {c['accuracy_drop']:.3g} > max_accuracy_drop {bound:g}"
         elif slow.get(name):
             c["status"] = f"rejected: slower than fp32 ({c['speedup']:.2f}x) in every interleaved round"
         else:

@@ -93,6 +93,8 @@ def fallback(qpass, int8_bytes: bytes, groups_by_node: dict, ranked: list[dict],
         if progress is not None:
             progress.debug(f"precision search: keeping {row['node']} in float ({i + 1}/{min(len(ranked), MAX_STEPS)})")
         res = qpass.requantize(exclude)
+        if not res.notes.get("quantized_ops"):
+            break                       # everything is float now: that is the fp32 candidate, not a mixed one
         drop = metric_drop(res.model)
         cur_bytes = ir.to_proto(res.model).SerializeToString()
         step = {"step": i + 1, "node": row["node"], "op_type": row["op_type"], "float_nodes": len(kept),
@@ -106,6 +108,4 @@ def fallback(qpass, int8_bytes: bytes, groups_by_node: dict, ranked: list[dict],
                     "notes": res.notes}
         if drop <= bound:
             return {"steps": steps, "found": True, **best}
-        if res.notes.get("quantized_ops", 1) == 0:
-            break
     return {"steps": steps, "found": False, **(best or {"model": None, "exclude": [], "kept": [], "drop": None})}
