@@ -82,7 +82,8 @@ def _emit_json(data) -> None:
 @cli.command()
 @click.argument("model", required=False)
 @click.option("-t", "--target", help="Device profile (see `edgecompile targets`). Default: cpu.")
-@click.option("-b", "--backend", help="Engine, where the target allows several (e.g. ort, openvino, tvm).")
+@click.option("-b", "--backend", help="Engine, where the target allows several (ort, openvino, tvm, or auto: "
+              "measure them here and ship the fastest within the accuracy bound; the cpu default).")
 @click.option("-p", "--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8", "auto"]),
               help="Numeric precision. Default: the target's (fp32 on CPUs).")
 @click.option("-o", "--output", type=click.Path(), help="Bundle directory to write (replaced atomically).")
@@ -91,6 +92,11 @@ def _emit_json(data) -> None:
 @click.option("--strict", is_flag=True, default=None, help="Exit 3 when the requested precision cannot be met.")
 @click.option("--force", is_flag=True, default=None, help="Ship the requested precision regardless.")
 @click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads for measurement and the manifest.")
+@click.option("--prune", "prune", type=float, metavar="RATIO",
+              help="Structured pruning: remove this fraction of channels per layer, in [0, 1).")
+@click.option("--finetune-epochs", type=click.IntRange(min=0), help="Fine-tuning epochs after pruning (default 3).")
+@click.option("--distill/--no-distill", default=None,
+              help="Fine-tune the pruned model with the unpruned one as teacher (default: on).")
 @click.option("--quantize", "quantize", type=click.Choice(["static", "dynamic", "qat"]),
               help="INT8 mode for --precision int8 ([passes.quantize] mode). Default: static.")
 @click.option("--calibrate", type=click.Choice(["minmax", "entropy", "percentile"]),
@@ -106,7 +112,7 @@ def _emit_json(data) -> None:
 @verbosity_options
 @click.pass_obj
 def build(obj: Ctx, model, target, backend, precision, output, data, config_path, strict, force, threads,
-          quantize, calibrate, calib_samples, max_accuracy_drop, no_cache, json_mode):
+          quantize, calibrate, calib_samples, max_accuracy_drop, no_cache, prune, finetune_epochs, distill, json_mode):
     """Build a bundle for MODEL (a models/<name> package, a built-in name, or a .onnx file).
 
     Flags override the config file (--config FILE, else ./edgecompile.toml), which overrides defaults.
@@ -123,7 +129,7 @@ def build(obj: Ctx, model, target, backend, precision, output, data, config_path
     progress = obj.progress(json_mode)
     bundle = run_build(model, target, output=output, backend=backend, precision=precision, data=data,
                        config=cfg, strict=strict, force=force, threads=threads, progress=progress,
-                       cache=not no_cache)
+                       cache=not no_cache, prune=prune, finetune_epochs=finetune_epochs, distill=distill)
     rep = load_report(bundle.path)
     if json_mode:
         _emit_json(rep)
@@ -131,6 +137,51 @@ def build(obj: Ctx, model, target, backend, precision, output, data, config_path
     if not obj.quiet:
         click.echo(f"\nbundle written to {bundle.path}\n")
         click.echo(render_table(rep))
+
+
+@cli.command()
+@click.option("--teacher", required=True, help="Teacher model (a models/<name> package or built-in name).")
+@click.option("--student", required=True, help="Student model to train and build (same inputs, same classes).")
+@click.option("-t", "--target", help="Device profile for the student's bundle. Default: cpu.")
+@click.option("-b", "--backend", help="Engine, where the target allows several.")
+@click.option("-p", "--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8", "auto"]),
+              help="Numeric precision of the student's bundle.")
+@click.option("-o", "--output", type=click.Path(), help="Bundle directory to write (replaced atomically).")
+@click.option("-c", "--config", "config_path", type=click.Path(), help="TOML config (default: ./edgecompile.toml).")
+@click.option("--epochs", type=click.IntRange(min=1), help="Distillation epochs (default 10).")
+@click.option("--temperature", type=float, help="Softmax temperature of the logit KD term (default 4).")
+@click.option("--alpha", type=float, help="Weight of the KD term; 1 - alpha weighs cross-entropy (default 0.7).")
+@click.option("--feature", "features", multiple=True, metavar="S[:T]",
+              help="Feature KD between student layer S and teacher layer T (repeatable).")
+@click.option("--compare", is_flag=True, default=None, help="Also train the student without KD and report both.")
+@click.option("--json", "json_mode", is_flag=True, help="Print report.json to stdout.")
+@verbosity_options
+@click.pass_obj
+def distill(obj: Ctx, teacher, student, target, backend, precision, output, config_path, epochs, temperature, alpha,
+            features, compare, json_mode):
+    """Train STUDENT against TEACHER (knowledge distillation), then build the student's bundle."""
+    from edgecompile.config import Config, find_default_config
+    from edgecompile.pipeline import build as run_build
+    from edgecompile.report import load_report, render_table
+
+    path = Path(config_path) if config_path else find_default_config()
+    cfg = Config.from_file(path) if path else Config()
+    cfg = cfg.with_overrides({"passes.distill.teacher": teacher, "passes.distill.epochs": epochs,
+                              "passes.distill.temperature": temperature, "passes.distill.alpha": alpha,
+                              "passes.distill.features": list(features) or None, "passes.distill.compare": compare})
+    progress = obj.progress(json_mode)
+    bundle = run_build(student, target, output=output, backend=backend, precision=precision, config=cfg,
+                       progress=progress)
+    rep = load_report(bundle.path)
+    if json_mode:
+        _emit_json(rep)
+        return
+    if not obj.quiet:
+        click.echo(f"\nbundle written to {bundle.path}\n")
+        click.echo(render_table(rep))
+        for r in (rep.get("distillation") or {}).get("steps", []):
+            if r.get("metric") is not None:
+                click.echo(f"  {r['stage']:<48} {r['metric_name']} {r['metric']:.4f}  params {r['params']}")
 
 
 @cli.command()

@@ -60,25 +60,92 @@ class QuantizeSection:
 
 @dataclass(frozen=True)
 class PruneSection:
-    ratio: float = 0.0
+    ratio: float = 0.0                  # fraction of channels removed per prunable layer, in [0, 1)
     finetune_epochs: int = 3
-    distill: bool = True
+    distill: bool = True                # fine-tune with the unpruned model as teacher (logit KD)
     importance: str = _choices("l1", "l2", default="l1")
     global_pruning: bool = False
     iterative_steps: int = 1
-    ignored_layers: list[str] = field(default_factory=list)
+    ignored_layers: list[str] = field(default_factory=list)   # module names; the classifier is always kept
+    round_to: int | None = None         # keep channel counts multiples of this (e.g. 8 for SIMD)
+    target: str | None = _choices("params", "flops", "latency", default=None)
+    target_ratio: float | None = None   # with target: prune until target <= target_ratio x unpruned (ratio = cap)
+    temperature: float = 4.0
+    alpha: float = 0.7                  # weight of the KD term (1 - alpha: cross-entropy on labels)
+    distill_features: list[str] = field(default_factory=list)  # layer names for feature KD
+    finetune_lr: float = 1e-2             # Adam; the digits recipe (pruning removes most of the function)
+    compare: bool = False               # also fine-tune without KD and report both
+
+    def __post_init__(self):
+        if not 0.0 <= self.ratio < 1.0:
+            raise ConfigError(f"config key 'passes.prune.ratio' must be in [0, 1), got {self.ratio}",
+                              hint="e.g. --prune 0.5 removes half of the channels of each prunable layer")
+        if self.finetune_epochs < 0:
+            raise ConfigError(f"config key 'passes.prune.finetune_epochs' must be >= 0, got {self.finetune_epochs}")
+        if self.iterative_steps < 1:
+            raise ConfigError(f"config key 'passes.prune.iterative_steps' must be >= 1, got {self.iterative_steps}")
+        if self.round_to is not None and self.round_to < 1:
+            raise ConfigError(f"config key 'passes.prune.round_to' must be >= 1, got {self.round_to}")
+        if (self.target is None) != (self.target_ratio is None):
+            raise ConfigError("config keys 'passes.prune.target' and 'passes.prune.target_ratio' go together",
+                              hint='e.g. target = "flops", target_ratio = 0.5 (and ratio = the most to remove per layer)')
+        if self.target_ratio is not None and not 0.0 < self.target_ratio < 1.0:
+            raise ConfigError(f"config key 'passes.prune.target_ratio' must be in (0, 1), got {self.target_ratio}")
+        if self.temperature <= 0:
+            raise ConfigError(f"config key 'passes.prune.temperature' must be > 0, got {self.temperature}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"config key 'passes.prune.alpha' must be in [0, 1], got {self.alpha}")
+        if self.finetune_lr <= 0:
+            raise ConfigError(f"config key 'passes.prune.finetune_lr' must be > 0, got {self.finetune_lr}")
+
+
+@dataclass(frozen=True)
+class DistillSection:
+    teacher: str | None = None          # a model (package path or built-in name); set -> the student is distilled
+    epochs: int = 10
+    temperature: float = 4.0
+    alpha: float = 0.7
+    features: list[str] = field(default_factory=list)   # "student_layer:teacher_layer" (or one name for both)
+    feature_weight: float = 1.0
+    lr: float = 3e-3
+    compare: bool = False               # also train the student without KD (same epochs) and report both
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise ConfigError(f"config key 'passes.distill.epochs' must be >= 1, got {self.epochs}")
+        if self.temperature <= 0:
+            raise ConfigError(f"config key 'passes.distill.temperature' must be > 0, got {self.temperature}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"config key 'passes.distill.alpha' must be in [0, 1], got {self.alpha}")
+        if self.lr <= 0:
+            raise ConfigError(f"config key 'passes.distill.lr' must be > 0, got {self.lr}")
 
 
 @dataclass(frozen=True)
 class PassesSection:
     quantize: QuantizeSection = field(default_factory=QuantizeSection)
     prune: PruneSection = field(default_factory=PruneSection)
+    distill: DistillSection = field(default_factory=DistillSection)
 
 
 @dataclass(frozen=True)
 class TvmSection:
     tune_trials: int = 0
     tune_timeout: float | None = None   # minutes
+
+
+@dataclass(frozen=True)
+class OpenVinoSection:
+    device: str = "CPU"                  # CPU, GPU, GPU.1, NPU ... where OpenVINO lists it
+    performance_hint: str = _choices("LATENCY", "THROUGHPUT", default="LATENCY")
+    num_streams: int | None = None       # None: what the performance hint picks
+
+
+@dataclass(frozen=True)
+class AutoSection:
+    """`--backend auto`: how long to measure each candidate (interleaved rounds)."""
+    rounds: int = 7
+    round_seconds: float = 0.08          # per candidate per round
 
 
 @dataclass(frozen=True)
@@ -110,6 +177,8 @@ class Config:
     data: DataSection = field(default_factory=DataSection)
     passes: PassesSection = field(default_factory=PassesSection)
     tvm: TvmSection = field(default_factory=TvmSection)
+    openvino: OpenVinoSection = field(default_factory=OpenVinoSection)
+    auto: AutoSection = field(default_factory=AutoSection)
     tensorrt: TensorRtSection = field(default_factory=TensorRtSection)
     report: ReportSection = field(default_factory=ReportSection)
 

@@ -10,6 +10,22 @@ INTERESTING_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_v
                      "asimd", "asimddp", "fphp", "sve", "i8mm", "bf16")
 
 
+# ISA features that change which kernels (and so which backend x precision) are fastest.
+SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
+               "amx_bf16", "amx_int8", "amx_tile", "asimddp", "i8mm", "sve", "bf16")
+
+
+def speed_flags_differ(measured_on: dict) -> tuple[set, set] | None:
+    """(missing here, extra here) speed flags vs a manifest's `measured_on`, or None if the same arch
+    and flags (or the manifest says nothing)."""
+    cpu = (measured_on or {}).get("cpu") or {}
+    if "flags" not in cpu or cpu.get("arch") != cpu_info()["arch"]:
+        return None
+    then = set(cpu["flags"]) & set(SPEED_FLAGS)
+    now = set(cpu_info()["flags"]) & set(SPEED_FLAGS)
+    return None if then == now else (then - now, now - then)
+
+
 @lru_cache(maxsize=None)
 def cpu_info() -> dict:
     model, flags = platform.processor() or platform.machine(), set()

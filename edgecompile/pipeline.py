@@ -60,35 +60,48 @@ def build(model: str | Path | None = None, target: str | None = None, *, output:
           backend: str | None = None, precision: str | None = None, data: str | Path | None = None,
           config: Config | str | Path | None = None, strict: bool | None = None, force: bool | None = None,
           threads: int | None = None, progress: Progress | None = None, cache: bool = True,
+          prune: float | None = None, finetune_epochs: int | None = None, distill: bool | None = None,
           **options: Any) -> Bundle:
     """Build a bundle. Keyword arguments override the config file, which overrides defaults.
 
     `cache=False` neither reads nor writes the build cache (see edgecompile.buildcache).
+    `model` is a path/name or an already resolved `ModelSource` (e.g. a distilled student).
+    `prune`, `finetune_epochs`, `distill` set [passes.prune] ratio / finetune_epochs / distill.
     `options` carries Python-API-only extras for passes (e.g. `finetune=callable`,
     `calibration_data=iterable of feed dicts`); builds with options bypass the build cache,
     since callables cannot be part of a content key.
     """
     progress = progress or Progress(quiet=True)
     cfg = config if isinstance(config, Config) else (Config.from_file(config) if config else Config())
-    cfg = cfg.with_overrides({"model.source": str(model) if model is not None else None,
+    source = model if model is not None and not isinstance(model, (str, Path)) else None
+    cfg = cfg.with_overrides({"model.source": (source.name if source is not None else str(model)) if model is not None else None,
                               "build.target": target, "build.backend": backend, "build.precision": precision,
-                              "build.strict": strict, "build.force": force, "build.threads": threads})
-    plan = make_plan(cfg, output=output, data=data, options=options, use_cache=cache)
+                              "build.strict": strict, "build.force": force, "build.threads": threads,
+                              "passes.prune.ratio": prune, "passes.prune.finetune_epochs": finetune_epochs,
+                              "passes.prune.distill": distill})
+    plan = make_plan(cfg, output=output, data=data, options=options, use_cache=cache, source=source)
     return execute(plan, progress)
 
 
 def make_plan(cfg: Config, *, output: str | Path | None, data: str | Path | None, options: dict,
-              use_cache: bool = True) -> Plan:
-    if not cfg.model.source:
+              use_cache: bool = True, source: ModelSource | None = None) -> Plan:
+    if not cfg.model.source and source is None:
         raise ConfigError("no model given", hint="pass MODEL (e.g. models/digits) or set [model] source in the config")
     profile = get_profile(cfg.build.target)
     backend = resolve_backend(profile, cfg.build.backend)
-    target = registry.get_target(backend)
+    if backend == "auto":
+        from edgecompile.autochoice import AutoBackend
+
+        target = AutoBackend(profile)
+    else:
+        target = registry.get_target(backend)
     avail = target.check_available()
     if not avail.ok:
         raise TargetUnavailableError(f"backend {backend!r} is not available: {avail.reason}",
                                      hint=avail.hint or f"pip install 'edgecompile[{backend}]'")
-    source = resolve_source(cfg.model.source)
+    if hasattr(target, "check_config"):      # e.g. an OpenVINO device this machine does not have
+        target.check_config(cfg)
+    source = source if source is not None else resolve_source(cfg.model.source)
     precision = cfg.build.precision or profile.default_precision
     if data is not None:
         ds_path = str(data)
@@ -138,6 +151,8 @@ def reference_outputs(plan: Plan, module) -> np.ndarray | None:
 def module_passes(plan: Plan) -> list:
     """Module passes (torch, before export) the config asks for, in order."""
     passes = []
+    if plan.config.passes.distill.teacher:
+        passes.append(registry.get_pass("distill")(plan.config.passes.distill))
     prune = plan.config.passes.prune
     if prune.ratio:
         passes.append(registry.get_pass("prune")(prune))
@@ -179,7 +194,7 @@ def bundle_key(plan: Plan) -> str:
 # key is therefore covered automatically); data is keyed by content (sha256) instead of spec, the
 # device profile by its resolved name (module passes may tailor to a device), and the precision
 # only where a module pass depends on it (QAT). Backends of one profile share the export.
-_EXPORT_IRRELEVANT = {"model": None, "data": None, "report": None, "tvm": None,
+_EXPORT_IRRELEVANT = {"model": None, "data": None, "report": None, "tvm": None, "openvino": None, "auto": None,
                       "build": ("target", "backend", "precision", "strict", "force", "threads")}
 
 
@@ -196,6 +211,9 @@ def export_key(plan: Plan) -> str:
                 cfg[section].pop(k, None)
     qat = plan.precision == "int8" and plan.config.passes.quantize.mode == "qat"
     shas = [None if d is None else d.sha256() for d in (plan.evaluation, plan.calibration, plan.train)]
+    teacher = plan.config.passes.distill.teacher
+    if teacher:                          # the distilled student depends on the teacher's definition too
+        shas.append(resolve_source(teacher).fingerprint)
     return content_key("export-cache/v1", plan.source.kind, plan.source.fingerprint, cfg, plan.profile.name,
                        plan.precision if qat else None, DEFAULT_OPSET, toolchain_versions(),
                        code_fingerprint(), machine_info()["cpu"], shas)
@@ -337,7 +355,14 @@ def execute(plan: Plan, progress: Progress) -> Bundle:
     from edgecompile import precision as precision_stage
 
     fp32_graph = _serialize(model) if plan.precision != "fp32" and plan.evaluation is not None else None
-    model, achieved, precision_notes = precision_stage.apply(plan, model, ctx, records, progress)
+    choice = chosen = None
+    if plan.backend == "auto":
+        from edgecompile import autochoice
+
+        plan, model, achieved, precision_notes, choice, chosen = autochoice.run(
+            plan, model, ctx, records, progress, reference)
+    else:
+        model, achieved, precision_notes = precision_stage.apply(plan, model, ctx, records, progress)
     per_layer = None
     if fp32_graph is not None and achieved != "fp32":
         from edgecompile.compare import per_layer_error
@@ -351,14 +376,20 @@ def execute(plan: Plan, progress: Progress) -> Bundle:
                             source=plan.source, calibration=plan.calibration, evaluation=plan.evaluation,
                             threads=cfg.build.threads,
                             progress=progress, options=plan.options)
-        with progress.step("compile", plan.backend):
-            artifacts = plan.target.compile(model, bctx)
+        if chosen is not None:      # ship the very bytes that were measured
+            artifacts = autochoice.copy_into(chosen, writer)
+            autochoice.cleanup(chosen)
+        else:
+            with progress.step("compile", plan.backend):
+                artifacts = plan.target.compile(model, bctx)
         for rel, role in artifacts.files.items():
             writer.add_artifact(rel, role)
-        mdata = _manifest(plan, model, achieved, records, artifacts, parity)
+        man = _manifest(plan, model, achieved, records, artifacts, parity)
         if achieved == "mixed":           # int8 with the listed nodes kept in float (precision search)
-            mdata["float_nodes"] = [n["node"] for n in precision_notes.get("float_nodes", [])]
-        manifest = writer.write_manifest(mdata)
+            man["float_nodes"] = [n["node"] for n in precision_notes.get("float_nodes", [])]
+        if choice is not None:
+            man["autochoice"] = choice
+        manifest = writer.write_manifest(man)
         staged = Bundle(writer.staging, manifest)
 
         from edgecompile import report as report_mod
@@ -386,6 +417,8 @@ def execute(plan: Plan, progress: Progress) -> Bundle:
         final = writer.commit()
     finally:
         writer.abort()
+        if chosen is not None:
+            autochoice.cleanup(chosen)
     return Bundle(final, manifest)
 
 

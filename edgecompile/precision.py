@@ -178,12 +178,16 @@ def _search(plan, qpass, rec, fp_bytes, qmodel, bound, feeds, ctx, progress) -> 
         return lat["fp32_ms"], lat["int8_ms"]
 
     res = ps.fallback(qpass, q_bytes, {g.node: g for g in groups}, ranked, metric_drop, bound, probe, progress)
-    steps = {s["node"]: s for s in res["steps"]}
-    float_nodes = [{"node": n, "op_type": steps[n]["op_type"],
-                    "sensitivity": round(next(r["added_error"] for r in ranked if r["node"] == n), 5),
-                    "group": ", ".join(next(r["group"] for r in ranked if r["node"] == n)),
-                    "drop_after": round(steps[n]["metric_drop"], 4),
-                    "latency_cost_ms": round(steps[n]["latency_cost_ms"], 4)} for n in res["kept"]]
+    step_of, prev = {}, 0
+    for st in res["steps"]:                 # the step that moved each layer to float
+        for n in [r["node"] for r in ranked[prev:st["float_layers"]]]:
+            step_of[n] = st
+        prev = st["float_layers"]
+    by_node = {r["node"]: r for r in ranked}
+    float_nodes = [{"node": n, "op_type": by_node[n]["op_type"], "sensitivity": round(by_node[n]["added_error"], 5),
+                    "group": ", ".join(by_node[n]["group"]), "step": step_of[n]["step"],
+                    "drop_after_step": round(step_of[n]["metric_drop"], 4),
+                    "step_latency_cost_ms": round(step_of[n]["latency_cost_ms"], 4)} for n in res["kept"]]
     report = {"bound": bound, "method": "added relative L2 error per layer group (fp32 vs int8 intermediates, "
                                         f"{ps.SENSITIVITY_SAMPLES} samples), greedy float fallback re-measuring "
                                         "the task metric",

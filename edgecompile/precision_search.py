@@ -76,6 +76,17 @@ def sensitivity(fp32_bytes: bytes, int8_bytes: bytes, groups: list[Group], ds) -
     return out
 
 
+def step_sizes(n: int) -> list[int]:
+    """How many of the most sensitive layers each step keeps in float: 1, 2, 3, 4, then doubling
+    (6, 8, 12, 16, 24, 32, ...) -- a fragile layer is found in the first steps, and error spread
+    over many layers (depthwise nets) is still covered in a dozen re-measurements."""
+    out, k = [], 1
+    while k < n and len(out) < MAX_STEPS:
+        out.append(k)
+        k = k + 1 if k < 4 else (k * 3 // 2 if k & (k - 1) == 0 else k * 4 // 3)
+    return out
+
+
 def fallback(qpass, int8_bytes: bytes, groups_by_node: dict, ranked: list[dict], metric_drop, bound: float,
              latency_probe, progress=None) -> dict:
     """Greedy: keep the next most sensitive group in float until `metric_drop(model) <= bound`.
@@ -87,17 +98,20 @@ def fallback(qpass, int8_bytes: bytes, groups_by_node: dict, ranked: list[dict],
     steps, exclude, kept = [], [], []
     prev_bytes = int8_bytes
     best = None
-    for i, row in enumerate(ranked[:MAX_STEPS]):
-        kept.append(row["node"])
-        exclude.extend(m for m in groups_by_node[row["node"]].members if m not in exclude)
+    sizes = step_sizes(len(ranked))
+    for i, k in enumerate(sizes):
+        for row in ranked[len(kept):k]:
+            kept.append(row["node"])
+            exclude.extend(m for m in groups_by_node[row["node"]].members if m not in exclude)
+        row = ranked[k - 1]
         if progress is not None:
-            progress.debug(f"precision search: keeping {row['node']} in float ({i + 1}/{min(len(ranked), MAX_STEPS)})")
+            progress.debug(f"precision search: {k} most sensitive layer(s) in float (step {i + 1}/{len(sizes)})")
         res = qpass.requantize(exclude)
         if not res.notes.get("quantized_ops"):
             break                       # everything is float now: that is the fp32 candidate, not a mixed one
         drop = metric_drop(res.model)
         cur_bytes = ir.to_proto(res.model).SerializeToString()
-        step = {"step": i + 1, "node": row["node"], "op_type": row["op_type"], "float_nodes": len(kept),
+        step = {"step": i + 1, "float_layers": k, "node": row["node"], "op_type": row["op_type"], "float_nodes": len(kept),
                 "metric_drop": drop, "quantized_ops": res.notes.get("quantized_ops")}
         ms_prev, ms_cur = latency_probe(prev_bytes, cur_bytes)
         step["latency_cost_ms"] = ms_cur - ms_prev

@@ -13,11 +13,14 @@ from edgecompile.errors import ConfigError
 
 BUILTIN_TARGETS: dict[str, str] = {
     "ort": "edgecompile.targets.ort:OrtTarget",
+    "openvino": "edgecompile.targets.openvino:OpenVinoTarget",
     "tensorrt": "edgecompile.targets.tensorrt:TensorRtTarget",
 }
 
 BUILTIN_PASSES: dict[str, str] = {
     "simplify": "edgecompile.passes.simplify:Simplify",
+    "prune": "edgecompile.passes.prune:Prune",
+    "distill": "edgecompile.passes.distill:Distill",
     "quantize": "edgecompile.passes.quantize:Quantize",
 }
 
@@ -45,6 +48,10 @@ def get_target(backend: str):
     if backend not in refs:
         raise ConfigError(f"unknown backend {backend!r}", hint=f"known backends: {', '.join(sorted(refs))}")
     return _load(refs[backend])()
+
+
+def has_pass(name: str) -> bool:
+    return name in _group("edgecompile.passes", tuple(BUILTIN_PASSES.items()))
 
 
 def get_pass(name: str):

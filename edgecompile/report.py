@@ -47,7 +47,38 @@ def build_report(plan, manifest: dict, measured: dict, records, parity, precisio
         "warnings": list(progress.warnings),
         "skipped": measured.get("skipped"),
         "size_by_op": bundle_size_by_op(bundle_dir, manifest["artifacts"]) if bundle_dir is not None else None,
+        "backend_choice": manifest.get("autochoice"),
+        "candidates": _choice_rows(manifest.get("autochoice")),
+        "pruning": _module_pass_steps(records, "prune", "pruning"),
+        "distillation": _module_pass_steps(records, "distill", "distillation"),
     }
+
+
+def _choice_rows(choice: dict | None) -> list[dict] | None:
+    """`--backend auto`'s candidate table as flat rows (the shared "Candidates tried" section)."""
+    if not choice:
+        return None
+
+    def num(v, spec):
+        return "" if v is None else format(v, spec)
+
+    rows = [{"backend": c["backend"], "precision": c["precision"], "p50 (ms)": num(c["p50_ms"], ".3f"),
+             "p99 (ms)": num(c["p99_ms"], ".3f"),
+             "speedup vs ort fp32": num(c["speedup_vs_ort_fp32"], ".2f") + ("x" if c["speedup_vs_ort_fp32"] else ""),
+             "accuracy delta": num(c["accuracy_delta"], "+.4f"), "status": c["status"], "why": c["reason"]}
+            for c in choice["candidates"]]
+    rows += [{"backend": name, "status": "not a candidate", "why": why}
+             for name, why in (choice.get("excluded_backends") or {}).items()]
+    return rows
+
+
+
+def _module_pass_steps(records, name: str, key: str) -> dict | None:
+    """A module pass's per-step measurements (params, FLOPs, size, latency, metric), if it ran."""
+    for r in records:
+        if r.name == name and isinstance(r.notes.get(key), dict):
+            return r.notes[key]
+    return None
 
 
 def quantization_section(precision_notes: dict, acc) -> dict | None:
@@ -110,6 +141,18 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
         rows.append(("cold start", f"{report['cold_start_ms']:.1f} ms (load + first inference)"))
     if report.get("peak_rss_mb") is not None:
         rows.append(("peak RSS", f"{report['peak_rss_mb']:.1f} MB (runtime process)"))
+    choice = report.get("backend_choice")
+    if choice:
+        n = sum(1 for c in choice["candidates"] if c["p50_ms"] is not None)
+        rows.append(("backend choice", f"auto: {choice['chosen']['backend']} {choice['chosen']['precision']}, "
+                                       f"{choice['chosen']['reason']} ({n} measured here, bound "
+                                       f"{choice['bound']:g} {choice['bound_units']}; see candidates)"))
+        for note in choice.get("fit_notes") or []:
+            rows.append(("backend note", note))
+    if report.get("pruning"):
+        pr = report["pruning"]
+        rows.append(("pruning", f"{pr['ratio']:.0%} of channels: params {pr['params_ratio']:.2f}x, "
+                                f"FLOPs {pr['flops_ratio']:.2f}x"))
     for name, st in (report.get("artifact_status") or {}).items():
         rows.append((name, f"{st['state']}: {st['why']}"))
     for where, what in (report.get("execution") or {}).items():
@@ -254,7 +297,7 @@ def _md_quantization(rows, report):
 
 _MD = {"summary": _md_summary, "quantization": _md_quantization, "warnings": _md_warnings, "accuracy": _md_accuracy, "latency": _md_latency,
        "size": _md_size, "per_layer": _md_rows, "float_nodes": _md_rows, "candidates": _md_rows, "sensitivity": _md_rows,
-       "passes": _md_passes, "precision_notes": _md_kv, "export": _md_export, "artifacts": _md_artifacts,
+       "passes": _md_passes, "pruning": _md_rows, "distillation": _md_rows, "precision_notes": _md_kv, "export": _md_export, "artifacts": _md_artifacts,
        "environment": _md_environment}
 
 

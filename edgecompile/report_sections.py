@@ -269,6 +269,10 @@ def sections(report: dict, bundle_dir: str | Path | None = None) -> list[Section
                        "not applicable: a single configuration was built (no precision/backend search)", cands))
 
     out.append(Section("passes", "Passes", OK if report.get("passes") else "no passes ran", report.get("passes") or []))
+    if report.get("distillation"):
+        out.append(Section("distillation", "Distillation", OK, module_pass_rows(report["distillation"])))
+    if report.get("pruning"):
+        out.append(Section("pruning", "Pruning", OK, module_pass_rows(report["pruning"])))
     notes = report.get("precision_notes") or {}
     if notes:
         out.append(Section("precision_notes", "Precision decision", OK,
@@ -280,6 +284,25 @@ def sections(report: dict, bundle_dir: str | Path | None = None) -> list[Section
                        {"machine": report.get("machine"), "toolchain": report.get("toolchain"),
                         "build_seconds": report.get("build_seconds"), "steps_seconds": report.get("steps_seconds")}))
     return out
+
+
+def module_pass_rows(data: dict) -> list[dict]:
+    """The prune/distill passes' per-step torch measurements as flat table rows (latency: batch 1)."""
+    metric = data.get("metric") or "metric"
+    steps = data.get("steps") or []
+    base = steps[0] if steps else {}
+    rows = []
+    for r in steps:
+        row = {"step": r["stage"]}
+        if "ratio" in r:
+            row["channel ratio"] = f"{r['ratio']:.3f}"
+        if "params" in r:
+            rel = lambda k: "" if r is base or not base.get(k) else f" ({r[k] / base[k]:.2f}x)"  # noqa: E731
+            row.update({"params": f"{r['params']}{rel('params')}", "FLOPs": f"{r['flops']:.3g}{rel('flops')}",
+                        "size (KiB)": f"{r['size_bytes'] / 1024:.1f}", "torch latency (ms, 1 thread)": f"{r['latency_ms']:.3f}"})
+        row[metric] = "" if r.get("metric") is None else f"{r['metric']:.4f}"
+        rows.append(row)
+    return rows
 
 
 def with_sections(report: dict, bundle_dir: str | Path | None = None) -> dict:

@@ -118,6 +118,21 @@ class Runner:
             hint=f"the model's inputs are {self._names}")
 
 
+def _warn_other_cpu(bundle: Bundle) -> None:
+    """The backend/precision choice and the report's latencies hold for the CPU they were measured on."""
+    from edgecompile.machine import speed_flags_differ
+
+    diff = speed_flags_differ(bundle.manifest.get("measured_on"))
+    if diff is None:
+        return
+    missing, extra = diff
+    what = "; ".join(filter(None, [f"missing here: {' '.join(sorted(missing))}" if missing else "",
+                                   f"new here: {' '.join(sorted(extra))}" if extra else ""]))
+    chosen = " (its backend/precision were chosen by measurement there)" if bundle.manifest.get("autochoice") else ""
+    warnings.warn(f"bundle {bundle.path} was measured on a CPU with other features{chosen}: {what}; "
+                  "rebuild on this machine for its fastest choice", RuntimeWarning, stacklevel=3)
+
+
 def load(path: str | Path, *, threads: int | None = None, verify: bool = True, validate: bool = True) -> Runner:
     """Open a bundle directory, verify it, and return a Runner for its backend."""
     bundle = Bundle.open(path, verify=verify)
@@ -132,4 +147,5 @@ def load(path: str | Path, *, threads: int | None = None, verify: bool = True, v
     if not avail.ok:
         raise BundleError(f"{path}: backend {bundle.backend!r} cannot run here: {avail.reason}",
                           hint=avail.hint or f"install edgecompile[{bundle.backend}]")
+    _warn_other_cpu(bundle)
     return target.load(bundle, threads=threads, validate=validate)

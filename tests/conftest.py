@@ -28,12 +28,12 @@ def digits_source():
 
 @pytest.fixture(scope="session")
 def digits_bundle(tmp_path_factory):
-    """The digits model built for --target cpu (ORT, fp32) once per session. Do not modify it:
+    """The digits model built for --target cpu --backend ort (fp32) once per session. Do not modify it:
     copy it (see `bundle_copy`) for tests that tamper with files."""
     import edgecompile
 
     out = tmp_path_factory.mktemp("bundles") / "digits-cpu"
-    return edgecompile.build("models/digits", target="cpu", output=out)
+    return edgecompile.build("models/digits", target="cpu", backend="ort", output=out)
 
 
 @pytest.fixture
@@ -51,6 +51,18 @@ def run_cli(*args, cwd=None, env=None, timeout=600):
     proc = subprocess.run([sys.executable, "-m", "edgecompile", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, env=full_env, timeout=timeout)
     return proc.returncode, proc.stdout, proc.stderr
+
+
+@pytest.fixture(scope="session")
+def digits_onnx(digits_bundle, digits_source, tmp_path_factory):
+    """(ONNX file, .npz of the labelled test split) for fast builds that skip the torch export."""
+    import numpy as np
+
+    d = tmp_path_factory.mktemp("digits-onnx")
+    ds = digits_source.dataset("test")
+    npz = d / "test.npz"
+    np.savez(npz, input=ds.inputs["input"], labels=ds.labels)
+    return digits_bundle.path / "model.onnx", npz
 
 
 # -- jetson (TensorRT) bundles: fp16 through the Python API, int8 through the CLI -------------------
@@ -152,4 +164,5 @@ def regressed_bundle(digits_bundle, digits_test_npz, tmp_path_factory):
             init.CopyFrom(numpy_helper.from_array(noisy, init.name))
     root = tmp_path_factory.mktemp("gate-broken")
     onnx.save(model, root / "digits-noisy.onnx")
-    return edgecompile.build(root / "digits-noisy.onnx", target="cpu", output=root / "bundle", data=digits_test_npz)
+    return edgecompile.build(root / "digits-noisy.onnx", target="cpu", backend="ort", output=root / "bundle",
+                             data=digits_test_npz)

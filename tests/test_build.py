@@ -39,7 +39,7 @@ def test_onnx_source_with_npz_data(digits_bundle, digits_source, tmp_path):
     ds = digits_source.dataset("test")
     npz = tmp_path / "eval.npz"
     np.savez(npz, input=ds.inputs["input"][:100], labels=ds.labels[:100])
-    out = edgecompile.build(digits_bundle.path / "model.onnx", target="cpu", output=tmp_path / "b", data=npz)
+    out = edgecompile.build(digits_bundle.path / "model.onnx", target="cpu", backend="ort", output=tmp_path / "b", data=npz)
     rep = out.report()
     assert rep["accuracy"]["reference_model"].startswith("source onnx")
     assert rep["accuracy"]["n"] == 100 and rep["accuracy"]["delta"] == 0.0
@@ -48,7 +48,7 @@ def test_onnx_source_with_npz_data(digits_bundle, digits_source, tmp_path):
 def test_onnx_source_without_labels_uses_agreement(digits_bundle, digits_source, tmp_path):
     npz = tmp_path / "unlabelled.npz"
     np.savez(npz, input=digits_source.dataset("test").inputs["input"][:50])
-    rep = edgecompile.build(digits_bundle.path / "model.onnx", output=tmp_path / "b", data=npz).report()
+    rep = edgecompile.build(digits_bundle.path / "model.onnx", backend="ort", output=tmp_path / "b", data=npz).report()
     assert rep["accuracy"]["metric"] == "top1_agreement" and rep["accuracy"]["candidate"] == 1.0
 
 
@@ -63,7 +63,7 @@ def test_bad_data_files(digits_bundle, tmp_path, arrays, needle):
     npz = tmp_path / "bad.npz"
     np.savez(npz, **arrays)
     with pytest.raises(DataError) as e:
-        edgecompile.build(digits_bundle.path / "model.onnx", output=tmp_path / "b", data=npz)
+        edgecompile.build(digits_bundle.path / "model.onnx", backend="ort", output=tmp_path / "b", data=npz)
     assert needle in str(e.value)
 
 

@@ -167,7 +167,8 @@ def test_python_api_options_bypass_the_cache(base_plan):
 
 def test_identical_rebuild_is_a_cache_hit(digits_bundle, tmp_path):
     """`digits_bundle` stored its build in the session cache; the same build through the real CLI is a hit."""
-    rc, out, err = run_cli("build", "models/digits", "--target", "cpu", "-o", tmp_path / "again", "--json")
+    rc, out, err = run_cli("build", "models/digits", "--target", "cpu", "--backend", "ort", "-o", tmp_path / "again",
+                           "--json")
     assert rc == 0, err
     rep = json.loads(out)
     assert rep["cache"]["bundle"] == "hit" and rep["bundle_id"] == digits_bundle.bundle_id
@@ -188,7 +189,7 @@ def test_flags_override_config_keys_end_to_end(digits_bundle, tmp_path, monkeypa
     from edgecompile.cli import main
 
     (tmp_path / "edgecompile.toml").write_text(
-        "[model]\nsource = 'digits'\n[build]\nthreads = 1\nprecision = 'fp32'\n[report]\nformats = ['json']\n")
+        "[model]\nsource = 'digits'\n[build]\nbackend = 'ort'\nthreads = 1\nprecision = 'fp32'\n[report]\nformats = ['json']\n")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exc:
         main(["-q", "build", "--threads", "2", "-o", "out"])
@@ -209,7 +210,7 @@ def test_corrupted_bundle_entry_is_rebuilt(digits_bundle, tmp_path):
     from edgecompile.config import Config
     from edgecompile.pipeline import build, bundle_key, make_plan
 
-    cfg = Config().with_overrides({"model.source": "models/digits", "build.threads": 1})
+    cfg = Config().with_overrides({"model.source": "models/digits", "build.backend": "ort", "build.threads": 1})
     key = bundle_key(make_plan(cfg, output=tmp_path / "a", data=None, options={}))
     first = build(config=cfg, output=tmp_path / "a")
     entry = StageCache().get("bundle", key)
@@ -226,7 +227,7 @@ def test_no_cache_rebuild_from_scratch_is_byte_identical(digits_bundle, tmp_path
     """A fresh cache (weights retrained, export redone) with --no-cache reproduces the session's bundle:
     same bundle_id, byte-identical manifest.json and model.onnx; and --no-cache wrote no cache entry."""
     fresh = tmp_path / "fresh-cache"
-    rc, out, err = run_cli("build", "models/digits", "-o", tmp_path / "b", "--no-cache", "--json",
+    rc, out, err = run_cli("build", "models/digits", "--backend", "ort", "-o", tmp_path / "b", "--no-cache", "--json",
                            env={"EDGECOMPILE_CACHE": str(fresh)})
     assert rc == 0, err
     rep = json.loads(out)

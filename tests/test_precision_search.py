@@ -62,7 +62,7 @@ def test_fallback_keeps_the_fragile_layer_in_float_and_ships_mixed(fragile, tmp_
     model, data, feeds, labels = fragile
     monkeypatch.setattr(precision_stage, "measurably_slower", lambda lat: False)
     cfg = Config().with_overrides({"passes.quantize.max_accuracy_drop": 1.0})
-    bundle = edgecompile.build(model, "cpu", output=tmp_path / "mixed", precision="int8", data=data, config=cfg)
+    bundle = edgecompile.build(model, "cpu", backend="ort", output=tmp_path / "mixed", precision="int8", data=data, config=cfg)
     rep = json.loads((bundle.path / "report.json").read_text())
     man = json.loads((bundle.path / "manifest.json").read_text())
     assert rep["precision"] == man["precision"] == "mixed"
@@ -75,7 +75,7 @@ def test_fallback_keeps_the_fragile_layer_in_float_and_ships_mixed(fragile, tmp_
     assert set(cands) == {"fp32", "int8", "mixed"} and cands["mixed"]["status"] == "chosen"
     assert cands["int8"]["status"].startswith("rejected: accuracy drop")
     assert all(c["p50_ms"] > 0 and c["p99_ms"] >= c["p50_ms"] * 0.5 for c in cands.values())
-    assert all("latency_cost_ms" in f for f in rep["precision_notes"]["float_nodes"])
+    assert all("step_latency_cost_ms" in f for f in rep["precision_notes"]["float_nodes"])
     with load(bundle.path) as runner:                          # a valid bundle the runtime runs
         top1 = runner.run({"x": feeds["x"]})["logits"].argmax(1)
     assert (top1 == labels).mean() >= 0.99
@@ -89,7 +89,7 @@ def test_quantized_but_slower_is_never_shipped_silently(fragile, tmp_path, monke
     model, data, _, _ = fragile
     monkeypatch.setattr(precision_stage, "measurably_slower", lambda lat: True)
     cfg = Config().with_overrides({"passes.quantize.max_accuracy_drop": 1.0})
-    bundle = edgecompile.build(model, "cpu", output=tmp_path / "slow", precision="auto", data=data, config=cfg)
+    bundle = edgecompile.build(model, "cpu", backend="ort", output=tmp_path / "slow", precision="auto", data=data, config=cfg)
     rep = json.loads((bundle.path / "report.json").read_text())
     assert rep["precision"] == "fp32" and rep["requested_precision"] == "auto"
     cands = {c["precision"]: c for c in rep["precision_notes"]["candidates"]}
@@ -103,7 +103,7 @@ def test_cli_strict_fallback_measured_for_real(fragile, tmp_path):
     bound, or (mixed measured slower than FP32) exits 3 under --strict naming the best configuration."""
     model, data, _, _ = fragile
     out = tmp_path / "strict"
-    code, stdout, stderr = run_cli("build", model, "--precision", "int8", "--data", data, "--max-accuracy-drop", "1",
+    code, stdout, stderr = run_cli("build", model, "--backend", "ort", "--precision", "int8", "--data", data, "--max-accuracy-drop", "1",
                                    "--strict", "-o", out)
     assert "Traceback" not in stderr
     if code == 0:
@@ -116,7 +116,7 @@ def test_cli_strict_fallback_measured_for_real(fragile, tmp_path):
 
 
 def test_digits_int8_within_a_tight_bound(tmp_path):
-    code, stdout, stderr = run_cli("build", "models/digits", "--target", "cpu", "--precision", "auto",
+    code, stdout, stderr = run_cli("build", "models/digits", "--target", "cpu", "--backend", "ort", "--precision", "auto",
                                    "--max-accuracy-drop", "0.1", "-o", tmp_path / "auto", "--json")
     assert code == 0, stderr
     rep = json.loads(stdout)

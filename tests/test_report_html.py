@@ -26,7 +26,7 @@ def int8_build(tmp_path_factory):
     out = tmp_path_factory.mktemp("int8") / "digits-int8"
     log = io.StringIO()
     cfg = Config.from_dict({"report": {"formats": ["json", "md", "html"]}})
-    bundle = edgecompile.build("models/digits", target="cpu", precision="int8", output=out, config=cfg,
+    bundle = edgecompile.build("models/digits", target="cpu", backend="ort", precision="int8", output=out, config=cfg,
                                progress=Progress(verbose=True, stream=log))
     return bundle.path, log.getvalue()
 

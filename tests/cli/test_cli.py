@@ -4,7 +4,8 @@ from conftest import run_cli
 
 
 def test_build_prints_summary_and_json(digits_bundle, tmp_path):
-    rc, out, err = run_cli("build", "models/digits", "--target", "cpu", "-o", tmp_path / "b", "--json")
+    rc, out, err = run_cli("build", "models/digits", "--target", "cpu", "--backend", "ort", "-o", tmp_path / "b",
+                           "--json")
     assert rc == 0, err
     rep = json.loads(out)
     assert rep["accuracy"]["candidate"] >= 0.95 and "p99" in rep["latency_ms"]
@@ -19,7 +20,8 @@ def test_targets_lists_every_contract_target():
     assert {"cpu", "arm64", "rpi4", "rpi5", "jetson-orin", "jetson-xavier"} <= names
     assert any(r["target"] == "jetson-orin" and "jetson" in r["aliases"] for r in rows)
     ort = [r for r in rows if r["target"] == "cpu" and r["backend"] == "ort"][0]
-    assert ort["available"] and ort["default"]
+    auto = [r for r in rows if r["target"] == "cpu" and r["backend"] == "auto"][0]
+    assert ort["available"] and auto["available"] and auto["default"]
     assert all(isinstance(r["reason"], str) and r["reason"] for r in rows)
 
 

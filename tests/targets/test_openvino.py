@@ -1,0 +1,142 @@
+"""The OpenVINO target: IR in the bundle, explicit precision hints, device checks, torch-free runtime."""
+import json
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+
+import edgecompile
+from edgecompile.config import Config
+from edgecompile.errors import TargetUnavailableError
+
+ov = pytest.importorskip("openvino", reason="openvino is not installed")
+
+from edgecompile.targets import openvino as ovt  # noqa: E402
+
+from conftest import run_cli  # noqa: E402
+
+
+def _build(digits_onnx, out, **kw):
+    onnx, npz = digits_onnx
+    return edgecompile.build(onnx, target="cpu", backend="openvino", output=out, data=npz, **kw)
+
+
+@pytest.fixture(scope="module")
+def ov_fp32(digits_onnx, tmp_path_factory):
+    return _build(digits_onnx, tmp_path_factory.mktemp("ov") / "fp32", threads=1)
+
+
+@pytest.fixture(scope="module")
+def ov_bf16(digits_onnx, tmp_path_factory):
+    if not ovt.supports_bf16("CPU"):
+        pytest.skip("OpenVINO reports no BF16 capability on this CPU")
+    return _build(digits_onnx, tmp_path_factory.mktemp("ov") / "bf16", precision="bf16")
+
+
+@pytest.fixture(scope="module")
+def x_test(digits_source):
+    return digits_source.dataset("test").inputs["input"]
+
+
+def _outputs(path, x):
+    with edgecompile.runtime.load(path) as r:
+        return r(x)
+
+
+def test_fp32_bundle_is_ir_with_an_explicit_f32_hint(ov_fp32, digits_bundle, x_test):
+    m = ov_fp32.manifest
+    assert m["backend"] == "openvino" and m["precision"] == "fp32"
+    assert {k: v["role"] for k, v in m["artifacts"].items()} == {"model.xml": "model", "model.bin": "weights"}
+    opts = m["backend_options"]
+    assert opts["device"] == "CPU"
+    assert opts["config"] == {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
+                              "INFERENCE_NUM_THREADS": 1}
+    assert opts["applied_at_build"]["INFERENCE_PRECISION_HINT"] == "f32"     # what OpenVINO really used
+    assert opts["applied_at_build"]["INFERENCE_NUM_THREADS"] == 1
+    # real fp32: matches ORT's fp32 outputs far below bf16's ~1e-2 error
+    np.testing.assert_allclose(_outputs(ov_fp32.path, x_test), _outputs(digits_bundle.path, x_test),
+                               rtol=1e-4, atol=1e-4)
+    rep = ov_fp32.report()
+    assert rep["accuracy"]["metric"] == "top1" and rep["accuracy"]["delta"] == 0.0
+    assert rep["cold_start"]["torch_imported"] is False and rep["latency_ms"]["p50"] > 0
+
+
+def test_bundle_is_verified_before_openvino_reads_it(ov_fp32, tmp_path):
+    dest = tmp_path / "b"
+    shutil.copytree(ov_fp32.path, dest)
+    with open(dest / "model.bin", "r+b") as f:
+        f.seek(100)
+        f.write(b"\x00\x01\x02\x03")
+    with pytest.raises(edgecompile.errors.BundleError, match="sha256"):
+        edgecompile.runtime.load(dest)
+
+
+def test_bf16_runs_in_bf16_and_reports_its_delta(ov_bf16, ov_fp32, x_test):
+    b = ov_bf16
+    assert b.manifest["precision"] == "bf16"
+    assert b.manifest["backend_options"]["applied_at_build"]["INFERENCE_PRECISION_HINT"] == "bf16"
+    diff = np.abs(_outputs(b.path, x_test) - _outputs(ov_fp32.path, x_test)).max()
+    assert 1e-4 < diff < 0.5          # bf16 arithmetic really happened, and it is still close
+    acc = b.report()["accuracy"]
+    assert acc["n"] == 360 and abs(acc["delta"]) <= 0.02 and acc["similarity"]["cosine"] > 0.999
+
+
+def test_bf16_bundle_on_a_cpu_without_bf16_warns_and_runs_f32(ov_bf16, ov_fp32, x_test, monkeypatch):
+    b = ov_bf16
+    monkeypatch.setattr(ovt, "capabilities", lambda device="CPU": ["FP32", "INT8"])   # the device answer only
+    with pytest.warns(RuntimeWarning, match="has no bf16"):
+        got = _outputs(b.path, x_test)
+    np.testing.assert_allclose(got, _outputs(ov_fp32.path, x_test), rtol=1e-4, atol=1e-4)
+
+
+def test_precisions_come_from_the_device(monkeypatch):
+    t = ovt.OpenVinoTarget()
+    assert t.precisions[0] == "fp32"
+    assert ("bf16" in t.precisions) == ovt.supports_bf16("CPU")
+    monkeypatch.setattr(ovt, "capabilities", lambda device="CPU": ["FP32"])
+    assert "bf16" not in t.precisions
+
+
+def test_unlisted_device_is_a_clear_error_before_any_work(tmp_path):
+    absent = next(d for d in ("NPU", "GPU", "GPU.3") if d not in ovt.available_devices())
+    with pytest.raises(TargetUnavailableError, match=f"device '{absent}' is not available"):
+        edgecompile.build("models/digits", target="cpu", backend="openvino", output=tmp_path / "o",
+                          config=Config().with_overrides({"openvino.device": absent}))
+    assert not (tmp_path / "o").exists()
+    cfg = tmp_path / "edgecompile.toml"
+    cfg.write_text(f'[openvino]\ndevice = "{absent}"\n')
+    rc, _, err = run_cli("build", "models/digits", "--backend", "openvino", "-c", cfg, "-o", tmp_path / "o")
+    assert rc == 1 and "Traceback" not in err and "OpenVINO lists: CPU" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_runtime_warns_when_the_cpu_features_differ(ov_fp32, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        edgecompile.runtime.load(ov_fp32.path).close()          # same machine: silent
+    dest = tmp_path / "b"
+    shutil.copytree(ov_fp32.path, dest)
+    m = json.loads((dest / "manifest.json").read_text())
+    flags = set(m["measured_on"]["cpu"]["flags"])
+    m["measured_on"]["cpu"]["flags"] = sorted(flags ^ {"amx_int8", "avx512_vnni"})
+    (dest / "manifest.json").write_text(json.dumps(m))
+    with pytest.warns(RuntimeWarning, match="measured on a CPU with other features"):
+        edgecompile.runtime.load(dest).close()
+
+
+def _has_quantize():
+    from edgecompile import registry
+
+    return registry.has_pass("quantize")
+
+
+@pytest.mark.skipif(not _has_quantize(), reason="the quantize pass (int8 QDQ) is not in this tree yet")
+def test_int8_reads_the_qdq_graph_and_keeps_the_rest_f32(digits_onnx, tmp_path):
+    b = _build(digits_onnx, tmp_path / "int8", precision="int8", force=True)
+    assert b.manifest["precision"] == "int8" and "int8" in ovt.OpenVinoTarget().precisions
+    assert b.manifest["backend_options"]["config"]["INFERENCE_PRECISION_HINT"] == "f32"
+    xml = (b.path / "model.xml").read_text()
+    assert "FakeQuantize" in xml or 'element_type="u8"' in xml or 'element_type="i8"' in xml
+    acc = b.report()["accuracy"]
+    assert acc["n"] == 360 and acc["delta"] is not None
