@@ -132,6 +132,8 @@ def _choose(plan, cands, models, slow, bound, notes, auto):
             c["status"] = f"rejected: accuracy drop {c['accuracy_drop']:.3g} > max_accuracy_drop {bound:g}"
         elif slow.get(name):
             c["status"] = f"rejected: slower than fp32 ({c['speedup']:.2f}x) in every interleaved round"
+        elif auto and c["speedup"] <= 1.0:           # auto keeps the fastest: fp32 unless beaten
+            c["status"] = f"rejected: not faster than fp32 ({c['speedup']:.2f}x its speed)"
         else:
             ok.append(c)
     if ok:
