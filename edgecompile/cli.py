@@ -97,6 +97,10 @@ def _emit_json(data) -> None:
 @click.option("--finetune-epochs", type=click.IntRange(min=0), help="Fine-tuning epochs after pruning (default 3).")
 @click.option("--distill/--no-distill", default=None,
               help="Fine-tune the pruned model with the unpruned one as teacher (default: on).")
+@click.option("--tune", "tune_trials", type=click.IntRange(min=0), metavar="TRIALS",
+              help="TVM: MetaSchedule trials (the tuning database is cached and reused).")
+@click.option("--tune-timeout", type=click.FloatRange(min=0, min_open=True), metavar="MIN",
+              help="TVM: stop tuning after MIN minutes.")
 @click.option("--quantize", "quantize", type=click.Choice(["static", "dynamic", "qat"]),
               help="INT8 mode for --precision int8 ([passes.quantize] mode). Default: static.")
 @click.option("--calibrate", type=click.Choice(["minmax", "entropy", "percentile"]),
@@ -112,7 +116,8 @@ def _emit_json(data) -> None:
 @verbosity_options
 @click.pass_obj
 def build(obj: Ctx, model, target, backend, precision, output, data, config_path, strict, force, threads,
-          quantize, calibrate, calib_samples, max_accuracy_drop, no_cache, prune, finetune_epochs, distill, json_mode):
+          quantize, calibrate, calib_samples, max_accuracy_drop, no_cache, prune, finetune_epochs, distill,
+          tune_trials, tune_timeout, json_mode):
     """Build a bundle for MODEL (a models/<name> package, a built-in name, or a .onnx file).
 
     Flags override the config file (--config FILE, else ./edgecompile.toml), which overrides defaults.
@@ -129,7 +134,8 @@ def build(obj: Ctx, model, target, backend, precision, output, data, config_path
     progress = obj.progress(json_mode)
     bundle = run_build(model, target, output=output, backend=backend, precision=precision, data=data,
                        config=cfg, strict=strict, force=force, threads=threads, progress=progress,
-                       cache=not no_cache, prune=prune, finetune_epochs=finetune_epochs, distill=distill)
+                       cache=not no_cache, prune=prune, finetune_epochs=finetune_epochs, distill=distill,
+                       tune_trials=tune_trials, tune_timeout=tune_timeout)
     rep = load_report(bundle.path)
     if json_mode:
         _emit_json(rep)

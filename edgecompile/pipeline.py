@@ -69,7 +69,8 @@ def build(model: str | Path | None = None, target: str | None = None, *, output:
     `prune`, `finetune_epochs`, `distill` set [passes.prune] ratio / finetune_epochs / distill.
     `options` carries Python-API-only extras for passes (e.g. `finetune=callable`,
     `calibration_data=iterable of feed dicts`); builds with options bypass the build cache,
-    since callables cannot be part of a content key.
+    since callables cannot be part of a content key. `tune_trials` / `tune_timeout` (minutes)
+    override the config's [tvm] keys like the CLI's --tune / --tune-timeout (they are config, not options).
     """
     progress = progress or Progress(quiet=True)
     cfg = config if isinstance(config, Config) else (Config.from_file(config) if config else Config())
@@ -78,7 +79,9 @@ def build(model: str | Path | None = None, target: str | None = None, *, output:
                               "build.target": target, "build.backend": backend, "build.precision": precision,
                               "build.strict": strict, "build.force": force, "build.threads": threads,
                               "passes.prune.ratio": prune, "passes.prune.finetune_epochs": finetune_epochs,
-                              "passes.prune.distill": distill})
+                              "passes.prune.distill": distill,
+                              "tvm.tune_trials": options.pop("tune_trials", None),
+                              "tvm.tune_timeout": options.pop("tune_timeout", None)})
     plan = make_plan(cfg, output=output, data=data, options=options, use_cache=cache, source=source)
     return execute(plan, progress)
 

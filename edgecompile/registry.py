@@ -14,6 +14,7 @@ from edgecompile.errors import ConfigError
 BUILTIN_TARGETS: dict[str, str] = {
     "ort": "edgecompile.targets.ort:OrtTarget",
     "openvino": "edgecompile.targets.openvino:OpenVinoTarget",
+    "tvm": "edgecompile.targets.tvm:TvmTarget",
     "tensorrt": "edgecompile.targets.tensorrt:TensorRtTarget",
 }
 

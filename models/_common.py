@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
 
 
 def fingerprint(*files: Path) -> str:
@@ -31,7 +33,7 @@ def cached_module(name: str, key_parts: tuple, make: Callable[[], object], prepa
         module.load_state_dict(torch.load(path, weights_only=True))
         return module.eval()
     prepare(module)
-    tmp = path.with_name(f"{path.name}.tmp{id(module)}")
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     torch.save(module.state_dict(), tmp)
     tmp.replace(path)
     return module.eval()

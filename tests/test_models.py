@@ -41,3 +41,15 @@ def test_mobilenetv2_random_weights_are_not_degenerate():
     assert logits.shape == (16, 1000) and np.isfinite(logits).all()
     assert logits.std() > 1e-2                                # activations neither vanished nor exploded
     assert len(set(logits.argmax(1).tolist())) > 1            # not one constant class
+
+
+def test_first_build_in_an_empty_cache_exports_the_same_graph_as_later_builds(tmp_path):
+    """Preparing the example data in-process (scikit-learn) once changed torch.onnx's output; the first
+    build in a fresh cache must give the same artifact bytes as a later --no-cache build."""
+    from conftest import run_cli
+
+    env = {"EDGECOMPILE_CACHE": str(tmp_path / "cache")}
+    for out, extra in (("a", []), ("b", ["--no-cache"])):
+        rc, _, err = run_cli("-q", "build", "digits", "--backend", "ort", "-o", tmp_path / out, *extra, env=env)
+        assert rc == 0, err
+    assert (tmp_path / "a" / "model.onnx").read_bytes() == (tmp_path / "b" / "model.onnx").read_bytes()

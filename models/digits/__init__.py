@@ -5,6 +5,9 @@ output `logits` [N, 10]; fixed stratified split (seed 0, 20 % test); metric top-
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -16,6 +19,7 @@ from edgecompile.source import TorchModelSource
 from .._common import fingerprint
 
 SEED = 0
+_SPLIT_IN_CHILD = "EDGECOMPILE_PREPARING_DIGITS_SPLIT"
 EPOCHS = 30
 _HERE = Path(__file__).resolve().parent
 _FILES = (_HERE / "__init__.py", _HERE / "model.py", _HERE.parent / "_common.py")
@@ -36,6 +40,17 @@ def _arrays():
                 return {s: (z[f"x_{s}"], z[f"y_{s}"]) for s in ("train", "test")}
         except Exception:
             pass                                             # unreadable: recompute and rewrite
+    if os.environ.get(_SPLIT_IN_CHILD) != "1":
+        # Compute the split in a child process: importing scikit-learn here changes how torch.onnx
+        # exports afterwards (an equivalent but different graph), which would make a bundle's bytes
+        # depend on whether this cache entry existed before the build.
+        proc = subprocess.run([sys.executable, "-c", "import edgecompile.models.digits as m; m._arrays()"],
+                              env={**os.environ, _SPLIT_IN_CHILD: "1"}, capture_output=True, text=True)
+        if proc.returncode != 0 or not path.is_file():
+            raise RuntimeError("preparing the digits split failed: "
+                               + (proc.stderr.strip().splitlines() or ["(no output)"])[-1])
+        with np.load(path, allow_pickle=False) as z:
+            return {s: (z[f"x_{s}"], z[f"y_{s}"]) for s in ("train", "test")}
     arrays = _split()
     tmp = path.with_name(f"{path.stem}.tmp-{id(arrays)}.npz")
     np.savez(tmp, **{f"{k}_{s}": v for s, (x, y) in arrays.items() for k, v in (("x", x), ("y", y))})

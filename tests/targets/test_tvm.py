@@ -1,0 +1,214 @@
+"""The TVM backend: host and AArch64 libraries, the torch-free runtime, tuning databases that are
+kept and reused, and per-node reports of what TVM cannot compile. Digits only (CI budget)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tvm", reason="apache-tvm is not installed (pip install 'edgecompile[tvm]')")
+
+import edgecompile  # noqa: E402
+from edgecompile.data import TensorSpec  # noqa: E402
+from edgecompile.errors import BundleError, ConfigError, TargetUnavailableError  # noqa: E402
+from edgecompile.targets.profiles import get_profile  # noqa: E402
+from tests.conftest import run_cli  # noqa: E402
+
+AARCH64_GCC = "aarch64-linux-gnu-gcc"
+needs_cross = pytest.mark.skipif(shutil.which(AARCH64_GCC) is None,
+                                 reason="aarch64-linux-gnu-gcc missing (apt-get install gcc-aarch64-linux-gnu)")
+SPECS_IN = [TensorSpec("input", ("batch", 1, 8, 8), "float32")]
+SPECS_OUT = [TensorSpec("logits", ("batch", 10), "float32")]
+
+
+def _elf_machine(path) -> int:
+    head = path.read_bytes()[:20]
+    assert head[:4] == b"\x7fELF"
+    return int.from_bytes(head[18:20], "little")   # e_machine: 62 = x86-64, 183 = AArch64
+
+
+@pytest.fixture(scope="session")
+def digits_onnx(digits_bundle):
+    import onnx_ir as ir
+
+    return ir.load(str(digits_bundle.path / "model.onnx"))
+
+
+@pytest.fixture(scope="session")
+def tvm_bundle(tmp_path_factory):
+    """digits built with --backend tvm (untuned) through the whole pipeline, once per session."""
+    return edgecompile.build("models/digits", target="cpu", backend="tvm",
+                             output=tmp_path_factory.mktemp("tvm") / "digits-tvm")
+
+
+def test_cpu_bundle_has_the_same_top1_as_ort(tvm_bundle, digits_bundle, digits_source):
+    rep, ort_rep = tvm_bundle.report(), digits_bundle.report()
+    assert (rep["backend"], rep["target"], rep["precision"]) == ("tvm", "cpu", "fp32")
+    assert rep["accuracy"]["candidate"] == ort_rep["accuracy"]["candidate"]
+    assert rep["accuracy"]["n"] == 360 and rep["latency_ms"]["p50"] > 0
+    opts = tvm_bundle.manifest["backend_options"]
+    assert opts["target"]["kind"] == "llvm" and opts["target"]["mcpu"] == opts["host_cpu"]["mcpu"]
+    assert opts["cross_compiler"] is None and opts["compiled_batch"] == 1
+    assert opts["tuning"]["trials_in_database"] == 0 and "untuned" in opts["tuning"]["untuned_warning"]
+    assert _elf_machine(tvm_bundle.path / "model.so") == 62
+    # every sample, in one call of 360 (chunked over the compiled batch) and agreeing with ORT
+    x = digits_source.dataset("test").inputs["input"]
+    with edgecompile.runtime.load(tvm_bundle.path) as tvm_r, edgecompile.runtime.load(digits_bundle.path) as ort_r:
+        assert tvm_r.thread_safe is False
+        got, want = tvm_r(x), ort_r(x)
+        assert got.shape == (360, 10)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(tvm_r(x[:1]), want[:1], rtol=1e-4, atol=1e-4)
+
+
+def test_runtime_loads_with_tvm_runtime_only_and_no_torch(tvm_bundle, tmp_path):
+    code = (
+        "import sys, numpy as np\nfrom edgecompile.runtime import load\n"
+        f"r = load({str(tvm_bundle.path)!r}, threads=1)\n"
+        "y = r(np.zeros((3, 1, 8, 8), np.float32))\nassert y.shape == (3, 10), y.shape\n"
+        "import tvm\nprint(tvm.base._RUNTIME_ONLY, 'torch' in sys.modules, 'tvm.relax' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True)
+    assert out.stdout.split() == ["True", "False", "False"]
+
+
+def test_tuning_database_is_kept_and_reused(digits_onnx, tmp_path):
+    from edgecompile.targets.tvm import compile_library, load_library
+
+    cpu = get_profile("cpu")
+    first = compile_library(digits_onnx, cpu, tmp_path / "a" / "m.so", tune_trials=4)
+    tuning = first["tuning"]
+    assert tuning["trials_run_now"] > 0 and tuning["trials_in_database"] == tuning["trials_run_now"]
+    assert tuning["tasks"] and sum(t["trials"] for t in tuning["tasks"]) == tuning["trials_in_database"]
+    db_dir = tuning["database_dir"]
+    assert json.loads((tmp_path / "a" / "m.json").read_text())["tuning"]["database_key"] == tuning["database_key"]
+    # same graph + target: the warm database is applied, nothing is re-tuned
+    second = compile_library(digits_onnx, cpu, tmp_path / "b" / "m.so", tune_trials=4)["tuning"]
+    assert second["database_key"] == tuning["database_key"] and second["database_dir"] == db_dir
+    assert second["reused"] is True and second["trials_run_now"] == 0
+    assert second["trials_in_database"] == tuning["trials_in_database"]
+    # without --tune the database is still applied automatically
+    third = compile_library(digits_onnx, cpu, tmp_path / "c" / "m.so")["tuning"]
+    assert third["reused"] is True and "untuned_warning" not in third
+    x = np.random.default_rng(0).random((5, 1, 8, 8), dtype=np.float32)
+    from edgecompile.targets.ort import create_session
+    import onnx_ir as ir
+
+    want = create_session(ir.to_proto(digits_onnx).SerializeToString()).run(None, {"input": x})[0]
+    with load_library(tmp_path / "b" / "m.so", SPECS_IN, SPECS_OUT) as r:
+        np.testing.assert_allclose(r(x), want, rtol=1e-4, atol=1e-4)
+
+
+def test_tune_timeout_stops_tuning(digits_onnx, tmp_path):
+    from edgecompile.targets.tvm import compile_library
+
+    meta = compile_library(digits_onnx, get_profile("cpu"), tmp_path / "m.so", tune_trials=1000,
+                           tune_timeout=1e-6, cache=False)
+    assert meta["tuning"]["trials_run_now"] == 0 and "--tune-timeout" in meta["tuning"]["stopped"]
+    assert meta["tuning"]["database_dir"] is None
+
+
+@needs_cross
+@pytest.mark.parametrize("name", ["arm64", "rpi4"])
+def test_aarch64_libraries_are_cross_compiled(digits_onnx, tmp_path, name):
+    from edgecompile.targets.tvm import compile_library, load_library
+
+    profile = get_profile(name)
+    meta = compile_library(digits_onnx, profile, tmp_path / "m.so")
+    assert _elf_machine(tmp_path / "m.so") == 183
+    assert meta["target"] == dict(profile.tvm_target) and meta["cross_compiler"] == AARCH64_GCC
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.so"] == sorted(meta["files"])
+    with pytest.raises(BundleError, match="aarch64 library"):
+        load_library(tmp_path / "m.so", SPECS_IN, SPECS_OUT)
+    with pytest.raises(ConfigError, match="measure kernels on the device"):
+        compile_library(digits_onnx, profile, tmp_path / "t.so", tune_trials=8)
+
+
+@needs_cross
+def test_rpi5_bundle_from_the_cli(digits_bundle, digits_source, tmp_path):
+    npz = tmp_path / "eval.npz"
+    ds = digits_source.dataset("test")
+    np.savez(npz, input=ds.inputs["input"][:50], labels=ds.labels[:50])
+    code, out, err = run_cli("build", digits_bundle.path / "model.onnx", "--target", "rpi5", "--data", npz,
+                             "-o", tmp_path / "rpi5")
+    assert code == 0, err
+    bundle = edgecompile.Bundle.open(tmp_path / "rpi5")
+    m = bundle.manifest
+    assert (m["backend"], m["target"], m["runs_on_host"]) == ("tvm", "rpi5", False)
+    assert m["backend_options"]["target"]["mcpu"] == "cortex-a76"
+    assert _elf_machine(bundle.artifact("library")) == 183
+    assert "cannot run it" in bundle.report()["skipped"] and "untuned" in err
+
+
+def test_missing_cross_compiler_names_the_package(digits_onnx, tmp_path):
+    from edgecompile.targets.tvm import compile_library
+
+    profile = dataclasses.replace(get_profile("rpi4"), cross_compiler="aarch64-nowhere-gcc")
+    with pytest.raises(TargetUnavailableError, match="aarch64-nowhere-gcc not found") as e:
+        compile_library(digits_onnx, profile, tmp_path / "m.so")
+    assert not (tmp_path / "m.so").exists()
+    profile = dataclasses.replace(get_profile("rpi4"), cross_compiler=AARCH64_GCC)
+    if shutil.which(AARCH64_GCC) is None:
+        with pytest.raises(TargetUnavailableError) as e:
+            compile_library(digits_onnx, profile, tmp_path / "m.so")
+        assert "apt-get install gcc-aarch64-linux-gnu" in e.value.hint
+
+
+def _model_with_unsupported_ops(path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 8, 8])
+    y = helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 1, 8, 8])
+    nodes = [helper.make_node("Relu", ["input"], ["a"], name="relu_ok"),
+             helper.make_node("Celu", ["a"], ["b"], name="celu_1", alpha=1.0),
+             helper.make_node("LpNormalization", ["b"], ["out"], name="lpnorm_2", axis=-1, p=2)]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return model
+
+
+def test_unsupported_nodes_are_listed(tmp_path):
+    import onnx
+    from onnx import helper
+
+    from edgecompile.targets.tvm import unsupported_nodes
+
+    model = _model_with_unsupported_ops(tmp_path / "m.onnx")
+    model.graph.node.append(helper.make_node("MyOp", ["out"], ["z"], name="custom_3", domain="com.example"))
+    model.opset_import.append(onnx.helper.make_opsetid("com.example", 1))
+    bad = unsupported_nodes(model)
+    assert [(b["op_type"], b["name"], b["opset"]) for b in bad] == [
+        ("Celu", "celu_1", 17), ("LpNormalization", "lpnorm_2", 17), ("MyOp", "custom_3", 1)]
+    assert "custom domain 'com.example'" in bad[2]["reason"]
+
+
+def test_cli_reports_unsupported_ops_per_node_without_traceback(tmp_path):
+    src = tmp_path / "m.onnx"
+    _model_with_unsupported_ops(src)
+    npz = tmp_path / "d.npz"
+    np.savez(npz, input=np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32))
+    code, out, err = run_cli("build", src, "--backend", "tvm", "--data", npz, "-o", tmp_path / "o")
+    assert code == 1
+    assert "TVM cannot compile 2 node(s): Celu node 'celu_1' (opset 17" in err
+    assert "LpNormalization node 'lpnorm_2' (opset 17" in err and "--backend ort" in err
+    assert "Traceback" not in err and not (tmp_path / "o").exists()
+    # ... and the suggested backend builds it
+    code, out, err = run_cli("build", src, "--backend", "ort", "--data", npz, "-o", tmp_path / "o")
+    assert code == 0, err
+
+
+def test_bad_tune_values(tmp_path):
+    code, _, err = run_cli("build", "models/digits", "--backend", "tvm", "--tune", "-3", "-o", tmp_path / "o")
+    assert code == 2 and "--tune" in err
+    code, _, err = run_cli("build", "models/digits", "--backend", "tvm", "--tune-timeout", "0", "-o", tmp_path / "o")
+    assert code == 2 and "--tune-timeout" in err
+    with pytest.raises(ConfigError, match="tvm.tune_trials"):
+        edgecompile.Config.from_dict({"tvm": {"tune_trials": "many"}})
