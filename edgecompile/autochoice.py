@@ -153,7 +153,7 @@ def prepare(plan, model, ctx, pairs, progress) -> tuple[list[Candidate], list[Ro
         sub_ctx = dataclasses.replace(ctx, backend=name)
         recs: list = []
         m, achieved, notes = precision_stage.apply(sub, ir.from_proto(copy.deepcopy(proto)), sub_ctx, recs, progress)
-        if achieved != prec:
+        if achieved != prec and not (prec == "int8" and achieved == "mixed"):   # mixed: int8 with float layers
             skipped.append(Row(name, prec, status="failed", reason=notes.get("reason", f"gave {achieved}")))
             continue
         ask = getattr(target, "auto_candidate", None) if name not in ALWAYS else None
@@ -162,7 +162,7 @@ def prepare(plan, model, ctx, pairs, progress) -> tuple[list[Candidate], list[Ro
             if not worth.ok:
                 skipped.append(Row(name, prec, status="failed", reason=f"not measured: {worth.reason}"))
                 continue
-        candidates.append(Candidate(name, prec, target, m, sub, recs, notes))
+        candidates.append(Candidate(name, achieved, target, m, sub, recs, notes))
     return candidates, skipped
 
 
@@ -263,7 +263,8 @@ def choose(rows: list[Row], requested: str, bound: float, force: bool = False) -
         elif base is not None and r is not base and r.p50 > base.p50:
             r.status, r.reason = "discarded", f"slower than ort fp32 ({r.p50 / base.p50:.2f}x its p50)"
     ok = [r for r in measured if r.status == "measured"]
-    wanted = [r for r in ok if requested == "auto" or r.precision == requested]
+    wanted = [r for r in ok if requested == "auto" or r.precision == requested
+              or (requested == "int8" and r.precision == "mixed")]
     notes: dict = {}
     if wanted:
         chosen = min(wanted, key=lambda r: r.p50)

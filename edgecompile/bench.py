@@ -132,6 +132,7 @@ def interleaved(candidates: Mapping[str, Callable[[], object]], *, rounds: int =
     share = seconds / max(1, rounds * len(names))
     burst = {n: max(1, int(share / per_call[n])) for n in names}
     samples: dict[str, list[float]] = {n: [] for n in names}
+    calls: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for r in range(rounds):
         order = names if r % 2 == 0 else names[::-1]
         for name in order:
@@ -142,5 +143,7 @@ def interleaved(candidates: Mapping[str, Callable[[], object]], *, rounds: int =
                 fn()
                 times[i] = time.perf_counter() - t0
             samples[name].append(float(np.median(times)) * 1e3)
+            calls[name].append(times)
     return {n: {"ms": float(np.median(s)), "rounds": len(s), "calls_per_round": burst[n],
+                "p99_ms": float(np.percentile(np.concatenate(calls[n]), 99)) * 1e3,
                 "samples_ms": [round(v, 5) for v in s]} for n, s in samples.items()}

@@ -109,14 +109,17 @@ def _emit_json(data) -> None:
               help="Number of calibration samples ([passes.quantize] calib_samples). Default: 256.")
 @click.option("--qat-epochs", "qat_epochs", type=click.IntRange(min=0),
               help="Training epochs for --quantize qat ([passes.quantize] qat_epochs). Default: 3.")
+@click.option("--max-accuracy-drop", "max_accuracy_drop", type=click.FloatRange(min=0.0),
+              help="Accuracy bound for int8/auto ([passes.quantize] max_accuracy_drop): percentage points for "
+                   "top-1/agreement, relative %% for error metrics. Layers are kept in float until it holds.")
 @click.option("--no-cache", "no_cache", is_flag=True,
               help="Neither read nor write the build cache (stages are recomputed; trained example weights are kept).")
 @click.option("--json", "json_mode", is_flag=True, help="Print report.json to stdout.")
 @verbosity_options
 @click.pass_obj
 def build(obj: Ctx, model, target, backend, precision, output, data, config_path, strict, force, threads,
-          quantize, calibrate, calib_samples, qat_epochs, no_cache, prune, finetune_epochs, distill, tune_trials,
-          tune_timeout, json_mode):
+          quantize, calibrate, calib_samples, qat_epochs, max_accuracy_drop, no_cache, prune, finetune_epochs,
+          distill, tune_trials, tune_timeout, json_mode):
     """Build a bundle for MODEL (a models/<name> package, a built-in name, or a .onnx file).
 
     Flags override the config file (--config FILE, else ./edgecompile.toml), which overrides defaults.
@@ -129,7 +132,8 @@ def build(obj: Ctx, model, target, backend, precision, output, data, config_path
     cfg = Config.from_file(path) if path else Config()
     cfg = cfg.with_overrides({"passes.quantize.mode": quantize, "passes.quantize.calibrate": calibrate,
                               "passes.quantize.calib_samples": calib_samples,
-                              "passes.quantize.qat_epochs": qat_epochs})
+                              "passes.quantize.qat_epochs": qat_epochs,
+                              "passes.quantize.max_accuracy_drop": max_accuracy_drop})
     progress = obj.progress(json_mode)
     bundle = run_build(model, target, output=output, backend=backend, precision=precision, data=data,
                        config=cfg, strict=strict, force=force, threads=threads, progress=progress,

@@ -389,6 +389,8 @@ def execute(plan: Plan, progress: Progress) -> Bundle:
         for rel, role in artifacts.files.items():
             writer.add_artifact(rel, role)
         man = _manifest(plan, model, achieved, records, artifacts, parity)
+        if achieved == "mixed":           # int8 with the listed nodes kept in float (precision search)
+            man["float_nodes"] = [n["node"] for n in precision_notes.get("float_nodes", [])]
         if choice is not None:
             man["autochoice"] = choice
         manifest = writer.write_manifest(man)
@@ -432,6 +434,11 @@ def _serialize(model) -> bytes:
 
 def _gate_precision(plan: Plan, achieved: str, notes: dict, progress: Progress) -> None:
     if achieved == plan.precision or plan.precision == "auto":
+        if plan.precision == "auto" and notes.get("reason"):
+            progress.warn(f"precision auto kept {achieved}: {notes['reason']}")
+        return
+    if achieved == "mixed" and plan.precision == "int8":      # int8 that meets max_accuracy_drop
+        progress.warn(f"requested precision int8 shipped as mixed: {notes.get('note', 'see report')}")
         return
     msg = (f"requested precision {plan.precision} was not met: shipping {achieved} "
            f"({notes.get('reason', 'see report')})")

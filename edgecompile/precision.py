@@ -27,6 +27,10 @@ def supported(target) -> tuple[str, ...]:
     return tuple(getattr(target, "precisions", ("fp32",)))
 
 
+# `--precision auto` with no max_accuracy_drop configured: the bound it keeps (contract units).
+AUTO_BOUND = 0.5
+
+
 def apply(plan, model, ctx, records, progress):
     """Returns (model, achieved precision, notes)."""
     requested = plan.precision
@@ -38,7 +42,10 @@ def apply(plan, model, ctx, records, progress):
         return model, "fp32", {}
     available = supported(plan.target)
     if requested == "auto":
-        return model, "fp32", {"reason": "automatic precision choice is not implemented yet; kept fp32"}
+        if "int8" not in available:
+            return model, "fp32", {"reason": f"backend {plan.backend!r} implements only {', '.join(available)}; "
+                                             "auto kept fp32"}
+        return int8(plan, model, ctx, records, progress, auto=True)
     if requested not in available:
         reason = f"backend {plan.backend!r} does not implement {requested} (it has: {', '.join(available)})"
         if plan.config.build.force:
@@ -82,7 +89,12 @@ def _serialize(model) -> bytes:
 
 # -- INT8 ------------------------------------------------------------------------------------------
 
-def int8(plan, model, ctx, records, progress):
+def int8(plan, model, ctx, records, progress, auto: bool = False):
+    """Quantize, then choose among fp32 / int8 / mixed (int8 with the most sensitive layers kept in
+    float) by measurement: the fastest candidate within the accuracy bound that is not measurably
+    slower than FP32. Every candidate lands in notes["candidates"]."""
+    import onnx_ir as ir
+
     from edgecompile.passkit import PassManager
 
     qcfg = plan.config.passes.quantize
@@ -99,23 +111,128 @@ def int8(plan, model, ctx, records, progress):
         why = rec.notes.get("nothing_to_quantize", "the quantize pass changed nothing")
         return model, "fp32", {"reason": f"nothing to quantize: {why}",
                                "quantization": {"mode": qcfg.mode, "nothing_to_quantize": why}}
+    fp_bytes = ir.to_proto(model).SerializeToString()
+    feeds = _latency_feeds(plan, model)
     with progress.step("int8 vs fp32", "size, latency (interleaved), output cosine"):
-        summary = summarize(plan, model, qmodel, rec)
+        summary = summarize(plan, model, qmodel, rec, feeds=feeds)
     notes = {"quantization": summary}
-    if plan.config.build.force:
+    lat = summary["latency"]
+    cands = [_row("fp32", [], lat["fp32_ms"], lat["fp32_p99_ms"], 1.0, summary["size_bytes"]["fp32"], 0.0, 1.0),
+             _row("int8", [], lat["int8_ms"], lat["int8_p99_ms"], lat["speedup"], summary["size_bytes"]["int8"],
+                  summary.get("metric_drop"), summary.get("output_cosine"))]
+    notes["candidates"] = cands
+    if plan.config.build.force and not auto:
+        cands[1]["status"] = "chosen (--force)"
+        cands[0]["status"] = "not chosen: --force ships the requested precision"
         return qmodel, "int8", notes
-    bound = qcfg.max_accuracy_drop
+
+    bound = qcfg.max_accuracy_drop if qcfg.max_accuracy_drop is not None else (AUTO_BOUND if auto else None)
     drop = summary.get("metric_drop")
-    if bound is not None and drop is not None and drop > bound:
-        notes["reason"] = (f"INT8 loses {drop:.3g} {summary['metric_drop_unit']} of {summary['metric']} "
-                           f"(bound max_accuracy_drop = {bound:g})")
-        return model, "fp32", notes
-    lat = summary.get("latency") or {}
-    if plan.backend == "ort" and lat and measurably_slower(lat):
-        notes["reason"] = (f"INT8 is slower than FP32 here ({lat['speedup']:.2f}x the FP32 speed at batch 1, "
-                           f"slower in all {lat['rounds']} interleaved rounds)")
-        return model, "fp32", notes
-    return qmodel, "int8", notes
+    models = {"fp32": model, "int8": qmodel}
+    slow = {"int8": plan.backend == "ort" and measurably_slower(lat)}
+    if bound is not None and drop is not None and drop > bound and qcfg.mode == "static" and ctx.evaluator:
+        with progress.step("precision search", f"sensitivity + greedy float fallback to {bound:g}"):
+            found = _search(plan, qpass, rec, fp_bytes, qmodel, bound, feeds, ctx, progress)
+        notes["precision_search"] = found["report"]
+        if found.get("model") is not None:
+            mixed = found["model"]
+            m_bytes = ir.to_proto(mixed).SerializeToString()
+            with progress.step("mixed vs fp32", "latency (interleaved), output cosine"):
+                ml = _pair_latency(plan, fp_bytes, m_bytes, feeds)
+                cos = _cosine(plan, fp_bytes, m_bytes)
+            cands.append(_row("mixed", found["kept"], ml["int8_ms"], ml["int8_p99_ms"], ml["speedup"], len(m_bytes),
+                              found["drop"], cos))
+            models["mixed"] = mixed
+            slow["mixed"] = plan.backend == "ort" and measurably_slower(ml)
+            notes["float_nodes"] = found["float_nodes"]
+            notes["mixed_latency"] = ml
+    return _choose(plan, cands, models, slow, bound, notes, auto)
+
+
+def _row(precision, float_nodes, p50, p99, speedup, size, drop, cosine) -> dict:
+    return {"precision": precision, "float_nodes": len(float_nodes),
+            "excluded": ", ".join(float_nodes[:6]) + (f" (+{len(float_nodes) - 6})" if len(float_nodes) > 6 else ""),
+            "p50_ms": round(p50, 4), "p99_ms": round(p99, 4), "speedup": round(speedup, 3),
+            "size_kib": round(size / 1024, 1), "accuracy_drop": None if drop is None else round(drop, 4),
+            "output_cosine": None if cosine is None else round(cosine, 6), "status": ""}
+
+
+def _choose(plan, cands, models, slow, bound, notes, auto):
+    """The fastest quantized candidate within the bound and not measurably slower than FP32; else fp32."""
+    ok = []
+    for c in cands[1:]:
+        name = c["precision"]
+        if bound is not None and c["accuracy_drop"] is not None and c["accuracy_drop"] > bound:
+            c["status"] = f"rejected: accuracy drop {c['accuracy_drop']:.3g} > max_accuracy_drop {bound:g}"
+        elif slow.get(name):
+            c["status"] = f"rejected: slower than fp32 ({c['speedup']:.2f}x) in every interleaved round"
+        elif auto and c["speedup"] <= 1.0:           # auto keeps the fastest: fp32 unless beaten
+            c["status"] = f"rejected: not faster than fp32 ({c['speedup']:.2f}x its speed)"
+        else:
+            ok.append(c)
+    if ok:
+        best = max(ok, key=lambda c: c["speedup"])
+        for c in ok:
+            c["status"] = "chosen" if c is best else f"not chosen: slower than {best['precision']}"
+        cands[0]["status"] = f"not chosen: {best['precision']} is {best['speedup']:.2f}x faster within the bound"
+        if best["precision"] == "mixed":
+            notes["note"] = (f"mixed precision: {best['float_nodes']} layer(s) kept in float to stay within "
+                             f"max_accuracy_drop {bound:g}")
+        return models[best["precision"]], best["precision"], notes
+    cands[0]["status"] = "chosen: no quantized candidate meets the bound and is faster"
+    tried = [c for c in cands[1:]]
+    best = min(tried, key=lambda c: (c["accuracy_drop"] if c["accuracy_drop"] is not None else 0.0))
+    why = "; ".join(_label(c) + ": " + c["status"].removeprefix("rejected: ") for c in tried)
+    notes["reason"] = (f"no quantized candidate is within the bound and faster than fp32 ({why}); "
+                       f"best configuration found: {best['precision']}"
+                       + (f" with {best['float_nodes']} layer(s) in float ({best['excluded']})" if best["float_nodes"] else "")
+                       + (f", accuracy drop {best['accuracy_drop']:.3g}" if best["accuracy_drop"] is not None else "")
+                       + f", {best['speedup']:.2f}x fp32 speed")
+    return models["fp32"], "fp32", notes
+
+
+def _label(c: dict) -> str:
+    return c["precision"] + (f" ({c['float_nodes']} layers in float)" if c["float_nodes"] else "")
+
+
+def _search(plan, qpass, rec, fp_bytes, qmodel, bound, feeds, ctx, progress) -> dict:
+    import onnx
+    import onnx_ir as ir
+
+    from edgecompile import precision_search as ps
+
+    q_bytes = ir.to_proto(qmodel).SerializeToString()
+    groups = ps.layer_groups(onnx.load_from_string(fp_bytes))
+    data = plan.evaluation if plan.evaluation is not None else plan.calibration
+    ranked = ps.sensitivity(fp_bytes, q_bytes, groups, data)
+
+    def metric_drop(m):
+        return _metric_drop(plan, rec.metric_before, ctx.evaluator(m))[0]
+
+    def probe(a, b):
+        lat = _pair_latency(plan, a, b, feeds, rounds=4, seconds=0.4)
+        return lat["fp32_ms"], lat["int8_ms"]
+
+    res = ps.fallback(qpass, q_bytes, {g.node: g for g in groups}, ranked, metric_drop, bound, probe, progress)
+    step_of, prev = {}, 0
+    for st in res["steps"]:                 # the step that moved each layer to float
+        for n in [r["node"] for r in ranked[prev:st["float_layers"]]]:
+            step_of[n] = st
+        prev = st["float_layers"]
+    by_node = {r["node"]: r for r in ranked}
+    float_nodes = [{"node": n, "op_type": by_node[n]["op_type"], "sensitivity": round(by_node[n]["added_error"], 5),
+                    "group": ", ".join(by_node[n]["group"]), "step": step_of[n]["step"],
+                    "drop_after_step": round(step_of[n]["metric_drop"], 4),
+                    "step_latency_cost_ms": round(step_of[n]["latency_cost_ms"], 4)} for n in res["kept"]]
+    report = {"bound": bound, "method": "added relative L2 error per layer group (fp32 vs int8 intermediates, "
+                                        f"{ps.SENSITIVITY_SAMPLES} samples), greedy float fallback re-measuring "
+                                        "the task metric",
+              "found": res["found"], "sensitivity": [{k: (round(v, 6) if isinstance(v, float) else v)
+                                                      for k, v in r.items() if k != "group"} for r in ranked[:25]],
+              "steps": [{k: (round(v, 5) if isinstance(v, float) else v) for k, v in s.items()} for s in res["steps"]]}
+    out = {"report": report, "float_nodes": float_nodes, "kept": res["kept"], "drop": res["drop"],
+           "model": res["model"] if res["kept"] else None}
+    return out
 
 
 def measurably_slower(lat: dict) -> bool:
@@ -157,12 +274,11 @@ def _metric_drop(plan, before, after):
     return 100.0 * loss, "pt", m.name
 
 
-def summarize(plan, fp32_model, int8_model, record) -> dict:
+def summarize(plan, fp32_model, int8_model, record, feeds=None) -> dict:
     """Size ratio, batch-1 latency ratio (ORT, interleaved), output cosine, calibration used."""
     import onnx_ir as ir
     import numpy as np
 
-    from edgecompile.bench import interleaved, synthetic_feeds
     from edgecompile.metrics import raw_similarity
     from edgecompile.targets.ort import create_session
 
@@ -194,18 +310,54 @@ def summarize(plan, fp32_model, int8_model, record) -> dict:
         sim = raw_similarity(a, b)
         out["output_cosine"] = sim["cosine"]
         out["output_snr_db"] = sim["snr_db"]
-        feeds = {k: v[:1] for k, v in next(ds.batches(1)).items()}
-    else:
-        from edgecompile.data import TensorSpec
-
-        specs = [TensorSpec(v.name, tuple(v.shape or ()), v.dtype.numpy().name) for v in fp32_model.graph.inputs]
-        feeds = synthetic_feeds(specs, 1)
-    lat = interleaved({"fp32": lambda: s32.run(None, feeds), "int8": lambda: s8.run(None, feeds)},
-                      rounds=8, seconds=1.5)
-    paired = [a / b for a, b in zip(lat["fp32"]["samples_ms"], lat["int8"]["samples_ms"])]
-    out["latency"] = {"fp32_ms": lat["fp32"]["ms"], "int8_ms": lat["int8"]["ms"],
-                      "speedup": lat["fp32"]["ms"] / lat["int8"]["ms"], "batch": 1,
-                      "slower_rounds": sum(1 for r in paired if r < 1.0),
-                      "threads": threads or "ort default", "measured_with": "onnxruntime CPU, interleaved",
-                      "rounds": lat["fp32"]["rounds"]}
+    out["latency"] = _pair_latency(plan, fp_bytes, q_bytes, feeds if feeds is not None else _latency_feeds(plan, fp32_model))
     return out
+
+
+def _latency_feeds(plan, fp32_model) -> dict:
+    """One batch-1 feed, the same for every candidate."""
+    from edgecompile.bench import synthetic_feeds
+
+    data = plan.evaluation if plan.evaluation is not None else plan.calibration
+    if data is not None:
+        return {k: v[:1] for k, v in next(data.take(1).batches(1)).items()}
+    from edgecompile.data import TensorSpec
+
+    specs = [TensorSpec(v.name, tuple(v.shape or ()), v.dtype.numpy().name) for v in fp32_model.graph.inputs]
+    return synthetic_feeds(specs, 1)
+
+
+def _pair_latency(plan, fp_bytes: bytes, q_bytes: bytes, feeds, rounds: int = 8, seconds: float = 1.5) -> dict:
+    """Batch-1 latency of the FP32 graph and a quantized one through ORT, interleaved, same feeds."""
+    from edgecompile.bench import interleaved
+    from edgecompile.targets.ort import create_session
+
+    threads = plan.config.build.threads
+    s32 = create_session(fp_bytes, threads=threads)
+    s8 = create_session(q_bytes, threads=threads)
+    lat = interleaved({"fp32": lambda: s32.run(None, feeds), "int8": lambda: s8.run(None, feeds)},
+                      rounds=rounds, seconds=seconds)
+    paired = [a / b for a, b in zip(lat["fp32"]["samples_ms"], lat["int8"]["samples_ms"])]
+    return {"fp32_ms": lat["fp32"]["ms"], "int8_ms": lat["int8"]["ms"],
+            "fp32_p99_ms": lat["fp32"]["p99_ms"], "int8_p99_ms": lat["int8"]["p99_ms"],
+            "speedup": lat["fp32"]["ms"] / lat["int8"]["ms"], "batch": 1,
+            "slower_rounds": sum(1 for r in paired if r < 1.0),
+            "threads": threads or "ort default", "measured_with": "onnxruntime CPU, interleaved",
+            "rounds": lat["fp32"]["rounds"]}
+
+
+def _cosine(plan, fp_bytes: bytes, q_bytes: bytes) -> float | None:
+    import numpy as np
+
+    from edgecompile.metrics import raw_similarity
+    from edgecompile.targets.ort import create_session
+
+    data = plan.evaluation if plan.evaluation is not None else plan.calibration
+    if data is None:
+        return None
+    ds = data.take(128)
+    outs = []
+    for b in (q_bytes, fp_bytes):
+        s = create_session(b, threads=plan.config.build.threads)
+        outs.append(np.concatenate([s.run(None, f)[0] for f in ds.batches(64)]))
+    return raw_similarity(outs[0], outs[1])["cosine"]

@@ -296,7 +296,7 @@ def _md_quantization(rows, report):
 
 
 _MD = {"summary": _md_summary, "quantization": _md_quantization, "fp16": _md_quantization, "warnings": _md_warnings, "accuracy": _md_accuracy, "latency": _md_latency,
-       "size": _md_size, "per_layer": _md_rows, "float_nodes": _md_rows, "candidates": _md_rows,
+       "size": _md_size, "per_layer": _md_rows, "float_nodes": _md_rows, "candidates": _md_rows, "sensitivity": _md_rows,
        "passes": _md_passes, "pruning": _md_rows, "distillation": _md_rows, "precision_notes": _md_kv, "export": _md_export, "artifacts": _md_artifacts,
        "environment": _md_environment}
 

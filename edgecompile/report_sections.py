@@ -295,6 +295,11 @@ def sections(report: dict, bundle_dir: str | Path | None = None) -> list[Section
         "not applicable: fp32 bundle, every node is float" if fp32 else "none: every quantizable node was quantized"),
         fl))
 
+    search = (report.get("precision_notes") or {}).get("precision_search") or {}
+    sens = search.get("sensitivity")
+    out.append(Section("sensitivity", "Layer sensitivity (precision search)", OK if sens else
+                       "not applicable: no accuracy-aware precision search ran", sens))
+
     cands = candidates(report)
     out.append(Section("candidates", "Candidates tried", OK if cands else
                        "not applicable: a single configuration was built (no precision/backend search)", cands))
@@ -307,7 +312,7 @@ def sections(report: dict, bundle_dir: str | Path | None = None) -> list[Section
     notes = report.get("precision_notes") or {}
     if notes:
         out.append(Section("precision_notes", "Precision decision", OK,
-                           {k: v for k, v in notes.items() if k not in ("candidates", "float_nodes", "excluded_nodes")}))
+                           {k: v for k, v in notes.items() if k not in ("candidates", "float_nodes", "excluded_nodes", "precision_search")}))
     out.append(Section("export", "Export parity (ONNX vs torch)", OK if report.get("export") else
                        "not applicable: the source was an ONNX model", report.get("export")))
     out.append(Section("artifacts", "Artifacts", OK, report.get("artifacts") or {}))

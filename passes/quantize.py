@@ -98,10 +98,12 @@ class Quantize:
 
     name = "quantize"
 
-    def __init__(self, section=None):
+    def __init__(self, section=None, exclude=()):
         from edgecompile.config import QuantizeSection
 
         self.section = section or QuantizeSection()
+        self.exclude = tuple(exclude)        # node names kept in float (the precision search's fallback)
+        self._calibrated = None              # (proto, preset, ranges, notes) of the last static run
         if self.section.mode not in ("static", "dynamic"):
             raise ConfigError(f"the quantize pass runs static or dynamic PTQ, not {self.section.mode!r}",
                               hint="mode 'qat' is handled by the QAT module pass")
@@ -114,6 +116,8 @@ class Quantize:
     def options(self) -> dict:
         s = self.section
         opts = {"mode": s.mode, "per_channel": s.per_channel}
+        if self.exclude:
+            opts["exclude"] = list(self.exclude)
         if s.mode == "static":
             opts.update(calibrate=s.calibrate, calib_samples=s.calib_samples)
             if s.calibrate == "percentile":
@@ -160,9 +164,6 @@ class Quantize:
                              "use --quantize dynamic, or pass calibration_data= in the Python API")
 
     def _static(self, proto, preset: QuantPreset, ctx: PassContext):
-        from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
-        from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
-        from onnxruntime.quantization.quant_utils import update_opset_version
         from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
         from edgecompile.calibration import collect_stats, compute_ranges, tensors_to_calibrate
@@ -177,26 +178,53 @@ class Quantize:
         ranges = compute_ranges(stats, method, percentile=self.section.percentile,
                                 unsigned_activations=preset.activations == "uint8",
                                 symmetric=preset.symmetric_activations)
-        enum = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                "percentile": CalibrationMethod.Percentile}[method]
-        tensors = TensorsData(enum, {k: TensorData(lowest=np.array(lo, np.float32), highest=np.array(hi, np.float32))
-                                     for k, (lo, hi) in ranges.items()})
-        act, wt = _qtype(preset.activations), _qtype(preset.weights)
-        model = update_opset_version(proto, wt, act)
-        quantizer = QDQQuantizer(model, preset.per_channel, False, wt, act, tensors, [], [], op_types,
-                                 {"ActivationSymmetric": preset.symmetric_activations,
-                                  "WeightSymmetric": preset.symmetric_weights})
-        out = quantizer.quantize_model()
         clipped = sum(1 for k, (lo, hi) in ranges.items()
                       if (lo, hi) != (min(stats[k].lo, 0.0), max(stats[k].hi, 0.0)))
         notes = {"calibrate": method, "calib_samples": n, "calib_data": identity,
-                 "tensors_calibrated": len(ranges), "ranges_clipped": clipped,
-                 "quantized_ops": _quantized_ops(out), **_preset_notes(preset)}
+                 "tensors_calibrated": len(ranges), "ranges_clipped": clipped, **_preset_notes(preset)}
         if method == "percentile":
             notes["percentile"] = self.section.percentile
         # kept for the report and for tests; plain floats
         self.last_ranges = {k: (float(lo), float(hi)) for k, (lo, hi) in ranges.items()}
-        return out, notes
+        self._calibrated = (proto, preset, ranges, notes)
+        out = self._qdq(proto, preset, ranges, self.exclude)
+        return out, {**notes, "quantized_ops": _quantized_ops(out), **self._exclude_notes()}
+
+    def _exclude_notes(self) -> dict:
+        return {"float_nodes": list(self.exclude)} if self.exclude else {}
+
+    def _qdq(self, proto, preset: QuantPreset, ranges, exclude):
+        """QDQ graph from calibrated ranges, leaving the `exclude`d nodes in float."""
+        from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+        from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+        from onnxruntime.quantization.quant_utils import update_opset_version
+        from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+        enum = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                "percentile": CalibrationMethod.Percentile}[self.section.calibrate]
+        tensors = TensorsData(enum, {k: TensorData(lowest=np.array(lo, np.float32), highest=np.array(hi, np.float32))
+                                     for k, (lo, hi) in ranges.items()})
+        act, wt = _qtype(preset.activations), _qtype(preset.weights)
+        model = update_opset_version(proto, wt, act)
+        op_types = sorted(set(QDQRegistry) | set(QLinearOpsRegistry))
+        with _quiet_ort_logging():
+            quantizer = QDQQuantizer(model, preset.per_channel, False, wt, act, tensors, [], list(exclude), op_types,
+                                     {"ActivationSymmetric": preset.symmetric_activations,
+                                      "WeightSymmetric": preset.symmetric_weights})
+            return quantizer.quantize_model()
+
+    def requantize(self, exclude) -> PassResult:
+        """The last static run's calibration, re-applied with other nodes kept in float: a fallback
+        search step costs one QDQ insertion, not a recalibration."""
+        import onnx_ir as ir
+
+        if self._calibrated is None:
+            raise RuntimeError("requantize() needs a prior static run of this pass")
+        proto, preset, ranges, notes = self._calibrated
+        self.exclude = tuple(exclude)
+        out = self._qdq(proto, preset, ranges, self.exclude)
+        return PassResult(ir.from_proto(out), True, {"mode": "static", **notes, "quantized_ops": _quantized_ops(out),
+                                                     **self._exclude_notes()})
 
     # -- dynamic ------------------------------------------------------------------------------
     def _dynamic(self, proto, preset: QuantPreset):

@@ -31,7 +31,7 @@ XML_FILE = "model.xml"
 BIN_FILE = "model.bin"
 
 # precision -> INFERENCE_PRECISION_HINT for the non-quantized part of the graph
-HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32", "mixed": "f32"}   # int8/mixed: the QDQ graph, f32 elsewhere
 
 
 def _ov():

@@ -103,10 +103,13 @@ def test_accuracy_bound_falls_back_to_fp32_unless_forced(mlp_onnx, tmp_path):
     cfg = Config().with_overrides({"passes.quantize.max_accuracy_drop": 0.0})
     bundle = edgecompile.build(model, "cpu", backend="ort", output=tmp_path / "fb", precision="int8", data=data, config=cfg)
     rep = json.loads((bundle.path / "report.json").read_text())
-    assert rep["precision"] == "fp32" and rep["requested_precision"] == "int8"
-    assert "max_accuracy_drop" in rep["precision_notes"]["reason"]
+    assert rep["requested_precision"] == "int8" and rep["precision"] in ("fp32", "mixed")   # never full int8
     assert rep["quantization"]["metric_drop"] > 0
-    assert any("not met" in w for w in rep["warnings"])
+    if rep["precision"] == "fp32":
+        assert "max_accuracy_drop" in rep["precision_notes"]["reason"]
+        assert any("not met" in w for w in rep["warnings"])
+    else:                               # the precision search kept layers in float and they were not slower
+        assert json.loads((bundle.path / "manifest.json").read_text())["float_nodes"]
     forced = edgecompile.build(model, "cpu", backend="ort", output=tmp_path / "forced", precision="int8", data=data, config=cfg,
                                force=True)
     assert json.loads((forced.path / "report.json").read_text())["precision"] == "int8"
