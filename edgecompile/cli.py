@@ -79,6 +79,27 @@ def _emit_json(data) -> None:
     click.echo(json.dumps(data, indent=2, default=_json_default))
 
 
+def _load_config(config_path):
+    """--config FILE, else ./edgecompile.toml, else the defaults."""
+    from edgecompile.config import Config, find_default_config
+
+    path = Path(config_path) if config_path else find_default_config()
+    return Config.from_file(path) if path else Config()
+
+
+def _show_built(obj: Ctx, bundle, json_mode: bool) -> dict:
+    """Print a freshly built bundle's report: report.json with --json, else the summary table."""
+    from edgecompile.report import load_report, render_table
+
+    rep = load_report(bundle.path)
+    if json_mode:
+        _emit_json(rep)
+    elif not obj.quiet:
+        click.echo(f"\nbundle written to {bundle.path}\n")
+        click.echo(render_table(rep))
+    return rep
+
+
 @cli.command()
 @click.argument("model", required=False)
 @click.option("-t", "--target", help="Device profile (see `edgecompile targets`). Default: cpu.")
@@ -124,12 +145,9 @@ def build(obj: Ctx, model, target, backend, precision, output, data, config_path
 
     Flags override the config file (--config FILE, else ./edgecompile.toml), which overrides defaults.
     An identical rebuild is served from the content-addressed build cache (see `edgecompile cache`)."""
-    from edgecompile.config import Config, find_default_config
     from edgecompile.pipeline import build as run_build
-    from edgecompile.report import load_report, render_table
 
-    path = Path(config_path) if config_path else find_default_config()
-    cfg = Config.from_file(path) if path else Config()
+    cfg = _load_config(config_path)
     cfg = cfg.with_overrides({"passes.quantize.mode": quantize, "passes.quantize.calibrate": calibrate,
                               "passes.quantize.calib_samples": calib_samples,
                               "passes.quantize.qat_epochs": qat_epochs,
@@ -139,13 +157,7 @@ def build(obj: Ctx, model, target, backend, precision, output, data, config_path
                        config=cfg, strict=strict, force=force, threads=threads, progress=progress,
                        cache=not no_cache, prune=prune, finetune_epochs=finetune_epochs, distill=distill,
                        tune_trials=tune_trials, tune_timeout=tune_timeout)
-    rep = load_report(bundle.path)
-    if json_mode:
-        _emit_json(rep)
-        return
-    if not obj.quiet:
-        click.echo(f"\nbundle written to {bundle.path}\n")
-        click.echo(render_table(rep))
+    _show_built(obj, bundle, json_mode)
 
 
 @cli.command()
@@ -169,25 +181,17 @@ def build(obj: Ctx, model, target, backend, precision, output, data, config_path
 def distill(obj: Ctx, teacher, student, target, backend, precision, output, config_path, epochs, temperature, alpha,
             features, compare, json_mode):
     """Train STUDENT against TEACHER (knowledge distillation), then build the student's bundle."""
-    from edgecompile.config import Config, find_default_config
     from edgecompile.pipeline import build as run_build
-    from edgecompile.report import load_report, render_table
 
-    path = Path(config_path) if config_path else find_default_config()
-    cfg = Config.from_file(path) if path else Config()
+    cfg = _load_config(config_path)
     cfg = cfg.with_overrides({"passes.distill.teacher": teacher, "passes.distill.epochs": epochs,
                               "passes.distill.temperature": temperature, "passes.distill.alpha": alpha,
                               "passes.distill.features": list(features) or None, "passes.distill.compare": compare})
     progress = obj.progress(json_mode)
     bundle = run_build(student, target, output=output, backend=backend, precision=precision, config=cfg,
                        progress=progress)
-    rep = load_report(bundle.path)
-    if json_mode:
-        _emit_json(rep)
-        return
-    if not obj.quiet:
-        click.echo(f"\nbundle written to {bundle.path}\n")
-        click.echo(render_table(rep))
+    rep = _show_built(obj, bundle, json_mode)
+    if not json_mode and not obj.quiet:
         for r in (rep.get("distillation") or {}).get("steps", []):
             if r.get("metric") is not None:
                 click.echo(f"  {r['stage']:<48} {r['metric_name']} {r['metric']:.4f}  params {r['params']}")

@@ -96,6 +96,17 @@ def pass_options(p) -> dict:
     return dict(opts) if isinstance(opts, dict) else {}
 
 
+def _invoke(p, subject, ctx: PassContext, what: str):
+    """Run one pass; an unexpected exception becomes a PassError naming the pass."""
+    try:
+        return p(subject, ctx)
+    except EdgeCompileError:
+        raise
+    except Exception as exc:
+        raise PassError(f"{what} {p.name!r} failed: {exc.__class__.__name__}: {exc}",
+                        hint="rerun with --debug for the traceback, or disable the pass") from exc
+
+
 class PassManager:
     """Runs graph passes in order with instruments; a failing pass becomes a PassError naming it."""
 
@@ -110,13 +121,7 @@ class PassManager:
         nodes, size = graph_stats(model)
         for p in self.passes:
             t0 = time.perf_counter()
-            try:
-                result = p(model, ctx)
-            except EdgeCompileError:
-                raise
-            except Exception as exc:
-                raise PassError(f"pass {p.name!r} failed: {exc.__class__.__name__}: {exc}",
-                                hint="rerun with --debug for the traceback, or disable the pass") from exc
+            result = _invoke(p, model, ctx, "pass")
             seconds = time.perf_counter() - t0
             model = result.model
             n2, s2 = graph_stats(model) if result.modified else (nodes, size)
@@ -130,13 +135,7 @@ class PassManager:
 def run_module_passes(passes: Sequence[ModulePass], module, ctx: PassContext, records: list[PassRecord]):
     for p in passes:
         t0 = time.perf_counter()
-        try:
-            result = p(module, ctx)
-        except EdgeCompileError:
-            raise
-        except Exception as exc:
-            raise PassError(f"module pass {p.name!r} failed: {exc.__class__.__name__}: {exc}",
-                            hint="rerun with --debug for the traceback") from exc
+        result = _invoke(p, module, ctx, "module pass")
         module = result.module
         records.append(PassRecord(p.name, "module", time.perf_counter() - t0, result.modified,
                                   pass_options(p), notes=result.notes))
