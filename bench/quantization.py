@@ -149,7 +149,7 @@ def main() -> None:
     for name in [m for m in args.models.split(",") if m]:
         rows += compare_model(name, args.calibrate, args.threads, args.seconds, args.eval)
     print()
-    print(f"| model | graph | latency ms | speedup vs fp32 | size MB | size ratio | cosine vs fp32 | top-1 agreement |")
+    print("| model | graph | latency ms | speedup vs fp32 | size MB | size ratio | cosine vs fp32 | top-1 agreement |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['graph']} | {r['ms']:.2f} | {r['speedup']:.2f}x | {r['size_mb']:.2f} | "

@@ -45,10 +45,10 @@ def export(name: str):
     import onnx_ir as ir
 
     from edgecompile.export import export_torch
-    from edgecompile.source import resolve_source
+    from edgecompile.source import load_data, resolve_source
 
     src = resolve_source(f"models/{name}")
-    ds = src.dataset(src.default_evaluation) if isinstance(src.default_evaluation, str) else src.default_evaluation
+    ds = load_data(None, src, default=src.default_evaluation)
     model = export_torch(src.module(), src, ds)
     feeds = {k: v[:1] for k, v in next(ds.batches(1)).items()}
     return model, ir.to_proto(model).SerializeToString(), feeds

@@ -122,6 +122,8 @@ def _show_built(obj: Ctx, bundle, json_mode: bool) -> dict:
               help="TVM: MetaSchedule trials (the tuning database is cached and reused).")
 @click.option("--tune-timeout", type=click.FloatRange(min=0, min_open=True), metavar="MIN",
               help="TVM: stop tuning after MIN minutes.")
+@click.option("--remote", metavar="HOST:PORT", help="TVM: tune on a board behind this RPC tracker (loopback only).")
+@click.option("--key", "remote_key", metavar="KEY", help="TVM: the board's key on the --remote tracker, e.g. rpi5.")
 @click.option("--quantize", "quantize", type=click.Choice(["static", "dynamic", "qat"]),
               help="INT8 mode for --precision int8 ([passes.quantize] mode). Default: static.")
 @click.option("--calibrate", type=click.Choice(["minmax", "entropy", "percentile"]),
@@ -140,7 +142,7 @@ def _show_built(obj: Ctx, bundle, json_mode: bool) -> dict:
 @click.pass_obj
 def build(obj: Ctx, model, target, backend, precision, output, data, config_path, strict, force, threads,
           quantize, calibrate, calib_samples, qat_epochs, max_accuracy_drop, no_cache, prune, finetune_epochs,
-          distill, tune_trials, tune_timeout, json_mode):
+          distill, tune_trials, tune_timeout, remote, remote_key, json_mode):
     """Build a bundle for MODEL (a models/<name> package, a built-in name, or a .onnx file).
 
     Flags override the config file (--config FILE, else ./edgecompile.toml), which overrides defaults.
@@ -151,7 +153,8 @@ def build(obj: Ctx, model, target, backend, precision, output, data, config_path
     cfg = cfg.with_overrides({"passes.quantize.mode": quantize, "passes.quantize.calibrate": calibrate,
                               "passes.quantize.calib_samples": calib_samples,
                               "passes.quantize.qat_epochs": qat_epochs,
-                              "passes.quantize.max_accuracy_drop": max_accuracy_drop})
+                              "passes.quantize.max_accuracy_drop": max_accuracy_drop,
+                              "tvm.remote": remote, "tvm.remote_key": remote_key})
     progress = obj.progress(json_mode)
     bundle = run_build(model, target, output=output, backend=backend, precision=precision, data=data,
                        config=cfg, strict=strict, force=force, threads=threads, progress=progress,

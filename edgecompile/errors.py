@@ -54,3 +54,16 @@ class BundleError(EdgeCompileError):
 class GateError(EdgeCompileError):
     """A gate failed: accuracy or latency bound in `check`, or a precision not met under --strict."""
     exit_code = 3
+
+
+class RemoteError(EdgeCompileError):
+    """The RPC tracker or a board behind it cannot be reached, refuses the request, or fails a run."""
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first meaningful line of a third-party exception's text (no traceback lines), for one-line errors."""
+    for line in str(exc).strip().splitlines():
+        line = line.strip()
+        if line and not line.startswith(("Traceback", "File ")):
+            return line[:limit]
+    return exc.__class__.__name__

@@ -19,7 +19,7 @@ from edgecompile.buildcache import StageCache, code_fingerprint
 from edgecompile.cache import cache_dir, content_key
 from edgecompile.config import Config
 from edgecompile.data import Dataset, TensorSpec
-from edgecompile.errors import ConfigError, DataError, GateError, TargetUnavailableError
+from edgecompile.errors import ConfigError, GateError, TargetUnavailableError
 from edgecompile.machine import machine_info, toolchain_versions
 from edgecompile.passkit import PassContext, PassManager, PassRecord, run_module_passes
 from edgecompile.progress import Progress
@@ -499,7 +499,6 @@ def measure(plan: Plan, bundle: Bundle, reference: np.ndarray | None, progress: 
 
 
 def _manifest(plan: Plan, model, precision: str, records, artifacts, parity) -> dict:
-    import onnx_ir as ir
 
     from edgecompile import __version__
 

@@ -123,6 +123,18 @@ def per_sample_results(out: np.ndarray, ds: Dataset, metric_name: str, classifie
     return "top1_agreement", (mine == preds).astype(np.float64)
 
 
+def task_accuracy(runner, bundle: Bundle, data: str | Path | None = None) -> dict:
+    """The task metric of `runner` (local or on a board) on the bundle's evaluation data, or `data`."""
+    from edgecompile.metrics import METRICS
+
+    ds = bundle_dataset(bundle, data)
+    out = outputs_of(runner, ds)
+    name, scores = per_sample_results(out, ds, bundle.manifest.get("metric", "top1"), _classifier(bundle.manifest))
+    return {"metric": name, "value": float(scores.mean()), "n": int(len(scores)),
+            "higher_is_better": METRICS[name].higher_is_better, "data": ds.identity,
+            "predictions_sha256": fingerprints(out, _classifier(bundle.manifest)).get("argmax_sha256")}
+
+
 def _latency(runner, feeds, min_seconds: float = 0.5) -> dict:
     from edgecompile.bench import latency
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecompile.data import TensorSpec
-from edgecompile.errors import BundleError, CompileError, TargetUnavailableError
+from edgecompile.errors import BundleError, CompileError, TargetUnavailableError, first_line
 from edgecompile.runtime import Runner
 from edgecompile.target import Artifacts, Availability, BuildContext
 
@@ -178,7 +178,7 @@ class OpenVinoTarget:
             try:
                 ov_model = core().read_model(str(onnx_path))
             except Exception as exc:
-                raise CompileError(f"OpenVINO cannot read the model: {_first_line(exc)}",
+                raise CompileError(f"OpenVINO cannot read the model: {first_line(exc)}",
                                    hint="an op or opset this OpenVINO cannot convert; try --backend ort") from None
         xml = ctx.writer.path(XML_FILE)
         ov.save_model(ov_model, str(xml), compress_to_fp16=False)
@@ -186,7 +186,7 @@ class OpenVinoTarget:
         try:   # must compile on the device with the settings the runtime will use
             compiled = core().compile_model(core().read_model(str(xml)), device, config)
         except Exception as exc:
-            raise CompileError(f"OpenVINO cannot compile the model for {device}: {_first_line(exc)}",
+            raise CompileError(f"OpenVINO cannot compile the model for {device}: {first_line(exc)}",
                                hint="try --backend ort, or another [openvino] device") from None
         applied = compiled_properties(compiled)
         del compiled
@@ -217,9 +217,3 @@ class OpenVinoTarget:
         inputs = [TensorSpec.from_dict(d) for d in bundle.manifest["inputs"]]
         outputs = [TensorSpec.from_dict(d) for d in bundle.manifest["outputs"]]
         return OpenVinoRunner(compiled, inputs, outputs, bundle=bundle, validate=validate)
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else exc.__class__.__name__
-

@@ -70,7 +70,7 @@ class OrtTarget:
         try:
             ort = _ort()
         except ImportError as exc:
-            return Availability(False, f"onnxruntime is not installed ({exc})", hint="pip install onnxruntime")
+            return Availability(False, f"onnxruntime is not installed ({exc})", hint="pip install 'edgecompile[runtime]' (ONNX Runtime)")
         return Availability(True, f"onnxruntime {ort.__version__}")
 
     def compile(self, model, ctx: BuildContext) -> Artifacts:
@@ -95,11 +95,6 @@ class OrtTarget:
         inputs = [TensorSpec.from_dict(d) for d in bundle.manifest["inputs"]]
         outputs = [TensorSpec.from_dict(d) for d in bundle.manifest["outputs"]]
         return OrtRunner(session, inputs, outputs, bundle=bundle, validate=validate)
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else exc.__class__.__name__
 
 
 def explain_load_error(exc: Exception) -> str:

@@ -23,12 +23,11 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from edgecompile.data import TensorSpec
-from edgecompile.errors import CompileError, TargetUnavailableError
+from edgecompile.errors import CompileError, TargetUnavailableError, first_line
 from edgecompile.runtime import Runner
 from edgecompile.target import Artifacts, Availability, BuildContext
 
@@ -234,7 +233,7 @@ def to_relax(model):
         mod = from_onnx(proto, shape_dict=shapes, opset=opset, keep_params_in_input=False)
         mod = relax.transform.DecomposeOpsForInference()(mod)
     except Exception as exc:   # a converter rejected a node's attributes / shapes
-        raise CompileError(f"TVM's ONNX frontend failed: {_first_line(exc)}",
+        raise CompileError(f"TVM's ONNX frontend failed: {first_line(exc)}",
                            hint="build with --backend ort (target cpu) for this model") from None
     return mod, proto.SerializeToString(deterministic=True)
 
@@ -246,13 +245,14 @@ def graph_hash(onnx_bytes: bytes) -> str:
 # -- compile ------------------------------------------------------------------------------------------
 
 def compile_library(model, profile, out_path: Path, *, tune_trials: int = 0, tune_timeout: float | None = None,
-                    progress=None, cache: bool = True) -> dict:
+                    progress=None, cache: bool = True, remote: dict | None = None) -> dict:
     """Compile an ONNX model (onnx_ir.Model) for `profile` into the shared library `out_path`.
 
     Writes `out_path` and `out_path.with_suffix('.json')` (the metadata below, read by load_library).
     Tuning: with `cache=True` the MetaSchedule database for (graph hash, target) in the cache dir is
     reused; `tune_trials` more than it holds are run (a warm database is not re-tuned), bounded by
     `tune_timeout` minutes. `cache=False` tunes in a throwaway directory (or not at all).
+    `remote` = {"tracker": "HOST:PORT", "key": KEY} measures the kernels on that board (RPC tracker).
     Returns JSON-serialisable metadata: target, cross_compiler, compiled_batch, tuning, files, timings.
     """
     from edgecompile.targets import tvm_tune
@@ -270,12 +270,12 @@ def compile_library(model, profile, out_path: Path, *, tune_trials: int = 0, tun
     key = tvm_tune.database_key(graph_hash(onnx_bytes), tgt_dict, tvm.__version__)
     with tvm_tune.open_database(key, cache=cache) as db:
         tuning = db.tune(mod, target, tune_trials, tune_timeout, progress, runs_on_host=cc is None
-                         and profile.arch == _host_arch())
+                         and profile.arch == _host_arch(), remote=remote, cross_cc=cc)
         t1 = time.perf_counter()
         try:
             executable = ms.relax_integration.compile_relax(db.database, mod, target, None)
         except Exception as exc:
-            raise CompileError(f"TVM failed to compile the model for {profile.name}: {_first_line(exc)}",
+            raise CompileError(f"TVM failed to compile the model for {profile.name}: {first_line(exc)}",
                                hint="try --backend ort (target cpu), or report the model") from None
         t_compile = time.perf_counter() - t1
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -288,7 +288,7 @@ def compile_library(model, profile, out_path: Path, *, tune_trials: int = 0, tun
         else:
             executable.export_library(str(out_path))
     except Exception as exc:
-        raise CompileError(f"linking the TVM library failed: {_first_line(exc)}",
+        raise CompileError(f"linking the TVM library failed: {first_line(exc)}",
                            hint=f"check that {cc or 'the host C compiler (g++)'} works") from None
     t_link = time.perf_counter() - t2
     meta_path = out_path.with_suffix(".json")
@@ -314,7 +314,7 @@ def _make_target(tvm, tgt_dict: dict):
     try:
         return tvm.target.Target(dict(tgt_dict))
     except Exception as exc:
-        raise CompileError(f"invalid TVM target {tgt_dict}: {_first_line(exc)}",
+        raise CompileError(f"invalid TVM target {tgt_dict}: {first_line(exc)}",
                            hint="fix tvm_target in targets/profiles.py") from None
 
 
@@ -394,14 +394,15 @@ class TvmTarget:
         try:
             ver = version("apache-tvm")
         except PackageNotFoundError:
-            return Availability(False, "apache-tvm is not installed", hint="pip install 'edgecompile[tvm]'")
+            return Availability(False, "apache-tvm is not installed", hint="pip install 'edgecompile[runtime-tvm]' to run bundles, 'edgecompile[tvm]' to build")
         return Availability(True, f"apache-tvm {ver}")
 
     def compile(self, model, ctx: BuildContext) -> Artifacts:
         tvm_cfg = ctx.config.tvm
+        remote = {"tracker": tvm_cfg.remote, "key": tvm_cfg.remote_key} if tvm_cfg.remote else None
         meta = compile_library(model, ctx.profile, ctx.writer.path(LIB_FILE), tune_trials=tvm_cfg.tune_trials,
                                tune_timeout=tvm_cfg.tune_timeout, progress=ctx.progress,
-                               cache=ctx.options.get("tvm_cache", True))
+                               cache=ctx.options.get("tvm_cache", True), remote=remote)
         files = {LIB_FILE: "library", Path(LIB_FILE).with_suffix(".json").name: "library_meta"}
         notes = {}
         if meta["tuning"].get("untuned_warning"):
@@ -417,11 +418,3 @@ class TvmTarget:
         outputs = [TensorSpec.from_dict(d) for d in bundle.manifest["outputs"]]
         return load_library(bundle.artifact("library"), inputs, outputs, threads=threads, bundle=bundle,
                             validate=validate)
-
-
-def _first_line(exc: BaseException) -> str:
-    for line in str(exc).strip().splitlines():
-        line = line.strip()
-        if line and not line.startswith(("Traceback", "File ", "  File")):
-            return line[:300]
-    return exc.__class__.__name__

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -24,13 +25,15 @@ import time
 from pathlib import Path
 
 from edgecompile.cache import content_key, subdir
-from edgecompile.errors import ConfigError
+from edgecompile.errors import ConfigError, first_line
 
 META_FILE = "edgecompile.json"
 MIN_CHUNK, MAX_CHUNK = 4, 32
 # MetaSchedule's builder/runner timeouts include starting their worker processes; on a loaded
 # 2-core machine that alone can take tens of seconds, so be generous (TVM's default is 30 s).
 BUILD_TIMEOUT_S, RUN_TIMEOUT_S = 120.0, 120.0
+# A board session: upload, load and time one candidate; an emulated board needs minutes.
+REMOTE_SESSION_TIMEOUT_S = 600
 
 
 def database_key(graph_sha256: str, target: dict, tvm_version: str) -> str:
@@ -70,8 +73,11 @@ class TuningDatabase:
         tmp.write_text(json.dumps(self.meta, indent=2, sort_keys=True))
         os.replace(tmp, self.path / META_FILE)
 
-    def tune(self, mod, target, trials: int, timeout_min: float | None, progress, *, runs_on_host: bool) -> dict:
+    def tune(self, mod, target, trials: int, timeout_min: float | None, progress, *, runs_on_host: bool,
+             remote: dict | None = None, cross_cc: str | None = None) -> dict:
         """Tune up to `trials` total trials for `mod` on `target` (only what the database lacks).
+        `remote` = {"tracker": "HOST:PORT", "key": KEY}: measure kernels on that board through TVM's RPC
+        tracker (libraries linked with `cross_cc`) instead of on this host.
         Returns the manifest's `tuning` record."""
         trials = int(trials or 0)
         if trials < 0:
@@ -81,14 +87,16 @@ class TuningDatabase:
         before = int(self.meta["trials"])
         todo = max(0, trials - before)
         session = {"trials_requested": trials, "trials_run": 0, "seconds": 0.0, "stopped": None}
-        if todo and not runs_on_host:
+        if todo and not runs_on_host and not remote:
             raise ConfigError(
                 f"--tune {trials} needs to measure kernels on the device, and this host cannot run "
                 f"{target.attrs.get('mtriple', 'this target')} code",
-                hint="build untuned (drop --tune), or tune on the device; a database for this graph and "
-                     "target found in the cache is applied automatically")
+                hint="tune through a board: --remote HOST:PORT --key KEY (see `edgecompile device`), or build "
+                     "untuned (drop --tune); a database for this graph and target in the cache is applied automatically")
         if todo:
-            session = self._tune(mod, target, todo, timeout_min, progress, session)
+            if remote:
+                session["measured_on"] = _board(remote)
+            session = self._tune(mod, target, todo, timeout_min, progress, session, remote, cross_cc)
             self.meta["sessions"].append({**session, "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
             if self.persistent:
                 self._save()
@@ -97,7 +105,7 @@ class TuningDatabase:
         total = int(self.meta["trials"])
         record = {
             "database_key": self.key,
-            "database_dir": str(self.path) if self.persistent else None,
+            "database": "cache" if self.persistent else "temporary",   # where: the key names it in the cache
             "trials_requested": trials,
             "trials_in_database": total,
             "trials_run_now": session["trials_run"],
@@ -105,15 +113,19 @@ class TuningDatabase:
             "tuning_seconds_total": round(float(self.meta["tuning_seconds"]), 2),
             "reused": session["trials_run"] == 0 and total > 0,
             "stopped": session["stopped"],
+            "measured_on": session.get("measured_on") or ([s.get("measured_on") for s in self.meta["sessions"]
+                                                           if s.get("measured_on")] or [None])[-1],
             "tasks": [{"name": name, **info} for name, info in sorted(self.meta["tasks"].items())],
         }
         if total == 0:
             record["untuned_warning"] = ("TVM code is untuned (typically ~100x slower than ONNX Runtime on CPU); "
-                                         "build with --tune TRIALS (e.g. 200) where the device can run kernels")
+                                         "build with --tune TRIALS (e.g. 200) where the device can run kernels, or through a board: "
+                                         "--tune TRIALS --remote HOST:PORT --key KEY")
         return record
 
     # -- the tuning loop ----------------------------------------------------------------------------
-    def _tune(self, mod, target, budget: int, timeout_min, progress, session: dict) -> dict:
+    def _tune(self, mod, target, budget: int, timeout_min, progress, session: dict, remote: dict | None = None,
+              cross_cc: str | None = None) -> dict:
         import tvm
         from tvm import relax
         from tvm.s_tir import meta_schedule as ms
@@ -133,11 +145,18 @@ class TuningDatabase:
         cores = max(1, min(os.cpu_count() or 1, int(target.attrs.get("num-cores", 0) or os.cpu_count() or 1)))
         done = 0
         hidden = _hide_torch_from_workers()
-        builder = ms.builder.LocalBuilder(max_workers=cores, timeout_sec=BUILD_TIMEOUT_S)
-        runner = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S)
+        if remote:
+            builder, runner = _remote_builder_runner(ms, remote, cross_cc, cores)
+        else:
+            builder = ms.builder.LocalBuilder(max_workers=cores, timeout_sec=BUILD_TIMEOUT_S)
+            runner = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S)
         if progress is not None:
+            where = ""
+            if remote:
+                board = session.get("measured_on") or {}
+                where = f", measured on board {remote['key']!r}" + (" (emulated)" if board.get("emulated") else "")
             progress.info(f"    tuning {len(tasks)} kernels, {budget} trials, database {self.key[:12]} "
-                          f"(chunks of {chunk})")
+                          f"(chunks of {chunk}){where}")
         try:
             while done < budget:
                 progressed = False
@@ -164,7 +183,7 @@ class TuningDatabase:
                                       max_trials_global=n, num_trials_per_iter=n, builder=builder,
                                       runner=runner, database=self.database)
                     except Exception as exc:   # MetaSchedule failed on this kernel: keep it untuned
-                        info["error"] = _first_line(exc)
+                        info["error"] = first_line(exc)
                     ran = len(self.database) - before
                     done += ran
                     info["trials"] += ran
@@ -199,6 +218,43 @@ class TuningDatabase:
             return None
         secs = [float(s) for s in top[0].run_secs]
         return 1e6 * sum(secs) / len(secs)
+
+
+def _board(remote: dict) -> dict:
+    """Check the board is on the tracker (one-line error if not) and return what it says about itself."""
+    from edgecompile.remote import board_info, request_board
+
+    info = board_info(request_board(remote["tracker"], remote["key"], wait=remote.get("wait", 30.0)))
+    return {"tracker": remote["tracker"], "key": remote["key"], "arch": info.get("arch"),
+            "emulated": bool(info.get("emulated", False))}
+
+
+def export_shared(cc: str | None, mod) -> str:
+    """MetaSchedule builder export (runs in its worker processes): a shared library the board can
+    load as is (TVM's default, a tar of object files, needs a compiler on the board)."""
+    from tvm.support import cc as tvm_cc
+
+    path = os.path.join(tempfile.mkdtemp(prefix="edgecompile-tune-"), "kernel.so")
+    if cc:
+        mod.export_library(path, fcompile=tvm_cc.cross_compiler(cc))
+    else:
+        mod.export_library(path)
+    return path
+
+
+def _remote_builder_runner(ms, remote: dict, cross_cc: str | None, cores: int):
+    from edgecompile.remote import parse_address
+
+    host, port = parse_address(remote["tracker"])
+    builder = ms.builder.LocalBuilder(max_workers=cores, timeout_sec=BUILD_TIMEOUT_S,
+                                      f_export=functools.partial(export_shared, cross_cc))
+    runner = ms.runner.RPCRunner(
+        rpc_config=ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=remote["key"],
+                                       session_priority=1, session_timeout_sec=REMOTE_SESSION_TIMEOUT_S),
+        evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=0,
+                                                   enable_cpu_cache_flush=False),
+        max_workers=1)
+    return builder, runner
 
 
 def _hide_torch_from_workers() -> contextlib.ExitStack:
@@ -245,11 +301,3 @@ def _flops(estimate, mod) -> int:
         return int(estimate(mod))
     except Exception:
         return 0
-
-
-def _first_line(exc: BaseException) -> str:
-    for line in str(exc).strip().splitlines():
-        line = line.strip()
-        if line and not line.startswith(("Traceback", "File ")):
-            return line[:200]
-    return exc.__class__.__name__

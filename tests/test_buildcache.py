@@ -1,7 +1,6 @@
 """The content-addressed build cache and reproducible bundles (issue #4, items 2, 4 and 5)."""
 import dataclasses
 import json
-import os
 import shutil
 
 import numpy as np

@@ -35,3 +35,34 @@ def test_runtime_load_and_run_import_no_torch(digits_bundle, tmp_path):
     mods = _modules_after(code, tmp_path)
     assert "onnxruntime" in mods
     assert not [m for m in mods if m.split(".")[0] in ("torch", "tvm", "openvino", "tensorrt", "sklearn")]
+
+
+def _pyproject() -> dict:
+    import tomllib
+    from pathlib import Path
+
+    return tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+
+
+def test_every_package_directory_is_in_the_wheel():
+    """A non-editable install (a device, the emulated board) gets only the listed packages."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    tool = _pyproject()["tool"]["setuptools"]
+    dirs = {pkg: root / path for pkg, path in tool["package-dir"].items()}
+    found = set()
+    for base in ("edgecompile", "edgecompile.passes", "edgecompile.targets", "edgecompile.models"):
+        for init in dirs[base].rglob("__init__.py"):
+            rel = init.parent.relative_to(dirs[base]).parts
+            if "__pycache__" not in rel:
+                found.add(".".join((base, *rel)))
+    assert found - set(tool["packages"]) == set()
+
+
+def test_slim_runtime_extras_pull_no_build_dependencies():
+    project = _pyproject()["project"]
+    slim = project["dependencies"] + project["optional-dependencies"]["runtime"] + \
+        project["optional-dependencies"]["runtime-tvm"]
+    names = {d.split(">")[0].split("=")[0].split("[")[0].split("<")[0].strip().lower() for d in slim}
+    assert names == {"numpy", "click", "onnxruntime", "apache-tvm", "apache-tvm-ffi", "psutil", "cloudpickle"}

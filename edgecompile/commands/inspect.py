@@ -21,8 +21,8 @@ def render(info: dict) -> str:
                   f"{m['precision']}" + ("" if m['precision'] == m['requested_precision']
                                          else f" (requested {m['requested_precision']})"),
                   f"  passes     {', '.join(m['passes']) or 'none'}",
-                  f"  artifacts  " + ", ".join(f"{k} ({v['role']}, {v['size']} B)" for k, v in m["artifacts"].items()),
-                  f"  verified   " + ("yes (every sha256 matches)" if m["verified"] else f"NO: {m['verify_error']}")]
+                  "  artifacts  " + ", ".join(f"{k} ({v['role']}, {v['size']} B)" for k, v in m["artifacts"].items()),
+                  "  verified   " + ("yes (every sha256 matches)" if m["verified"] else f"NO: {m['verify_error']}")]
         model = info["model"]
         if model is None:
             return "\n".join(lines)
@@ -30,7 +30,7 @@ def render(info: dict) -> str:
     else:
         model = info
         lines.append(f"model {info['path']}")
-    lines += [f"  opset      " + ", ".join(f"{d} {v}" for d, v in model["opset"].items())
+    lines += ["  opset      " + ", ".join(f"{d} {v}" for d, v in model["opset"].items())
               + f" (IR {model['ir_version']}, producer {model['producer'] or 'unknown'})"]
     lines += [f"  input      {_shape(t)}" for t in model["inputs"]]
     lines += [f"  output     {_shape(t)}" for t in model["outputs"]]

@@ -9,6 +9,39 @@ import click
 
 from edgecompile.commands import emit_json, json_option
 
+remote_options = [
+    click.option("--remote", metavar="HOST:PORT",
+                 help="Run on a board behind this TVM RPC tracker (loopback only; TVM bundles)."),
+    click.option("--key", metavar="KEY", help="The board's key on the tracker (with --remote), e.g. rpi5."),
+    click.option("--wait", type=click.FloatRange(min=0), default=30.0, show_default=True,
+                 help="Seconds to wait for a board with KEY to register (with --remote)."),
+]
+
+
+def with_remote_options(fn):
+    for opt in reversed(remote_options):
+        fn = opt(fn)
+    return fn
+
+
+def open_runner(bundle_dir, threads, remote, key, wait):
+    """The bundle's Runner: local (edgecompile.runtime.load) or on a board behind a tracker."""
+    from edgecompile.errors import ConfigError
+
+    if bool(remote) != bool(key):
+        raise ConfigError("--remote and --key go together",
+                          hint="e.g. --remote 127.0.0.1:9190 --key rpi5 (see `edgecompile device list`)")
+    if remote:
+        if threads:
+            raise ConfigError("--threads cannot be set on a board", hint="the board's server uses its own thread pool")
+        from edgecompile.remote import load as remote_load
+
+        return remote_load(bundle_dir, remote, key, wait=wait)
+    from edgecompile.runtime import load
+
+    return load(bundle_dir, threads=threads)
+
+
 # Outputs up to this many elements are included as values in `run --json`; larger ones need -o.
 JSON_VALUES_LIMIT = 1_000_000
 
@@ -49,17 +82,17 @@ def read_feeds(path: str | Path, inputs) -> tuple[dict, "object | None"]:
               help=".npy (single-input models) or .npz with arrays named after the inputs (+ optional labels).")
 @click.option("-o", "--output", type=click.Path(), help="Write the outputs to this .npz (named after the outputs).")
 @click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads.")
+@with_remote_options
 @json_option
-def run(bundle_dir, input_path, output, threads, json_mode):
+def run(bundle_dir, input_path, output, threads, remote, key, wait, json_mode):
     """Run the bundle in BUNDLE_DIR on the arrays in --input.
 
     Inputs are checked (names, dtypes, shapes) and refused with exit 2 when wrong; NaN/inf inputs
     are run with a warning."""
     import numpy as np
 
-    from edgecompile.runtime import load
-
-    with load(bundle_dir, threads=threads) as runner:
+    with open_runner(bundle_dir, threads, remote, key, wait) as runner:
+        board = getattr(runner, "board", None)
         feeds, labels = read_feeds(input_path, runner.inputs)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", RuntimeWarning)
@@ -80,6 +113,8 @@ def run(bundle_dir, input_path, output, threads, json_mode):
     result = {"bundle": str(bundle_dir), "bundle_id": manifest.get("bundle_id"),
               "inputs": {k: {"shape": list(v.shape), "dtype": v.dtype.name} for k, v in feeds.items()},
               "outputs": {}, "output_file": output, "warnings": notes}
+    if board:
+        result["board"] = board
     first = next(iter(outputs.values()))
     if first.ndim == 2 and first.shape[1] > 1 and manifest.get("metric") in ("top1", "top1_agreement"):
         top1 = first.argmax(1)
@@ -95,6 +130,9 @@ def run(bundle_dir, input_path, output, threads, json_mode):
     if json_mode:
         emit_json(result)
         return
+    if board:
+        click.echo(f"ran on board {board['key']!r} via {board['tracker']}"
+                   + (" (emulated)" if board.get("emulated") else "") + f", {board.get('arch', '?')}")
     for name, e in result["outputs"].items():
         click.echo(f"{name}: shape {e['shape']} {e['dtype']}")
     if "top1" in result:
@@ -114,13 +152,24 @@ def run(bundle_dir, input_path, output, threads, json_mode):
 @click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads (default: the runtime's).")
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
               help="Batch size for dynamic batch dimensions.")
+@click.option("--accuracy", is_flag=True,
+              help="Also measure the task metric on the bundle's evaluation data (or --data) with the same runner.")
+@click.option("--data", type=click.Path(), help=".npz for --accuracy (arrays named after the inputs + labels).")
+@with_remote_options
 @json_option
-def bench(bundle_dir, runs, warmup, threads, batch, json_mode):
-    """Latency of the bundle in BUNDLE_DIR on synthetic inputs (p50/p90/p99 through the runtime's Runner)."""
+def bench(bundle_dir, runs, warmup, threads, batch, accuracy, data, remote, key, wait, json_mode):
+    """Latency of the bundle in BUNDLE_DIR on synthetic inputs (p50/p90/p99 through the runtime's Runner).
+
+    With --remote/--key the bundle's TVM library runs on a board behind a TVM RPC tracker and is
+    timed there (network round trips are not counted); the report names the board."""
     from edgecompile.bench import bench as run_bench
     from edgecompile.bundle import Bundle
     from edgecompile.machine import cpu_info
 
+    if data and not accuracy:
+        raise click.UsageError("--data is the evaluation data of --accuracy")
+    if remote or key:
+        return _bench_remote(bundle_dir, runs, warmup, threads, batch, remote, key, wait, accuracy, data, json_mode)
     if runs is None:
         res = run_bench(bundle_dir, runs=50, warmup=warmup, threads=threads, batch=batch, min_seconds=1.0)
     else:
@@ -129,6 +178,11 @@ def bench(bundle_dir, runs, warmup, threads, batch, json_mode):
     manifest = Bundle.open(bundle_dir, verify=False).manifest
     res = {"bundle": str(bundle_dir), "bundle_id": manifest.get("bundle_id"), "backend": manifest.get("backend"),
            "precision": manifest.get("precision"), "cpu": cpu_info(), **res}
+    if accuracy:
+        from edgecompile.regression import task_accuracy
+
+        with open_runner(bundle_dir, threads, None, None, wait) as runner:
+            res["accuracy"] = task_accuracy(runner, runner.bundle, data)
     if json_mode:
         emit_json(res)
         return
@@ -137,3 +191,36 @@ def bench(bundle_dir, runs, warmup, threads, batch, json_mode):
     click.echo(f"  p50 {res['p50']:.3f} ms   p90 {res['p90']:.3f} ms   p99 {res['p99']:.3f} ms   "
                f"mean {res['mean']:.3f} ms   min {res['min']:.3f} ms")
     click.echo(f"  on {res['cpu']['model']} ({res['cpu']['cores']} cores)")
+    _echo_accuracy(res)
+
+
+def _echo_accuracy(res: dict) -> None:
+    acc = res.get("accuracy")
+    if acc:
+        click.echo(f"  {acc['metric']} {acc['value']:.4f} on {acc['data']} (n={acc['n']})")
+
+
+def _bench_remote(bundle_dir, runs, warmup, threads, batch, remote, key, wait, accuracy, data, json_mode):
+    from edgecompile.bench import synthetic_feeds
+    from edgecompile.regression import task_accuracy
+
+    with open_runner(bundle_dir, threads, remote, key, wait) as runner:
+        res = runner.latency(synthetic_feeds(runner.inputs, batch), runs=runs or 50, warmup=warmup)
+        manifest = runner.bundle.manifest
+        if accuracy:
+            res["accuracy"] = task_accuracy(runner, runner.bundle, data)
+    res = {"bundle": str(bundle_dir), "bundle_id": manifest.get("bundle_id"), "backend": manifest.get("backend"),
+           "target": manifest.get("target"), "precision": manifest.get("precision"), **res}
+    if json_mode:
+        emit_json(res)
+        return
+    board = res["board"]
+    where = "emulated board" if res["emulated"] else "board"
+    click.echo(f"{bundle_dir}: {res['backend']} {res['precision']} for {res['target']}, batch {res['batch']}, "
+               f"{res['runs']} runs after {res['warmup']} warm-up, on {where} {res['key']!r} via {res['tracker']}")
+    label = " (emulated: not a real board's speed)" if res["emulated"] else ""
+    click.echo(f"  p50 {res['p50']:.3f} ms   p90 {res['p90']:.3f} ms   p99 {res['p99']:.3f} ms   "
+               f"mean {res['mean']:.3f} ms   min {res['min']:.3f} ms{label}")
+    click.echo(f"  board: {board.get('arch', '?')}, {board.get('threads', '?')} threads, "
+               f"TVM {board.get('tvm_version', '?')}")
+    _echo_accuracy(res)

@@ -2,7 +2,6 @@
 
 Most run in-process through edgecompile.cli.main (fast); a few go through a real subprocess."""
 import json
-import os
 from pathlib import Path
 
 import numpy as np

@@ -85,11 +85,11 @@ def test_tuning_database_is_kept_and_reused(digits_onnx, tmp_path):
     tuning = first["tuning"]
     assert tuning["trials_run_now"] > 0 and tuning["trials_in_database"] == tuning["trials_run_now"]
     assert tuning["tasks"] and sum(t["trials"] for t in tuning["tasks"]) == tuning["trials_in_database"]
-    db_dir = tuning["database_dir"]
+    assert tuning["database"] == "cache" and tuning["measured_on"] is None
     assert json.loads((tmp_path / "a" / "m.json").read_text())["tuning"]["database_key"] == tuning["database_key"]
     # same graph + target: the warm database is applied, nothing is re-tuned
     second = compile_library(digits_onnx, cpu, tmp_path / "b" / "m.so", tune_trials=4)["tuning"]
-    assert second["database_key"] == tuning["database_key"] and second["database_dir"] == db_dir
+    assert second["database_key"] == tuning["database_key"] and second["database"] == "cache"
     assert second["reused"] is True and second["trials_run_now"] == 0
     assert second["trials_in_database"] == tuning["trials_in_database"]
     # without --tune the database is still applied automatically
@@ -110,7 +110,7 @@ def test_tune_timeout_stops_tuning(digits_onnx, tmp_path):
     meta = compile_library(digits_onnx, get_profile("cpu"), tmp_path / "m.so", tune_trials=1000,
                            tune_timeout=1e-6, cache=False)
     assert meta["tuning"]["trials_run_now"] == 0 and "--tune-timeout" in meta["tuning"]["stopped"]
-    assert meta["tuning"]["database_dir"] is None
+    assert meta["tuning"]["database"] == "temporary"
 
 
 @needs_cross
