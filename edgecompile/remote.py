@@ -62,7 +62,8 @@ def _rpc():
 def connect_tracker(address: str):
     host, port = parse_address(address)
     rpc = _rpc()
-    try:
+    try:   # TVM retries a refused connection for 60 s: probe first, so a missing tracker fails at once
+        socket.create_connection((host, port), timeout=5).close()
         return rpc.connect_tracker(host, port)
     except Exception as exc:   # TVM raises plain RuntimeError/ConnectionError with long texts
         raise RemoteError(f"no RPC tracker at {host}:{port} ({first_line(exc)})",
@@ -71,10 +72,9 @@ def connect_tracker(address: str):
 
 def tracker_summary(address: str) -> dict:
     """The tracker's summary: {"queue_info": {key: {"free": n, "pending": m}}, "server_info": [...]}."""
+    tracker = connect_tracker(address)
     try:
-        return connect_tracker(address).summary()
-    except RemoteError:
-        raise
+        return tracker.summary()
     except Exception as exc:
         raise RemoteError(f"the tracker at {address} did not answer ({first_line(exc)})") from None
 
@@ -252,6 +252,8 @@ def serve(tracker: str, key: str, *, host: str = "127.0.0.1", port: int = 9090, 
           emulated: bool = False, ready=None) -> None:
     """Run an RPC server for this machine, registered with the tracker under `key`, until interrupted."""
     parse_address(f"{host}:{port}")
+    if port_end < port:
+        raise ConfigError(f"--port-end {port_end} is below --port {port}", hint="give a range of ports to try")
     thost, tport = parse_address(tracker)
     rpc = _rpc()
     tracker_summary(tracker)          # fail fast with a one-line error if there is no tracker

@@ -134,7 +134,7 @@ start() {
   export ROOTFS WHEELS REPO BOARD_DIR
   export -f board fake_cpuinfo
   nohup bash -c "board /opt/board/bin/edgecompile device serve --tracker '$TRACKER' --key '$KEY' --port $PORT \
-    --emulated" > "$RUN/board-$KEY.log" 2>&1 &
+    --port-end $((PORT + 100)) --emulated" > "$RUN/board-$KEY.log" 2>&1 &
   echo $! > "$RUN/board-$KEY.pid"
   for _ in $(seq 180); do
     "$EC" device list --tracker "$TRACKER" --json 2>/dev/null \
@@ -152,7 +152,9 @@ stop() {
     kill -TERM "$(cat "$f")" 2>/dev/null || true
     rm -f "$f"
   done
-  pkill -f "proot.*$ROOTFS" 2>/dev/null || true
+  pkill -TERM -f "proot.*$ROOTFS" 2>/dev/null || true
+  sleep 2
+  pkill -KILL -f "proot.*$ROOTFS" 2>/dev/null || true   # a proot whose tracees are gone may ignore TERM
   log "stopped"
 }
 

@@ -413,6 +413,23 @@ class TvmTarget:
             "tvm_version", "target", "cross_compiler", "host_cpu", "compiled_batch", "graph_sha256", "tuning",
             "timings_s")}, notes=notes)
 
+    def auto_candidate(self, model, plan) -> Availability:
+        """`--backend auto` measures TVM only where its tuning database for this graph and target is
+        warm: untuned TVM is ~100x slower than ONNX Runtime, and auto never starts a long tuning."""
+        import onnx_ir as ir
+
+        from edgecompile.targets import tvm_tune
+
+        proto = ir.to_proto(model) if isinstance(model, ir.Model) else model
+        tvm = _tvm_compiler()
+        key = tvm_tune.database_key(graph_hash(proto.SerializeToString(deterministic=True)),
+                                    target_dict(plan.profile), tvm.__version__)
+        trials = tvm_tune.trials_in_cache(key)
+        if not trials:
+            return Availability(False, "no tuning database for this graph and target (untuned TVM is far slower)",
+                                hint="tune once: edgecompile build ... --backend tvm --tune 200")
+        return Availability(True, f"tuning database {key[:12]} has {trials} trials")
+
     def load(self, bundle, *, threads: int | None = None, validate: bool = True) -> TvmRunner:
         inputs = [TensorSpec.from_dict(d) for d in bundle.manifest["inputs"]]
         outputs = [TensorSpec.from_dict(d) for d in bundle.manifest["outputs"]]

@@ -40,6 +40,17 @@ def database_key(graph_sha256: str, target: dict, tvm_version: str) -> str:
     return content_key("tvm-tuning-db/v1", graph_sha256, target, tvm_version)[:32]
 
 
+def trials_in_cache(key: str) -> int:
+    """Trials measured so far in the cached database `key` (0 when there is none); creates nothing."""
+    from edgecompile.cache import cache_dir
+
+    meta = cache_dir() / "tvm" / "db" / key / META_FILE
+    try:
+        return int(json.loads(meta.read_text()).get("trials", 0))
+    except (OSError, ValueError):
+        return 0
+
+
 @contextlib.contextmanager
 def open_database(key: str, *, cache: bool = True):
     """A TuningDatabase for `key`, locked for the duration of the block."""

@@ -36,6 +36,16 @@ def digits_bundle(tmp_path_factory):
     return edgecompile.build("models/digits", target="cpu", backend="ort", output=out)
 
 
+@pytest.fixture(scope="session")
+def tvm_bundle(tmp_path_factory):
+    """digits built with --backend tvm (untuned) through the whole pipeline, once per session."""
+    pytest.importorskip("tvm", reason="apache-tvm is not installed (pip install 'edgecompile[tvm]')")
+    import edgecompile
+
+    return edgecompile.build("models/digits", target="cpu", backend="tvm",
+                             output=tmp_path_factory.mktemp("tvm") / "digits-tvm")
+
+
 @pytest.fixture
 def bundle_copy(digits_bundle, tmp_path):
     import shutil
@@ -43,6 +53,14 @@ def bundle_copy(digits_bundle, tmp_path):
     dest = tmp_path / "bundle"
     shutil.copytree(digits_bundle.path, dest)
     return dest
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run_cli(*args, cwd=None, env=None, timeout=600):

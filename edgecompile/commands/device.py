@@ -42,7 +42,7 @@ def tracker(host, port):
 @click.option("--host", default="127.0.0.1", show_default=True, help="Loopback address to listen on.")
 @click.option("--port", type=click.IntRange(1, 65535), default=9090, show_default=True,
               help="First port to try (up to --port-end).")
-@click.option("--port-end", type=click.IntRange(1, 65535), default=9199, show_default=True)
+@click.option("--port-end", type=click.IntRange(1, 65535), help="Last port to try (default: --port + 100).")
 @click.option("--emulated", is_flag=True, help="Label this board's timings as emulated (e.g. under qemu).")
 def serve(tracker_addr, key, host, port, port_end, emulated):
     """Serve this machine as a board: a TVM RPC server registered with the tracker under KEY."""
@@ -53,7 +53,8 @@ def serve(tracker_addr, key, host, port, port_end, emulated):
                    f"{host}:{server.port}, registered with {tracker_addr} (Ctrl-C to stop)", err=True)
 
     try:
-        run_serve(tracker_addr, key, host=host, port=port, port_end=port_end, emulated=emulated, ready=ready)
+        run_serve(tracker_addr, key, host=host, port=port, port_end=port_end or min(65535, port + 100),
+                  emulated=emulated, ready=ready)
     except KeyboardInterrupt:
         pass
 

@@ -39,13 +39,6 @@ def digits_onnx(digits_bundle):
     return ir.load(str(digits_bundle.path / "model.onnx"))
 
 
-@pytest.fixture(scope="session")
-def tvm_bundle(tmp_path_factory):
-    """digits built with --backend tvm (untuned) through the whole pipeline, once per session."""
-    return edgecompile.build("models/digits", target="cpu", backend="tvm",
-                             output=tmp_path_factory.mktemp("tvm") / "digits-tvm")
-
-
 def test_cpu_bundle_has_the_same_top1_as_ort(tvm_bundle, digits_bundle, digits_source):
     rep, ort_rep = tvm_bundle.report(), digits_bundle.report()
     assert (rep["backend"], rep["target"], rep["precision"]) == ("tvm", "cpu", "fp32")
@@ -78,6 +71,8 @@ def test_runtime_loads_with_tvm_runtime_only_and_no_torch(tvm_bundle, tmp_path):
 
 
 def test_tuning_database_is_kept_and_reused(digits_onnx, tmp_path):
+    import onnx_ir as ir
+
     from edgecompile.targets.tvm import compile_library, load_library
 
     cpu = get_profile("cpu")
@@ -95,9 +90,18 @@ def test_tuning_database_is_kept_and_reused(digits_onnx, tmp_path):
     # without --tune the database is still applied automatically
     third = compile_library(digits_onnx, cpu, tmp_path / "c" / "m.so")["tuning"]
     assert third["reused"] is True and "untuned_warning" not in third
+    # --backend auto measures TVM for this graph now (warm database), but not for an untuned graph
+    from types import SimpleNamespace
+
+    from edgecompile.targets.tvm import TvmTarget
+
+    assert TvmTarget().auto_candidate(digits_onnx, SimpleNamespace(profile=cpu)).ok
+    other = ir.from_proto(ir.to_proto(digits_onnx))
+    other.graph.name = "another graph"
+    cold = TvmTarget().auto_candidate(other, SimpleNamespace(profile=cpu))
+    assert not cold.ok and "no tuning database" in cold.reason
     x = np.random.default_rng(0).random((5, 1, 8, 8), dtype=np.float32)
     from edgecompile.targets.ort import create_session
-    import onnx_ir as ir
 
     want = create_session(ir.to_proto(digits_onnx).SerializeToString()).run(None, {"input": x})[0]
     with load_library(tmp_path / "b" / "m.so", SPECS_IN, SPECS_OUT) as r:

@@ -1,0 +1,145 @@
+"""The device farm on loopback: a real TVM RPC tracker and a real board (this host, key "x86", served by
+`edgecompile device serve`), reached by `bench|run --remote`, `device list` and tuning through the
+tracker. The emulated arm64 board is tested in tests/test_emulated_board.py (slow)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tvm", reason="apache-tvm is not installed (pip install 'edgecompile[tvm]')")
+
+from edgecompile import remote  # noqa: E402
+from edgecompile.errors import ConfigError, RemoteError  # noqa: E402
+from tests.conftest import free_port, run_cli  # noqa: E402
+
+KEY = "x86"
+
+
+def _spawn(*args):
+    return subprocess.Popen([sys.executable, "-m", "edgecompile", *map(str, args)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _stop(proc):
+    if proc.poll() is None:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+
+
+@pytest.fixture(scope="module")
+def farm():
+    """A tracker and one board registered with it; yields the tracker's address."""
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    tracker = _spawn("device", "tracker", "--port", port)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            remote.tracker_summary(address)
+            break
+        except RemoteError:
+            if time.monotonic() > deadline or tracker.poll() is not None:
+                _stop(tracker)
+                pytest.fail(f"the tracker did not start: {tracker.stderr.read() if tracker.poll() is not None else ''}")
+            time.sleep(0.3)
+    board_port = free_port()
+    board = _spawn("device", "serve", "--tracker", address, "--key", KEY, "--port", board_port,
+                   "--port-end", board_port + 50)
+    try:
+        remote.wait_for_board(address, KEY, timeout=60)
+        yield address
+    finally:
+        _stop(board)
+        _stop(tracker)
+
+
+def test_device_list_shows_the_board(farm):
+    code, out, err = run_cli("device", "list", "--tracker", farm)
+    assert code == 0, err
+    row = next(line.split() for line in out.splitlines() if line.startswith(KEY))
+    assert row[1:3] == ["1", "0"] and row[3].startswith("127.0.0.1:")
+    code, out, _ = run_cli("device", "list", "--tracker", farm, "--json")
+    assert json.loads(out)["boards"][0]["key"] == KEY
+
+
+def test_remote_bench_reports_latency_and_accuracy_from_the_board(farm, tvm_bundle):
+    code, out, err = run_cli("bench", tvm_bundle.path, "--remote", farm, "--key", KEY, "--runs", 15, "--accuracy",
+                             "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["remote"] is True and res["key"] == KEY and res["emulated"] is False and res["tracker"] == farm
+    assert res["runs"] == 15 and len(res["samples"]) == 15 and res["batch"] == 1
+    assert 0 < res["min"] <= res["p50"] <= res["p90"] <= res["p99"]
+    assert res["board"]["arch"] == "x86_64" and res["board"]["tvm_version"]
+    acc = res["accuracy"]
+    assert acc["metric"] == "top1" and acc["n"] == 360
+    assert acc["value"] == tvm_bundle.report()["accuracy"]["candidate"]
+    code, out, err = run_cli("bench", tvm_bundle.path, "--remote", farm, "--key", KEY, "--runs", 5)
+    assert code == 0 and f"on board '{KEY}' via {farm}" in out and "p50" in out and "emulated" not in out, err
+
+
+def test_remote_runner_gives_the_local_outputs(farm, tvm_bundle, digits_source):
+    import edgecompile
+
+    x = digits_source.dataset("test").inputs["input"][:40]
+    with remote.load(tvm_bundle.path, farm, KEY) as board, edgecompile.runtime.load(tvm_bundle.path) as local:
+        assert board.board["key"] == KEY and board.board["emulated"] is False
+        np.testing.assert_allclose(board(x), local(x), rtol=1e-5, atol=1e-6)
+        with pytest.raises(Exception, match="dtype"):
+            board(x.astype(np.float64))           # inputs are validated before they travel
+
+
+def test_remote_run_scores_the_labels(farm, tvm_bundle, digits_test_npz):
+    code, out, err = run_cli("run", tvm_bundle.path, "-i", digits_test_npz, "--remote", farm, "--key", KEY)
+    assert code == 0, err
+    assert f"ran on board '{KEY}'" in out and "top-1 accuracy vs labels: 100.00 %" in out
+
+
+def test_tuning_measures_kernels_on_the_board(farm, digits_bundle, tmp_path):
+    import onnx_ir as ir
+
+    from edgecompile.targets.profiles import get_profile
+    from edgecompile.targets.tvm import compile_library
+
+    model = ir.load(str(digits_bundle.path / "model.onnx"))
+    meta = compile_library(model, get_profile("cpu"), tmp_path / "m.so", tune_trials=2, cache=False,
+                           remote={"tracker": farm, "key": KEY})
+    tuning = meta["tuning"]
+    assert tuning["trials_run_now"] > 0, tuning
+    assert tuning["measured_on"] == {"tracker": farm, "key": KEY, "arch": "x86_64", "emulated": False}
+
+
+@pytest.mark.parametrize("args, code, needle", [
+    (["--remote", "8.8.8.8:9190", "--key", KEY], 2, "is not a loopback address"),
+    (["--remote", "127.0.0.1", "--key", KEY], 2, "bad tracker address"),
+    (["--key", KEY], 2, "--remote and --key go together"),
+])
+def test_bad_remote_arguments_are_one_line_errors(tvm_bundle, args, code, needle):
+    rc, out, err = run_cli("bench", tvm_bundle.path, *args)
+    assert rc == code and needle in err and "Traceback" not in err, err
+
+
+def test_unknown_board_and_missing_tracker_name_the_fix(farm, tvm_bundle, digits_bundle):
+    rc, _, err = run_cli("bench", tvm_bundle.path, "--remote", farm, "--key", "nope", "--wait", 0.5)
+    assert rc == 1 and "no board with key 'nope'" in err and f"(boards: {KEY})" in err and "device serve" in err
+    rc, _, err = run_cli("bench", tvm_bundle.path, "--remote", f"127.0.0.1:{free_port()}", "--key", KEY)
+    assert rc == 1 and "no RPC tracker at" in err and "device tracker" in err and "Traceback" not in err
+    rc, _, err = run_cli("bench", digits_bundle.path, "--remote", farm, "--key", KEY)
+    assert rc == 2 and "is a ort bundle" in err
+
+
+def test_parse_address_accepts_only_loopback():
+    assert remote.parse_address("127.0.0.1:9190") == ("127.0.0.1", 9190)
+    assert remote.parse_address("localhost:1") == ("localhost", 1)
+    for bad in ("10.0.0.1:9190", "127.0.0.1:0", "127.0.0.1:x", ":9190"):
+        with pytest.raises(ConfigError):
+            remote.parse_address(bad)
