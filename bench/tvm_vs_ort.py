@@ -107,7 +107,8 @@ def main(argv=None) -> int:
             candidates[label] = load_library(lib, specs_in, specs_out, args.threads).run
             curve.append((label, meta["tuning"]["trials_in_database"], spent, meta["tuning"]["stopped"]))
         t0 = time.perf_counter()
-        warm = compile_library(model, cpu, work / f"{name}-warm.so", tune_trials=max(args.budgets), progress=progress)
+        # a rebuild from the warm database: no --tune at all (the database is applied automatically)
+        warm = compile_library(model, cpu, work / f"{name}-warm.so", progress=progress)
         warm_wall = time.perf_counter() - t0
         candidates["tvm warm db"] = load_library(work / f"{name}-warm.so", specs_in, specs_out, args.threads).run
         lat = interleaved(candidates, feeds, args.rounds, args.round_seconds)

@@ -111,6 +111,13 @@ class Bundle:
     def bundle_id(self) -> str:
         return self.manifest.get("bundle_id", "")
 
+    def io_specs(self) -> tuple[list, list]:
+        """(inputs, outputs) as TensorSpecs, from the manifest."""
+        from edgecompile.data import TensorSpec
+
+        return ([TensorSpec.from_dict(d) for d in self.manifest["inputs"]],
+                [TensorSpec.from_dict(d) for d in self.manifest["outputs"]])
+
     def report(self) -> dict | None:
         p = self.path / "report.json"
         return json.loads(p.read_text()) if p.is_file() else None

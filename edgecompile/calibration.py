@@ -39,17 +39,10 @@ class InputSpec:
 
 def graph_input_specs(proto) -> list[InputSpec]:
     """The real (non-initializer) inputs of an ONNX ModelProto."""
-    import onnx
+    from edgecompile.inspection import graph_inputs
 
-    inits = {i.name for i in proto.graph.initializer}
-    specs = []
-    for vi in proto.graph.input:
-        if vi.name in inits:
-            continue
-        tt = vi.type.tensor_type
-        shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
-        specs.append(InputSpec(vi.name, shape, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))))
-    return specs
+    return [InputSpec(name, tuple(d if isinstance(d, int) else None for d in dims), np.dtype(dtype))
+            for name, dims, dtype in graph_inputs(proto)]
 
 
 def collect_feeds(source: Iterable[Mapping[str, np.ndarray]], specs: Sequence[InputSpec], limit: int,

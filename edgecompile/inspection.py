@@ -86,6 +86,14 @@ def inspect_bundle(path: Path) -> dict:
     return out
 
 
+def graph_inputs(proto) -> list[tuple[str, tuple, str]]:
+    """(name, dims, numpy dtype name) of an ONNX graph's real inputs (initializers excluded); a
+    symbolic dimension is its name, "?" when it has none."""
+    inits = {i.name for i in proto.graph.initializer}
+    return [(vi.name, tuple(_dims(vi.type) or ()), _dtype(vi.type.tensor_type.elem_type))
+            for vi in proto.graph.input if vi.name not in inits]
+
+
 def _dims(type_proto) -> list | None:
     tt = type_proto.tensor_type
     if not tt.HasField("shape"):

@@ -32,7 +32,7 @@ DEFAULT_MAX_DROP = 1.0
 # -- evaluation data -------------------------------------------------------------------------
 
 def _inputs(bundle: Bundle) -> list[TensorSpec]:
-    return [TensorSpec.from_dict(d) for d in bundle.manifest["inputs"]]
+    return bundle.io_specs()[0]
 
 
 def bound_dataset(identity: str, inputs: list[TensorSpec]) -> Dataset:

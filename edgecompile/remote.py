@@ -132,7 +132,6 @@ def load(bundle_dir: str | Path, tracker: str, key: str, *, wait: float = 30.0, 
     """A Runner (same API as edgecompile.runtime.load) whose calls execute on the board `key`
     behind `tracker`: the bundle's TVM library is uploaded, inputs and outputs travel over RPC."""
     from edgecompile.bundle import Bundle
-    from edgecompile.data import TensorSpec
     from edgecompile.targets.tvm import COMPILED_BATCH
 
     bundle = Bundle.open(bundle_dir)
@@ -142,8 +141,7 @@ def load(bundle_dir: str | Path, tracker: str, key: str, *, wait: float = 30.0, 
     lib = Path(bundle.artifact("library"))
     meta_path = lib.with_suffix(".json")
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    inputs = [TensorSpec.from_dict(d) for d in bundle.manifest["inputs"]]
-    outputs = [TensorSpec.from_dict(d) for d in bundle.manifest["outputs"]]
+    inputs, outputs = bundle.io_specs()
     sess = request_board(tracker, key, wait=wait)
     info = board_info(sess)
     if info.get("arch") and meta.get("arch") and info["arch"] != meta["arch"]:

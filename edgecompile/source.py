@@ -121,20 +121,11 @@ def _from_module(module, text: str) -> TorchModelSource:
 
 
 def _onnx_source(path: Path) -> OnnxModelSource:
-    import onnx
-
-    from edgecompile.inspection import read_onnx
+    from edgecompile.inspection import graph_inputs, read_onnx
 
     proto = read_onnx(path)
     data = path.read_bytes()
-    initializers = {i.name for i in proto.graph.initializer}
-    inputs = []
-    for vi in proto.graph.input:
-        if vi.name in initializers:
-            continue
-        tt = vi.type.tensor_type
-        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim)
-        inputs.append(TensorSpec(vi.name, dims, onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name))
+    inputs = [TensorSpec(name, dims, dtype) for name, dims, dtype in graph_inputs(proto)]
     outputs = [o.name for o in proto.graph.output]
     return OnnxModelSource(name=path.stem, path=path, inputs=inputs, outputs=outputs,
                            fingerprint=hashlib.sha256(data).hexdigest())

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecompile.data import TensorSpec
 from edgecompile.errors import BundleError, CompileError, TargetUnavailableError, first_line
 from edgecompile.runtime import Runner
 from edgecompile.target import Artifacts, Availability, BuildContext
@@ -214,6 +213,5 @@ class OpenVinoTarget:
             config["INFERENCE_PRECISION_HINT"] = "f32"
         model = core().read_model(str(bundle.artifact("model")), str(bundle.artifact("weights")))
         compiled = core().compile_model(model, device, config)
-        inputs = [TensorSpec.from_dict(d) for d in bundle.manifest["inputs"]]
-        outputs = [TensorSpec.from_dict(d) for d in bundle.manifest["outputs"]]
+        inputs, outputs = bundle.io_specs()
         return OpenVinoRunner(compiled, inputs, outputs, bundle=bundle, validate=validate)

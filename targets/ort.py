@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgecompile.data import TensorSpec
 from edgecompile.errors import CompileError
 from edgecompile.runtime import Runner
 from edgecompile.target import Artifacts, Availability, BuildContext
@@ -92,8 +91,7 @@ class OrtTarget:
 
     def load(self, bundle, *, threads: int | None = None, validate: bool = True) -> OrtRunner:
         session = create_session(str(bundle.artifact("model")), threads=threads)
-        inputs = [TensorSpec.from_dict(d) for d in bundle.manifest["inputs"]]
-        outputs = [TensorSpec.from_dict(d) for d in bundle.manifest["outputs"]]
+        inputs, outputs = bundle.io_specs()
         return OrtRunner(session, inputs, outputs, bundle=bundle, validate=validate)
 
 

@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecompile.data import TensorSpec
 from edgecompile.errors import BundleError, CompileError, EdgeCompileError, TargetUnavailableError
 from edgecompile.runtime import Runner
 from edgecompile.target import Artifacts, Availability, BuildContext
@@ -478,8 +477,7 @@ class TensorRtTarget:
 
     # -- run time -----------------------------------------------------------------------------
     def load(self, bundle, *, threads: int | None = None, validate: bool = True, progress=None) -> Runner:
-        inputs = [TensorSpec.from_dict(d) for d in bundle.manifest["inputs"]]
-        outputs = [TensorSpec.from_dict(d) for d in bundle.manifest["outputs"]]
+        inputs, outputs = bundle.io_specs()
         avail = engine_availability()
         if avail.ok:
             try:

@@ -431,7 +431,6 @@ class TvmTarget:
         return Availability(True, f"tuning database {key[:12]} has {trials} trials")
 
     def load(self, bundle, *, threads: int | None = None, validate: bool = True) -> TvmRunner:
-        inputs = [TensorSpec.from_dict(d) for d in bundle.manifest["inputs"]]
-        outputs = [TensorSpec.from_dict(d) for d in bundle.manifest["outputs"]]
+        inputs, outputs = bundle.io_specs()
         return load_library(bundle.artifact("library"), inputs, outputs, threads=threads, bundle=bundle,
                             validate=validate)
