@@ -214,11 +214,19 @@ def _static_shapes(proto) -> dict[str, list[int]]:
     return shapes
 
 
-def to_relax(model):
-    """onnx_ir.Model (or ModelProto) -> (Relax IRModule with weights bound, ONNX bytes hashed for the cache)."""
+def tvm_graph(model):
+    """The ModelProto TVM imports (and whose bytes key the tuning database): topologically sorted,
+    which TVM's ONNX frontend requires and ONNX Runtime's quantizer does not always produce."""
     import onnx_ir as ir
 
-    proto = ir.to_proto(model) if isinstance(model, ir.Model) else model
+    m = ir.from_proto(model) if not isinstance(model, ir.Model) else ir.from_proto(ir.to_proto(model))
+    m.graph.sort()
+    return ir.to_proto(m)
+
+
+def to_relax(model):
+    """onnx_ir.Model (or ModelProto) -> (Relax IRModule with weights bound, ONNX bytes hashed for the cache)."""
+    proto = tvm_graph(model)
     bad = unsupported_nodes(proto)
     if bad:
         raise CompileError(_describe_unsupported(bad), hint="build with --backend ort (target cpu), "
@@ -416,11 +424,9 @@ class TvmTarget:
     def auto_candidate(self, model, plan) -> Availability:
         """`--backend auto` measures TVM only where its tuning database for this graph and target is
         warm: untuned TVM is ~100x slower than ONNX Runtime, and auto never starts a long tuning."""
-        import onnx_ir as ir
-
         from edgecompile.targets import tvm_tune
 
-        proto = ir.to_proto(model) if isinstance(model, ir.Model) else model
+        proto = tvm_graph(model)
         tvm = _tvm_compiler()
         key = tvm_tune.database_key(graph_hash(proto.SerializeToString(deterministic=True)),
                                     target_dict(plan.profile), tvm.__version__)

@@ -216,3 +216,13 @@ def test_bad_tune_values(tmp_path):
     assert code == 2 and "--tune-timeout" in err
     with pytest.raises(ConfigError, match="tvm.tune_trials"):
         edgecompile.Config.from_dict({"tvm": {"tune_trials": "many"}})
+
+
+def test_int8_qdq_graph_compiles_and_keeps_top1(tvm_bundle, tmp_path):
+    """The quantize pass's QDQ graph (not topologically sorted by ORT's quantizer) through TVM."""
+    bundle = edgecompile.build("models/digits", target="cpu", backend="tvm", precision="int8",
+                               output=tmp_path / "int8")
+    rep = bundle.report()
+    assert (rep["backend"], rep["precision"]) == ("tvm", "int8")
+    assert abs(rep["accuracy"]["candidate"] - tvm_bundle.report()["accuracy"]["candidate"]) <= 0.01
+    assert [p["name"] for p in bundle.manifest["passes"]] == ["simplify", "quantize"]
