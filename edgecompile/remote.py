@@ -158,8 +158,8 @@ def load(bundle_dir: str | Path, tracker: str, key: str, *, wait: float = 30.0, 
         raise RemoteError(f"loading {lib.name} on board {key!r} failed: {first_line(exc)}",
                           hint=f"the library targets {meta.get('arch', '?')}; is the board that kind, "
                                f"with TVM {meta.get('tvm_version', '')}?") from None
-    runner = _remote_runner_class()(vm, inputs, outputs, compiled_batch=meta.get("compiled_batch", COMPILED_BATCH),
-                             device=dev, bundle=bundle, validate=validate)
+    runner = _remote_runner_class()(vm, inputs, outputs, device=dev, bundle=bundle, validate=validate,
+                                    compiled_batch=meta.get("compiled_batch", COMPILED_BATCH))
     runner.session, runner.board = sess, {"key": key, "tracker": tracker, **info}
     return runner
 

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -22,8 +23,16 @@ KEY = "x86"
 
 
 def _spawn(*args):
-    return subprocess.Popen([sys.executable, "-m", "edgecompile", *map(str, args)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    log = tempfile.TemporaryFile(mode="w+")      # not a pipe: nobody drains it while the test runs
+    proc = subprocess.Popen([sys.executable, "-m", "edgecompile", *map(str, args)], stdout=subprocess.DEVNULL,
+                            stderr=log, text=True, start_new_session=True)
+    proc.log = log
+    return proc
+
+
+def _log(proc) -> str:
+    proc.log.seek(0)
+    return proc.log.read()[-2000:]
 
 
 def _stop(proc):
@@ -49,13 +58,16 @@ def farm():
         except RemoteError:
             if time.monotonic() > deadline or tracker.poll() is not None:
                 _stop(tracker)
-                pytest.fail(f"the tracker did not start: {tracker.stderr.read() if tracker.poll() is not None else ''}")
+                pytest.fail(f"the tracker did not start: {_log(tracker)}")
             time.sleep(0.3)
     board_port = free_port()
     board = _spawn("device", "serve", "--tracker", address, "--key", KEY, "--port", board_port,
                    "--port-end", board_port + 50)
     try:
-        remote.wait_for_board(address, KEY, timeout=60)
+        try:
+            remote.wait_for_board(address, KEY, timeout=60)
+        except RemoteError:
+            pytest.fail(f"the board did not register: {_log(board)}")
         yield address
     finally:
         _stop(board)
