@@ -185,9 +185,7 @@ class TuningDatabase:
                     n = min(chunk, budget - done)
                     before = len(self.database)
                     try:
-                        # each call re-applies MetaSchedule's logging config, whose console level is
-                        # taken from this logger: keep its per-trial chatter in the log files only
-                        logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+                        _tidy_meta_schedule_logger()
                         ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
                             [task], str(self.path), num_threads=cores, seed=0)
                         ms.tune_tasks(tasks=ctxs, task_weights=weights, work_dir=str(self.path),
@@ -229,6 +227,17 @@ class TuningDatabase:
             return None
         secs = [float(s) for s in top[0].run_secs]
         return 1e6 * sum(secs) / len(secs)
+
+
+def _tidy_meta_schedule_logger() -> None:
+    """MetaSchedule re-applies its logging config on every call, naming the logger's current handlers;
+    an unnamed one (pytest's capture handlers, an app's own) makes that config fail for every task.
+    Keep its per-trial chatter in the log files only: console level WARNING."""
+    ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    for handler in list(ms_logger.handlers):
+        if handler.get_name() is None:
+            ms_logger.removeHandler(handler)
+    ms_logger.setLevel(logging.WARNING)
 
 
 def _board(remote: dict) -> dict:

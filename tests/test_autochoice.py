@@ -40,7 +40,9 @@ def test_auto_is_the_cpu_default_and_ships_the_fastest_candidate(auto_fp32):
         assert c["runs"] >= 3 * choice["rounds"] and c["p50_ms"] <= c["p99_ms"]
         assert c["accuracy_delta"] == 0.0 and c["status"] in ("chosen", "discarded") and c["reason"]
     assert choice["measured_on"] == m["measured_on"]["cpu"]
-    assert "tvm" in choice["excluded_backends"]
+    # TVM is measured only with a warm tuning database for this graph (an earlier test may have tuned it)
+    tvm = rows[("tvm", "fp32")]
+    assert tvm["p50_ms"] or "not measured: no tuning database" in tvm["reason"], tvm
 
 
 def test_auto_bundle_report_and_runtime(auto_fp32, digits_source):
@@ -131,7 +133,7 @@ def test_unavailable_openvino_device_only_removes_that_candidate():
     backends = {n: (t is not None, why) for n, t, why in autochoice.AutoBackend(get_profile("cpu")).backends(plan)}
     assert backends["ort"] == (True, "")
     assert backends["openvino"][0] is False and "not available" in backends["openvino"][1]
-    assert backends["tvm"][0] is False
+    assert backends["tvm"] == (True, "")        # asked per graph (auto_candidate: warm tuning database)
 
 
 def _has_quantize():
