@@ -50,10 +50,7 @@ class Bundle:
             raise BundleError(f"{path}: no bundle directory there", hint="build one with `edgecompile build MODEL -o DIR`")
         if not mpath.is_file():
             raise BundleError(f"{path}: not a bundle (no {MANIFEST})", hint="build one with `edgecompile build MODEL -o DIR`")
-        try:
-            manifest = json.loads(mpath.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BundleError(f"{mpath}: manifest is not valid JSON ({exc})", hint="rebuild the bundle") from None
+        manifest = read_json(mpath, "manifest", hint="rebuild the bundle")
         if not isinstance(manifest, dict):
             raise BundleError(f"{mpath}: manifest is not a JSON object", hint="rebuild the bundle")
         version = manifest.get("schema_version")
@@ -230,6 +227,14 @@ class BundleWriter:
 
     def __exit__(self, *exc):
         self.abort()
+
+
+def read_json(path: Path, what: str, error: type = BundleError, hint: str | None = None) -> Any:
+    """Parse a JSON file; unreadable or malformed -> one-line `error` naming the file and `what` it is."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: {what} is not valid JSON ({exc})", hint=hint) from None
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 
 from edgecompile import gate
-from edgecompile.bundle import Bundle
+from edgecompile.bundle import Bundle, read_json
 from edgecompile.data import Dataset, TensorSpec, load_npz, parse_spec, validate_dataset
 from edgecompile.errors import BundleError, ConfigError, DataError
 
@@ -208,11 +207,7 @@ def load_baseline(path: str | Path | dict) -> dict:
         if not p.is_file():
             raise ConfigError(f"baseline {where!r} does not exist",
                               hint="record one with `edgecompile baseline DIR -o baseline.json`")
-        try:
-            b = json.loads(p.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"baseline {where!r} is not valid JSON ({exc})",
-                              hint="record it again with `edgecompile baseline`") from None
+        b = read_json(p, "baseline", ConfigError, hint="record it again with `edgecompile baseline`")
     if not isinstance(b, dict) or b.get("kind") != BASELINE_KIND:
         raise ConfigError(f"{where}: not an edgecompile baseline", hint="record one with `edgecompile baseline DIR -o FILE`")
     if b.get("schema_version") != BASELINE_SCHEMA:

@@ -70,9 +70,9 @@ def connect_tracker(address: str):
                           hint=f"start one: edgecompile device tracker --port {port}") from None
 
 
-def tracker_summary(address: str) -> dict:
+def tracker_summary(address: str, tracker=None) -> dict:
     """The tracker's summary: {"queue_info": {key: {"free": n, "pending": m}}, "server_info": [...]}."""
-    tracker = connect_tracker(address)
+    tracker = tracker or connect_tracker(address)
     try:
         return tracker.summary()
     except Exception as exc:
@@ -92,14 +92,15 @@ def boards(summary: dict) -> list[dict]:
     return [rows[k] for k in sorted(rows)]
 
 
-def wait_for_board(address: str, key: str, timeout: float = 30.0) -> dict:
+def wait_for_board(address: str, key: str, timeout: float = 30.0, tracker=None):
     """Poll the tracker until a board with `key` is registered (a board that just started needs a
-    moment to register). Returns the summary; RemoteError naming the known keys on timeout."""
+    moment to register). Returns the tracker session; RemoteError naming the known keys on timeout."""
+    tracker = tracker or connect_tracker(address)
     deadline = time.monotonic() + timeout
     while True:
-        summary = tracker_summary(address)
+        summary = tracker_summary(address, tracker)
         if key in (summary.get("queue_info") or {}):
-            return summary
+            return tracker
         if time.monotonic() >= deadline:
             known = ", ".join(r["key"] for r in boards(summary)) or "none"
             raise RemoteError(f"no board with key {key!r} on the tracker at {address} after {timeout:.0f} s "
@@ -110,9 +111,9 @@ def wait_for_board(address: str, key: str, timeout: float = 30.0) -> dict:
 
 def request_board(address: str, key: str, *, wait: float = 30.0, session_timeout: float = 0):
     """An RPC session on a board with `key` (waits up to `wait` s for it to register)."""
-    wait_for_board(address, key, wait)
+    tracker = wait_for_board(address, key, wait)
     try:
-        return connect_tracker(address).request(key, priority=1, session_timeout=session_timeout)
+        return tracker.request(key, priority=1, session_timeout=session_timeout)
     except Exception as exc:
         raise RemoteError(f"board {key!r} did not answer ({first_line(exc)})",
                           hint="is the board busy or gone? see `edgecompile device list`") from None

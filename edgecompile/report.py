@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import json
 from pathlib import Path
 
 REPORT_SCHEMA_VERSION = 1
@@ -302,6 +301,7 @@ _MD = {"summary": _md_summary, "quantization": _md_quantization, "fp16": _md_qua
 
 
 def load_report(bundle_dir: str | Path) -> dict:
+    from edgecompile.bundle import read_json
     from edgecompile.errors import BundleError
 
     path = Path(bundle_dir) / "report.json"
@@ -309,11 +309,7 @@ def load_report(bundle_dir: str | Path) -> dict:
         raise BundleError(f"{bundle_dir}: no report.json" + ("" if (Path(bundle_dir) / "manifest.json").is_file()
                                                             else " (not a bundle directory)"),
                           hint="build the bundle with `edgecompile build MODEL -o DIR`")
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path}: not valid JSON ({exc.__class__.__name__})",
-                          hint="report.json is derived: rebuild the bundle to regenerate it") from None
+    report = read_json(path, "report", hint="report.json is derived: rebuild the bundle to regenerate it")
     if not isinstance(report, dict) or "model" not in report or "precision" not in report:
         raise BundleError(f"{path}: not an EdgeCompile report", hint="rebuild the bundle to regenerate it")
     return report

@@ -124,8 +124,9 @@ class TuningDatabase:
             "tuning_seconds_total": round(float(self.meta["tuning_seconds"]), 2),
             "reused": session["trials_run"] == 0 and total > 0,
             "stopped": session["stopped"],
-            "measured_on": session.get("measured_on") or ([s.get("measured_on") for s in self.meta["sessions"]
-                                                           if s.get("measured_on")] or [None])[-1],
+            # the board of the latest session that measured on one (this one's is appended above)
+            "measured_on": next((s["measured_on"] for s in reversed(self.meta["sessions"]) if s.get("measured_on")),
+                                None),
             "tasks": [{"name": name, **info} for name, info in sorted(self.meta["tasks"].items())],
         }
         if total == 0:

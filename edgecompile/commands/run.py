@@ -162,35 +162,39 @@ def bench(bundle_dir, runs, warmup, threads, batch, accuracy, data, remote, key,
 
     With --remote/--key the bundle's TVM library runs on a board behind a TVM RPC tracker and is
     timed there (network round trips are not counted); the report names the board."""
-    from edgecompile.bench import bench as run_bench
-    from edgecompile.bundle import Bundle
+    from edgecompile.bench import latency, synthetic_feeds
     from edgecompile.machine import cpu_info
+    from edgecompile.regression import task_accuracy
 
     if data and not accuracy:
         raise click.UsageError("--data is the evaluation data of --accuracy")
-    if remote or key:
-        return _bench_remote(bundle_dir, runs, warmup, threads, batch, remote, key, wait, accuracy, data, json_mode)
-    if runs is None:
-        res = run_bench(bundle_dir, runs=50, warmup=warmup, threads=threads, batch=batch, min_seconds=1.0)
-    else:
-        res = run_bench(bundle_dir, runs=runs, max_runs=runs, warmup=warmup, threads=threads, batch=batch,
-                        min_seconds=0.0)
-    manifest = Bundle.open(bundle_dir, verify=False).manifest
-    res = {"bundle": str(bundle_dir), "bundle_id": manifest.get("bundle_id"), "backend": manifest.get("backend"),
-           "precision": manifest.get("precision"), "cpu": cpu_info(), **res}
-    if accuracy:
-        from edgecompile.regression import task_accuracy
-
-        with open_runner(bundle_dir, threads, None, None, wait) as runner:
+    # one runner for latency and --accuracy, local or on a board
+    with open_runner(bundle_dir, threads, remote, key, wait) as runner:
+        feeds = synthetic_feeds(runner.inputs, batch)
+        if remote:
+            res = runner.latency(feeds, runs=runs or 50, warmup=warmup)
+        elif runs is None:      # at least 50 runs and 1 s
+            res = latency(runner, feeds, warmup=warmup, min_runs=50, min_seconds=1.0, threads=threads)
+        else:                   # exactly `runs`
+            res = latency(runner, feeds, warmup=warmup, min_runs=runs, max_runs=runs, min_seconds=0.0,
+                          threads=threads)
+        if accuracy:
             res["accuracy"] = task_accuracy(runner, runner.bundle, data)
+        manifest = runner.bundle.manifest
+    res = {"bundle": str(bundle_dir), "bundle_id": manifest.get("bundle_id"), "backend": manifest.get("backend"),
+           "target": manifest.get("target"), "precision": manifest.get("precision"),
+           **({} if remote else {"cpu": cpu_info()}), **res}
     if json_mode:
         emit_json(res)
         return
-    click.echo(f"{bundle_dir}: {res['backend']} {res['precision']}, batch {res['batch']}, "
-               f"{res['threads']} threads, {res['runs']} runs after {res['warmup']} warm-up")
-    click.echo(f"  p50 {res['p50']:.3f} ms   p90 {res['p90']:.3f} ms   p99 {res['p99']:.3f} ms   "
-               f"mean {res['mean']:.3f} ms   min {res['min']:.3f} ms")
-    click.echo(f"  on {res['cpu']['model']} ({res['cpu']['cores']} cores)")
+    if remote:
+        _echo_remote(bundle_dir, res)
+    else:
+        click.echo(f"{bundle_dir}: {res['backend']} {res['precision']}, batch {res['batch']}, "
+                   f"{res['threads']} threads, {res['runs']} runs after {res['warmup']} warm-up")
+        click.echo(f"  p50 {res['p50']:.3f} ms   p90 {res['p90']:.3f} ms   p99 {res['p99']:.3f} ms   "
+                   f"mean {res['mean']:.3f} ms   min {res['min']:.3f} ms")
+        click.echo(f"  on {res['cpu']['model']} ({res['cpu']['cores']} cores)")
     _echo_accuracy(res)
 
 
@@ -200,20 +204,7 @@ def _echo_accuracy(res: dict) -> None:
         click.echo(f"  {acc['metric']} {acc['value']:.4f} on {acc['data']} (n={acc['n']})")
 
 
-def _bench_remote(bundle_dir, runs, warmup, threads, batch, remote, key, wait, accuracy, data, json_mode):
-    from edgecompile.bench import synthetic_feeds
-    from edgecompile.regression import task_accuracy
-
-    with open_runner(bundle_dir, threads, remote, key, wait) as runner:
-        res = runner.latency(synthetic_feeds(runner.inputs, batch), runs=runs or 50, warmup=warmup)
-        manifest = runner.bundle.manifest
-        if accuracy:
-            res["accuracy"] = task_accuracy(runner, runner.bundle, data)
-    res = {"bundle": str(bundle_dir), "bundle_id": manifest.get("bundle_id"), "backend": manifest.get("backend"),
-           "target": manifest.get("target"), "precision": manifest.get("precision"), **res}
-    if json_mode:
-        emit_json(res)
-        return
+def _echo_remote(bundle_dir, res: dict) -> None:
     board = res["board"]
     where = "emulated board" if res["emulated"] else "board"
     click.echo(f"{bundle_dir}: {res['backend']} {res['precision']} for {res['target']}, batch {res['batch']}, "
@@ -223,4 +214,3 @@ def _bench_remote(bundle_dir, runs, warmup, threads, batch, remote, key, wait, a
                f"mean {res['mean']:.3f} ms   min {res['min']:.3f} ms{label}")
     click.echo(f"  board: {board.get('arch', '?')}, {board.get('threads', '?')} threads, "
                f"TVM {board.get('tvm_version', '?')}")
-    _echo_accuracy(res)
