@@ -74,6 +74,35 @@ class Runner:
         values = tuple(outs.values())
         return values[0] if len(values) == 1 else values
 
+    # -- task front-ends (text, generation, detection): set by `load` from the manifest's "frontend" ---
+    frontend = None
+
+    def _front(self, what: str):
+        if self.frontend is None:
+            raise BundleError(f"this bundle has no {what} front-end", hint="the bundle's manifest declares no "
+                              "'frontend'; use runner.run({name: array}) with arrays")
+        return self.frontend
+
+    def encode(self, texts, **kw):
+        """Text embedding bundles: list[str] -> float32 [N, dim]."""
+        return self._front("text").encode(texts, **kw)
+
+    def classify(self, texts, **kw):
+        """Text classification bundles: list[str] -> labels and scores."""
+        return self._front("text").classify(texts, **kw)
+
+    def generate(self, prompt, **kw):
+        """Decoder bundles: the continuation of a prompt (or chat messages) as a str."""
+        return self._front("generation").generate(prompt, **kw)
+
+    def stream(self, prompt, **kw):
+        """Decoder bundles: yield the continuation's text piece by piece."""
+        return self._front("generation").stream(prompt, **kw)
+
+    def detect(self, image, **kw):
+        """Detection bundles: HWC uint8 RGB image -> boxes [x1, y1, x2, y2] (original pixels), classes, scores."""
+        return self._front("detection").detect(image, **kw)
+
     def close(self) -> None:
         if not self.closed:
             self._close()
@@ -148,4 +177,28 @@ def load(path: str | Path, *, threads: int | None = None, verify: bool = True, v
         raise BundleError(f"{path}: backend {bundle.backend!r} cannot run here: {avail.reason}",
                           hint=avail.hint or f"install edgecompile[{bundle.backend}]")
     _warn_other_cpu(bundle)
-    return target.load(bundle, threads=threads, validate=validate)
+    runner = target.load(bundle, threads=threads, validate=validate)
+    spec = bundle.manifest.get("frontend")
+    if spec:
+        runner.frontend = _make_frontend(spec, runner, bundle)
+    return runner
+
+
+# manifest["frontend"]["kind"] -> "module:Class"; Class(runner, bundle, spec) provides the front-end methods.
+FRONTENDS = {
+    "text": "edgecompile.runtime.text:TextFrontend",
+    "generation": "edgecompile.runtime.generate:GenerationFrontend",
+    "detection": "edgecompile.runtime.detect:DetectionFrontend",
+}
+
+
+def _make_frontend(spec, runner: Runner, bundle: Bundle):
+    import importlib
+
+    kind = spec.get("kind") if isinstance(spec, dict) else None
+    if kind not in FRONTENDS:
+        runner.close()
+        raise BundleError(f"{bundle.path}: manifest field 'frontend.kind' is {kind!r}, not one of "
+                          f"{sorted(FRONTENDS)}", hint="rebuild the bundle with this version of edgecompile")
+    module, _, cls = FRONTENDS[kind].partition(":")
+    return getattr(importlib.import_module(module), cls)(runner, bundle, spec)
