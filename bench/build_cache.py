@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 
-from edgecompile.machine import cpu_info
+from edgecompile.runtime.machine import cpu_info
 
 
 def timed(args: list[str], env: dict) -> float:

@@ -32,7 +32,7 @@ class Peer:
 
 
 def raw_ort(path, threads):
-    from edgecompile.targets.ort import create_session
+    from edgecompile.targets.ort.run import create_session
 
     s = create_session(str(path), threads=threads)
     return lambda feeds: s.run(None, feeds)
@@ -60,12 +60,12 @@ def save_npz(ds, path):
 
 def bench_model(name, work: Path, rounds: int, round_seconds: float, threads: int | None) -> list[dict]:
     import edgecompile
-    from edgecompile import registry
-    from edgecompile.autochoice import interleaved_latency
-    from edgecompile.config import Config
-    from edgecompile.metrics import raw_similarity
+    from edgecompile.compiler import registry
+    from edgecompile.compiler.autochoice import interleaved_latency
+    from edgecompile.compiler.config import Config
+    from edgecompile.verify.metrics import raw_similarity
     from edgecompile.source import load_data, resolve_source
-    from edgecompile.targets.openvino import supports_bf16
+    from edgecompile.targets.openvino.run import supports_bf16
 
     src = resolve_source(name)
     calib = load_data(None, src, default=src.default_calibration)
@@ -136,7 +136,7 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, default=None, help="write bundles here instead of a temp dir")
     args = ap.parse_args()
 
-    from edgecompile.machine import cpu_info, toolchain_versions
+    from edgecompile.runtime.machine import cpu_info, toolchain_versions
 
     cpu = cpu_info()
     tmp = None

@@ -12,7 +12,7 @@ import argparse
 
 import numpy as np
 
-from edgecompile import gate
+from edgecompile.verify import gate
 
 
 def rate(rng, sims, n, p_loss, p_gain, margin):

@@ -33,15 +33,15 @@ def per_call_ms(runner, feeds, calls: int) -> float:
 
 def resnet_latency(args, root: Path) -> None:
     import edgecompile
-    from edgecompile.bench import synthetic_feeds
+    from edgecompile.verify.bench import synthetic_feeds
     from edgecompile.report import load_report
 
     variants = [("unpruned fp32", 0.0, "fp32")]
     for r in args.ratios:
         variants += [(f"pruned {r:.0%} fp32", r, "fp32"), (f"pruned {r:.0%} int8", r, "int8")]
     runners, notes = {}, {}
-    from edgecompile import precision as precision_stage
-    from edgecompile.registry import get_target
+    from edgecompile.compiler import precision as precision_stage
+    from edgecompile.compiler.registry import get_target
 
     shippable = precision_stage.supported(get_target("ort"))
     for label, ratio, precision in variants:
@@ -93,10 +93,10 @@ def digits_accuracy(args) -> None:
     import torch
 
     from edgecompile.models.digits.model import DigitsNet
-    from edgecompile.passes.prune import Prune
-    from edgecompile.passkit import PassContext
+    from edgecompile.passes.module.prune import Prune
+    from edgecompile.passes.base import PassContext
     from edgecompile.source import resolve_source
-    from edgecompile.training import deterministic, predict, train_classifier
+    from edgecompile.compiler.training import deterministic, predict, train_classifier
 
     src = resolve_source("digits")
     train, test = src.dataset("train"), src.dataset("test")
@@ -145,7 +145,7 @@ def main() -> None:
     ap.add_argument("--reuse", type=Path, default=None, help="directory with/for the resnet18 bundles")
     args = ap.parse_args()
 
-    from edgecompile.machine import cpu_info
+    from edgecompile.runtime.machine import cpu_info
 
     cpu = cpu_info()
     print(f"CPU: {cpu['model']} ({cpu['cores']} cores)")

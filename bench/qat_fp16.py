@@ -4,7 +4,7 @@
    (the quantize pass, same preset and calibration), and the QAT graph (QAT pass -> dynamo export
    -> weight folding) for each requested epoch count; plus the pass's own torch fake-quant numbers.
 2. FP16 vs FP32 under ONNX Runtime CPU: size ratio, output cosine, and latency measured side by
-   side (interleaved rounds, edgecompile.bench.interleaved) at batch 1 and batch 64.
+   side (interleaved rounds, edgecompile.verify.bench.interleaved) at batch 1 and batch 64.
 
     .venv/bin/python bench/qat_fp16.py [--epochs 0,1,3] [--models digits,resnet18] [--seconds 4]
 """
@@ -22,7 +22,7 @@ from quantization import cpu_line, fp32_graph, ours  # noqa: E402
 
 
 def top1(model_bytes: bytes, ds) -> float:
-    from edgecompile.targets.ort import ort_outputs
+    from edgecompile.targets.ort.build import ort_outputs
 
     return float(np.mean(ort_outputs(model_bytes, ds.batches(64))[0].argmax(1) == ds.labels))
 
@@ -30,10 +30,10 @@ def top1(model_bytes: bytes, ds) -> float:
 def qat_graph(src, epochs: int):
     import onnx_ir as ir
 
-    from edgecompile.config import QuantizeSection
-    from edgecompile.export import export_torch
-    from edgecompile.passes.qat import QuantizationAwareTraining, fold_weight_quantize
-    from edgecompile.passkit import PassContext
+    from edgecompile.compiler.config import QuantizeSection
+    from edgecompile.compiler.export import export_torch
+    from edgecompile.passes.module.qat import QuantizationAwareTraining, fold_weight_quantize
+    from edgecompile.passes.base import PassContext
 
     ctx = PassContext(config=None, profile=None, backend="ort", source=src,
                       calibration=src.dataset("calibration"), evaluation=src.dataset("test"),
@@ -47,10 +47,10 @@ def qat_graph(src, epochs: int):
 def fp16_bench(name: str, seconds: float) -> list[str]:
     import onnx_ir as ir
 
-    from edgecompile.bench import interleaved
-    from edgecompile.metrics import raw_similarity
+    from edgecompile.verify.bench import interleaved
+    from edgecompile.verify.metrics import raw_similarity
     from edgecompile.passes.fp16 import Float16
-    from edgecompile.targets.ort import create_session
+    from edgecompile.targets.ort.run import create_session
 
     src, model = fp32_graph(name)
     b32 = ir.to_proto(model).SerializeToString()

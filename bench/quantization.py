@@ -1,7 +1,7 @@
 """INT8 PTQ benchmark: our quantize pass vs FP32 vs ONNX Runtime's own `quantize_static` (defaults).
 
 All three graphs run through ONNX Runtime CPU sessions with the same feeds and threads; latency
-is measured side by side (interleaved rounds, edgecompile.bench.interleaved), so the ratios
+is measured side by side (interleaved rounds, edgecompile.verify.bench.interleaved), so the ratios
 are comparable even on a noisy machine. Then digits FP32 vs INT8 top-1 for each calibration method.
 
     .venv/bin/python bench/quantization.py [--models resnet18,mobilenetv2] [--calibrate minmax]
@@ -34,7 +34,7 @@ def cpu_line() -> str:
 
 def fp32_graph(name: str):
     """The FP32 graph exactly as a build would hand it to the precision stage (export + simplify)."""
-    from edgecompile.export import export_torch
+    from edgecompile.compiler.export import export_torch
     from edgecompile.passes.simplify import Simplify
     from edgecompile.source import resolve_source
 
@@ -46,9 +46,9 @@ def fp32_graph(name: str):
 def ours(src, model, calibrate: str, backend: str = "ort"):
     import onnx_ir as ir
 
-    from edgecompile.config import Config, QuantizeSection
+    from edgecompile.compiler.config import Config, QuantizeSection
     from edgecompile.passes.quantize import Quantize
-    from edgecompile.passkit import PassContext
+    from edgecompile.passes.base import PassContext
 
     cal = src.dataset(src.default_calibration.split(":")[1])
     p = Quantize(QuantizeSection(calibrate=calibrate))
@@ -84,8 +84,8 @@ def cosine(a, b) -> float:
 def compare_model(name: str, calibrate: str, threads, seconds: float, n_eval: int) -> list[dict]:
     import onnx_ir as ir
 
-    from edgecompile.bench import interleaved
-    from edgecompile.targets.ort import create_session
+    from edgecompile.verify.bench import interleaved
+    from edgecompile.targets.ort.run import create_session
 
     t0 = time.perf_counter()
     src, model = fp32_graph(name)
@@ -116,7 +116,7 @@ def compare_model(name: str, calibrate: str, threads, seconds: float, n_eval: in
 def digits_methods() -> list[tuple[str, float]]:
     import onnx_ir as ir
 
-    from edgecompile.targets.ort import ort_outputs
+    from edgecompile.targets.ort.build import ort_outputs
 
     src, model = fp32_graph("digits")
     test = src.dataset("test")
@@ -139,7 +139,7 @@ def main() -> None:
     ap.add_argument("--eval", type=int, default=32, help="evaluation images for cosine/agreement")
     args = ap.parse_args()
 
-    from edgecompile.machine import toolchain_versions
+    from edgecompile.runtime.machine import toolchain_versions
 
     tv = toolchain_versions()
     print(f"CPU: {cpu_line()}")

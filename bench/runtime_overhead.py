@@ -26,8 +26,8 @@ def per_call_us(fn, calls: int) -> float:
 
 def compare(bundle_dir: Path, calls: int, rounds: int, threads: int | None) -> dict:
     import edgecompile
-    from edgecompile.bench import synthetic_feeds
-    from edgecompile.targets.ort import create_session
+    from edgecompile.verify.bench import synthetic_feeds
+    from edgecompile.targets.ort.run import create_session
 
     runner = edgecompile.runtime.load(bundle_dir, threads=threads)
     raw = create_session(str(runner.bundle.artifact("model")), threads=threads)
@@ -57,7 +57,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import edgecompile
-    from edgecompile.machine import cpu_info
+    from edgecompile.runtime.machine import cpu_info
 
     root = args.reuse or Path(tempfile.mkdtemp(prefix="ec-bench-"))
     bundles = {}

@@ -44,7 +44,7 @@ def interleaved(candidates: dict, feeds, rounds: int, round_seconds: float) -> d
 def export(name: str):
     import onnx_ir as ir
 
-    from edgecompile.export import export_torch
+    from edgecompile.compiler.export import export_torch
     from edgecompile.source import load_data, resolve_source
 
     src = resolve_source(f"models/{name}")
@@ -71,11 +71,12 @@ def main(argv=None) -> int:
         os.environ["EDGECOMPILE_CACHE"] = tempfile.mkdtemp(prefix="edgecompile-bench-tvm-")
 
     from edgecompile.data import TensorSpec
-    from edgecompile.machine import cpu_info
+    from edgecompile.runtime.machine import cpu_info
     from edgecompile.progress import Progress
-    from edgecompile.targets.ort import create_session
+    from edgecompile.targets.ort.run import create_session
     from edgecompile.targets.profiles import get_profile
-    from edgecompile.targets.tvm import compile_library, load_library
+    from edgecompile.targets.tvm.build import compile_library
+    from edgecompile.targets.tvm.run import load_library
 
     progress = Progress()
     cpu = get_profile("cpu")

@@ -14,16 +14,20 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY = {
-    "build": ("edgecompile.pipeline", "build"),
-    "evaluate": ("edgecompile.evaluate", "evaluate"),
-    "bench": ("edgecompile.bench", "bench"),
+    "build": ("edgecompile.compiler.pipeline", "build"),
+    "evaluate": ("edgecompile.verify.evaluate", "evaluate"),
+    "bench": ("edgecompile.verify.bench", "bench"),
     "load": ("edgecompile.runtime", "load"),
-    "Bundle": ("edgecompile.bundle", "Bundle"),
-    "Config": ("edgecompile.config", "Config"),
-    "check": ("edgecompile.regression", "check"),
-    "make_baseline": ("edgecompile.regression", "make_baseline"),
+    "Bundle": ("edgecompile.runtime.bundle", "Bundle"),
+    "Config": ("edgecompile.compiler.config", "Config"),
+    "check": ("edgecompile.verify.regression", "check"),
+    "make_baseline": ("edgecompile.verify.regression", "make_baseline"),
 }
-_SUBMODULES = {"runtime", "errors", "config", "bundle", "metrics", "data", "registry", "report"}
+_SUBMODULES = {"runtime": "edgecompile.runtime", "errors": "edgecompile.errors", "data": "edgecompile.data",
+               "source": "edgecompile.source", "report": "edgecompile.report", "compiler": "edgecompile.compiler",
+               "verify": "edgecompile.verify", "config": "edgecompile.compiler.config",
+               "bundle": "edgecompile.runtime.bundle", "metrics": "edgecompile.verify.metrics",
+               "registry": "edgecompile.compiler.registry"}
 
 __all__ = ["__version__", *_LAZY, *sorted(_SUBMODULES)]
 
@@ -35,7 +39,7 @@ def __getattr__(name: str):
         globals()[name] = value
         return value
     if name in _SUBMODULES:
-        module = importlib.import_module(f"edgecompile.{name}")
+        module = importlib.import_module(_SUBMODULES[name])
         globals()[name] = module
         return module
     raise AttributeError(f"module 'edgecompile' has no attribute {name!r}")

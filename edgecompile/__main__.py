@@ -1,3 +1,3 @@
-from edgecompile.cli import main
+from edgecompile.cli.main import main
 
 main()

@@ -15,22 +15,11 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from edgecompile.errors import DataError
+from edgecompile.runtime.specs import TensorSpec
+
+__all__ = ["Dataset", "TensorSpec", "parse_spec", "load_npz"]
 
 _SPEC = re.compile(r"^(?P<name>[A-Za-z0-9_\-]+):(?P<split>[A-Za-z0-9_]+)(\[(?P<start>-?\d*):(?P<stop>-?\d*)\])?$")
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    shape: tuple          # ints, or a string for a symbolic (dynamic) dimension
-    dtype: str            # numpy dtype name, e.g. "float32"
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TensorSpec":
-        return cls(d["name"], tuple(d["shape"]), d["dtype"])
 
 
 @dataclass

@@ -30,7 +30,7 @@ class TorchModelSource:
     outputs: list[str]
     load_split: Callable[[str], Dataset]
     splits: tuple[str, ...]
-    metric: str                                # see edgecompile.metrics
+    metric: str                                # see edgecompile.verify.metrics
     default_calibration: str
     default_evaluation: str
     train_split: str | None = None
@@ -121,7 +121,7 @@ def _from_module(module, text: str) -> TorchModelSource:
 
 
 def _onnx_source(path: Path) -> OnnxModelSource:
-    from edgecompile.inspection import graph_inputs, read_onnx
+    from edgecompile.compiler.inspection import graph_inputs, read_onnx
 
     proto = read_onnx(path)
     data = path.read_bytes()

@@ -44,7 +44,7 @@ def reestimate_batchnorm(module, batches: int = 8, batch_size: int = 16, shape=(
     inputs (cumulative average) keeps every layer's activations at a sensible scale."""
     import torch
 
-    from edgecompile.training import deterministic
+    from edgecompile.compiler.training import deterministic
 
     with deterministic(seed), torch.no_grad():
         for m in module.modules():

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgecompile.errors import ConfigError
-from edgecompile.passkit import PassContext, PassResult
+from edgecompile.passes.base import PassContext, PassResult
 
 FP16_MAX = 65504.0
 DEFAULT_BLOCK_LIST = ("ReduceSum", "ReduceMean", "ReduceProd", "ReduceSumSquare", "ReduceL1", "ReduceL2",
@@ -44,7 +44,7 @@ class Float16:
     name = "fp16"
 
     def __init__(self, section=None):
-        from edgecompile.config import Fp16Section
+        from edgecompile.compiler.config import Fp16Section
 
         self.section = section or Fp16Section()
         if self.section.io_types not in IO_TYPES:
@@ -227,9 +227,9 @@ def _drop_cast_pairs(graph) -> int:
 def summarize(plan, fp32_bytes: bytes, fp16_bytes: bytes, record) -> dict:
     """The report's `fp16` record: size ratio, metric delta (FP32 graph -> FP16 graph, from the
     pass record), output cosine and batch-1 latency FP16 vs FP32 under ORT CPU, interleaved."""
-    from edgecompile.bench import interleaved
-    from edgecompile.metrics import raw_similarity
-    from edgecompile.targets.ort import create_session
+    from edgecompile.verify.bench import interleaved
+    from edgecompile.verify.metrics import raw_similarity
+    from edgecompile.targets.ort.run import create_session
 
     notes = record.notes
     out = {"io_types": notes.get("io_types"), "fp32_nodes": notes.get("fp32_nodes"),

@@ -1,10 +1,10 @@
 """Post-training INT8 quantization: static (QDQ ONNX, calibrated) or dynamic (int8 weights,
 activations quantized at run time).
 
-Static PTQ uses our own calibrator (edgecompile.calibration: MinMax, Entropy and Percentile that
+Static PTQ uses our own calibrator (edgecompile.compiler.calibration: MinMax, Entropy and Percentile that
 really differ) and hands the resulting ranges to ONNX Runtime's QDQQuantizer, which inserts the
 QuantizeLinear/DequantizeLinear pairs, quantizes weights (per channel or per tensor) and biases.
-Activation/weight types follow the backend's preset (PRESETS, the contract's table) unless the
+Activation/weight types follow the backend's preset (`Backend.quant_preset`, the contract's table) unless the
 [passes.quantize] keys override them.
 """
 from __future__ import annotations
@@ -16,28 +16,15 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from edgecompile.errors import ConfigError, DataError
-from edgecompile.passkit import PassContext, PassResult
+from edgecompile.passes.base import PassContext, PassResult
+from edgecompile.targets.base import U8S8, QuantPreset
 
 
-@dataclass(frozen=True)
-class QuantPreset:
-    """How a backend wants its QDQ graph."""
+def backend_preset(backend: str) -> QuantPreset:
+    """The preset the backend declares (`Backend.quant_preset`, the contract's table); U8S8 for unknown names."""
+    from edgecompile.compiler import registry
 
-    activations: str                 # "uint8" | "int8"
-    weights: str                     # "int8" | "uint8"
-    symmetric_activations: bool      # zero-point 0 (int8) / 128 (uint8)
-    symmetric_weights: bool = True
-    per_channel: bool = True
-
-
-# The contract: ORT/OpenVINO run U8S8 (asymmetric uint8 activations, per-channel symmetric int8
-# weights); TensorRT only takes symmetric int8 everywhere (zero-point 0).
-PRESETS: dict[str, QuantPreset] = {
-    "ort": QuantPreset("uint8", "int8", symmetric_activations=False),
-    "openvino": QuantPreset("uint8", "int8", symmetric_activations=False),
-    "tensorrt": QuantPreset("int8", "int8", symmetric_activations=True),
-}
-DEFAULT_PRESET = "ort"
+    return registry.get_target(backend).quant_preset if backend in registry.target_names() else U8S8
 
 # Ops whose presence makes quantization worthwhile (they carry the weights and the FLOPs).
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Attention", "LSTM")
@@ -45,8 +32,7 @@ DYNAMIC_OPS = ("MatMul", "Attention", "LSTM")       # Gemm is rewritten to MatMu
 
 
 def preset_for(backend: str) -> tuple[str, QuantPreset]:
-    name = backend if backend in PRESETS else DEFAULT_PRESET
-    return name, PRESETS[name]
+    return backend, backend_preset(backend)
 
 
 def settings(section, backend: str) -> tuple[str, QuantPreset]:
@@ -65,9 +51,11 @@ def settings(section, backend: str) -> tuple[str, QuantPreset]:
     if over:
         preset = replace(preset, **over)
         name += " (overridden)"
-    if name.startswith("tensorrt") and not (preset.symmetric_activations and preset.activations == "int8"):
-        raise ConfigError("TensorRT needs symmetric int8 activations (zero-point 0)",
-                          hint="drop the [passes.quantize] activations/symmetric_activations overrides for tensorrt")
+    base = backend_preset(backend)
+    needs_symmetric = base.symmetric_activations and base.activations == "int8"
+    if needs_symmetric and not (preset.symmetric_activations and preset.activations == "int8"):
+        raise ConfigError(f"backend {backend!r} needs symmetric int8 activations (zero-point 0)",
+                          hint=f"drop the [passes.quantize] activations/symmetric_activations overrides for {backend}")
     return name, preset
 
 
@@ -99,7 +87,7 @@ class Quantize:
     name = "quantize"
 
     def __init__(self, section=None, exclude=()):
-        from edgecompile.config import QuantizeSection
+        from edgecompile.compiler.config import QuantizeSection
 
         self.section = section or QuantizeSection()
         self.exclude = tuple(exclude)        # node names kept in float (the precision search's fallback)
@@ -148,7 +136,7 @@ class Quantize:
 
     # -- static -------------------------------------------------------------------------------
     def _calibration_feeds(self, proto, ctx: PassContext):
-        from edgecompile.calibration import collect_feeds, graph_input_specs
+        from edgecompile.compiler.calibration import collect_feeds, graph_input_specs
 
         specs = graph_input_specs(proto)
         limit = self.section.calib_samples
@@ -166,7 +154,7 @@ class Quantize:
     def _static(self, proto, preset: QuantPreset, ctx: PassContext):
         from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
-        from edgecompile.calibration import collect_stats, compute_ranges, tensors_to_calibrate
+        from edgecompile.compiler.calibration import collect_stats, compute_ranges, tensors_to_calibrate
 
         batches, n, identity = self._calibration_feeds(proto, ctx)
         op_types = sorted(set(QDQRegistry) | set(QLinearOpsRegistry))

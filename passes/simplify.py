@@ -4,7 +4,7 @@ from __future__ import annotations
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
-from edgecompile.passkit import PassContext, PassResult, graph_stats
+from edgecompile.passes.base import PassContext, PassResult, graph_stats
 
 
 class Simplify:

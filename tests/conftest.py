@@ -157,7 +157,7 @@ def digits_test_npz(tmp_path_factory, digits_source):
 @pytest.fixture(scope="session")
 def digits_baseline(digits_bundle, tmp_path_factory):
     """A baseline (dict + file) of the shared digits bundle."""
-    from edgecompile.regression import make_baseline, save_baseline
+    from edgecompile.verify.regression import make_baseline, save_baseline
 
     base = make_baseline(digits_bundle.path)
     return base, save_baseline(base, tmp_path_factory.mktemp("gate-baseline") / "baseline.json")

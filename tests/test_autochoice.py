@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 import edgecompile
-from edgecompile import autochoice
-from edgecompile.autochoice import Row, choose
-from edgecompile.config import Config
+from edgecompile.compiler import autochoice
+from edgecompile.compiler.autochoice import Row, choose
+from edgecompile.compiler.config import Config
 from edgecompile.data import Dataset
 from edgecompile.errors import EdgeCompileError
-from edgecompile.evaluate import compare
-from edgecompile.metrics import get_metric
+from edgecompile.verify.evaluate import compare
+from edgecompile.verify.metrics import get_metric
 from edgecompile.targets.profiles import get_profile
 
 from conftest import run_cli
@@ -68,7 +68,7 @@ def test_bf16_request_ships_bf16_or_falls_back_loudly(digits_onnx, tmp_path):
     rep = json.loads(out)
     rows = {(c["backend"], c["precision"]) for c in rep["backend_choice"]["candidates"]}
     assert ("ort", "bf16") not in rows and ("ort", "fp32") in rows
-    from edgecompile.targets.openvino import supports_bf16
+    from edgecompile.targets.openvino.run import supports_bf16
 
     assert (("openvino", "bf16") in rows) == supports_bf16("CPU")
     if rep["precision"] != "bf16":     # nothing in bf16 beat ort fp32 here: said loudly
@@ -137,7 +137,7 @@ def test_unavailable_openvino_device_only_removes_that_candidate():
 
 
 def _has_quantize():
-    from edgecompile import registry
+    from edgecompile.compiler import registry
 
     return registry.has_pass("quantize")
 

@@ -26,7 +26,7 @@ def test_digits_cpu_bundle_meets_the_foundation_targets(digits_bundle):
 
 
 def test_bundle_outputs_match_torch(digits_bundle, digits_source):
-    from edgecompile.training import predict
+    from edgecompile.compiler.training import predict
 
     ds = digits_source.dataset("test")
     expected = predict(digits_source.module(), ds)[0]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from edgecompile.buildcache import ENTRY, StageCache
+from edgecompile.compiler.buildcache import ENTRY, StageCache
 
 
 # -- StageCache unit tests (no builds) ------------------------------------------------------------
@@ -67,22 +67,22 @@ def test_disabled_and_unwritable_cache_never_fail(tmp_path):
 
 @pytest.fixture(scope="module")
 def base_plan(tmp_path_factory):
-    from edgecompile.config import Config
-    from edgecompile.pipeline import make_plan
+    from edgecompile.compiler.config import Config
+    from edgecompile.compiler.pipeline import make_plan
 
     out = tmp_path_factory.mktemp("plans") / "b"
     return make_plan(Config().with_overrides({"model.source": "models/digits"}), output=out, data=None, options={})
 
 
 def _plan(base, tmp_path, data=None, **overrides):
-    from edgecompile.pipeline import make_plan
+    from edgecompile.compiler.pipeline import make_plan
 
     cfg = base.config.with_overrides(overrides)
     return make_plan(cfg, output=tmp_path / "b", data=data, options={})
 
 
 def test_bundle_key_misses_when_any_one_input_changes(base_plan, tmp_path, monkeypatch):
-    from edgecompile import pipeline
+    from edgecompile.compiler import pipeline
     from edgecompile.targets.profiles import get_profile
 
     key = pipeline.bundle_key(base_plan)
@@ -115,7 +115,7 @@ def test_bundle_key_misses_when_any_one_input_changes(base_plan, tmp_path, monke
 
 
 def test_export_key_covers_what_changes_the_graph_only(base_plan, tmp_path):
-    from edgecompile.pipeline import export_key
+    from edgecompile.compiler.pipeline import export_key
     from edgecompile.targets.profiles import get_profile
 
     key = export_key(base_plan)
@@ -137,8 +137,8 @@ def test_onnx_file_content_changes_the_key(digits_bundle, tmp_path):
     import onnx
     from onnx import numpy_helper
 
-    from edgecompile.config import Config
-    from edgecompile.pipeline import bundle_key, make_plan
+    from edgecompile.compiler.config import Config
+    from edgecompile.compiler.pipeline import bundle_key, make_plan
 
     src = tmp_path / "m.onnx"
     shutil.copy(digits_bundle.path / "model.onnx", src)
@@ -155,7 +155,7 @@ def test_onnx_file_content_changes_the_key(digits_bundle, tmp_path):
 
 
 def test_python_api_options_bypass_the_cache(base_plan):
-    from edgecompile.pipeline import cache_state
+    from edgecompile.compiler.pipeline import cache_state
 
     assert cache_state(base_plan) == "on"
     assert cache_state(dataclasses.replace(base_plan, use_cache=False)) == "off (--no-cache)"
@@ -185,7 +185,7 @@ def test_flags_override_config_keys_end_to_end(digits_bundle, tmp_path, monkeypa
     """./edgecompile.toml sets threads=1 and report formats; --threads 2 wins over its key; the
     effective config is in the manifest. A changed config misses the bundle cache but reuses the export."""
     import edgecompile
-    from edgecompile.cli import main
+    from edgecompile.cli.main import main
 
     (tmp_path / "edgecompile.toml").write_text(
         "[model]\nsource = 'digits'\n[build]\nbackend = 'ort'\nthreads = 1\nprecision = 'fp32'\n[report]\nformats = ['json']\n")
@@ -206,8 +206,8 @@ def test_flags_override_config_keys_end_to_end(digits_bundle, tmp_path, monkeypa
 
 
 def test_corrupted_bundle_entry_is_rebuilt(digits_bundle, tmp_path):
-    from edgecompile.config import Config
-    from edgecompile.pipeline import build, bundle_key, make_plan
+    from edgecompile.compiler.config import Config
+    from edgecompile.compiler.pipeline import build, bundle_key, make_plan
 
     cfg = Config().with_overrides({"model.source": "models/digits", "build.backend": "ort", "build.threads": 1})
     key = bundle_key(make_plan(cfg, output=tmp_path / "a", data=None, options={}))

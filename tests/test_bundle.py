@@ -5,7 +5,8 @@ import shutil
 import pytest
 
 import edgecompile
-from edgecompile.bundle import Bundle, BundleWriter, recover
+from edgecompile.runtime.bundle import Bundle
+from edgecompile.compiler.writer import BundleWriter, recover
 from edgecompile.errors import BundleError
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from edgecompile.compare import compare, localize, render_text
+from edgecompile.verify.compare import compare, localize, render_text
 from edgecompile.data import Dataset
 
 
@@ -134,7 +134,7 @@ def test_cli_compare_json_and_errors(digits_bundle, model_onnx, tmp_path, bundle
 
 
 def test_non_onnx_side_is_not_localized(digits_bundle):
-    from edgecompile.compare import localize_sides, open_side
+    from edgecompile.verify.compare import localize_sides, open_side
 
     a = open_side(digits_bundle.path)
     b = open_side(digits_bundle.path)
@@ -145,7 +145,7 @@ def test_non_onnx_side_is_not_localized(digits_bundle):
 
 
 def test_per_node_errors_are_the_per_layer_table(digits_bundle, model_onnx, tmp_path):
-    from edgecompile.compare import per_layer_error
+    from edgecompile.verify.compare import per_layer_error
     from edgecompile.source import resolve_source
 
     bad = tmp_path / "bad.onnx"

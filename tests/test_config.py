@@ -1,6 +1,6 @@
 import pytest
 
-from edgecompile.config import Config
+from edgecompile.compiler.config import Config
 from edgecompile.errors import ConfigError
 
 

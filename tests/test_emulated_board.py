@@ -73,7 +73,7 @@ def test_remote_bench_on_the_emulated_board(board, rpi5_bundle, digits_bundle):
 
 def test_board_outputs_match_the_ort_bundle(board, rpi5_bundle, digits_bundle, digits_source):
     import edgecompile
-    from edgecompile import remote
+    from edgecompile.targets.tvm import remote
 
     tracker, _ = board
     x = digits_source.dataset("test").inputs["input"]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from edgecompile.errors import ExportError
-from edgecompile.export import check_parity, export_torch
+from edgecompile.compiler.export import check_parity, export_torch
 
 
 def test_export_has_dynamic_batch_and_named_io(digits_source):

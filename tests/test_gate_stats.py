@@ -1,4 +1,4 @@
-"""The gate's statistics (edgecompile.gate): exact values, restricted MLEs, and the error rates by simulation."""
+"""The gate's statistics (edgecompile.verify.gate): exact values, restricted MLEs, and the error rates by simulation."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from edgecompile import gate
+from edgecompile.verify import gate
 
 
 def test_binomial_tail_matches_exact_counts():

@@ -5,7 +5,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from edgecompile.inspection import inspect_onnx, inspect_path  # noqa: E402
+from edgecompile.compiler.inspection import inspect_onnx, inspect_path  # noqa: E402
 
 
 def _init(name, shape):

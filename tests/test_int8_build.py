@@ -9,10 +9,10 @@ import pytest
 from onnx import TensorProto, helper
 
 import edgecompile
-from edgecompile.config import Config
+from edgecompile.compiler.config import Config
 from edgecompile.errors import DataError
 from edgecompile.runtime import load
-from edgecompile.targets.ort import ort_outputs
+from edgecompile.targets.ort.build import ort_outputs
 from conftest import run_cli
 from quant_models import mlp, mlp_feeds
 
@@ -143,7 +143,7 @@ def test_cli_dynamic_and_nothing_to_quantize(mlp_onnx, tmp_path):
 
 
 def test_slowdown_gate_needs_a_consistent_loss():
-    from edgecompile.precision import measurably_slower
+    from edgecompile.compiler.precision import measurably_slower
 
     assert measurably_slower({"speedup": 0.5, "slower_rounds": 8, "rounds": 8})
     assert not measurably_slower({"speedup": 0.5, "slower_rounds": 6, "rounds": 8})    # noisy: keep INT8

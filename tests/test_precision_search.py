@@ -9,13 +9,13 @@ import onnx_ir as ir
 import pytest
 
 import edgecompile
-from edgecompile import precision as precision_stage
-from edgecompile.config import Config
+from edgecompile.compiler import precision as precision_stage
+from edgecompile.compiler.config import Config
 from edgecompile.data import Dataset
-from edgecompile.passkit import PassContext
-from edgecompile.precision_search import layer_groups, sensitivity
+from edgecompile.passes.base import PassContext
+from edgecompile.compiler.precision_search import layer_groups, sensitivity
 from edgecompile.runtime import load
-from edgecompile.targets.ort import ort_outputs
+from edgecompile.targets.ort.build import ort_outputs
 from conftest import run_cli
 from quant_models import fragile_mlp, mlp_feeds
 

@@ -6,7 +6,7 @@ import pytest
 pytest_plugins = ["pytester"]
 
 INNER = '''
-from edgecompile.pytest_plugin import assert_no_regression
+from edgecompile.verify.pytest_plugin import assert_no_regression
 
 
 def test_bundle_runs_on_its_data(edgecompile_bundle):

@@ -9,8 +9,8 @@ from conftest import run_cli
 from headless import chromium_path, render_page
 
 from edgecompile.report import load_report, render_md
-from edgecompile.report_html import render_html
-from edgecompile.report_sections import sections, size_by_op, with_sections
+from edgecompile.report.html import render_html
+from edgecompile.report.sections import sections, size_by_op, with_sections
 
 needs_chromium = pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed (apt-get install chromium; "
                                                                     ".ci/run installs it)")
@@ -20,7 +20,7 @@ needs_chromium = pytest.mark.skipif(chromium_path() is None, reason="chromium is
 def int8_build(tmp_path_factory):
     """digits asked for INT8 with html in [report] formats, built with a verbose progress."""
     import edgecompile
-    from edgecompile.config import Config
+    from edgecompile.compiler.config import Config
     from edgecompile.progress import Progress
 
     out = tmp_path_factory.mktemp("int8") / "digits-int8"
@@ -137,7 +137,7 @@ def test_rich_report_renders_and_the_browser_check_can_fail(digits_bundle, tmp_p
 
 
 def test_report_formats_are_validated():
-    from edgecompile.config import Config
+    from edgecompile.compiler.config import Config
     from edgecompile.errors import ConfigError
 
     assert Config.from_dict({"report": {"formats": ["json", "html"]}}).report.formats == ["json", "html"]

@@ -10,7 +10,7 @@ skipped with the reason. A regression fails with the verdict table (metric, delt
 """
 import numpy as np
 
-from edgecompile.pytest_plugin import assert_no_regression
+from edgecompile.verify.pytest_plugin import assert_no_regression
 
 
 def test_outputs_are_finite(edgecompile_bundle):

@@ -79,7 +79,7 @@ def load_split(split: str) -> Dataset:
 
 def create():
     """The trained DigitsNet (weights cached by definition hash and torch version)."""
-    from edgecompile.training import deterministic, train_classifier
+    from edgecompile.compiler.training import deterministic, train_classifier
 
     from .._common import cached_module, fingerprint
     from .model import DigitsNet

@@ -21,7 +21,7 @@ _FILES = (_HERE / "__init__.py", *digits._FILES)
 
 
 def create():
-    from edgecompile.training import deterministic, train_classifier
+    from edgecompile.compiler.training import deterministic, train_classifier
 
     from .._common import cached_module
     from ..digits.model import DigitsNet

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import run_cli
 from edgecompile.errors import ConfigError, DataError
-from edgecompile.regression import check, load_baseline, make_baseline, save_baseline
+from edgecompile.verify.regression import check, load_baseline, make_baseline, save_baseline
 
 
 def _junit(path):
@@ -116,8 +116,8 @@ def test_data_mismatch_is_exit_2_unless_data_is_given(digits_bundle, digits_base
     assert rc == 2 and "differ from the baseline's" in err and "hint:" in err and "Traceback" not in err
     # other data on purpose: compared unpaired, with a note
     ds_half = tmp_path / "half.npz"
-    from edgecompile.bundle import Bundle
-    from edgecompile.regression import bundle_dataset
+    from edgecompile.runtime.bundle import Bundle
+    from edgecompile.verify.regression import bundle_dataset
 
     ds = bundle_dataset(Bundle.open(digits_bundle.path))
     np.savez(ds_half, input=ds.inputs["input"][:200], labels=ds.labels[:200])
@@ -164,9 +164,9 @@ def test_baseline_and_check_import_no_torch(digits_bundle, digits_baseline, tmp_
     import subprocess
     import sys
 
-    code = ("import sys\nfrom edgecompile.regression import check\n"
+    code = ("import sys\nfrom edgecompile.verify.regression import check\n"
             f"r = check({str(digits_bundle.path)!r}, {str(digits_baseline[1])!r})\n"
-            "assert r.ok\nimport edgecompile.pytest_plugin, edgecompile.verdict\n"
+            "assert r.ok\nimport edgecompile.verify.pytest_plugin, edgecompile.verify.verdict\n"
             "print(' '.join(sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True).stdout
     mods = {m.split(".")[0] for m in out.split()}

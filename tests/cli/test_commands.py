@@ -1,10 +1,10 @@
-"""Every command on the digits bundle, with --json, in-process (fast) through edgecompile.cli.main."""
+"""Every command on the digits bundle, with --json, in-process (fast) through edgecompile.cli.main.main."""
 import json
 
 import numpy as np
 import pytest
 
-from edgecompile.cli import main
+from edgecompile.cli.main import main
 
 
 def cli(capsys, *args):
@@ -126,7 +126,7 @@ def test_version_and_targets_json(capsys):
 
 
 def test_cache_info_and_clear(capsys, monkeypatch, tmp_path):
-    from edgecompile.buildcache import StageCache
+    from edgecompile.compiler.buildcache import StageCache
 
     monkeypatch.setenv("EDGECOMPILE_CACHE", str(tmp_path / "c"))
     rc, out, _ = cli(capsys, "cache", "info", "--json")

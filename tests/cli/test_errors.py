@@ -1,6 +1,6 @@
 """Every bad input of issue #4: the documented exit code, one `error:` line plus a hint, no traceback.
 
-Most run in-process through edgecompile.cli.main (fast); a few go through a real subprocess."""
+Most run in-process through edgecompile.cli.main.main (fast); a few go through a real subprocess."""
 import json
 from pathlib import Path
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from edgecompile.cli import main
+from edgecompile.cli.main import main
 
 
 def cli(capsys, *args):

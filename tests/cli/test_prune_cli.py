@@ -32,7 +32,7 @@ def test_pruned_digits_meets_the_issue_targets(pruned, digits_bundle):
     assert "pruning" in stdout and "params 0.2" in stdout
     md = (out / "report.md").read_text()
     assert "## Pruning" in md and "| unpruned |" in md and "| pruned |" in md
-    from edgecompile.report_html import render_html
+    from edgecompile.report.html import render_html
 
     html = render_html(rep, out)
     assert '<section id="pruning">' in html and "fine-tuned" in html
@@ -92,8 +92,8 @@ def test_distill_rejects_an_incompatible_teacher(tmp_path):
 
 def test_prune_composes_with_int8(tmp_path):
     import edgecompile
-    from edgecompile.precision import supported
-    from edgecompile.registry import get_target
+    from edgecompile.compiler.precision import supported
+    from edgecompile.compiler.registry import get_target
     from edgecompile.report import load_report
 
     if "int8" not in supported(get_target("ort")):

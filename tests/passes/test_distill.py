@@ -8,9 +8,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from edgecompile.data import Dataset  # noqa: E402
-from edgecompile.distill import Distiller, distill, kd_loss  # noqa: E402
+from edgecompile.passes.module.distillation import Distiller, distill, kd_loss  # noqa: E402
 from edgecompile.errors import ConfigError  # noqa: E402
-from edgecompile.training import predict  # noqa: E402
+from edgecompile.compiler.training import predict  # noqa: E402
 
 
 def test_kd_loss_is_zero_for_identical_logits_and_positive_otherwise():

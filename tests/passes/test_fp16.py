@@ -23,7 +23,7 @@ def feeds(digits_source):
 def _convert(proto, **section):
     import onnx_ir as ir
 
-    from edgecompile.config import Fp16Section
+    from edgecompile.compiler.config import Fp16Section
     from edgecompile.passes.fp16 import Float16
 
     res = Float16(Fp16Section(**section))(ir.from_proto(proto))
@@ -33,7 +33,7 @@ def _convert(proto, **section):
 
 
 def _run(proto, feeds):
-    from edgecompile.targets.ort import ort_outputs
+    from edgecompile.targets.ort.build import ort_outputs
 
     return ort_outputs(proto.SerializeToString(), feeds)[0]
 
@@ -100,7 +100,7 @@ def test_out_of_range_weights_are_clipped_and_counted():
 
 
 def test_fp16_section_validation():
-    from edgecompile.config import Config
+    from edgecompile.compiler.config import Config
     from edgecompile.errors import ConfigError
 
     with pytest.raises(ConfigError, match="io_types"):
@@ -108,7 +108,7 @@ def test_fp16_section_validation():
     with pytest.raises(ConfigError, match="block_list"):
         Config.from_dict({"passes": {"fp16": {"block_list": "Softmax"}}})
     a = Config().with_overrides({"model.source": "models/digits", "build.precision": "fp16"})
-    from edgecompile.pipeline import make_plan
+    from edgecompile.compiler.pipeline import make_plan
 
     p1 = make_plan(a, output=None, data=None, options={})
     p2 = make_plan(a.with_overrides({"passes.fp16.io_types": "float16"}), output=None, data=None, options={})
@@ -116,7 +116,7 @@ def test_fp16_section_validation():
 
 
 def test_cli_fp16_bundle_is_valid_and_reports_delta_and_size(tmp_path):
-    from edgecompile.bundle import Bundle
+    from edgecompile.runtime.bundle import Bundle
     from edgecompile.runtime import load
 
     out = tmp_path / "digits-fp16"

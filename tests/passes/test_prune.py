@@ -9,10 +9,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("torch_pruning")
 
-from edgecompile.config import Config  # noqa: E402
+from edgecompile.compiler.config import Config  # noqa: E402
 from edgecompile.errors import ConfigError, PassError  # noqa: E402
-from edgecompile.passes.prune import Prune  # noqa: E402
-from edgecompile.passkit import PassContext  # noqa: E402
+from edgecompile.passes.module.prune import Prune  # noqa: E402
+from edgecompile.passes.base import PassContext  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ def base_module(digits_source):
 
 
 def _ctx(digits_source, backend="ort", **kw):
-    from edgecompile.passkit import PassContext
+    from edgecompile.passes.base import PassContext
 
     args = dict(config=None, profile=None, backend=backend, source=digits_source,
                 calibration=digits_source.dataset("calibration"), evaluation=digits_source.dataset("test"),
@@ -36,7 +36,7 @@ def _ctx(digits_source, backend="ort", **kw):
 
 
 def test_cli_qat_bundle_is_qdq_int8_with_the_fp32_ptq_qat_comparison(qat_cli_bundle):
-    from edgecompile.bundle import Bundle
+    from edgecompile.runtime.bundle import Bundle
     from edgecompile.runtime import load
 
     out, log = qat_cli_bundle
@@ -73,7 +73,7 @@ def test_cli_qat_bundle_is_qdq_int8_with_the_fp32_ptq_qat_comparison(qat_cli_bun
 def test_act_qparams_follow_ort_qdq_convention():
     from onnxruntime.quantization.quant_utils import compute_scale_zp
 
-    from edgecompile.passes.qat import act_qparams
+    from edgecompile.passes.module.qat import act_qparams
 
     for lo, hi in ((-0.5, 3.0), (0.0, 1.0), (0.2, 4.0), (-2.0, -0.1)):
         zp, scale = compute_scale_zp(np.float32(min(lo, 0)), np.float32(max(hi, 0)), np.uint8(0), np.uint8(255),
@@ -85,8 +85,8 @@ def test_act_qparams_follow_ort_qdq_convention():
 
 
 def test_tensorrt_preset_uses_symmetric_int8_activations_and_train_step(digits_source, base_module):
-    from edgecompile.config import QuantizeSection
-    from edgecompile.passes.qat import QuantizationAwareTraining
+    from edgecompile.compiler.config import QuantizeSection
+    from edgecompile.passes.module.qat import QuantizationAwareTraining
 
     calls = []
 
@@ -109,8 +109,8 @@ def test_tensorrt_preset_uses_symmetric_int8_activations_and_train_step(digits_s
 
 
 def test_calibration_method_changes_the_initial_ranges(digits_source, base_module):
-    from edgecompile.config import QuantizeSection
-    from edgecompile.passes.qat import QuantizationAwareTraining
+    from edgecompile.compiler.config import QuantizeSection
+    from edgecompile.passes.module.qat import QuantizationAwareTraining
 
     def ranges(method):
         sec = QuantizeSection(mode="qat", qat_epochs=0, calibrate=method, percentile=99.0)
@@ -121,9 +121,9 @@ def test_calibration_method_changes_the_initial_ranges(digits_source, base_modul
 
 
 def test_qat_needs_training_data_or_a_train_step(digits_source, base_module):
-    from edgecompile.config import QuantizeSection
+    from edgecompile.compiler.config import QuantizeSection
     from edgecompile.errors import ConfigError, DataError
-    from edgecompile.passes.qat import QuantizationAwareTraining
+    from edgecompile.passes.module.qat import QuantizationAwareTraining
 
     with pytest.raises(DataError, match="labelled training data"):
         QuantizationAwareTraining(QuantizeSection(mode="qat"))(copy.deepcopy(base_module),
@@ -136,8 +136,8 @@ def test_fold_weight_quantize_keeps_outputs_and_stores_int8(tmp_path):
     import onnx_ir as ir
     from onnx import TensorProto, helper, numpy_helper
 
-    from edgecompile.passes.qat import fold_weight_quantize
-    from edgecompile.targets.ort import ort_outputs
+    from edgecompile.passes.module.qat import fold_weight_quantize
+    from edgecompile.targets.ort.build import ort_outputs
 
     rng = np.random.default_rng(0)
     w = rng.normal(size=(4, 3, 3, 3)).astype(np.float32)
@@ -163,8 +163,8 @@ def test_fold_weight_quantize_keeps_outputs_and_stores_int8(tmp_path):
 
 
 def test_qat_epochs_are_part_of_the_cache_keys():
-    from edgecompile.config import Config
-    from edgecompile.pipeline import export_key, make_plan
+    from edgecompile.compiler.config import Config
+    from edgecompile.compiler.pipeline import export_key, make_plan
 
     base = Config().with_overrides({"model.source": "models/digits", "build.precision": "int8",
                                     "passes.quantize.mode": "qat"})
@@ -186,8 +186,8 @@ def test_a_qat_graph_is_never_offered_as_fp32(qat_cli_bundle):
 
     import onnx_ir as ir
 
-    from edgecompile import precision
-    from edgecompile.config import Config
+    from edgecompile.compiler import precision
+    from edgecompile.compiler.config import Config
 
     out, _ = qat_cli_bundle
     model = ir.load(str(out / "model.onnx"))

@@ -7,12 +7,12 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgecompile.calibration import entropy_threshold, percentile_threshold
-from edgecompile.config import Config, QuantizeSection
+from edgecompile.compiler.calibration import entropy_threshold, percentile_threshold
+from edgecompile.compiler.config import Config, QuantizeSection
 from edgecompile.errors import ConfigError, DataError
-from edgecompile.passes.quantize import PRESETS, Quantize, gemm_to_matmul, settings
-from edgecompile.passkit import PassContext
-from edgecompile.targets.ort import ort_outputs
+from edgecompile.passes.quantize import Quantize, backend_preset, gemm_to_matmul, settings
+from edgecompile.passes.base import PassContext
+from edgecompile.targets.ort.build import ort_outputs
 from quant_models import mlp, mlp_feeds
 
 
@@ -116,9 +116,9 @@ def test_config_overrides_the_preset(digits_fp32, digits_source, digits_data):
     assert result.notes["preset"] == "ort (overridden)"
     assert all(z.dtype == np.int8 for z in zero_points(q))
     assert all(s.size == 1 for s in weight_scales(q))               # per-tensor weights
-    with pytest.raises(ConfigError, match="TensorRT needs symmetric int8"):
+    with pytest.raises(ConfigError, match="'tensorrt' needs symmetric int8"):
         settings(QuantizeSection(activations="uint8"), "tensorrt")
-    assert settings(QuantizeSection(), "openvino") == ("openvino", PRESETS["openvino"])
+    assert settings(QuantizeSection(), "openvino") == ("openvino", backend_preset("openvino"))
     with pytest.raises(ConfigError, match="percentile"):
         Quantize(QuantizeSection(calibrate="percentile", percentile=150.0))
     with pytest.raises(ConfigError, match="static"):

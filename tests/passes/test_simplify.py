@@ -5,7 +5,7 @@ import onnx_ir as ir
 from onnx import TensorProto, helper
 
 from edgecompile.passes.simplify import Simplify
-from edgecompile.targets.ort import ort_outputs
+from edgecompile.targets.ort.build import ort_outputs
 
 
 def _before():

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 
 import edgecompile
-from edgecompile.config import Config
+from edgecompile.compiler.config import Config
 from edgecompile.errors import TargetUnavailableError
 
 ov = pytest.importorskip("openvino", reason="openvino is not installed")
 
-from edgecompile.targets import openvino as ovt  # noqa: E402
+from edgecompile.targets.openvino import build as ovb  # noqa: E402
+from edgecompile.targets.openvino import run as ovt  # noqa: E402
 
 from conftest import run_cli  # noqa: E402
 
@@ -91,7 +92,7 @@ def test_bf16_bundle_on_a_cpu_without_bf16_warns_and_runs_f32(ov_bf16, ov_fp32, 
 
 
 def test_precisions_come_from_the_device(monkeypatch):
-    t = ovt.OpenVinoTarget()
+    t = ovb.OpenVinoTarget()
     assert t.precisions[0] == "fp32"
     assert ("bf16" in t.precisions) == ovt.supports_bf16("CPU")
     monkeypatch.setattr(ovt, "capabilities", lambda device="CPU": ["FP32"])
@@ -126,7 +127,7 @@ def test_runtime_warns_when_the_cpu_features_differ(ov_fp32, tmp_path):
 
 
 def _has_quantize():
-    from edgecompile import registry
+    from edgecompile.compiler import registry
 
     return registry.has_pass("quantize")
 
@@ -134,7 +135,7 @@ def _has_quantize():
 @pytest.mark.skipif(not _has_quantize(), reason="the quantize pass (int8 QDQ) is not in this tree yet")
 def test_int8_reads_the_qdq_graph_and_keeps_the_rest_f32(digits_onnx, tmp_path):
     b = _build(digits_onnx, tmp_path / "int8", precision="int8", force=True)
-    assert b.manifest["precision"] == "int8" and "int8" in ovt.OpenVinoTarget().precisions
+    assert b.manifest["precision"] == "int8" and "int8" in ovb.OpenVinoTarget().precisions
     assert b.manifest["backend_options"]["config"]["INFERENCE_PRECISION_HINT"] == "f32"
     xml = (b.path / "model.xml").read_text()
     assert "FakeQuantize" in xml or 'element_type="u8"' in xml or 'element_type="i8"' in xml

@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("tvm", reason="apache-tvm is not installed (pip install 'edgecompile[tvm]')")
 
-from edgecompile import remote  # noqa: E402
+from edgecompile.targets.tvm import remote  # noqa: E402
 from edgecompile.errors import ConfigError, RemoteError  # noqa: E402
 from tests.conftest import free_port, run_cli  # noqa: E402
 
@@ -120,7 +120,7 @@ def test_tuning_measures_kernels_on_the_board(farm, digits_bundle, tmp_path):
     import onnx_ir as ir
 
     from edgecompile.targets.profiles import get_profile
-    from edgecompile.targets.tvm import compile_library
+    from edgecompile.targets.tvm.build import compile_library
 
     model = ir.load(str(digits_bundle.path / "model.onnx"))
     meta = compile_library(model, get_profile("cpu"), tmp_path / "m.so", tune_trials=2, cache=False,

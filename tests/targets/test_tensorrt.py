@@ -11,9 +11,11 @@ import onnx_ir as ir
 import pytest
 
 from conftest import run_cli
-from edgecompile.bundle import Bundle, BundleWriter
+from edgecompile.runtime.bundle import Bundle
+from edgecompile.compiler.writer import BundleWriter
 from edgecompile.errors import BundleError, CompileError
-from edgecompile.targets import tensorrt as trt_target
+from edgecompile.targets.tensorrt import build as trt_build
+from edgecompile.targets.tensorrt import run as trt_target
 
 ENGINE = trt_target.engine_availability()
 needs_tensorrt = pytest.mark.skipif(not ENGINE.ok, reason=f"needs TensorRT and an NVIDIA GPU: {ENGINE.reason}")
@@ -22,7 +24,7 @@ needs_tensorrt_marker = pytest.mark.needs_tensorrt
 
 def _has_tvm_fallback() -> bool:
     try:
-        from edgecompile.targets.tvm import compile_library  # noqa: F401
+        from edgecompile.targets.tvm.build import compile_library  # noqa: F401
     except ImportError:
         return False
     return True
@@ -76,7 +78,7 @@ def test_jetson_int8_cli_build_uses_a_calibration_cache(trt_int8_build):
     assert m["precision"] == "int8"
     plan = json.loads((out / "tensorrt" / "build_plan.json").read_text())
     graph = ir.load(str(out / "tensorrt" / "model.onnx"))
-    from edgecompile.targets.trt_compat import check_qdq, has_qdq
+    from edgecompile.targets.tensorrt.compat import check_qdq, has_qdq
 
     if has_qdq(graph):                 # the quantize pass produced an explicit Q/DQ graph
         assert plan["int8"]["mode"] == "explicit" and check_qdq(graph).ok, check_qdq(graph).summary()
@@ -113,9 +115,9 @@ def test_engine_command_without_tensorrt_is_a_one_line_error(trt_bundle, digits_
 
 
 def _compile(model, tmp_path, digits_source, precision="int8", evaluation=None, **tensorrt):
-    from edgecompile.config import Config
+    from edgecompile.compiler.config import Config
     from edgecompile.progress import Progress
-    from edgecompile.target import BuildContext
+    from edgecompile.targets.base import BuildContext
     from edgecompile.targets.profiles import get_profile
 
     cfg = Config.from_dict({"tensorrt": {"cpu_fallback": False, **tensorrt}})
@@ -123,7 +125,7 @@ def _compile(model, tmp_path, digits_source, precision="int8", evaluation=None, 
     ctx = BuildContext(writer=writer, profile=get_profile("jetson-xavier"), config=cfg, precision=precision,
                        source=digits_source, calibration=digits_source.dataset("calibration"),
                        evaluation=evaluation, progress=Progress(quiet=True))
-    return trt_target.TensorRtTarget().compile(model, ctx), writer
+    return trt_build.TensorRtTarget().compile(model, ctx), writer
 
 
 def test_explicit_int8_from_a_qdq_graph(quantized, tmp_path, digits_source):
@@ -148,7 +150,7 @@ def test_non_tensorrt_qdq_and_mode_mismatches_are_compile_errors(quantized, trt_
 
 def test_implicit_int8_writes_a_calibration_cache_for_every_activation(trt_bundle, quantized, tmp_path,
                                                                        digits_source):
-    from edgecompile.targets import trt_prepare
+    from edgecompile.targets.tensorrt import prepare as trt_prepare
 
     fp32 = ir.load(str(trt_bundle.path / "tensorrt" / "model.onnx"))
     for name, model in (("fp32", fp32), ("qdq", quantized["tensorrt"])):
@@ -201,7 +203,7 @@ def test_engine_key_and_lookup_order():
 def test_engine_build_run_and_cache(trt_bundle, trt_int8_bundle, tmp_path, digits_source, precision):
     import shutil
 
-    from edgecompile.targets.ort import ort_outputs
+    from edgecompile.targets.ort.build import ort_outputs
 
     src = trt_bundle.path if precision == "fp16" else trt_int8_bundle
     bundle_dir = tmp_path / "b"

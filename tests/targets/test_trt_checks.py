@@ -8,7 +8,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgecompile.errors import CompileError
-from edgecompile.targets import trt_compat, trt_ops, trt_prepare
+from edgecompile.targets.tensorrt import compat as trt_compat
+from edgecompile.targets.tensorrt import ops as trt_ops
+from edgecompile.targets.tensorrt import prepare as trt_prepare
 
 
 def _model(nodes, inputs, outputs, inits=(), opset=20):
@@ -105,7 +107,7 @@ def test_ort_default_qdq_fails_with_reasons(quantized):
 
 
 def test_int32_bias_dequantize_is_folded_exactly(quantized, digits_source):
-    from edgecompile.targets.ort import ort_outputs
+    from edgecompile.targets.ort.build import ort_outputs
 
     qdq = quantized["tensorrt-int32-bias"]
     before = trt_compat.check_qdq(qdq)
@@ -146,7 +148,7 @@ def test_graph_without_qdq_is_a_warning():
 
 
 def test_strip_qdq_gives_the_simulated_float_graph(quantized, digits_source):
-    from edgecompile.targets.ort import ort_outputs
+    from edgecompile.targets.ort.build import ort_outputs
 
     qdq = quantized["tensorrt"]
     fp, removed = trt_prepare.strip_qdq(qdq)
@@ -190,7 +192,7 @@ def test_calibration_cache_format():
 # -- build plan ------------------------------------------------------------------------------------
 
 def test_build_plan_settings_and_validation(trt_bundle):
-    from edgecompile.config import Config
+    from edgecompile.compiler.config import Config
     from edgecompile.targets.profiles import get_profile
 
     model = ir.load(str(trt_bundle.path / "tensorrt" / "model.onnx"))

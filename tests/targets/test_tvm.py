@@ -73,7 +73,9 @@ def test_runtime_loads_with_tvm_runtime_only_and_no_torch(tvm_bundle, tmp_path):
 def test_tuning_database_is_kept_and_reused(digits_onnx, tmp_path):
     import onnx_ir as ir
 
-    from edgecompile.targets.tvm import compile_library, load_library
+    from edgecompile.targets.tvm.build import compile_library
+
+    from edgecompile.targets.tvm.run import load_library
 
     cpu = get_profile("cpu")
     first = compile_library(digits_onnx, cpu, tmp_path / "a" / "m.so", tune_trials=4)
@@ -93,7 +95,7 @@ def test_tuning_database_is_kept_and_reused(digits_onnx, tmp_path):
     # --backend auto measures TVM for this graph now (warm database), but not for an untuned graph
     from types import SimpleNamespace
 
-    from edgecompile.targets.tvm import TvmTarget
+    from edgecompile.targets.tvm.build import TvmTarget
 
     assert TvmTarget().auto_candidate(digits_onnx, SimpleNamespace(profile=cpu)).ok
     other = ir.from_proto(ir.to_proto(digits_onnx))
@@ -101,7 +103,7 @@ def test_tuning_database_is_kept_and_reused(digits_onnx, tmp_path):
     cold = TvmTarget().auto_candidate(other, SimpleNamespace(profile=cpu))
     assert not cold.ok and "no tuning database" in cold.reason
     x = np.random.default_rng(0).random((5, 1, 8, 8), dtype=np.float32)
-    from edgecompile.targets.ort import create_session
+    from edgecompile.targets.ort.run import create_session
 
     want = create_session(ir.to_proto(digits_onnx).SerializeToString()).run(None, {"input": x})[0]
     with load_library(tmp_path / "b" / "m.so", SPECS_IN, SPECS_OUT) as r:
@@ -109,7 +111,7 @@ def test_tuning_database_is_kept_and_reused(digits_onnx, tmp_path):
 
 
 def test_tune_timeout_stops_tuning(digits_onnx, tmp_path):
-    from edgecompile.targets.tvm import compile_library
+    from edgecompile.targets.tvm.build import compile_library
 
     meta = compile_library(digits_onnx, get_profile("cpu"), tmp_path / "m.so", tune_trials=1000,
                            tune_timeout=1e-6, cache=False)
@@ -120,7 +122,8 @@ def test_tune_timeout_stops_tuning(digits_onnx, tmp_path):
 @needs_cross
 @pytest.mark.parametrize("name", ["arm64", "rpi4"])
 def test_aarch64_libraries_are_cross_compiled(digits_onnx, tmp_path, name):
-    from edgecompile.targets.tvm import compile_library, load_library
+    from edgecompile.targets.tvm.build import compile_library
+    from edgecompile.targets.tvm.run import load_library
 
     profile = get_profile(name)
     meta = compile_library(digits_onnx, profile, tmp_path / "m.so")
@@ -150,7 +153,7 @@ def test_rpi5_bundle_from_the_cli(digits_bundle, digits_source, tmp_path):
 
 
 def test_missing_cross_compiler_names_the_package(digits_onnx, tmp_path):
-    from edgecompile.targets.tvm import compile_library
+    from edgecompile.targets.tvm.build import compile_library
 
     profile = dataclasses.replace(get_profile("rpi4"), cross_compiler="aarch64-nowhere-gcc")
     with pytest.raises(TargetUnavailableError, match="aarch64-nowhere-gcc not found") as e:
@@ -183,7 +186,7 @@ def test_unsupported_nodes_are_listed(tmp_path):
     import onnx
     from onnx import helper
 
-    from edgecompile.targets.tvm import unsupported_nodes
+    from edgecompile.targets.tvm.build import unsupported_nodes
 
     model = _model_with_unsupported_ops(tmp_path / "m.onnx")
     model.graph.node.append(helper.make_node("MyOp", ["out"], ["z"], name="custom_3", domain="com.example"))

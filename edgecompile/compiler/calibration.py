@@ -1,0 +1,262 @@
+"""Activation ranges for static quantization, computed by our own calibrator.
+
+Why our own: ONNX Runtime's `quantize_static` routes every method through calibrators whose
+histogram handling has changed between releases (and in some paths silently used MinMax for
+Entropy). Here each method is a few lines of numpy on the same statistics, so it is easy to see
+(and to test) that they differ:
+
+* ``minmax``     -- the observed [min, max];
+* ``percentile`` -- clip |x| at the given percentile of its histogram;
+* ``entropy``    -- clip |x| at the threshold whose quantized histogram has the smallest KL
+                    divergence from the original (the TensorRT-style calibration).
+
+Statistics come from one or two passes of ONNX Runtime over the calibration feeds with every
+tensor to calibrate exposed as a graph output: pass 1 gathers min/max, pass 2 (histogram methods
+only) a 2048-bin histogram of |x| on [0, max|x|]. The result is a plain ``{tensor: (lo, hi)}``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from edgecompile.errors import DataError
+
+METHODS = ("minmax", "entropy", "percentile")
+HIST_BINS = 2048
+FLOAT_TYPES = (1, 10)            # onnx.TensorProto.FLOAT, FLOAT16
+
+
+# -- calibration feeds --------------------------------------------------------------------------
+
+@dataclass
+class InputSpec:
+    name: str
+    shape: tuple              # int, or None for a symbolic/unknown dimension
+    dtype: np.dtype
+
+
+def graph_input_specs(proto) -> list[InputSpec]:
+    """The real (non-initializer) inputs of an ONNX ModelProto."""
+    from edgecompile.compiler.inspection import graph_inputs
+
+    return [InputSpec(name, tuple(d if isinstance(d, int) else None for d in dims), np.dtype(dtype))
+            for name, dims, dtype in graph_inputs(proto)]
+
+
+def collect_feeds(source: Iterable[Mapping[str, np.ndarray]], specs: Sequence[InputSpec], limit: int,
+                  what: str) -> tuple[list[dict[str, np.ndarray]], int]:
+    """Validate feed dicts (first axis = samples) and keep at most `limit` samples.
+
+    Raises DataError for a missing/unknown input, a wrong shape or dtype, non-finite values, or
+    zero samples in total. Returns (batches, sample count).
+    """
+    if limit < 1:
+        raise DataError(f"calib_samples must be at least 1, got {limit}", hint="set --calib-samples N with N >= 1")
+    names = [s.name for s in specs]
+    batches: list[dict[str, np.ndarray]] = []
+    total = 0
+    try:
+        iterator = iter(source)
+    except TypeError:
+        raise DataError(f"{what}: expected an iterable of {{input name: array}} dicts, got {type(source).__name__}",
+                        hint="pass e.g. calibration_data=[{'input': x}] or a generator of such dicts") from None
+    for i, feeds in enumerate(iterator):
+        if not isinstance(feeds, Mapping):
+            raise DataError(f"{what}: item {i} is a {type(feeds).__name__}, not a dict of input arrays",
+                            hint=f"yield dicts keyed by the model inputs: {', '.join(names)}")
+        missing = [n for n in names if n not in feeds]
+        extra = [k for k in feeds if k not in names]
+        if missing or extra:
+            raise DataError(f"{what}: item {i} has inputs {sorted(feeds)}, the model expects {names}",
+                            hint="name the arrays after the model inputs")
+        batch = {}
+        n = None
+        for spec in specs:
+            arr = np.asarray(feeds[spec.name])
+            if arr.dtype != spec.dtype:
+                if arr.dtype.kind == spec.dtype.kind == "f":
+                    arr = arr.astype(spec.dtype)
+                else:
+                    raise DataError(f"{what}: item {i}: {spec.name!r} has dtype {arr.dtype}, the model expects {spec.dtype}",
+                                    hint=f"convert with arr.astype('{spec.dtype}')")
+            if arr.ndim != len(spec.shape) or any(d is not None and d != a for d, a in zip(spec.shape[1:], arr.shape[1:])):
+                want = ["N" if d is None else d for d in spec.shape]
+                raise DataError(f"{what}: item {i}: {spec.name!r} has shape {list(arr.shape)}, the model expects {want}",
+                                hint="the first axis is the sample axis; the others must match the model input")
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                raise DataError(f"{what}: item {i}: {spec.name!r} contains NaN or infinite values",
+                                hint="clean or drop the non-finite samples before calibrating")
+            if n is not None and arr.shape[0] != n:
+                raise DataError(f"{what}: item {i}: inputs have different sample counts",
+                                hint="every input array needs the same first dimension")
+            n = arr.shape[0]
+            batch[spec.name] = arr
+        if not n:
+            continue
+        take = min(n, limit - total)
+        batches.append({k: v[:take] for k, v in batch.items()} if take < n else batch)
+        total += take
+        if total >= limit:
+            break
+    if total == 0:
+        raise DataError(f"{what}: contains zero samples", hint="provide at least one calibration sample")
+    return batches, total
+
+
+def rebatch(batches: list[dict[str, np.ndarray]], size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Re-split feeds into batches of `size` samples (the caller's batches may be 1 or 10 000)."""
+    names = list(batches[0])
+    joined = {k: np.concatenate([b[k] for b in batches]) for k in names}
+    n = len(joined[names[0]])
+    for i in range(0, n, size):
+        yield {k: v[i:i + size] for k, v in joined.items()}
+
+
+# -- statistics ----------------------------------------------------------------------------------
+
+def tensors_to_calibrate(proto, op_types: Iterable[str]) -> list[str]:
+    """Float, non-constant inputs/outputs of the nodes whose op type will be quantized."""
+    op_types = set(op_types)
+    types = {vi.name: vi.type.tensor_type.elem_type
+             for vi in list(proto.graph.value_info) + list(proto.graph.input) + list(proto.graph.output)}
+    inits = {i.name for i in proto.graph.initializer}
+    consts = {o for n in proto.graph.node if n.op_type == "Constant" for o in n.output}
+    seen: dict[str, None] = {}
+    for node in proto.graph.node:
+        if node.op_type not in op_types:
+            continue
+        for name in list(node.input) + list(node.output):
+            if name and name not in inits and name not in consts and types.get(name) in FLOAT_TYPES:
+                seen.setdefault(name, None)
+    return list(seen)
+
+
+def _augmented(proto, names: Sequence[str]) -> bytes:
+    import onnx
+
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    existing = {o.name for o in model.graph.output}
+    for name in names:
+        if name not in existing:
+            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    return model.SerializeToString()
+
+
+@dataclass
+class TensorStats:
+    lo: float
+    hi: float
+    hist: np.ndarray | None = None       # counts of |x| on [0, absmax] in HIST_BINS bins
+
+    @property
+    def absmax(self) -> float:
+        return max(abs(self.lo), abs(self.hi))
+
+
+def collect_stats(proto, names: Sequence[str], batches: list[dict[str, np.ndarray]], *, histograms: bool,
+                  batch_size: int = 32, threads: int | None = None, progress=None) -> dict[str, TensorStats]:
+    from edgecompile.targets.ort.run import create_session
+
+    sess = create_session(_augmented(proto, names), threads=threads, level="disable")
+    out_names = list(names)
+    stats: dict[str, TensorStats] = {}
+
+    n = sum(len(next(iter(b.values()))) for b in batches)
+    total = -(-n // batch_size)
+
+    def runs(label: str):
+        it = rebatch(batches, batch_size)
+        if progress is not None:
+            it = progress.iterate(it, total, label)
+        for feeds in it:
+            yield dict(zip(out_names, sess.run(out_names, feeds)))
+
+    for outs in runs("calibration (ranges)"):             # pass 1: range
+        for name, arr in outs.items():
+            if arr.size == 0:
+                continue
+            lo, hi = float(arr.min()), float(arr.max())
+            s = stats.get(name)
+            if s is None:
+                stats[name] = TensorStats(lo, hi)
+            else:
+                s.lo, s.hi = min(s.lo, lo), max(s.hi, hi)
+    if histograms:                                        # pass 2: |x| histogram on the final range
+        for s in stats.values():
+            s.hist = np.zeros(HIST_BINS, np.int64)
+        for outs in runs("calibration (histograms)"):
+            for name, arr in outs.items():
+                s = stats.get(name)
+                if s is None or s.absmax == 0:
+                    continue
+                h, _ = np.histogram(np.abs(arr.astype(np.float32, copy=False)), bins=HIST_BINS, range=(0.0, s.absmax))
+                s.hist += h
+    return stats
+
+
+# -- range selection -----------------------------------------------------------------------------
+
+def percentile_threshold(hist: np.ndarray, absmax: float, percentile: float) -> float:
+    """The |x| value below which `percentile` % of the samples lie (upper edge of that bin)."""
+    total = hist.sum()
+    if total == 0:
+        return absmax
+    cdf = np.cumsum(hist)
+    idx = int(np.searchsorted(cdf, total * percentile / 100.0))
+    return absmax * min(idx + 1, len(hist)) / len(hist)
+
+
+def entropy_threshold(hist: np.ndarray, absmax: float, levels: int = 128) -> float:
+    """The |x| clipping threshold minimizing KL(P || Q), P the clipped histogram (outliers folded
+    into its last bin) and Q that histogram quantized to `levels` bins and expanded back."""
+    hist = hist.astype(np.float64)
+    hist[0] = hist[1]      # the spike of exact zeros (ReLU outputs, padding) would otherwise favour tiny thresholds
+    nbins = len(hist)
+    if hist.sum() == 0 or nbins <= levels:
+        return absmax
+    stride = max(1, (nbins - levels) // 256)
+    best_kl, best_i = np.inf, nbins
+    tail = np.concatenate([np.cumsum(hist[::-1])[::-1], [0.0]])     # tail[i] = hist[i:].sum()
+    for i in range(levels, nbins + 1, stride):
+        ref = hist[:i]
+        p = ref.copy()
+        p[-1] += tail[i]
+        nonzero = ref > 0
+        chunk = (np.arange(i) * levels) // i
+        sums = np.bincount(chunk, weights=ref, minlength=levels)
+        counts = np.bincount(chunk, weights=nonzero, minlength=levels)
+        q = np.where(nonzero, (sums / np.maximum(counts, 1))[chunk], 0.0)
+        p_sum, q_sum = p.sum(), q.sum()
+        if q_sum == 0:
+            continue
+        p = p / p_sum
+        q = q / q_sum
+        mask = p > 0
+        qm = np.maximum(q[mask], 1e-12)               # smoothing: p > 0 where q == 0 (last bin)
+        kl = float(np.sum(p[mask] * np.log(p[mask] / qm)))
+        if kl < best_kl:
+            best_kl, best_i = kl, i
+    return absmax * best_i / nbins
+
+
+def compute_ranges(stats: Mapping[str, TensorStats], method: str, *, percentile: float = 99.99,
+                   unsigned_activations: bool = True, symmetric: bool = False) -> dict[str, tuple[float, float]]:
+    """{tensor: (lo, hi)} for `method`; clipping never widens the observed range."""
+    if method not in METHODS:
+        raise ValueError(f"unknown calibration method {method!r}")
+    ranges = {}
+    for name, s in stats.items():
+        lo, hi = min(s.lo, 0.0), max(s.hi, 0.0)
+        if method != "minmax" and s.hist is not None and s.absmax > 0:
+            if method == "percentile":
+                t = percentile_threshold(s.hist, s.absmax, percentile)
+            else:
+                # non-negative data on an asymmetric uint8 scale uses all 256 levels; otherwise 128 per sign
+                levels = 256 if (s.lo >= 0 and unsigned_activations and not symmetric) else 128
+                t = entropy_threshold(s.hist, s.absmax, levels)
+            lo, hi = max(lo, -t), min(hi, t)
+        ranges[name] = (lo, hi)
+    return ranges

@@ -1,0 +1,84 @@
+"""Accuracy on the task metric: a candidate against the FP32 reference, with a bootstrap CI."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import numpy as np
+
+from edgecompile.data import Dataset
+from edgecompile.verify.metrics import Metric, bootstrap_ci, get_metric, label_free, raw_similarity
+
+
+@dataclass
+class Evaluation:
+    metric: str
+    higher_is_better: bool
+    kind: str
+    reference: float
+    candidate: float
+    n: int
+    ci95: list[float]
+    similarity: dict
+    reference_name: str
+    per_sample: np.ndarray = field(repr=False, default=None)
+
+    @property
+    def delta(self) -> float:
+        return self.candidate - self.reference
+
+    def to_dict(self) -> dict:
+        return {"metric": self.metric, "higher_is_better": self.higher_is_better, "kind": self.kind,
+                "reference": self.reference, "reference_model": self.reference_name,
+                "candidate": self.candidate, "delta": self.delta, "ci95": self.ci95, "n": self.n,
+                "similarity": self.similarity}
+
+    def drop(self) -> float:
+        """The accuracy loss in the contract's bound units (pt for percentage metrics, % for errors)."""
+        if self.kind == "error":
+            return 100.0 * (self.candidate - self.reference) / max(abs(self.reference), 1e-12)
+        loss = self.reference - self.candidate if self.higher_is_better else self.candidate - self.reference
+        return 100.0 * loss
+
+
+def run_outputs(fn: Callable[[Mapping[str, np.ndarray]], list[np.ndarray]] | object, ds: Dataset,
+                batch_size: int = 64, progress=None) -> np.ndarray:
+    """First output of `fn` (a Runner or a feeds->outputs callable) over the dataset."""
+    outs = []
+    batches = ds.batches(batch_size)
+    if progress is not None:
+        batches = progress.iterate(batches, -(-len(ds) // batch_size), "evaluate")
+    for feeds in batches:
+        if hasattr(fn, "run"):
+            res = fn.run(feeds)
+            outs.append(next(iter(res.values())))
+        else:
+            outs.append(fn(feeds)[0])
+    return np.concatenate(outs)
+
+
+def choose_metric(name: str, ds: Dataset, classifier: bool) -> Metric:
+    metric = get_metric(name)
+    return metric if ds.labels is not None else label_free(metric, classifier)
+
+
+def compare(candidate_out: np.ndarray, reference_out: np.ndarray, ds: Dataset, metric: Metric,
+            reference_name: str) -> Evaluation:
+    """Score candidate and reference outputs on `metric` (labels, or the reference for label-free)."""
+    if metric.needs_labels:
+        ref_scores = metric.per_sample(reference_out, ds.labels)
+        cand_scores = metric.per_sample(candidate_out, ds.labels)
+    else:
+        ref_scores = metric.per_sample(reference_out, reference_out)
+        cand_scores = metric.per_sample(candidate_out, reference_out)
+    return Evaluation(metric.name, metric.higher_is_better, metric.kind, float(ref_scores.mean()),
+                      float(cand_scores.mean()), len(ds), bootstrap_ci(cand_scores),
+                      raw_similarity(candidate_out, reference_out), reference_name, cand_scores)
+
+
+def evaluate(runner, ds: Dataset, *, metric: str = "top1", reference: np.ndarray | None = None,
+             reference_name: str = "reference", classifier: bool = True) -> Evaluation:
+    """Python API: evaluate a Runner on a dataset against reference outputs (or itself)."""
+    out = run_outputs(runner, ds)
+    ref = out if reference is None else reference
+    return compare(out, ref, ds, choose_metric(metric, ds, classifier), reference_name)

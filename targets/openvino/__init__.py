@@ -1,0 +1,1 @@
+"""OpenVINO backend: `build` (ONNX -> IR, compiled once to check), `run` (IR compiled on the device)."""

@@ -1,0 +1,1 @@
+"""ONNX Runtime backend: `build` (compile side) and `run` (what the runtime imports)."""

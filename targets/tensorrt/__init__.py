@@ -1,0 +1,1 @@
+"""TensorRT backend (Jetson): `build` (prepare, compat checks, engine when the GPU matches), `run` (engine on the device, CPU fallback)."""
