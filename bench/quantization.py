@@ -46,13 +46,12 @@ def fp32_graph(name: str):
 def ours(src, model, calibrate: str, backend: str = "ort"):
     import onnx_ir as ir
 
-    from edgecompile.compiler.config import Config, QuantizeSection
+    from edgecompile.compiler.config import QuantizeSection
     from edgecompile.passes.quantize import Quantize
-    from edgecompile.passes.base import PassContext
 
     cal = src.dataset(src.default_calibration.split(":")[1])
-    p = Quantize(QuantizeSection(calibrate=calibrate))
-    res = p(model, PassContext(config=Config(), profile=None, backend=backend, source=src, calibration=cal))
+    p = Quantize(QuantizeSection(calibrate=calibrate), backend=backend, calibration=cal)
+    res = p(model)
     return ir.to_proto(res.model).SerializeToString(), res.notes
 
 

@@ -1,62 +1,49 @@
-"""The pass framework: graph passes on onnx_ir models, module passes on torch modules.
+"""The pass framework.
 
-A pass is a small object with a `name` and `__call__(model, ctx) -> PassResult`. Passes never
-print; they return notes, which the PassManager records together with its instruments
-(wall time, node count and serialized size before/after, and the task-metric delta where an
-evaluator is available). The report shows these records.
+Graph passes are onnx_ir passes: a class that declares itself in place (`InPlacePass`) or functional
+(`FunctionalPass`), takes what it needs in `__init__`, and implements only `call(model) -> PassResult`.
+`GraphPass` adds the two things the report needs: a `name` and `options()`.
+
+Measurement is not the manager's business: instruments plug into `PassManager` from outside, the way
+TVM's PassInstrument does (`run_before_pass` / `run_after_pass`), and each fills in its part of the
+pass's `PassRecord` (wall time, node count and serialized size, task metric).
+
+Module passes (prune, distill, QAT) work on the torch module before export: `edgecompile.passes.module`.
+Passes never print; they return notes, which the report shows.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Sequence
+
+import onnx_ir as ir
 
 from edgecompile.errors import EdgeCompileError, PassError
 
 
 @dataclass
-class PassResult:
-    model: Any                 # onnx_ir.Model
-    modified: bool
+class PassResult(ir.passes.PassResult):
+    """onnx_ir's result (model, modified) plus notes for the report."""
+
     notes: dict = field(default_factory=dict)
 
 
-@dataclass
-class ModuleResult:
-    module: Any                # torch.nn.Module
-    modified: bool
-    notes: dict = field(default_factory=dict)
+class GraphPass:
+    """Mixin for our graph passes: a report name and the options it ran with."""
+
+    name = ""
+
+    def options(self) -> dict:
+        return {}
 
 
-@dataclass
-class PassContext:
-    """What a pass may use. Built once per build by the pipeline."""
-
-    config: Any                                 # edgecompile.compiler.config.Config
-    profile: Any                                # targets.profiles.DeviceProfile
-    backend: str
-    source: Any                                 # edgecompile.source.ModelSource
-    calibration: Any = None                     # edgecompile.data.Dataset | None
-    evaluation: Any = None                      # edgecompile.data.Dataset | None
-    train: Any = None                           # edgecompile.data.Dataset | None (module passes)
-    evaluator: Callable[[Any], float] | None = None   # onnx_ir.Model -> task metric value
-    cache: Path | None = None
-    progress: Any = None                        # edgecompile.progress.Progress
-    options: dict = field(default_factory=dict) # Python-API-only extras (e.g. finetune=callable)
-    module_records: list = field(default_factory=list)   # records of the module passes that ran (graph stages read them)
+class FunctionalGraphPass(GraphPass, ir.passes.FunctionalPass):
+    """A graph pass that returns a new model and leaves its input untouched."""
 
 
-class Pass(Protocol):
-    name: str
-
-    def __call__(self, model, ctx: PassContext) -> PassResult: ...
-
-
-class ModulePass(Protocol):
-    name: str
-
-    def __call__(self, module, ctx: PassContext) -> ModuleResult: ...
+class InPlaceGraphPass(GraphPass, ir.passes.InPlacePass):
+    """A graph pass that changes the model it is given."""
 
 
 @dataclass
@@ -83,23 +70,105 @@ class PassRecord:
 
 def graph_stats(model) -> tuple[int, int]:
     """(node count, serialized size in bytes) of an onnx_ir model."""
-    import onnx_ir as ir
-
     proto = ir.to_proto(model)
     return len(proto.graph.node), proto.ByteSize()
 
 
-def pass_options(p) -> dict:
-    opts = getattr(p, "options", None)
-    if callable(opts):
-        return opts()
-    return dict(opts) if isinstance(opts, dict) else {}
+# -- instruments ------------------------------------------------------------------------------------
+
+class PassInstrument:
+    """Hooks around every pass the manager runs; each fills in fields of the pass's record."""
+
+    def run_before_pass(self, p: GraphPass, model) -> None:
+        pass
+
+    def run_after_pass(self, p: GraphPass, result: PassResult, record: PassRecord) -> None:
+        pass
 
 
-def _invoke(p, subject, ctx: PassContext, what: str):
+class Timing(PassInstrument):
+    def run_before_pass(self, p, model):
+        self._t0 = time.perf_counter()
+
+    def run_after_pass(self, p, result, record):
+        record.seconds = time.perf_counter() - self._t0
+
+
+class GraphSize(PassInstrument):
+    """Node count and serialized size before and after (recomputed only when the pass changed the graph)."""
+
+    def __init__(self):
+        self._last: tuple[int, int] | None = None
+
+    def run_before_pass(self, p, model):
+        if self._last is None:
+            self._last = graph_stats(model)
+
+    def run_after_pass(self, p, result, record):
+        before = self._last
+        after = graph_stats(result.model) if result.modified else before
+        record.nodes_before, record.size_before = before
+        record.nodes_after, record.size_after = after
+        self._last = after
+
+
+class TaskMetric(PassInstrument):
+    """The task metric (an `onnx_ir.Model -> float` evaluator) before and after each pass that changed the graph."""
+
+    def __init__(self, evaluator: Callable[[Any], float]):
+        self.evaluator = evaluator
+        self._last: float | None = None
+        self._measured = False
+
+    def run_before_pass(self, p, model):
+        if not self._measured:
+            self._last = self.evaluator(model)
+            self._measured = True
+
+    def run_after_pass(self, p, result, record):
+        record.metric_before = self._last
+        if result.modified:
+            self._last = self.evaluator(result.model)
+        record.metric_after = self._last
+
+
+def default_instruments(evaluator: Callable[[Any], float] | None = None) -> list[PassInstrument]:
+    return [Timing(), GraphSize(), *([TaskMetric(evaluator)] if evaluator is not None else [])]
+
+
+class PassManager(ir.passes.PassManager):
+    """onnx_ir's manager with instruments: runs the passes in order, one record per pass in `records`.
+    An unexpected exception in a pass becomes a PassError naming it."""
+
+    def __init__(self, passes: Sequence[GraphPass], instruments: Sequence[PassInstrument] | None = None):
+        super().__init__(list(passes))
+        self.instruments = list(default_instruments() if instruments is None else instruments)
+        self.records: list[PassRecord] = []
+
+    def call(self, model) -> PassResult:
+        modified = False
+        for p in self.passes:
+            for inst in self.instruments:
+                inst.run_before_pass(p, model)
+            result = _invoke(p, model, "pass")
+            record = PassRecord(p.name, "graph", 0.0, result.modified, p.options(),
+                                notes=dict(getattr(result, "notes", {}) or {}))
+            for inst in self.instruments:
+                inst.run_after_pass(p, result, record)
+            self.records.append(record)
+            model = result.model
+            modified = modified or result.modified
+        return PassResult(model, modified)
+
+    def run(self, model):
+        """The model after every pass (records in `self.records`)."""
+        return self(model).model
+
+
+def _invoke(p, subject, what: str, *args):
     """Run one pass; an unexpected exception becomes a PassError naming the pass."""
     try:
-        return p(subject, ctx)
+        return p(subject, *args)
     except EdgeCompileError:
         raise
     except Exception as exc:
@@ -107,36 +176,50 @@ def _invoke(p, subject, ctx: PassContext, what: str):
                         hint="rerun with --debug for the traceback, or disable the pass") from exc
 
 
-class PassManager:
-    """Runs graph passes in order with instruments; a failing pass becomes a PassError naming it."""
+# -- module passes (torch) -----------------------------------------------------------------------------
 
-    def __init__(self, passes: Sequence[Pass], measure_accuracy: bool = True):
-        self.passes = list(passes)
-        self.measure_accuracy = measure_accuracy
-        self.records: list[PassRecord] = []
+@dataclass
+class ModuleResult:
+    module: Any                # torch.nn.Module
+    modified: bool
+    notes: dict = field(default_factory=dict)
 
-    def run(self, model, ctx: PassContext):
-        evaluator = ctx.evaluator if self.measure_accuracy else None
-        metric = evaluator(model) if (evaluator and self.passes) else None
-        nodes, size = graph_stats(model)
-        for p in self.passes:
-            t0 = time.perf_counter()
-            result = _invoke(p, model, ctx, "pass")
-            seconds = time.perf_counter() - t0
-            model = result.model
-            n2, s2 = graph_stats(model) if result.modified else (nodes, size)
-            m2 = evaluator(model) if (evaluator and result.modified) else metric
-            self.records.append(PassRecord(p.name, "graph", seconds, result.modified, pass_options(p),
-                                           nodes, n2, size, s2, metric, m2, result.notes))
-            nodes, size, metric = n2, s2, m2
-        return model
+
+@dataclass
+class PassContext:
+    """What a module pass may use (built once per build by the pipeline)."""
+
+    config: Any                                 # edgecompile.compiler.config.Config
+    profile: Any                                # targets.profiles.DeviceProfile
+    backend: str
+    source: Any                                 # edgecompile.source.ModelSource
+    calibration: Any = None                     # edgecompile.data.Dataset | None
+    evaluation: Any = None                      # edgecompile.data.Dataset | None
+    train: Any = None                           # edgecompile.data.Dataset | None (module passes)
+    evaluator: Callable[[Any], float] | None = None   # onnx_ir.Model -> task metric value
+    cache: Any = None                           # pathlib.Path | None
+    progress: Any = None                        # edgecompile.progress.Progress
+    options: dict = field(default_factory=dict)  # Python-API-only extras (e.g. finetune=callable)
+    module_records: list = field(default_factory=list)   # records of the module passes that ran
+
+
+class ModulePass:
+    """Base of prune / distill / QAT: `__call__(module, ctx) -> ModuleResult` on the torch module."""
+
+    name = ""
+
+    def options(self) -> dict:
+        return {}
+
+    def __call__(self, module, ctx: PassContext) -> ModuleResult:
+        raise NotImplementedError
 
 
 def run_module_passes(passes: Sequence[ModulePass], module, ctx: PassContext, records: list[PassRecord]):
     for p in passes:
         t0 = time.perf_counter()
-        result = _invoke(p, module, ctx, "module pass")
+        result = _invoke(p, module, "module pass", ctx)
         module = result.module
         records.append(PassRecord(p.name, "module", time.perf_counter() - t0, result.modified,
-                                  pass_options(p), notes=result.notes))
+                                  p.options(), notes=result.notes))
     return module

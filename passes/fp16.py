@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgecompile.errors import ConfigError
-from edgecompile.passes.base import PassContext, PassResult
+from edgecompile.passes.base import FunctionalGraphPass, PassResult
 
 FP16_MAX = 65504.0
 DEFAULT_BLOCK_LIST = ("ReduceSum", "ReduceMean", "ReduceProd", "ReduceSumSquare", "ReduceL1", "ReduceL2",
@@ -38,7 +38,7 @@ def _ir():
     return ir
 
 
-class Float16:
+class Float16(FunctionalGraphPass):
     """Graph pass "fp16"."""
 
     name = "fp16"
@@ -59,11 +59,11 @@ class Float16:
     def options(self) -> dict:
         return {"io_types": self.section.io_types, "block_list": list(self.block_list)}
 
-    def __call__(self, model, ctx: PassContext | None = None) -> PassResult:
+    def call(self, model) -> PassResult:
         ir = _ir()
         if any(a.type == ir.AttributeType.GRAPH or a.type == ir.AttributeType.GRAPHS
                for node in model.graph.all_nodes() for a in node.attributes.values()):
-            return PassResult(model, False, {"not_converted": "the graph has control-flow subgraphs"})
+            return PassResult(model.clone(), False, {"not_converted": "the graph has control-flow subgraphs"})
         import onnx
 
         # every value needs its element type to be converted (or kept): infer the ones the graph lacks

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 
 import numpy as np
 
 from edgecompile.errors import ConfigError, DataError
-from edgecompile.passes.base import PassContext, PassResult
+from edgecompile.passes.base import FunctionalGraphPass, PassResult
 from edgecompile.targets.base import U8S8, QuantPreset
 
 
@@ -81,16 +81,22 @@ def _count(proto, ops) -> int:
     return sum(1 for n in proto.graph.node if n.op_type in ops)
 
 
-class Quantize:
+class Quantize(FunctionalGraphPass):
     """Graph pass: FP32 ONNX -> INT8 (QDQ for static, integer ops for dynamic)."""
 
     name = "quantize"
 
-    def __init__(self, section=None, exclude=()):
+    def __init__(self, section=None, exclude=(), *, backend: str = "ort", calibration=None, calibration_data=None,
+                 threads: int | None = None, progress=None):
         from edgecompile.compiler.config import QuantizeSection
 
         self.section = section or QuantizeSection()
         self.exclude = tuple(exclude)        # node names kept in float (the precision search's fallback)
+        self.backend = backend               # whose preset (Backend.quant_preset) the QDQ graph follows
+        self.calibration = calibration       # edgecompile.data.Dataset | None
+        self.calibration_data = calibration_data   # Python API: an iterable of feeds, preferred when given
+        self.threads = threads
+        self.progress = progress
         self._calibrated = None              # (proto, preset, ranges, notes) of the last static run
         if self.section.mode not in ("static", "dynamic"):
             raise ConfigError(f"the quantize pass runs static or dynamic PTQ, not {self.section.mode!r}",
@@ -112,57 +118,56 @@ class Quantize:
                 opts["percentile"] = s.percentile
         return opts
 
-    def __call__(self, model, ctx: PassContext) -> PassResult:
+    def call(self, model) -> PassResult:
         import onnx
         import onnx_ir as ir
 
         proto = onnx.shape_inference.infer_shapes(ir.to_proto(model))
         if not _count(proto, COMPUTE_OPS):
-            return PassResult(model, False, {"nothing_to_quantize":
+            return PassResult(model.clone(), False, {"nothing_to_quantize":
                               f"the graph has no {'/'.join(COMPUTE_OPS)} op; kept FP32"})
-        preset_name, preset = settings(self.section, ctx.backend)
-        if self.section.mode == "dynamic" and ctx.backend == "tensorrt":
+        preset_name, preset = settings(self.section, self.backend)
+        if self.section.mode == "dynamic" and self.backend == "tensorrt":
             raise ConfigError("TensorRT runs static (QDQ) INT8 only, not dynamic quantization",
                               hint="use --quantize static with calibration data")
         with _quiet_ort_logging():
             if self.section.mode == "dynamic":
                 out, notes = self._dynamic(proto, preset)
             else:
-                out, notes = self._static(proto, preset, ctx)
+                out, notes = self._static(proto, preset)
         if out is None:
-            return PassResult(model, False, notes)
+            return PassResult(model.clone(), False, notes)
         notes = {"mode": self.section.mode, "preset": preset_name, **notes}
         return PassResult(ir.from_proto(out), True, notes)
 
     # -- static -------------------------------------------------------------------------------
-    def _calibration_feeds(self, proto, ctx: PassContext):
+    def _calibration_feeds(self, proto):
         from edgecompile.compiler.calibration import collect_feeds, graph_input_specs
 
         specs = graph_input_specs(proto)
         limit = self.section.calib_samples
-        given = (ctx.options or {}).get("calibration_data")
+        given = self.calibration_data
         if given is not None:
             return collect_feeds(given, specs, limit, "calibration_data") + ("calibration_data (Python API)",)
-        if ctx.calibration is not None:
-            ds = ctx.calibration.take(limit)
+        if self.calibration is not None:
+            ds = self.calibration.take(limit)
             batches, n = collect_feeds(ds.batches(64), specs, limit, f"calibration data {ds.identity}")
             return batches, n, ds.identity
         raise DataError("static INT8 quantization needs calibration data and this model has none",
                         hint="pass --data FILE.npz (arrays named after the inputs), set [data] calibration, "
                              "use --quantize dynamic, or pass calibration_data= in the Python API")
 
-    def _static(self, proto, preset: QuantPreset, ctx: PassContext):
+    def _static(self, proto, preset: QuantPreset):
         from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
         from edgecompile.compiler.calibration import collect_stats, compute_ranges, tensors_to_calibrate
 
-        batches, n, identity = self._calibration_feeds(proto, ctx)
+        batches, n, identity = self._calibration_feeds(proto)
         op_types = sorted(set(QDQRegistry) | set(QLinearOpsRegistry))
         names = tensors_to_calibrate(proto, op_types)
         method = self.section.calibrate
         stats = collect_stats(proto, names, batches, histograms=method != "minmax",
-                              threads=getattr(ctx.config.build, "threads", None) if ctx.config else None,
-                              progress=ctx.progress)
+                              threads=self.threads, progress=self.progress)
         ranges = compute_ranges(stats, method, percentile=self.section.percentile,
                                 unsigned_activations=preset.activations == "uint8",
                                 symmetric=preset.symmetric_activations)

@@ -4,10 +4,10 @@ from __future__ import annotations
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
-from edgecompile.passes.base import PassContext, PassResult, graph_stats
+from edgecompile.passes.base import FunctionalGraphPass, PassResult, graph_stats
 
 
-class Simplify:
+class Simplify(FunctionalGraphPass):
     """onnxslim (constant folding, dead-code and pattern fusion) followed by onnx-ir cleanup and
     ONNX shape inference, so every value has a type and shape for later passes and backends."""
 
@@ -19,18 +19,17 @@ class Simplify:
     def options(self) -> dict:
         return {"slim": self.slim}
 
-    def __call__(self, model: ir.Model, ctx: PassContext | None = None) -> PassResult:
+    def call(self, model: ir.Model) -> PassResult:
         before = graph_stats(model)
-        notes = {}
         if self.slim:
             import onnxslim
 
-            proto = onnxslim.slim(ir.to_proto(model))
-            model = ir.from_proto(proto)
-        for p in (common.RemoveUnusedNodesPass(), common.IdentityEliminationPass(),
-                  common.DeduplicateInitializersPass(), common.RemoveUnusedOpsetsPass(),
-                  common.ShapeInferencePass()):
-            model = p(model).model
+            model = ir.from_proto(onnxslim.slim(ir.to_proto(model)))
+        else:
+            model = model.clone()
+        cleanup = ir.passes.Sequential(common.RemoveUnusedNodesPass(), common.IdentityEliminationPass(),
+                                       common.DeduplicateInitializersPass(), common.RemoveUnusedOpsetsPass(),
+                                       common.ShapeInferencePass())
+        model = cleanup(model).model
         after = graph_stats(model)
-        notes["nodes"] = f"{before[0]} -> {after[0]}"
-        return PassResult(model, modified=after != before, notes=notes)
+        return PassResult(model, modified=after != before, notes={"nodes": f"{before[0]} -> {after[0]}"})

@@ -82,7 +82,7 @@ def _plan(base, tmp_path, data=None, **overrides):
 
 
 def test_bundle_key_misses_when_any_one_input_changes(base_plan, tmp_path, monkeypatch):
-    from edgecompile.compiler import pipeline
+    from edgecompile.compiler import plan as pipeline
     from edgecompile.targets.profiles import get_profile
 
     key = pipeline.bundle_key(base_plan)
@@ -115,7 +115,7 @@ def test_bundle_key_misses_when_any_one_input_changes(base_plan, tmp_path, monke
 
 
 def test_export_key_covers_what_changes_the_graph_only(base_plan, tmp_path):
-    from edgecompile.compiler.pipeline import export_key
+    from edgecompile.compiler.plan import export_key
     from edgecompile.targets.profiles import get_profile
 
     key = export_key(base_plan)
@@ -155,7 +155,7 @@ def test_onnx_file_content_changes_the_key(digits_bundle, tmp_path):
 
 
 def test_python_api_options_bypass_the_cache(base_plan):
-    from edgecompile.compiler.pipeline import cache_state
+    from edgecompile.compiler.plan import cache_state
 
     assert cache_state(base_plan) == "on"
     assert cache_state(dataclasses.replace(base_plan, use_cache=False)) == "off (--no-cache)"

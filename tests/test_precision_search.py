@@ -12,7 +12,6 @@ import edgecompile
 from edgecompile.compiler import precision as precision_stage
 from edgecompile.compiler.config import Config
 from edgecompile.data import Dataset
-from edgecompile.passes.base import PassContext
 from edgecompile.compiler.precision_search import layer_groups, sensitivity
 from edgecompile.runtime import load
 from edgecompile.targets.ort.build import ort_outputs
@@ -46,12 +45,12 @@ def test_sensitivity_ranks_the_fragile_layer_first(fragile):
     _, _, feeds, _ = fragile
     model = fragile_mlp(outlier=200.0)
     ds = Dataset("fragile", {"x": feeds["x"][:256]}, None)
-    q = Quantize()(ir.from_proto(model), PassContext(None, None, "ort", None, calibration=ds))
+    q = Quantize(calibration=ds)(ir.from_proto(model))
     rows = sensitivity(model.SerializeToString(), ir.to_proto(q.model).SerializeToString(), layer_groups(model), ds)
     assert rows[0]["node"] == "fc2" and rows[0]["added_error"] > 5 * rows[-1]["added_error"]
     # a well-behaved twin (no outlier): nothing stands out like that
     calm = fragile_mlp(outlier=1.0)
-    qc = Quantize()(ir.from_proto(calm), PassContext(None, None, "ort", None, calibration=ds))
+    qc = Quantize(calibration=ds)(ir.from_proto(calm))
     calm_rows = sensitivity(calm.SerializeToString(), ir.to_proto(qc.model).SerializeToString(), layer_groups(calm), ds)
     assert max(r["added_error"] for r in calm_rows) < rows[0]["added_error"] / 10
 

@@ -169,7 +169,7 @@ def measure_candidates(plan, candidates: list[Candidate], reference, progress, *
     from edgecompile.runtime.bundle import Bundle
     from edgecompile.compiler.writer import BundleWriter
     from edgecompile.verify.evaluate import choose_metric, compare, run_outputs
-    from edgecompile.compiler.pipeline import _manifest
+    from edgecompile.compiler.manifest import manifest as _manifest
     from edgecompile.targets.base import BuildContext
 
     rows = rows if rows is not None else []

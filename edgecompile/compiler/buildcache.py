@@ -1,7 +1,7 @@
 """The content-addressed build cache: one directory per (stage, key) under `cache_dir()/stages/`.
 
-A key is a sha256 over everything that changes the stage's output (see `pipeline.export_key` and
-`pipeline.bundle_key`): source fingerprint, effective config, backend/profile/precision, data
+A key is a sha256 over everything that changes the stage's output (see `plan.export_key` and
+`plan.bundle_key`): source fingerprint, effective config, backend/profile/precision, data
 sha256s, toolchain versions and a fingerprint of EdgeCompile's own code. An entry is written into
 a temporary directory and renamed into place, so readers see a complete entry or none. Every entry
 records the sha256 of its files in `entry.json`; an entry that fails that check (corrupted,

@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgecompile.compiler.schema import choices as _choices
 from edgecompile.errors import ConfigError
+from edgecompile.targets.openvino.config import OpenVinoSection   # each backend owns its table
+from edgecompile.targets.tensorrt.config import TensorRtSection
+from edgecompile.targets.tvm.config import TvmSection
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "auto")
-
-
-def _choices(*values: str, default: Any) -> Any:
-    return field(default=default, metadata={"choices": values})
 
 
 @dataclass(frozen=True)
@@ -137,46 +137,10 @@ class PassesSection:
 
 
 @dataclass(frozen=True)
-class TvmSection:
-    tune_trials: int = 0
-    tune_timeout: float | None = None   # minutes
-    remote: str | None = None           # "HOST:PORT" of a TVM RPC tracker: tune on a board there (loopback only)
-    remote_key: str | None = None       # the board's key on that tracker, e.g. "rpi5"
-
-    def __post_init__(self):
-        if bool(self.remote) != bool(self.remote_key):
-            raise ConfigError("config keys 'tvm.remote' and 'tvm.remote_key' go together (--remote with --key)",
-                              hint="e.g. --remote 127.0.0.1:9190 --key rpi5")
-
-
-@dataclass(frozen=True)
-class OpenVinoSection:
-    device: str = "CPU"                  # CPU, GPU, GPU.1, NPU ... where OpenVINO lists it
-    performance_hint: str = _choices("LATENCY", "THROUGHPUT", default="LATENCY")
-    num_streams: int | None = None       # None: what the performance hint picks
-
-
-@dataclass(frozen=True)
 class AutoSection:
     """`--backend auto`: how long to measure each candidate (interleaved rounds)."""
     rounds: int = 7
     round_seconds: float = 0.08          # per candidate per round
-
-
-@dataclass(frozen=True)
-class TensorRtSection:
-    """Builder settings for `--backend tensorrt` (Jetson targets); stored in the bundle's build plan."""
-    version: str = _choices("10.1", default="10.1")          # operator table the graph is checked against
-    workspace_mb: int = 1024                                  # builder workspace memory pool limit
-    min_batch: int = 1                                        # optimization profile for a dynamic batch
-    opt_batch: int = 1
-    max_batch: int = 8
-    dla_core: int | None = None                               # run on this DLA core (GPU fallback on)
-    gpu_fallback: bool = True
-    int8: str = _choices("auto", "explicit", "implicit", default="auto")   # auto: explicit when Q/DQ present
-    timing_cache: bool = True                                 # persist tactic timings on the device
-    optimization_level: int = 3                               # builder_optimization_level 0..5
-    cpu_fallback: bool = True                                 # TVM AArch64 library in the same bundle
 
 
 @dataclass(frozen=True)

@@ -7,54 +7,25 @@ behind `edgecompile build`.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgecompile.compiler import registry
-from edgecompile.runtime.bundle import Bundle
-from edgecompile.compiler.writer import BundleWriter, check_writable
-from edgecompile.compiler.buildcache import StageCache, code_fingerprint
-from edgecompile.cache import cache_dir, content_key
+from edgecompile.cache import cache_dir
+from edgecompile.compiler.buildcache import StageCache
 from edgecompile.compiler.config import Config
-from edgecompile.data import Dataset, TensorSpec
-from edgecompile.errors import ConfigError, GateError, TargetUnavailableError
-from edgecompile.runtime.machine import machine_info, toolchain_versions
-from edgecompile.passes.base import PassContext, PassManager, PassRecord, run_module_passes
+from edgecompile.compiler.export_stage import export_stage, load_onnx, reference_outputs
+from edgecompile.compiler.manifest import manifest as make_manifest
+from edgecompile.compiler.plan import Plan, bundle_key, cache_state, graph_passes, make_plan
+from edgecompile.compiler.writer import BundleWriter
+from edgecompile.errors import GateError
+from edgecompile.passes.base import PassContext, PassManager, PassRecord, default_instruments
 from edgecompile.progress import Progress
-from edgecompile.source import ModelSource, load_data, resolve_source
+from edgecompile.runtime.bundle import Bundle
 from edgecompile.targets.base import BuildContext
-from edgecompile.targets.profiles import get_profile, resolve_backend
 
-
-@dataclass
-class Plan:
-    """Everything decided before any work is done."""
-
-    config: Config
-    source: ModelSource
-    profile: Any
-    backend: str
-    target: Any
-    precision: str
-    calibration: Dataset | None
-    evaluation: Dataset | None
-    train: Dataset | None
-    output: Path
-    classifier: bool
-    options: dict = field(default_factory=dict)
-    use_cache: bool = True
-    started: float = field(default_factory=time.perf_counter)   # for the reported build time
-
-    def bundle_id(self) -> str:
-        return content_key(
-            "bundle/v1", self.source.kind, self.source.fingerprint, self.config.to_dict(), self.backend,
-            self.profile.name, self.precision, toolchain_versions(),
-            None if self.calibration is None else self.calibration.sha256(),
-            None if self.evaluation is None else self.evaluation.sha256(),
-        )
+__all__ = ["build", "execute", "make_plan", "Plan", "measure", "bundle_key"]
 
 
 def build(model: str | Path | None = None, target: str | None = None, *, output: str | Path | None = None,
@@ -85,202 +56,6 @@ def build(model: str | Path | None = None, target: str | None = None, *, output:
                               "tvm.tune_timeout": options.pop("tune_timeout", None)})
     plan = make_plan(cfg, output=output, data=data, options=options, use_cache=cache, source=source)
     return execute(plan, progress)
-
-
-def make_plan(cfg: Config, *, output: str | Path | None, data: str | Path | None, options: dict,
-              use_cache: bool = True, source: ModelSource | None = None) -> Plan:
-    if not cfg.model.source and source is None:
-        raise ConfigError("no model given", hint="pass MODEL (e.g. models/digits) or set [model] source in the config")
-    profile = get_profile(cfg.build.target)
-    backend = resolve_backend(profile, cfg.build.backend)
-    if backend == "auto":
-        from edgecompile.compiler.autochoice import AutoBackend
-
-        target = AutoBackend(profile)
-    else:
-        target = registry.get_target(backend)
-    avail = target.check_available()
-    if not avail.ok:
-        raise TargetUnavailableError(f"backend {backend!r} is not available: {avail.reason}",
-                                     hint=avail.hint or f"pip install 'edgecompile[{backend}]'")
-    if hasattr(target, "check_config"):      # e.g. an OpenVINO device this machine does not have
-        target.check_config(cfg)
-    source = source if source is not None else resolve_source(cfg.model.source)
-    precision = cfg.build.precision or profile.default_precision
-    if data is not None:
-        ds_path = str(data)
-        calibration = load_data(cfg.data.calibration or ds_path, source, default=None)
-        evaluation = load_data(cfg.data.evaluation or ds_path, source, default=None)
-    else:
-        calibration = load_data(cfg.data.calibration, source, default=source.default_calibration)
-        evaluation = load_data(cfg.data.evaluation, source, default=source.default_evaluation)
-    train = source.dataset(source.train_split) if source.kind == "torch" and source.train_split else None
-    out = Path(output) if output else Path(f"{source.name}-{profile.name}-{backend}-{precision}")
-    check_writable(out)
-    return Plan(cfg, source, profile, backend, target, precision, calibration, evaluation, train, out,
-                classifier=_is_classifier(source), options=options, use_cache=use_cache)
-
-
-def _is_classifier(source) -> bool:
-    if source.metric in ("top1", "top1_agreement"):
-        return True
-    out = source.outputs
-    return False if not out else source.metric not in ("mse", "mae")
-
-
-# -- stages ---------------------------------------------------------------------------------------
-
-def reference_outputs(plan: Plan, module) -> np.ndarray | None:
-    """FP32 reference on the evaluation set: torch for torch sources, ORT on the source ONNX otherwise."""
-    ds = plan.evaluation
-    if ds is None:
-        return None
-    if plan.source.kind == "torch":
-        from edgecompile.compiler.training import predict
-
-        return predict(module, ds)[0]
-    from edgecompile.targets.ort.build import explain_load_error, ort_outputs
-
-    try:
-        return ort_outputs(plan.source.path.read_bytes(), ds.batches(64))[0]
-    except Exception as exc:
-        from edgecompile.errors import ModelLoadError
-
-        raise ModelLoadError(f"{plan.source.path}: ONNX Runtime cannot run the source model for the FP32 "
-                             f"reference: {explain_load_error(exc)}",
-                             hint="the reference for .onnx sources is the model under ORT FP32; "
-                                  "use ops/opsets onnxruntime supports") from None
-
-
-def module_passes(plan: Plan) -> list:
-    """Module passes (torch, before export) the config asks for, in order."""
-    passes = []
-    if plan.config.passes.distill.teacher:
-        passes.append(registry.get_pass("distill")(plan.config.passes.distill))
-    prune = plan.config.passes.prune
-    if prune.ratio:
-        passes.append(registry.get_pass("prune")(prune))
-    if plan.precision == "int8" and plan.config.passes.quantize.mode == "qat":
-        passes.append(registry.get_pass("qat")(plan.config.passes.quantize))
-    return passes
-
-
-def graph_passes(plan: Plan) -> list:
-    """Graph passes (ONNX) for this plan. Precision passes are added by the precision stage."""
-    return [registry.get_pass("simplify")()]
-
-
-def load_onnx(plan: Plan):
-    import onnx_ir as ir
-
-    return ir.load(str(plan.source.path))
-
-
-def cache_state(plan: Plan) -> str:
-    """"on", or why the build cache is not used for this plan."""
-    if not plan.use_cache:
-        return "off (--no-cache)"
-    if plan.options:
-        return "off (Python-API options: " + ", ".join(sorted(plan.options)) + ")"
-    return "on"
-
-
-def bundle_key(plan: Plan) -> str:
-    """Content address of the whole bundle: bundle_id (source, effective config, backend, profile,
-    precision, toolchain versions, data sha256s), the fingerprint of EdgeCompile's code, and this
-    machine (the manifest's `measured_on` and the report's measurements belong to it, so a cache
-    directory shared between machines never serves another machine's numbers)."""
-    return content_key("bundle-cache/v1", plan.bundle_id(), code_fingerprint(), machine_info())
-
-
-# Config keys that cannot change the exported ONNX graph, its parity check or the torch reference
-# outputs. Everything else in the config is part of the export key (a module pass reading a new
-# key is therefore covered automatically); data is keyed by content (sha256) instead of spec, the
-# device profile by its resolved name (module passes may tailor to a device), and the precision
-# only where a module pass depends on it (QAT). Backends of one profile share the export.
-_EXPORT_IRRELEVANT = {"model": None, "data": None, "report": None, "tvm": None, "openvino": None, "auto": None,
-                      "build": ("target", "backend", "precision", "strict", "force", "threads")}
-
-
-def export_key(plan: Plan) -> str:
-    """Content address of the export stage (module passes + torch -> ONNX + parity + reference)."""
-    from edgecompile.compiler.export import DEFAULT_OPSET
-
-    cfg = plan.config.to_dict()
-    for section, keys in _EXPORT_IRRELEVANT.items():
-        if keys is None:
-            cfg.pop(section, None)
-        else:
-            for k in keys:
-                cfg[section].pop(k, None)
-    qat = plan.precision == "int8" and plan.config.passes.quantize.mode == "qat"
-    shas = [None if d is None else d.sha256() for d in (plan.evaluation, plan.calibration, plan.train)]
-    teacher = plan.config.passes.distill.teacher
-    if teacher:                          # the distilled student depends on the teacher's definition too
-        shas.append(resolve_source(teacher).fingerprint)
-    return content_key("export-cache/v1", plan.source.kind, plan.source.fingerprint, cfg, plan.profile.name,
-                       plan.precision if qat else None, DEFAULT_OPSET, toolchain_versions(),
-                       code_fingerprint(), machine_info()["cpu"], shas)
-
-
-def export_stage(plan: Plan, ctx: PassContext, records: list, progress: Progress, cache: StageCache):
-    """torch source -> (onnx_ir model, FP32 reference outputs, parity, "hit"|"miss"|None), from the
-    cache when possible."""
-    import onnx_ir as ir
-
-    key = export_key(plan) if cache.enabled else None
-    hit = cache.get("export", key) if key else None
-    if hit is not None:
-        import json
-
-        import onnx
-
-        with progress.step("export", f"cache hit {key[:12]}"):
-            meta = json.loads((hit / "meta.json").read_text())
-            model = ir.from_proto(onnx.load_model_from_string((hit / "model.onnx").read_bytes()))
-            reference = np.load(hit / "reference.npy") if meta["reference"] else None
-        for r in meta["records"]:
-            r = dict(r)
-            r.pop("metric_delta", None)
-            records.append(PassRecord(**r))
-        return model, reference, meta["parity"], "hit"
-
-    with progress.step("load", plan.source.name):
-        module = plan.source.module()
-    reference = reference_outputs(plan, module)
-    mpasses = module_passes(plan)
-    first = len(records)
-    if mpasses:
-        import copy
-
-        with progress.step("module passes", ", ".join(p.name for p in mpasses)):
-            module = run_module_passes(mpasses, copy.deepcopy(module), ctx, records)
-    from edgecompile.compiler.export import check_parity, export_torch
-
-    example = plan.evaluation or plan.calibration or plan.train
-    with progress.step("export", "torch -> ONNX (dynamo)"):
-        model = export_torch(module, plan.source, example)
-    with progress.step("parity", "ONNX vs torch"):
-        parity = check_parity(model, module, example, plan.source.outputs, plan.classifier)
-    if key:
-        import json
-
-        def fill(d: Path) -> None:
-            (d / "model.onnx").write_bytes(ir.to_proto(model).SerializeToString())
-            if reference is not None:
-                np.save(d / "reference.npy", reference)
-            meta = {"parity": parity, "reference": reference is not None,
-                    "records": [r.to_dict() for r in records[first:]]}
-            (d / "meta.json").write_text(json.dumps(meta, default=_json_default))
-
-        cache.put("export", key, fill)
-    return model, reference, parity, "miss" if key else None
-
-
-def _json_default(o):
-    from edgecompile.compiler.writer import json_default as default
-
-    return default(o)
 
 
 def bundle_from_cache(plan: Plan, entry: Path, key: str, progress: Progress, t_start: float) -> Bundle:
@@ -349,8 +124,8 @@ def execute(plan: Plan, progress: Progress) -> Bundle:
     evaluator = _onnx_evaluator(plan, reference)
     ctx.evaluator = evaluator
     with progress.step("passes", ", ".join(p.name for p in graph_passes(plan))):
-        pm = PassManager(graph_passes(plan))
-        model = pm.run(model, ctx)
+        pm = PassManager(graph_passes(plan), default_instruments(evaluator))
+        model = pm.run(model)
         records.extend(pm.records)
     for r in pm.records:
         metric = "" if r.metric_after is None else f", metric {r.metric_before:.4f} -> {r.metric_after:.4f}"
@@ -389,7 +164,7 @@ def execute(plan: Plan, progress: Progress) -> Bundle:
                 artifacts = plan.target.compile(model, bctx)
         for rel, role in artifacts.files.items():
             writer.add_artifact(rel, role)
-        man = _manifest(plan, model, achieved, records, artifacts, parity)
+        man = make_manifest(plan, model, achieved, records, artifacts, parity)
         if achieved == "mixed":           # int8 with the listed nodes kept in float (precision search)
             man["float_nodes"] = [n["node"] for n in precision_notes.get("float_nodes", [])]
         if choice is not None:
@@ -499,41 +274,3 @@ def measure(plan: Plan, bundle: Bundle, reference: np.ndarray | None, progress: 
     return out
 
 
-def _manifest(plan: Plan, model, precision: str, records, artifacts, parity) -> dict:
-
-    from edgecompile import __version__
-
-    def specs(values) -> list[dict]:
-        res = []
-        for v in values:
-            shape = tuple(d if isinstance(d, int) else str(d) for d in (v.shape or ()))
-            dtype = v.dtype.numpy().name if v.dtype is not None else "float32"
-            res.append(TensorSpec(v.name, shape, dtype).to_dict())
-        return res
-
-    opsets = dict(model.opset_imports)
-    return {
-        "bundle_id": plan.bundle_id(),
-        "created_by": f"edgecompile {__version__}",
-        "model": {"name": plan.source.name, "kind": plan.source.kind, "fingerprint": plan.source.fingerprint,
-                  "opset": opsets.get("", None)},
-        "target": plan.profile.name,
-        "backend": plan.backend,
-        "profile": {"name": plan.profile.name, "description": plan.profile.description, "arch": plan.profile.arch},
-        "precision": precision,
-        "requested_precision": plan.precision,
-        "inputs": specs(model.graph.inputs),
-        "outputs": specs(model.graph.outputs),
-        "preprocessing": plan.source.preprocessing,
-        "labels": plan.source.class_labels,
-        "metric": plan.source.metric,
-        "passes": [{"name": r.name, "kind": r.kind, "options": r.options, "modified": r.modified} for r in records],
-        "backend_options": artifacts.backend_options,
-        "artifact_status": artifacts.notes.get("artifact_status"),
-        "config": plan.config.to_dict(),
-        "data": {"calibration": plan.calibration.describe() if plan.calibration is not None else None,
-                 "evaluation": plan.evaluation.describe() if plan.evaluation is not None else None},
-        "toolchain": toolchain_versions(),
-        "measured_on": machine_info(),
-        "runs_on_host": plan.profile.arch == machine_info()["cpu"]["arch"],
-    }

@@ -65,12 +65,12 @@ def fp16(plan, model, ctx, records, progress):
     """Run the fp16 graph pass (its record carries size and metric before/after) and measure
     FP16 against FP32 side by side for the report's `fp16` record."""
     from edgecompile.passes.fp16 import summarize as fp16_summary
-    from edgecompile.passes.base import PassManager
+    from edgecompile.passes.base import PassManager, default_instruments
 
     fp32_bytes = _serialize(model)
     with progress.step("fp16", "float16 weights/activations"):
-        pm = PassManager([registry.get_pass("fp16")(plan.config.passes.fp16)])
-        hmodel = pm.run(model, ctx)
+        pm = PassManager([registry.get_pass("fp16")(plan.config.passes.fp16)], default_instruments(ctx.evaluator))
+        hmodel = pm.run(model)
         records.extend(pm.records)
     rec = pm.records[-1]
     if not rec.modified:
@@ -95,16 +95,18 @@ def int8(plan, model, ctx, records, progress, auto: bool = False):
     slower than FP32. Every candidate lands in notes["candidates"]."""
     import onnx_ir as ir
 
-    from edgecompile.passes.base import PassManager
+    from edgecompile.passes.base import PassManager, default_instruments
 
     qcfg = plan.config.passes.quantize
     if qcfg.mode == "qat":
         return _qat(plan, model, ctx, records, progress)
-    qpass = registry.get_pass("quantize")(qcfg)
+    qpass = registry.get_pass("quantize")(qcfg, backend=ctx.backend, calibration=ctx.calibration,
+                                          calibration_data=(ctx.options or {}).get("calibration_data"),
+                                          threads=plan.config.build.threads, progress=ctx.progress)
     detail = f"{qcfg.mode} int8" + (f", {qcfg.calibrate} calibration" if qcfg.mode == "static" else "")
     with progress.step("quantize", detail):
-        pm = PassManager([qpass])
-        qmodel = pm.run(model, ctx)
+        pm = PassManager([qpass], default_instruments(ctx.evaluator))
+        qmodel = pm.run(model)
         records.extend(pm.records)
     rec = pm.records[-1]
     if not rec.modified:
@@ -256,7 +258,7 @@ def _qat(plan, model, ctx, records, progress):
         return model, "fp32", {"reason": "quantize mode 'qat': the exported graph has no QDQ nodes "
                                          "(is the QAT pass installed?)", "quantization": {"mode": "qat"}}
     with progress.step("qat", "fold weight QuantizeLinear into int8 initializers"):
-        rec = next((r for r in [*getattr(ctx, "module_records", []), *records] if r.name == "qat"), None)
+        rec = next((r for r in [*ctx.module_records, *records] if r.name == "qat"), None)
         model, summary = qat_summary(model, rec)
     return model, "int8", {"quantization": summary}
 

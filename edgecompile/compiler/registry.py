@@ -53,6 +53,11 @@ def get_target(backend: str):
     return _load(refs[backend])()
 
 
+def backend_config_sections() -> list[str]:
+    """The config tables the installed backends own (`Backend.config_section`)."""
+    return [s for s in (get_target(n).config_section for n in target_names()) if s]
+
+
 def has_pass(name: str) -> bool:
     return name in _group("edgecompile.passes", tuple(BUILTIN_PASSES.items()))
 

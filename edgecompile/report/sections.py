@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgecompile.report.summary import summary_rows
+
 OK = "ok"
 
 
@@ -250,8 +252,6 @@ def fp16_rows(h: dict) -> list[list[str]]:
 # -- the list -------------------------------------------------------------------------------------
 
 def sections(report: dict, bundle_dir: str | Path | None = None) -> list[Section]:
-    from edgecompile.report import summary_rows
-
     fp32 = report.get("precision") == "fp32"
     out = [Section("summary", "Summary", OK, [list(r) for r in summary_rows(report)])]
     out.append(Section("warnings", "Warnings", OK if report.get("warnings") else "none", report.get("warnings") or []))

@@ -14,10 +14,10 @@ import dataclasses
 from edgecompile.compiler.config import DistillSection
 from edgecompile.errors import ConfigError, DataError
 from edgecompile.passes.module.stats import Probe, example_input
-from edgecompile.passes.base import ModuleResult, PassContext
+from edgecompile.passes.base import ModulePass, ModuleResult, PassContext
 
 
-class Distill:
+class Distill(ModulePass):
     name = "distill"
 
     def __init__(self, options: DistillSection | None = None, *, teacher_module=None, **overrides):

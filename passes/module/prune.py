@@ -19,13 +19,13 @@ import dataclasses
 from edgecompile.compiler.config import PruneSection
 from edgecompile.errors import ConfigError, PassError
 from edgecompile.passes.module.stats import Probe, example_input
-from edgecompile.passes.base import ModuleResult, PassContext
+from edgecompile.passes.base import ModulePass, ModuleResult, PassContext
 
 
 _TARGET_KEYS = {"params": "params", "flops": "flops", "latency": "latency_ms"}
 
 
-class Prune:
+class Prune(ModulePass):
     name = "prune"
 
     def __init__(self, options: PruneSection | None = None, **overrides):

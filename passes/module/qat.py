@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgecompile.errors import ConfigError, DataError
-from edgecompile.passes.base import ModuleResult, PassContext
+from edgecompile.passes.base import ModulePass, ModuleResult, PassContext
 
 QAT_LR = 1e-4          # fine-tuning a converged model: 1e-3 (Adam) already costs digits accuracy
 SEED = 0
@@ -250,7 +250,7 @@ def task_metric(module, ds, reference=None) -> float | None:
     return None
 
 
-class QuantizationAwareTraining:
+class QuantizationAwareTraining(ModulePass):
     """Module pass "qat"."""
 
     name = "qat"

@@ -16,6 +16,7 @@ from edgecompile.targets.ort.run import MODEL_FILE, _ort, create_session
 
 class OrtTarget(Backend):
     name = "ort"
+    run_module = "edgecompile.targets.ort.run"
     precisions = ("fp32", "fp16", "int8")   # int8: QDQ (static) or integer ops (dynamic) from the quantize pass;
                                             # fp16: the fp16 pass (CPU kernels are partial: often slower)
     fp16_graph = True                       # precision fp16 = an FP16 ONNX graph (the fp16 pass), not an engine flag

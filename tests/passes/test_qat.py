@@ -164,7 +164,7 @@ def test_fold_weight_quantize_keeps_outputs_and_stores_int8(tmp_path):
 
 def test_qat_epochs_are_part_of_the_cache_keys():
     from edgecompile.compiler.config import Config
-    from edgecompile.compiler.pipeline import export_key, make_plan
+    from edgecompile.compiler.plan import export_key, make_plan
 
     base = Config().with_overrides({"model.source": "models/digits", "build.precision": "int8",
                                     "passes.quantize.mode": "qat"})

@@ -8,10 +8,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgecompile.compiler.calibration import entropy_threshold, percentile_threshold
-from edgecompile.compiler.config import Config, QuantizeSection
+from edgecompile.compiler.config import QuantizeSection
 from edgecompile.errors import ConfigError, DataError
 from edgecompile.passes.quantize import Quantize, backend_preset, gemm_to_matmul, settings
-from edgecompile.passes.base import PassContext
 from edgecompile.targets.ort.build import ort_outputs
 from quant_models import mlp, mlp_feeds
 
@@ -28,14 +27,10 @@ def digits_data(digits_source):
     return digits_source.dataset("calibration"), digits_source.dataset("test")
 
 
-def ctx_for(source=None, calibration=None, backend="ort", **options):
-    return PassContext(config=Config(), profile=None, backend=backend, source=source, calibration=calibration,
-                       options=options)
-
-
-def run(proto, section=None, **ctx_kw):
-    p = Quantize(section or QuantizeSection())
-    result = p(ir.from_proto(proto), ctx_for(**ctx_kw))
+def run(proto, section=None, calibration=None, backend="ort", calibration_data=None):
+    p = Quantize(section or QuantizeSection(), backend=backend, calibration=calibration,
+                 calibration_data=calibration_data)
+    result = p(ir.from_proto(proto))
     return p, result, ir.to_proto(result.model)
 
 
@@ -74,7 +69,7 @@ def test_calibration_methods_really_differ_and_keep_accuracy(digits_fp32, digits
     ref = top1(digits_fp32, test)
     ranges = {}
     for method in ("minmax", "entropy", "percentile"):
-        p, result, q = run(digits_fp32, QuantizeSection(calibrate=method), source=digits_source, calibration=cal)
+        p, result, q = run(digits_fp32, QuantizeSection(calibrate=method), calibration=cal)
         assert result.modified and result.notes["calibrate"] == method
         assert result.notes["calib_samples"] == len(cal)
         assert any(n.op_type == "QuantizeLinear" for n in q.graph.node)
@@ -92,7 +87,7 @@ def test_calibration_methods_really_differ_and_keep_accuracy(digits_fp32, digits
 
 
 def test_ort_preset_is_u8_activations_and_per_channel_s8_weights(digits_fp32, digits_source, digits_data):
-    _, result, q = run(digits_fp32, source=digits_source, calibration=digits_data[0].take(64))
+    _, result, q = run(digits_fp32, calibration=digits_data[0].take(64))
     assert result.notes["preset"] == "ort" and result.notes["calib_samples"] == 64
     zps = zero_points(q)
     assert zps and all(z.dtype == np.uint8 for z in zps)
@@ -104,7 +99,7 @@ def test_ort_preset_is_u8_activations_and_per_channel_s8_weights(digits_fp32, di
 
 
 def test_tensorrt_preset_is_symmetric_int8_with_zero_point_zero(digits_fp32, digits_source, digits_data):
-    _, result, q = run(digits_fp32, source=digits_source, calibration=digits_data[0].take(64), backend="tensorrt")
+    _, result, q = run(digits_fp32, calibration=digits_data[0].take(64), backend="tensorrt")
     assert result.notes["preset"] == "tensorrt"
     zps = zero_points(q)
     assert zps and all(z.dtype == np.int8 and not z.any() for z in zps)
@@ -112,7 +107,7 @@ def test_tensorrt_preset_is_symmetric_int8_with_zero_point_zero(digits_fp32, dig
 
 def test_config_overrides_the_preset(digits_fp32, digits_source, digits_data):
     section = QuantizeSection(activations="int8", per_channel=False)
-    _, result, q = run(digits_fp32, section, source=digits_source, calibration=digits_data[0].take(64))
+    _, result, q = run(digits_fp32, section, calibration=digits_data[0].take(64))
     assert result.notes["preset"] == "ort (overridden)"
     assert all(z.dtype == np.int8 for z in zero_points(q))
     assert all(s.size == 1 for s in weight_scales(q))               # per-tensor weights
@@ -128,7 +123,7 @@ def test_config_overrides_the_preset(digits_fp32, digits_source, digits_data):
 def test_calibration_data_from_the_python_api_is_capped(digits_fp32, digits_source, digits_data):
     cal = digits_data[0]
     gen = ({"input": cal.inputs["input"][i:i + 10]} for i in range(0, 200, 10))
-    _, result, _ = run(digits_fp32, QuantizeSection(calib_samples=45), source=digits_source, calibration_data=gen)
+    _, result, _ = run(digits_fp32, QuantizeSection(calib_samples=45), calibration_data=gen)
     assert result.notes["calib_samples"] == 45
     assert result.notes["calib_data"].startswith("calibration_data")
 

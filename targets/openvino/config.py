@@ -1,0 +1,13 @@
+"""The [openvino] table of the build config (owned by the OpenVINO backend)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgecompile.compiler.schema import choices
+
+
+@dataclass(frozen=True)
+class OpenVinoSection:
+    device: str = "CPU"                  # CPU, GPU, GPU.1, NPU ... where OpenVINO lists it
+    performance_hint: str = choices("LATENCY", "THROUGHPUT", default="LATENCY")
+    num_streams: int | None = None       # None: what the performance hint picks
