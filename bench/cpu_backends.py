@@ -105,7 +105,10 @@ def bench_model(name, work: Path, rounds: int, round_seconds: float, threads: in
              ("raw OpenVINO f32 hint, fp32 onnx", raw_ov(onnx, threads, "f32"))]
     if int8:
         qdq = bundles[("ort", "int8")].path / "model.onnx"
-        peers += [("raw ORT, QDQ onnx", raw_ort(qdq, threads)), ("raw OpenVINO default, QDQ onnx", raw_ov(qdq, threads))]
+        peers += [
+            ("raw ORT, QDQ onnx", raw_ort(qdq, threads)),
+            ("raw OpenVINO default, QDQ onnx", raw_ov(qdq, threads)),
+        ]
     feeds = {k: v[:1] for k, v in next(evals.batches(1)).items()}
     ref_batch = {k: v[:64] for k, v in evals.inputs.items()}
     ref_out = entries[0][1].run(ref_batch)

@@ -47,7 +47,9 @@ def resnet_latency(args, root: Path) -> None:
     for label, ratio, precision in variants:
         out = root / label.replace(" ", "-").replace("%", "")
         if precision not in shippable:
-            notes[label] = f"n/a: the ort target cannot ship {precision} in this checkout (it has {', '.join(shippable)})"
+            notes[label] = (
+                f"n/a: the ort target cannot ship {precision} in this checkout (it has {', '.join(shippable)})"
+            )
             continue
         if not (args.reuse and (out / "manifest.json").is_file()):
             t0 = time.perf_counter()
@@ -106,7 +108,10 @@ def digits_accuracy(args) -> None:
 
     print(f"\ndigits, 50 % of channels pruned (L1, uniform), {args.digits_epochs} fine-tuning epochs; top-1 on "
           f"{len(test)} test samples (1 sample = {100 / len(test):.2f} pt)")
-    print("| teacher | unpruned | pruned, no fine-tune | plain fine-tune | KD fine-tune | params |\n|---|---|---|---|---|---|")
+    print(
+        "| teacher | unpruned | pruned, no fine-tune | plain fine-tune | KD fine-tune | params |\n"
+        "|---|---|---|---|---|---|"
+    )
     drops = {"plain": [], "kd": []}
     for seed in range(args.teachers):
         if seed == 0:

@@ -32,7 +32,8 @@ def qat_graph(src, epochs: int):
 
     from edgecompile.compiler.config import QuantizeSection
     from edgecompile.compiler.export import export_torch
-    from edgecompile.passes.module.qat import QuantizationAwareTraining, fold_weight_quantize
+    from edgecompile.passes.module.qat import QuantizationAwareTraining
+    from edgecompile.passes.module.qat_graph import fold_weight_quantize
     from edgecompile.passes.base import PassContext
 
     ctx = PassContext(config=None, profile=None, backend="ort", source=src,
@@ -62,10 +63,12 @@ def fp16_bench(name: str, seconds: float) -> list[str]:
     rows = []
     for batch in (1, 64):
         f = {k: v[:batch] for k, v in x.items()}
-        lat = interleaved({"fp32": lambda: s32.run(None, f), "fp16": lambda: s16.run(None, f)},
+        lat = interleaved({"fp32": lambda f=f: s32.run(None, f), "fp16": lambda f=f: s16.run(None, f)},
                           rounds=8, seconds=seconds)
-        rows.append(f"| {name} | {batch} | {len(b16) / len(b32):.3f} | {sim['cosine']:.6f} | "
-                    f"{lat['fp32']['ms']:.4f} | {lat['fp16']['ms']:.4f} | {lat['fp32']['ms'] / lat['fp16']['ms']:.2f}x |")
+        rows.append(
+            f"| {name} | {batch} | {len(b16) / len(b32):.3f} | {sim['cosine']:.6f} | "
+            f"{lat['fp32']['ms']:.4f} | {lat['fp16']['ms']:.4f} | {lat['fp32']['ms'] / lat['fp16']['ms']:.2f}x |"
+        )
     return rows
 
 

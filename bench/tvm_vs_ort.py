@@ -120,7 +120,9 @@ def main(argv=None) -> int:
         print("  trials -> latency curve (cumulative trials, tuning seconds so far):")
         print(f"    {0:>6} trials  {0:>8.0f} s  {lat['tvm untuned']:.3f} ms (untuned)")
         for label, trials, secs, stopped in curve:
-            print(f"    {trials:>6} trials  {secs:>8.0f} s  {lat[label]:.3f} ms" + (f"  ({stopped})" if stopped else ""))
+            print(
+                f"    {trials:>6} trials  {secs:>8.0f} s  {lat[label]:.3f} ms" + (f"  ({stopped})" if stopped else "")
+            )
         print(f"  warm database rebuild: trials run {warm['tuning']['trials_run_now']}, TVM compile step "
               f"{warm['timings_s']['compile']:.1f} s (import {warm['timings_s']['import']:.1f} s, link "
               f"{warm['timings_s']['link']:.1f} s, wall {warm_wall:.1f} s); untuned compile "

@@ -116,9 +116,13 @@ def validate_dataset(ds: Dataset, inputs: Sequence[TensorSpec], what: str) -> No
         if arr.dtype != np.dtype(spec.dtype):
             raise DataError(f"{what}: array {spec.name!r} has dtype {arr.dtype}, the model expects {spec.dtype}",
                             hint=f"convert with arr.astype('{spec.dtype}')")
-        if arr.ndim != len(spec.shape) or any(isinstance(d, int) and d != a for d, a in zip(spec.shape[1:], arr.shape[1:])):
-            raise DataError(f"{what}: array {spec.name!r} has shape {list(arr.shape)}, the model expects {list(spec.shape)}",
-                            hint="the first axis is the sample axis; the others must match the model input")
+        if arr.ndim != len(spec.shape) or any(
+            isinstance(d, int) and d != a for d, a in zip(spec.shape[1:], arr.shape[1:])
+        ):
+            raise DataError(
+                f"{what}: array {spec.name!r} has shape {list(arr.shape)}, the model expects {list(spec.shape)}",
+                hint="the first axis is the sample axis; the others must match the model input",
+            )
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise DataError(f"{what}: array {spec.name!r} contains NaN or infinite values",
                             hint="clean or drop the non-finite samples")

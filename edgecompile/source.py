@@ -88,11 +88,15 @@ def resolve_source(spec: str | Path) -> ModelSource:
         if (path / "config.json").is_file():
             raise ModelLoadError(f"{text}: Hugging Face model directories are not supported yet",
                                  hint="export it to ONNX first (e.g. with optimum-cli) and pass the .onnx file")
-        raise ModelLoadError(f"{text}: directory is not a model package (no __init__.py)",
-                             hint="pass a models/<name> package, a built-in name (digits, resnet18, mobilenetv2) or a .onnx file")
+        raise ModelLoadError(
+            f"{text}: directory is not a model package (no __init__.py)",
+            hint="pass a models/<name> package, a built-in name (digits, resnet18, mobilenetv2) or a .onnx file",
+        )
     if not path.exists():
-        raise ModelLoadError(f"model {text!r} not found",
-                             hint="pass a path to a .onnx file or model package, or a built-in name: " + ", ".join(BUILTIN_MODELS))
+        raise ModelLoadError(
+            f"model {text!r} not found",
+            hint="pass a path to a .onnx file or model package, or a built-in name: " + ", ".join(BUILTIN_MODELS),
+        )
     raise ModelLoadError(f"{text}: unsupported model file type {path.suffix or '(none)'!r}",
                          hint="pass a .onnx file or a model package directory")
 
@@ -107,8 +111,10 @@ def _import_dir(path: Path):
         spec.loader.exec_module(module)
     except Exception as exc:
         sys.modules.pop(name, None)
-        raise ModelLoadError(f"{path}: importing the model package failed: {exc.__class__.__name__}: {exc}",
-                             hint="run `python -c 'import ...'` on the package to see the full error, or use --debug") from exc
+        raise ModelLoadError(
+            f"{path}: importing the model package failed: {exc.__class__.__name__}: {exc}",
+            hint="run `python -c 'import ...'` on the package to see the full error, or use --debug",
+        ) from exc
     return module
 
 

@@ -277,9 +277,15 @@ def gemm_to_matmul(proto):
         model.graph.initializer.append(numpy_helper.from_array(b, b_name))
         has_c = len(node.input) > 2 and node.input[2]
         mm_out = f"{node.output[0]}__matmul" if has_c else node.output[0]
-        nodes.append(helper.make_node("MatMul", [node.input[0], b_name], [mm_out], name=f"{node.name or 'gemm'}_matmul{count}"))
+        nodes.append(
+            helper.make_node("MatMul", [node.input[0], b_name], [mm_out], name=f"{node.name or 'gemm'}_matmul{count}")
+        )
         if has_c:
-            nodes.append(helper.make_node("Add", [mm_out, node.input[2]], [node.output[0]], name=f"{node.name or 'gemm'}_add{count}"))
+            nodes.append(
+                helper.make_node(
+                    "Add", [mm_out, node.input[2]], [node.output[0]], name=f"{node.name or 'gemm'}_add{count}"
+                )
+            )
         count += 1
     if count:
         del model.graph.node[:]

@@ -39,7 +39,9 @@ def test_onnx_source_with_npz_data(digits_bundle, digits_source, tmp_path):
     ds = digits_source.dataset("test")
     npz = tmp_path / "eval.npz"
     np.savez(npz, input=ds.inputs["input"][:100], labels=ds.labels[:100])
-    out = edgecompile.build(digits_bundle.path / "model.onnx", target="cpu", backend="ort", output=tmp_path / "b", data=npz)
+    out = edgecompile.build(
+        digits_bundle.path / "model.onnx", target="cpu", backend="ort", output=tmp_path / "b", data=npz
+    )
     rep = out.report()
     assert rep["accuracy"]["reference_model"].startswith("source onnx")
     assert rep["accuracy"]["n"] == 100 and rep["accuracy"]["delta"] == 0.0

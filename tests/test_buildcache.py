@@ -188,7 +188,9 @@ def test_flags_override_config_keys_end_to_end(digits_bundle, tmp_path, monkeypa
     from edgecompile.cli.main import main
 
     (tmp_path / "edgecompile.toml").write_text(
-        "[model]\nsource = 'digits'\n[build]\nbackend = 'ort'\nthreads = 1\nprecision = 'fp32'\n[report]\nformats = ['json']\n")
+        "[model]\nsource = 'digits'\n[build]\nbackend = 'ort'\nthreads = 1\nprecision = 'fp32'\n"
+        "[report]\nformats = ['json']\n"
+    )
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exc:
         main(["-q", "build", "--threads", "2", "-o", "out"])

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from edgecompile.verify.compare import compare, localize, render_text
+from edgecompile.verify.compare import compare, render_text
+from edgecompile.verify.localize import localize
 from edgecompile.data import Dataset
 
 
@@ -145,7 +146,7 @@ def test_non_onnx_side_is_not_localized(digits_bundle):
 
 
 def test_per_node_errors_are_the_per_layer_table(digits_bundle, model_onnx, tmp_path):
-    from edgecompile.verify.compare import per_layer_error
+    from edgecompile.verify.localize import per_layer_error
     from edgecompile.source import resolve_source
 
     bad = tmp_path / "bad.onnx"

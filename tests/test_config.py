@@ -5,15 +5,19 @@ from edgecompile.errors import ConfigError
 
 
 def test_defaults_and_contract_tables():
-    c = Config.from_dict({
-        "model": {"source": "models/digits"},
-        "build": {"target": "jetson", "precision": "int8", "strict": True},
-        "data": {"calibration": "digits:train[:256]", "evaluation": "digits:test"},
-        "passes": {"prune": {"ratio": 0.5, "finetune_epochs": 3},
-                   "quantize": {"mode": "static", "per_channel": True, "calibrate": "entropy", "max_accuracy_drop": 0.5}},
-        "tvm": {"tune_trials": 64},
-        "report": {"formats": ["json", "md", "html"]},
-    })
+    c = Config.from_dict(
+        {
+            "model": {"source": "models/digits"},
+            "build": {"target": "jetson", "precision": "int8", "strict": True},
+            "data": {"calibration": "digits:train[:256]", "evaluation": "digits:test"},
+            "passes": {
+                "prune": {"ratio": 0.5, "finetune_epochs": 3},
+                "quantize": {"mode": "static", "per_channel": True, "calibrate": "entropy", "max_accuracy_drop": 0.5},
+            },
+            "tvm": {"tune_trials": 64},
+            "report": {"formats": ["json", "md", "html"]},
+        }
+    )
     assert c.build.precision == "int8" and c.passes.quantize.calibrate == "entropy"
     assert c.passes.quantize.max_accuracy_drop == 0.5 and c.tvm.tune_trials == 64
     assert Config().build.target == "cpu" and Config().build.precision is None

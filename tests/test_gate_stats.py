@@ -13,7 +13,7 @@ def test_binomial_tail_matches_exact_counts():
     # P(X >= 7), X ~ Bin(10, 1/2) = (120 + 45 + 10 + 1) / 1024
     assert gate.binom_sf(7, 10, 0.5) == pytest.approx(176 / 1024, rel=1e-12)
     assert gate.binom_sf(0, 10, 0.3) == 1.0 and gate.binom_sf(11, 10, 0.3) == 0.0
-    assert gate.binom_sf(3, 5, 0.2) == pytest.approx(sum(math.comb(5, k) * 0.2 ** k * 0.8 ** (5 - k) for k in (3, 4, 5)))
+    assert gate.binom_sf(3, 5, 0.2) == pytest.approx(sum(math.comb(5, k) * 0.2**k * 0.8 ** (5 - k) for k in (3, 4, 5)))
     assert gate.normal_sf(1.6448536269514722) == pytest.approx(0.05, abs=1e-9)
 
 
@@ -60,7 +60,9 @@ def test_tango_with_zero_margin_is_the_mcnemar_statistic_and_p_falls_with_losses
     assert gate.tango_p(6, 0, 360, 0.01) > 0.05 > gate.mcnemar_exact_p(6, 0)
 
 
-@pytest.mark.parametrize("x1,n1,x2,n2,d", [(340, 360, 320, 360, 0.02), (90, 100, 150, 200, 0.05), (50, 100, 60, 100, 0.1)])
+@pytest.mark.parametrize(
+    "x1,n1,x2,n2,d", [(340, 360, 320, 360, 0.02), (90, 100, 150, 200, 0.05), (50, 100, 60, 100, 0.1)]
+)
 def test_farrington_manning_restricted_mle(x1, n1, x2, n2, d):
     grid = np.linspace(1e-7, 1 - d - 1e-7, 200001)
     ll = x1 * np.log(grid + d) + (n1 - x1) * np.log(1 - grid - d) + x2 * np.log(grid) + (n2 - x2) * np.log(1 - grid)

@@ -41,8 +41,9 @@ def mlp_onnx(tmp_path_factory):
 
 def test_digits_int8_cli_done_when(tmp_path):
     out = tmp_path / "OUT"
-    code, stdout, stderr = run_cli("build", "models/digits", "--target", "cpu", "--backend", "ort", "--precision", "int8", "-o", out,
-                                   "--json")
+    code, stdout, stderr = run_cli(
+        "build", "models/digits", "--target", "cpu", "--backend", "ort", "--precision", "int8", "-o", out, "--json"
+    )
     assert code == 0, stderr
     rep = json.loads(stdout)
     assert rep["precision"] == "int8" and rep["requested_precision"] == "int8"
@@ -67,8 +68,23 @@ def test_digits_int8_cli_done_when(tmp_path):
 
 def test_onnx_source_int8_with_calibration_flags(digits_onnx, tmp_path):
     model, data = digits_onnx
-    code, stdout, stderr = run_cli("build", model, "--backend", "ort", "--precision", "int8", "--data", data, "--calibrate", "percentile",
-                                   "--calib-samples", "32", "-o", tmp_path / "b", "--json")
+    code, stdout, stderr = run_cli(
+        "build",
+        model,
+        "--backend",
+        "ort",
+        "--precision",
+        "int8",
+        "--data",
+        data,
+        "--calibrate",
+        "percentile",
+        "--calib-samples",
+        "32",
+        "-o",
+        tmp_path / "b",
+        "--json",
+    )
     assert code == 0, stderr
     rep = json.loads(stdout)
     assert rep["precision"] == "int8"
@@ -84,9 +100,17 @@ def test_quantize_table_in_toml(tmp_path):
     cfg_file.write_text('[passes.quantize]\nmode = "dynamic"\ncalibrate = "entropy"\nper_channel = false\n'
                         'activations = "int8"\nmax_accuracy_drop = 0.5\n')
     q = Config.from_file(cfg_file).passes.quantize
-    assert (q.mode, q.calibrate, q.per_channel, q.activations, q.max_accuracy_drop) == ("dynamic", "entropy", False, "int8", 0.5)
+    assert (q.mode, q.calibrate, q.per_channel, q.activations, q.max_accuracy_drop) == (
+        "dynamic",
+        "entropy",
+        False,
+        "int8",
+        0.5,
+    )
     cfg_file.write_text('[passes.quantize]\ncalibrate = "kl"\n')
-    code, _, stderr = run_cli("build", "models/digits", "--backend", "ort", "--precision", "int8", "-c", cfg_file, "-o", tmp_path / "x")
+    code, _, stderr = run_cli(
+        "build", "models/digits", "--backend", "ort", "--precision", "int8", "-c", cfg_file, "-o", tmp_path / "x"
+    )
     assert code == 2 and "minmax, entropy, percentile" in stderr
 
 
@@ -94,14 +118,18 @@ def test_python_api_calibration_data_is_validated(digits_onnx, tmp_path):
     model, data = digits_onnx
     bad = [{"input": np.zeros((3, 8, 8), np.float32)}]
     with pytest.raises(DataError, match="shape"):
-        edgecompile.build(model, "cpu", backend="ort", output=tmp_path / "b", precision="int8", data=data, calibration_data=bad)
+        edgecompile.build(
+            model, "cpu", backend="ort", output=tmp_path / "b", precision="int8", data=data, calibration_data=bad
+        )
     assert not (tmp_path / "b").exists()
 
 
 def test_accuracy_bound_falls_back_to_fp32_unless_forced(mlp_onnx, tmp_path):
     model, data = mlp_onnx
     cfg = Config().with_overrides({"passes.quantize.max_accuracy_drop": 0.0})
-    bundle = edgecompile.build(model, "cpu", backend="ort", output=tmp_path / "fb", precision="int8", data=data, config=cfg)
+    bundle = edgecompile.build(
+        model, "cpu", backend="ort", output=tmp_path / "fb", precision="int8", data=data, config=cfg
+    )
     rep = json.loads((bundle.path / "report.json").read_text())
     assert rep["requested_precision"] == "int8" and rep["precision"] in ("fp32", "mixed")   # never full int8
     assert rep["quantization"]["metric_drop"] > 0
@@ -110,15 +138,30 @@ def test_accuracy_bound_falls_back_to_fp32_unless_forced(mlp_onnx, tmp_path):
         assert any("not met" in w for w in rep["warnings"])
     else:                               # the precision search kept layers in float and they were not slower
         assert json.loads((bundle.path / "manifest.json").read_text())["float_nodes"]
-    forced = edgecompile.build(model, "cpu", backend="ort", output=tmp_path / "forced", precision="int8", data=data, config=cfg,
-                               force=True)
+    forced = edgecompile.build(
+        model, "cpu", backend="ort", output=tmp_path / "forced", precision="int8", data=data, config=cfg, force=True
+    )
     assert json.loads((forced.path / "report.json").read_text())["precision"] == "int8"
 
 
 def test_cli_dynamic_and_nothing_to_quantize(mlp_onnx, tmp_path):
     model, data = mlp_onnx
-    code, stdout, stderr = run_cli("build", model, "--backend", "ort", "--precision", "int8", "--quantize", "dynamic", "--data", data,
-                                   "--force", "-o", tmp_path / "dyn", "--json")   # tiny MLP: a slowdown is possible
+    code, stdout, stderr = run_cli(
+        "build",
+        model,
+        "--backend",
+        "ort",
+        "--precision",
+        "int8",
+        "--quantize",
+        "dynamic",
+        "--data",
+        data,
+        "--force",
+        "-o",
+        tmp_path / "dyn",
+        "--json",
+    )   # tiny MLP: a slowdown is possible
     assert code == 0, stderr
     rep = json.loads(stdout)
     assert rep["precision"] == "int8" and rep["quantization"]["mode"] == "dynamic"
@@ -130,14 +173,36 @@ def test_cli_dynamic_and_nothing_to_quantize(mlp_onnx, tmp_path):
     relu = tmp_path / "relu.onnx"
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), relu)
     np.savez(tmp_path / "x.npz", x=np.random.default_rng(0).normal(size=(8, 16)).astype(np.float32))
-    code, stdout, stderr = run_cli("build", relu, "--backend", "ort", "--precision", "int8", "--data", tmp_path / "x.npz",
-                                   "-o", tmp_path / "relu", "--json")
+    code, stdout, stderr = run_cli(
+        "build",
+        relu,
+        "--backend",
+        "ort",
+        "--precision",
+        "int8",
+        "--data",
+        tmp_path / "x.npz",
+        "-o",
+        tmp_path / "relu",
+        "--json",
+    )
     assert code == 0, stderr
     rep = json.loads(stdout)
     assert rep["precision"] == "fp32" and "nothing to quantize" in rep["precision_notes"]["reason"]
     assert "nothing to quantize" in stderr
-    code, _, stderr = run_cli("build", relu, "--backend", "ort", "--precision", "int8", "--data", tmp_path / "x.npz", "--strict",
-                              "-o", tmp_path / "relu2")
+    code, _, stderr = run_cli(
+        "build",
+        relu,
+        "--backend",
+        "ort",
+        "--precision",
+        "int8",
+        "--data",
+        tmp_path / "x.npz",
+        "--strict",
+        "-o",
+        tmp_path / "relu2",
+    )
     assert code == 3 and "nothing to quantize" in stderr and "Traceback" not in stderr
     assert not (tmp_path / "relu2").exists()
 

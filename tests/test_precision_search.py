@@ -61,7 +61,9 @@ def test_fallback_keeps_the_fragile_layer_in_float_and_ships_mixed(fragile, tmp_
     model, data, feeds, labels = fragile
     monkeypatch.setattr(precision_stage, "measurably_slower", lambda lat: False)
     cfg = Config().with_overrides({"passes.quantize.max_accuracy_drop": 1.0})
-    bundle = edgecompile.build(model, "cpu", backend="ort", output=tmp_path / "mixed", precision="int8", data=data, config=cfg)
+    bundle = edgecompile.build(
+        model, "cpu", backend="ort", output=tmp_path / "mixed", precision="int8", data=data, config=cfg
+    )
     rep = json.loads((bundle.path / "report.json").read_text())
     man = json.loads((bundle.path / "manifest.json").read_text())
     assert rep["precision"] == man["precision"] == "mixed"
@@ -88,7 +90,9 @@ def test_quantized_but_slower_is_never_shipped_silently(fragile, tmp_path, monke
     model, data, _, _ = fragile
     monkeypatch.setattr(precision_stage, "measurably_slower", lambda lat: True)
     cfg = Config().with_overrides({"passes.quantize.max_accuracy_drop": 1.0})
-    bundle = edgecompile.build(model, "cpu", backend="ort", output=tmp_path / "slow", precision="auto", data=data, config=cfg)
+    bundle = edgecompile.build(
+        model, "cpu", backend="ort", output=tmp_path / "slow", precision="auto", data=data, config=cfg
+    )
     rep = json.loads((bundle.path / "report.json").read_text())
     assert rep["precision"] == "fp32" and rep["requested_precision"] == "auto"
     cands = {c["precision"]: c for c in rep["precision_notes"]["candidates"]}
@@ -102,8 +106,21 @@ def test_cli_strict_fallback_measured_for_real(fragile, tmp_path):
     bound, or (mixed measured slower than FP32) exits 3 under --strict naming the best configuration."""
     model, data, _, _ = fragile
     out = tmp_path / "strict"
-    code, stdout, stderr = run_cli("build", model, "--backend", "ort", "--precision", "int8", "--data", data, "--max-accuracy-drop", "1",
-                                   "--strict", "-o", out)
+    code, stdout, stderr = run_cli(
+        "build",
+        model,
+        "--backend",
+        "ort",
+        "--precision",
+        "int8",
+        "--data",
+        data,
+        "--max-accuracy-drop",
+        "1",
+        "--strict",
+        "-o",
+        out,
+    )
     assert "Traceback" not in stderr
     if code == 0:
         man = json.loads((out / "manifest.json").read_text())
@@ -115,8 +132,21 @@ def test_cli_strict_fallback_measured_for_real(fragile, tmp_path):
 
 
 def test_digits_int8_within_a_tight_bound(tmp_path):
-    code, stdout, stderr = run_cli("build", "models/digits", "--target", "cpu", "--backend", "ort", "--precision", "auto",
-                                   "--max-accuracy-drop", "0.1", "-o", tmp_path / "auto", "--json")
+    code, stdout, stderr = run_cli(
+        "build",
+        "models/digits",
+        "--target",
+        "cpu",
+        "--backend",
+        "ort",
+        "--precision",
+        "auto",
+        "--max-accuracy-drop",
+        "0.1",
+        "-o",
+        tmp_path / "auto",
+        "--json",
+    )
     assert code == 0, stderr
     rep = json.loads(stdout)
     cands = rep["precision_notes"]["candidates"]

@@ -12,8 +12,9 @@ from edgecompile.report import load_report, render_md
 from edgecompile.report.html import render_html
 from edgecompile.report.sections import sections, size_by_op, with_sections
 
-needs_chromium = pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed (apt-get install chromium; "
-                                                                    ".ci/run installs it)")
+needs_chromium = pytest.mark.skipif(
+    chromium_path() is None, reason="chromium is not installed (apt-get install chromium; .ci/run installs it)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +79,9 @@ def test_formats_carry_the_same_sections(digits_bundle, tmp_path):
         assert t in titles
     assert "not applicable: fp32 bundle" in md and "not applicable: fp32 bundle" in page
     # self-contained: no scripts, stylesheets or images fetched from anywhere
-    assert not re.search(r"<(script|link|img|iframe)\b", page) and not re.search(r"https?://(?!www\.w3\.org/2000/svg)", page)
+    assert not re.search(r"<(script|link|img|iframe)\b", page) and not re.search(
+        r"https?://(?!www\.w3\.org/2000/svg)", page
+    )
     rc, _, err = run_cli("-q", "report", d, "--format", "html", "-o", tmp_path / "q.html")
     assert rc == 0 and err == ""                                   # --quiet: nothing on stderr
     rc, _, err = run_cli("report", tmp_path, "--format", "html")

@@ -59,7 +59,9 @@ def _write_output(path: Path, text: str) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise EdgeCompileError(f"cannot write {str(path)!r}: {exc.strerror}", hint="choose a writable -o path") from None
+        raise EdgeCompileError(
+            f"cannot write {str(path)!r}: {exc.strerror}", hint="choose a writable -o path"
+        ) from None
 
 
 @click.command()
@@ -70,7 +72,9 @@ def _write_output(path: Path, text: str) -> None:
 @click.option("-n", "--samples", type=click.IntRange(min=1), help="Use only the first N samples.")
 @click.option("--tolerance", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
               help="Relative L2 error above which an intermediate tensor counts as diverged.")
-@click.option("--no-localize", is_flag=True, help="Compare the outputs only; skip the search for the first diverging node.")
+@click.option(
+    "--no-localize", is_flag=True, help="Compare the outputs only; skip the search for the first diverging node."
+)
 @click.option("--per-node", is_flag=True, help="Also list the error of every matched node (e.g. per-layer INT8 error).")
 @click.option("--json", "json_mode", is_flag=True, help="Machine-readable output.")
 @verbosity_options
@@ -115,14 +119,18 @@ def baseline(obj: Ctx, bundle_dir, output, data, no_latency, threads):
 @click.option("--max-drop", type=click.FloatRange(min=0), default=None, show_default=False,
               help="Allowed accuracy drop: points for percentage metrics, relative % for error metrics (default 1.0).")
 @click.option("--max-latency-ratio", type=float, help="Gate latency: fail when candidate/baseline p50 exceeds this.")
-@click.option("--data", type=click.Path(), help=".npz to evaluate on; differing from the baseline's data makes the test unpaired.")
+@click.option(
+    "--data", type=click.Path(), help=".npz to evaluate on; differing from the baseline's data makes the test unpaired."
+)
 @click.option("--alpha", type=click.FloatRange(min=1e-6, max=0.5), default=0.05, show_default=True,
               help="Significance level of the one-sided tests.")
 @click.option("--junit", "junit_path", type=click.Path(), help="Write the verdict as JUnit XML.")
 @click.option("--json", "json_mode", is_flag=True, help="Print the verdict as JSON.")
 @click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads.")
 @click.pass_obj
-def check(obj: Ctx, bundle_dir, baseline_path, max_drop, max_latency_ratio, data, alpha, junit_path, json_mode, threads):
+def check(
+    obj: Ctx, bundle_dir, baseline_path, max_drop, max_latency_ratio, data, alpha, junit_path, json_mode, threads
+):
     """Re-evaluate bundle DIR on the baseline's data; exit 3 when a regression is shown (one-sided test, alpha 0.05)."""
     import os
 
@@ -142,6 +150,9 @@ def check(obj: Ctx, bundle_dir, baseline_path, max_drop, max_latency_ratio, data
     elif not obj.quiet or not res.ok:
         click.echo(render_table(res))
     if not res.ok:
-        raise GateError(res.failures[0] if len(res.failures) == 1 else f"{len(res.failures)} gates failed: "
-                        + "; ".join(res.failures),
-                        hint="inspect the verdict above; raise --max-drop/--max-latency-ratio only if the loss is acceptable")
+        raise GateError(
+            res.failures[0]
+            if len(res.failures) == 1
+            else f"{len(res.failures)} gates failed: " + "; ".join(res.failures),
+            hint="inspect the verdict above; raise --max-drop/--max-latency-ratio only if the loss is acceptable",
+        )

@@ -181,9 +181,18 @@ def measure_candidates(plan, candidates: list[Candidate], reference, progress, *
         rows.append(row)
         writer = BundleWriter(root / f"{i}-{cand.backend}-{cand.precision}")
         try:
-            bctx = BuildContext(writer=writer, profile=plan.profile, config=plan.config, precision=cand.precision,
-                                source=plan.source, calibration=plan.calibration, evaluation=plan.evaluation, threads=threads,
-                                progress=progress, options=plan.options)
+            bctx = BuildContext(
+                writer=writer,
+                profile=plan.profile,
+                config=plan.config,
+                precision=cand.precision,
+                source=plan.source,
+                calibration=plan.calibration,
+                evaluation=plan.evaluation,
+                threads=threads,
+                progress=progress,
+                options=plan.options,
+            )
             arts = cand.target.compile(cand.model, bctx)
             for rel, role in arts.files.items():
                 writer.add_artifact(rel, role)

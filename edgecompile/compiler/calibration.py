@@ -79,12 +79,18 @@ def collect_feeds(source: Iterable[Mapping[str, np.ndarray]], specs: Sequence[In
                 if arr.dtype.kind == spec.dtype.kind == "f":
                     arr = arr.astype(spec.dtype)
                 else:
-                    raise DataError(f"{what}: item {i}: {spec.name!r} has dtype {arr.dtype}, the model expects {spec.dtype}",
-                                    hint=f"convert with arr.astype('{spec.dtype}')")
-            if arr.ndim != len(spec.shape) or any(d is not None and d != a for d, a in zip(spec.shape[1:], arr.shape[1:])):
+                    raise DataError(
+                        f"{what}: item {i}: {spec.name!r} has dtype {arr.dtype}, the model expects {spec.dtype}",
+                        hint=f"convert with arr.astype('{spec.dtype}')",
+                    )
+            if arr.ndim != len(spec.shape) or any(
+                d is not None and d != a for d, a in zip(spec.shape[1:], arr.shape[1:])
+            ):
                 want = ["N" if d is None else d for d in spec.shape]
-                raise DataError(f"{what}: item {i}: {spec.name!r} has shape {list(arr.shape)}, the model expects {want}",
-                                hint="the first axis is the sample axis; the others must match the model input")
+                raise DataError(
+                    f"{what}: item {i}: {spec.name!r} has shape {list(arr.shape)}, the model expects {want}",
+                    hint="the first axis is the sample axis; the others must match the model input",
+                )
             if arr.dtype.kind == "f" and not np.isfinite(arr).all():
                 raise DataError(f"{what}: item {i}: {spec.name!r} contains NaN or infinite values",
                                 hint="clean or drop the non-finite samples before calibrating")

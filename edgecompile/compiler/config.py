@@ -94,8 +94,10 @@ class PruneSection:
         if self.round_to is not None and self.round_to < 1:
             raise ConfigError(f"config key 'passes.prune.round_to' must be >= 1, got {self.round_to}")
         if (self.target is None) != (self.target_ratio is None):
-            raise ConfigError("config keys 'passes.prune.target' and 'passes.prune.target_ratio' go together",
-                              hint='e.g. target = "flops", target_ratio = 0.5 (and ratio = the most to remove per layer)')
+            raise ConfigError(
+                "config keys 'passes.prune.target' and 'passes.prune.target_ratio' go together",
+                hint='e.g. target = "flops", target_ratio = 0.5 (and ratio = the most to remove per layer)',
+            )
         if self.target_ratio is not None and not 0.0 < self.target_ratio < 1.0:
             raise ConfigError(f"config key 'passes.prune.target_ratio' must be in (0, 1), got {self.target_ratio}")
         if self.temperature <= 0:
@@ -170,7 +172,9 @@ class Config:
     def from_file(cls, path: str | Path) -> "Config":
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist", hint="pass an existing TOML file with --config")
+            raise ConfigError(
+                f"config file {str(path)!r} does not exist", hint="pass an existing TOML file with --config"
+            )
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -260,7 +264,9 @@ def _coerce(tp, value, dotted: str, fld: dataclasses.Field):
             raise ConfigError(f"config key {dotted!r} must be a string, got {value!r}")
     choices = fld.metadata.get("choices")
     if choices and value not in choices:
-        raise ConfigError(f"config key {dotted!r} has invalid value {value!r}", hint=f"allowed values: {', '.join(choices)}")
+        raise ConfigError(
+            f"config key {dotted!r} has invalid value {value!r}", hint=f"allowed values: {', '.join(choices)}"
+        )
     return value
 
 

@@ -60,7 +60,9 @@ def check_parity(model, module, ds: Dataset, output_names: list[str], classifier
         for feeds in ds.batches(64):
             y = module(*[torch.from_numpy(v) for v in feeds.values()])
             y = y if isinstance(y, (tuple, list)) else (y,)
-            torch_outs = [[t.numpy()] for t in y] if torch_outs is None else [a + [t.numpy()] for a, t in zip(torch_outs, y)]
+            torch_outs = (
+                [[t.numpy()] for t in y] if torch_outs is None else [a + [t.numpy()] for a, t in zip(torch_outs, y)]
+            )
     torch_outs = [np.concatenate(t) for t in torch_outs]
     per_output = {}
     worst = None

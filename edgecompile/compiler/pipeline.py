@@ -47,13 +47,22 @@ def build(model: str | Path | None = None, target: str | None = None, *, output:
     progress = progress or Progress(quiet=True)
     cfg = config if isinstance(config, Config) else (Config.from_file(config) if config else Config())
     source = model if model is not None and not isinstance(model, (str, Path)) else None
-    cfg = cfg.with_overrides({"model.source": (source.name if source is not None else str(model)) if model is not None else None,
-                              "build.target": target, "build.backend": backend, "build.precision": precision,
-                              "build.strict": strict, "build.force": force, "build.threads": threads,
-                              "passes.prune.ratio": prune, "passes.prune.finetune_epochs": finetune_epochs,
-                              "passes.prune.distill": distill,
-                              "tvm.tune_trials": options.pop("tune_trials", None),
-                              "tvm.tune_timeout": options.pop("tune_timeout", None)})
+    cfg = cfg.with_overrides(
+        {
+            "model.source": (source.name if source is not None else str(model)) if model is not None else None,
+            "build.target": target,
+            "build.backend": backend,
+            "build.precision": precision,
+            "build.strict": strict,
+            "build.force": force,
+            "build.threads": threads,
+            "passes.prune.ratio": prune,
+            "passes.prune.finetune_epochs": finetune_epochs,
+            "passes.prune.distill": distill,
+            "tvm.tune_trials": options.pop("tune_trials", None),
+            "tvm.tune_timeout": options.pop("tune_timeout", None),
+        }
+    )
     plan = make_plan(cfg, output=output, data=data, options=options, use_cache=cache, source=source)
     return execute(plan, progress)
 
@@ -145,7 +154,7 @@ def execute(plan: Plan, progress: Progress) -> Bundle:
         model, achieved, precision_notes = precision_stage.apply(plan, model, ctx, records, progress)
     per_layer = None
     if fp32_graph is not None and achieved != "fp32":
-        from edgecompile.verify.compare import per_layer_error
+        from edgecompile.verify.localize import per_layer_error
 
         with progress.step("per-layer", f"{achieved} vs the fp32 graph"):
             per_layer = per_layer_error(fp32_graph, _serialize(model), plan.evaluation, progress)

@@ -64,7 +64,7 @@ def apply(plan, model, ctx, records, progress):
 def fp16(plan, model, ctx, records, progress):
     """Run the fp16 graph pass (its record carries size and metric before/after) and measure
     FP16 against FP32 side by side for the report's `fp16` record."""
-    from edgecompile.passes.fp16 import summarize as fp16_summary
+    from edgecompile.compiler.precision_summary import fp16_summary
     from edgecompile.passes.base import PassManager, default_instruments
 
     fp32_bytes = _serialize(model)
@@ -185,11 +185,13 @@ def _choose(plan, cands, models, slow, bound, notes, auto):
     tried = [c for c in cands[1:]]
     best = min(tried, key=lambda c: (c["accuracy_drop"] if c["accuracy_drop"] is not None else 0.0))
     why = "; ".join(_label(c) + ": " + c["status"].removeprefix("rejected: ") for c in tried)
-    notes["reason"] = (f"no quantized candidate is within the bound and faster than fp32 ({why}); "
-                       f"best configuration found: {best['precision']}"
-                       + (f" with {best['float_nodes']} layer(s) in float ({best['excluded']})" if best["float_nodes"] else "")
-                       + (f", accuracy drop {best['accuracy_drop']:.3g}" if best["accuracy_drop"] is not None else "")
-                       + f", {best['speedup']:.2f}x fp32 speed")
+    notes["reason"] = (
+        f"no quantized candidate is within the bound and faster than fp32 ({why}); "
+        f"best configuration found: {best['precision']}"
+        + (f" with {best['float_nodes']} layer(s) in float ({best['excluded']})" if best["float_nodes"] else "")
+        + (f", accuracy drop {best['accuracy_drop']:.3g}" if best["accuracy_drop"] is not None else "")
+        + f", {best['speedup']:.2f}x fp32 speed"
+    )
     return models["fp32"], "fp32", notes
 
 
@@ -252,7 +254,7 @@ def _qat(plan, model, ctx, records, progress):
     already carries QuantizeLinear/DequantizeLinear pairs; the PTQ pass is skipped. Weight
     QuantizeLinear nodes are folded into int8 initializers (PTQ's layout); the QAT record's
     FP32 / PTQ-initialised / QAT metrics go to the report's quantization section."""
-    from edgecompile.passes.module.qat import qat_summary
+    from edgecompile.compiler.precision_summary import qat_summary
 
     if not any(node.op_type == "QuantizeLinear" for node in model.graph):
         return model, "fp32", {"reason": "quantize mode 'qat': the exported graph has no QDQ nodes "
@@ -312,7 +314,9 @@ def summarize(plan, fp32_model, int8_model, record, feeds=None) -> dict:
         sim = raw_similarity(a, b)
         out["output_cosine"] = sim["cosine"]
         out["output_snr_db"] = sim["snr_db"]
-    out["latency"] = _pair_latency(plan, fp_bytes, q_bytes, feeds if feeds is not None else _latency_feeds(plan, fp32_model))
+    out["latency"] = _pair_latency(
+        plan, fp_bytes, q_bytes, feeds if feeds is not None else _latency_feeds(plan, fp32_model)
+    )
     return out
 
 

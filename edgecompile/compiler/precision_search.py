@@ -61,7 +61,7 @@ def layer_groups(proto) -> list[Group]:
 def sensitivity(fp32_bytes: bytes, int8_bytes: bytes, groups: list[Group], ds) -> list[dict]:
     """Per group: error added by quantizing it (relative L2 at its output minus at its entry),
     from one batched run of each graph. Sorted, most sensitive first."""
-    from edgecompile.verify.compare import node_errors
+    from edgecompile.verify.localize import node_errors
 
     rows = {r["node"]: r for r in node_errors(fp32_bytes, int8_bytes, ds.take(SENSITIVITY_SAMPLES))["rows"]}
     out = []
@@ -111,8 +111,15 @@ def fallback(qpass, int8_bytes: bytes, groups_by_node: dict, ranked: list[dict],
             break                       # everything is float now: that is the fp32 candidate, not a mixed one
         drop = metric_drop(res.model)
         cur_bytes = ir.to_proto(res.model).SerializeToString()
-        step = {"step": i + 1, "float_layers": k, "node": row["node"], "op_type": row["op_type"], "float_nodes": len(kept),
-                "metric_drop": drop, "quantized_ops": res.notes.get("quantized_ops")}
+        step = {
+            "step": i + 1,
+            "float_layers": k,
+            "node": row["node"],
+            "op_type": row["op_type"],
+            "float_nodes": len(kept),
+            "metric_drop": drop,
+            "quantized_ops": res.notes.get("quantized_ops"),
+        }
         ms_prev, ms_cur = latency_probe(prev_bytes, cur_bytes)
         step["latency_cost_ms"] = ms_cur - ms_prev
         steps.append(step)

@@ -171,7 +171,11 @@ def waterfall_chart(steps: list[dict], pct: bool, metric: str) -> str:
             color = "var(--green)" if (b - a) > 0 else ("var(--red)" if (b - a) < 0 else "var(--grey)")
         top, bot = ypx(max(a, b)), ypx(min(a, b))
         hbar = max(bot - top, 2.0)
-        delta = "" if s.get("delta") is None else f" (change {'%+.2f pt' % (100 * s['delta']) if pct else '%+.4g' % s['delta']})"
+        delta = (
+            ""
+            if s.get("delta") is None
+            else f" (change {'%+.2f pt' % (100 * s['delta']) if pct else '%+.4g' % s['delta']})"
+        )
         body.append(f'<rect x="{x:.1f}" y="{top:.1f}" width="{bw:.1f}" height="{hbar:.1f}" fill="{color}" rx="2">'
                     f"<title>{esc(s['label'])}: {esc(fmt(s['value']))}{esc(delta)}</title></rect>"
                     f'<text x="{x + bw / 2:.1f}" y="{top - 4:.1f}" text-anchor="middle">{esc(fmt(s["value"]))}</text>')
@@ -221,8 +225,10 @@ def latency_chart(data: dict) -> str:
         x1 = left + pw * (edges[i + 1] - a) / (b - a)
         bh = ph * c / top
         lo_ms, hi_ms = (10 ** edges[i], 10 ** edges[i + 1]) if log else (edges[i], edges[i + 1])
-        body.append(f'<rect x="{x0:.1f}" y="{top_pad + ph - bh:.1f}" width="{max(x1 - x0 - 1, 1):.1f}" height="{bh:.1f}" '
-                    f'fill="var(--blue)" opacity="0.8"><title>{c} runs in {lo_ms:.4f}..{hi_ms:.4f} ms</title></rect>')
+        body.append(
+            f'<rect x="{x0:.1f}" y="{top_pad + ph - bh:.1f}" width="{max(x1 - x0 - 1, 1):.1f}" height="{bh:.1f}" '
+            f'fill="var(--blue)" opacity="0.8"><title>{c} runs in {lo_ms:.4f}..{hi_ms:.4f} ms</title></rect>'
+        )
     tick_vals = ([10 ** e for e in range(math.floor(a), math.ceil(b) + 1) if a <= e <= b] if log
                  else _ticks(a, b))
     for t in tick_vals:
@@ -237,10 +243,13 @@ def latency_chart(data: dict) -> str:
                     f'<line x1="{left + 150 * j}" x2="{left + 150 * j + 18}" y1="10" y2="10" stroke="{color}" '
                     f'stroke-width="2" stroke-dasharray="5 3"/><text x="{left + 150 * j + 24}" y="14" '
                     f'style="fill:{color};font-weight:600">{k} {data[k]:.3f} ms</text>')
-    body.append(f'<line class="axis" x1="{left}" x2="{W - 10}" y1="{h - bottom}" y2="{h - bottom}"/>'
-                f'<text x="{left}" y="{h - 6}" class="legend">latency per run, ms{" (log scale)" if log else ""}; '
-                f'{len(ms) + len(overflow)} samples' + (f", {len(overflow)} beyond the axis (grey bar)" if len(overflow) else "")
-                + "</text>")
+    body.append(
+        f'<line class="axis" x1="{left}" x2="{W - 10}" y1="{h - bottom}" y2="{h - bottom}"/>'
+        f'<text x="{left}" y="{h - 6}" class="legend">latency per run, ms{" (log scale)" if log else ""}; '
+        f"{len(ms) + len(overflow)} samples"
+        + (f", {len(overflow)} beyond the axis (grey bar)" if len(overflow) else "")
+        + "</text>"
+    )
     return _svg("latency", h, body, "latency histogram with p50, p90 and p99")
 
 
@@ -340,7 +349,23 @@ def _environment(sec: Section, report: dict) -> str:
     return "<table>" + "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows) + "</table>"
 
 
-_RENDER = {"summary": _summary, "quantization": _summary, "fp16": _summary, "warnings": _warnings, "accuracy": _accuracy, "latency": _latency, "size": _size,
-           "per_layer": _per_layer, "float_nodes": _rows, "candidates": _rows, "sensitivity": _rows, "passes": _passes,
-           "pruning": _rows, "distillation": _rows,
-           "precision_notes": _kv, "export": _export, "artifacts": _artifacts, "environment": _environment}
+_RENDER = {
+    "summary": _summary,
+    "quantization": _summary,
+    "fp16": _summary,
+    "warnings": _warnings,
+    "accuracy": _accuracy,
+    "latency": _latency,
+    "size": _size,
+    "per_layer": _per_layer,
+    "float_nodes": _rows,
+    "candidates": _rows,
+    "sensitivity": _rows,
+    "passes": _passes,
+    "pruning": _rows,
+    "distillation": _rows,
+    "precision_notes": _kv,
+    "export": _export,
+    "artifacts": _artifacts,
+    "environment": _environment,
+}

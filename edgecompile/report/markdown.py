@@ -29,8 +29,12 @@ def md_table(rows: list[dict], columns: list[str] | None = None) -> list[str]:
 
 def render_md(report: dict, bundle_dir=None) -> str:
     """report.md: the same sections as report.html and `report --format json`, as text."""
-    lines = [f"# EdgeCompile report: {report['model']} -> {report['target']} ({report['backend']}, {report['precision']})",
-             "", f"bundle `{report['bundle_id'][:16]}`, built {report['created_at']}", ""]
+    lines = [
+        f"# EdgeCompile report: {report['model']} -> {report['target']} ({report['backend']}, {report['precision']})",
+        "",
+        f"bundle `{report['bundle_id'][:16]}`, built {report['created_at']}",
+        "",
+    ]
     for sec in sections(report, bundle_dir):
         if sec.id == "warnings" and not sec.ok:
             continue
@@ -64,8 +68,11 @@ def _md_latency(data, report):
 
     ms = np.asarray(data["samples"])
     edges = np.quantile(ms, [0, 0.5, 0.9, 0.99, 1.0])
-    lines = [f"p50 {data['p50']:.3f} ms, p90 {data['p90']:.3f} ms, p99 {data['p99']:.3f} ms, mean {data['mean']:.3f} ms "
-             f"over {data['runs']} runs (batch {data['batch']}, {data['threads']} threads; {len(ms)} samples kept)", ""]
+    lines = [
+        f"p50 {data['p50']:.3f} ms, p90 {data['p90']:.3f} ms, p99 {data['p99']:.3f} ms, mean {data['mean']:.3f} ms "
+        f"over {data['runs']} runs (batch {data['batch']}, {data['threads']} threads; {len(ms)} samples kept)",
+        "",
+    ]
     labels = ["fastest half (min..p50)", "p50..p90", "p90..p99", "slowest 1 % (p99..max)"]
     rows = [{"range": lab, "from (ms)": f"{lo:.4f}", "to (ms)": f"{hi:.4f}",
              "samples": int(np.sum((ms >= lo) & (ms <= hi)))} for lab, lo, hi in zip(labels, edges[:-1], edges[1:])]
@@ -127,7 +134,23 @@ def _md_quantization(rows, report):
     return ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
 
 
-_MD = {"summary": _md_summary, "quantization": _md_quantization, "fp16": _md_quantization, "warnings": _md_warnings, "accuracy": _md_accuracy, "latency": _md_latency,
-       "size": _md_size, "per_layer": _md_rows, "float_nodes": _md_rows, "candidates": _md_rows, "sensitivity": _md_rows,
-       "passes": _md_passes, "pruning": _md_rows, "distillation": _md_rows, "precision_notes": _md_kv, "export": _md_export, "artifacts": _md_artifacts,
-       "environment": _md_environment}
+_MD = {
+    "summary": _md_summary,
+    "quantization": _md_quantization,
+    "fp16": _md_quantization,
+    "warnings": _md_warnings,
+    "accuracy": _md_accuracy,
+    "latency": _md_latency,
+    "size": _md_size,
+    "per_layer": _md_rows,
+    "float_nodes": _md_rows,
+    "candidates": _md_rows,
+    "sensitivity": _md_rows,
+    "passes": _md_passes,
+    "pruning": _md_rows,
+    "distillation": _md_rows,
+    "precision_notes": _md_kv,
+    "export": _md_export,
+    "artifacts": _md_artifacts,
+    "environment": _md_environment,
+}

@@ -195,8 +195,13 @@ def quantization_rows(q: dict) -> list[list[str]]:
         return [["result", f"nothing to quantize ({q.get('mode')} mode): {q['nothing_to_quantize']}"]]
     rows = [["mode / preset", f"{q.get('mode')} / {q.get('preset')}"]]
     if q.get("activations"):
-        rows.append(["types", f"activations {q['activations']}{' symmetric' if q.get('symmetric_activations') else ''}, "
-                              f"weights {q['weights']} {'per-channel' if q.get('per_channel') else 'per-tensor'}"])
+        rows.append(
+            [
+                "types",
+                f"activations {q['activations']}{' symmetric' if q.get('symmetric_activations') else ''}, "
+                f"weights {q['weights']} {'per-channel' if q.get('per_channel') else 'per-tensor'}",
+            ]
+        )
     cal = q.get("calibration")
     if cal:
         extra = f" (p{cal['percentile']:g})" if cal.get("percentile") else ""
@@ -205,7 +210,9 @@ def quantization_rows(q: dict) -> list[list[str]]:
         rows.append(["quantized ops", str(q["quantized_ops"])])
     if q.get("size_ratio") is not None:
         sb = q["size_bytes"]
-        rows.append(["size int8 / fp32", f"{q['size_ratio']:.3f} ({sb['int8'] / 1024:.1f} / {sb['fp32'] / 1024:.1f} KiB)"])
+        rows.append(
+            ["size int8 / fp32", f"{q['size_ratio']:.3f} ({sb['int8'] / 1024:.1f} / {sb['fp32'] / 1024:.1f} KiB)"]
+        )
     lat = q.get("latency")
     if lat:
         rows.append(["speedup vs fp32", f"{lat['speedup']:.2f}x ({lat['int8_ms']:.4f} vs {lat['fp32_ms']:.4f} ms, "
@@ -311,8 +318,18 @@ def sections(report: dict, bundle_dir: str | Path | None = None) -> list[Section
         out.append(Section("pruning", "Pruning", OK, module_pass_rows(report["pruning"])))
     notes = report.get("precision_notes") or {}
     if notes:
-        out.append(Section("precision_notes", "Precision decision", OK,
-                           {k: v for k, v in notes.items() if k not in ("candidates", "float_nodes", "excluded_nodes", "precision_search")}))
+        out.append(
+            Section(
+                "precision_notes",
+                "Precision decision",
+                OK,
+                {
+                    k: v
+                    for k, v in notes.items()
+                    if k not in ("candidates", "float_nodes", "excluded_nodes", "precision_search")
+                },
+            )
+        )
     out.append(Section("export", "Export parity (ONNX vs torch)", OK if report.get("export") else
                        "not applicable: the source was an ONNX model", report.get("export")))
     out.append(Section("artifacts", "Artifacts", OK, report.get("artifacts") or {}))
@@ -333,9 +350,15 @@ def module_pass_rows(data: dict) -> list[dict]:
         if "ratio" in r:
             row["channel ratio"] = f"{r['ratio']:.3f}"
         if "params" in r:
-            rel = lambda k: "" if r is base or not base.get(k) else f" ({r[k] / base[k]:.2f}x)"  # noqa: E731
-            row.update({"params": f"{r['params']}{rel('params')}", "FLOPs": f"{r['flops']:.3g}{rel('flops')}",
-                        "size (KiB)": f"{r['size_bytes'] / 1024:.1f}", "torch latency (ms, 1 thread)": f"{r['latency_ms']:.3f}"})
+            rel = lambda k, r=r: "" if r is base or not base.get(k) else f" ({r[k] / base[k]:.2f}x)"
+            row.update(
+                {
+                    "params": f"{r['params']}{rel('params')}",
+                    "FLOPs": f"{r['flops']:.3g}{rel('flops')}",
+                    "size (KiB)": f"{r['size_bytes'] / 1024:.1f}",
+                    "torch latency (ms, 1 thread)": f"{r['latency_ms']:.3f}",
+                }
+            )
         row[metric] = "" if r.get("metric") is None else f"{r['metric']:.4f}"
         rows.append(row)
     return rows

@@ -24,13 +24,18 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
         pct = acc["kind"] == "percentage"
         f = (lambda x: f"{100 * x:.2f} %") if pct else (lambda x: f"{x:.6g}")
         rows += [
-            (f"accuracy ({acc['metric']})", f"{f(acc['candidate'])}  [95% CI {f(acc['ci95'][0])} .. {f(acc['ci95'][1])}], n={acc['n']}"),
+            (
+                f"accuracy ({acc['metric']})",
+                f"{f(acc['candidate'])}  [95% CI {f(acc['ci95'][0])} .. {f(acc['ci95'][1])}], n={acc['n']}",
+            ),
             ("reference", f"{f(acc['reference'])} ({acc['reference_model']})"),
             ("delta", f"{100 * acc['delta']:+.2f} pt" if pct else f"{acc['delta']:+.6g}"),
             ("output cosine", _fmt(acc["similarity"]["cosine"], ".6f")),
         ]
     else:
-        rows.append(("accuracy", "not measured (no evaluation data)" if not report.get("skipped") else report["skipped"]))
+        rows.append(
+            ("accuracy", "not measured (no evaluation data)" if not report.get("skipped") else report["skipped"])
+        )
     if lat:
         rows += [("latency p50/p90/p99", f"{lat['p50']:.3f} / {lat['p90']:.3f} / {lat['p99']:.3f} ms "
                                          f"(batch {lat['batch']}, {lat['runs']} runs, {lat['threads']} threads)")]

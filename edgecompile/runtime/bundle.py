@@ -37,9 +37,13 @@ class Bundle:
         path = Path(path)
         mpath = path / MANIFEST
         if not path.is_dir():
-            raise BundleError(f"{path}: no bundle directory there", hint="build one with `edgecompile build MODEL -o DIR`")
+            raise BundleError(
+                f"{path}: no bundle directory there", hint="build one with `edgecompile build MODEL -o DIR`"
+            )
         if not mpath.is_file():
-            raise BundleError(f"{path}: not a bundle (no {MANIFEST})", hint="build one with `edgecompile build MODEL -o DIR`")
+            raise BundleError(
+                f"{path}: not a bundle (no {MANIFEST})", hint="build one with `edgecompile build MODEL -o DIR`"
+            )
         manifest = read_json(mpath, "manifest", hint="rebuild the bundle")
         if not isinstance(manifest, dict):
             raise BundleError(f"{mpath}: manifest is not a JSON object", hint="rebuild the bundle")
@@ -66,7 +70,9 @@ class Bundle:
         for rel, info in sorted(self.manifest["artifacts"].items()):
             p = self._safe(rel)
             if not p.is_file():
-                raise BundleError(f"{self.path}: artifact {rel!r} is missing", hint="rebuild the bundle or restore the file")
+                raise BundleError(
+                    f"{self.path}: artifact {rel!r} is missing", hint="rebuild the bundle or restore the file"
+                )
             digest = sha256_file(p)
             if digest != info["sha256"]:
                 raise BundleError(f"{self.path}: artifact {rel!r} fails its sha256 check (tampered or corrupted)",

@@ -28,7 +28,9 @@ def _top1(out, labels):
 
 
 def _agree(out, ref):
-    return (np.asarray(out).reshape(len(out), -1).argmax(1) == np.asarray(ref).reshape(len(ref), -1).argmax(1)).astype(np.float64)
+    return (np.asarray(out).reshape(len(out), -1).argmax(1) == np.asarray(ref).reshape(len(ref), -1).argmax(1)).astype(
+        np.float64
+    )
 
 
 def _sq(out, labels):

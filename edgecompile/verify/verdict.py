@@ -56,10 +56,14 @@ def render_table(r: CheckResult) -> str:
     lines += ["  ".join(f"{row[k]:<{widths[k]}}" for k, _ in cols) for row in rows]
     a = r.accuracy
     lines.append("")
-    lines.append(f"test: {a.method}, alpha {r.alpha:g}, n = {r.n} ({'paired' if r.paired else 'unpaired'})"
-                 + (f", {a.details['losses']} lost / {a.details['gains']} gained samples" if "losses" in a.details else ""))
+    lines.append(
+        f"test: {a.method}, alpha {r.alpha:g}, n = {r.n} ({'paired' if r.paired else 'unpaired'})"
+        + (f", {a.details['losses']} lost / {a.details['gains']} gained samples" if "losses" in a.details else "")
+    )
     if r.latency and r.latency.get("gated"):
-        lines.append(f"latency: {r.latency['mode']}" + (f", {r.latency['rounds']} rounds" if r.latency.get("rounds") else ""))
+        lines.append(
+            f"latency: {r.latency['mode']}" + (f", {r.latency['rounds']} rounds" if r.latency.get("rounds") else "")
+        )
     elif r.latency:
         lines.append(f"latency: not gated ({r.latency.get('reason')})")
     if r.fingerprints_match is not None:
@@ -120,7 +124,9 @@ def write_junit(r: CheckResult, path: str | Path) -> Path:
         junit_xml(r).write(tmp, encoding="utf-8", xml_declaration=True)
         os.replace(tmp, path)
     except OSError as exc:
-        raise ConfigError(f"cannot write JUnit file {str(path)!r}: {exc.strerror}", hint="choose a writable --junit path") from None
+        raise ConfigError(
+            f"cannot write JUnit file {str(path)!r}: {exc.strerror}", hint="choose a writable --junit path"
+        ) from None
     return path
 
 

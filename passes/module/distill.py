@@ -58,8 +58,10 @@ class Distill(ModulePass):
         with torch.no_grad():
             t_out, s_out = teacher(example), module(example)
         if t_out.shape[1:] != s_out.shape[1:]:
-            raise ConfigError(f"teacher output {tuple(t_out.shape[1:])} and student output {tuple(s_out.shape[1:])} differ",
-                              hint="logit distillation needs the same number of classes")
+            raise ConfigError(
+                f"teacher output {tuple(t_out.shape[1:])} and student output {tuple(s_out.shape[1:])} differ",
+                hint="logit distillation needs the same number of classes",
+            )
         probe = Probe(ctx, teacher, example)
         rows = [probe.row(f"teacher ({teacher_name})", teacher), probe.row("student before", module)]
         plain = copy.deepcopy(module) if cfg.compare else None

@@ -94,8 +94,12 @@ class Distiller(nn.Module):
         self._acts: dict[str, torch.Tensor] = {}
         self._hooks = []
         for i, (s_name, t_name) in enumerate(self.pairs):
-            self._hooks.append(_module_by_name(student, s_name, "the student").register_forward_hook(self._saver(f"s{i}")))
-            self._hooks.append(_module_by_name(teacher, t_name, "the teacher").register_forward_hook(self._saver(f"t{i}")))
+            self._hooks.append(
+                _module_by_name(student, s_name, "the student").register_forward_hook(self._saver(f"s{i}"))
+            )
+            self._hooks.append(
+                _module_by_name(teacher, t_name, "the teacher").register_forward_hook(self._saver(f"t{i}"))
+            )
         if self.pairs:
             if example_input is None:
                 raise ConfigError("feature distillation needs example_input to size the projections",

@@ -52,7 +52,9 @@ class Prune(ModulePass):
 
         pruner = self._pruner(module, example, ignored, ctx)
         steps = pruner.iterative_steps
-        finetune_each = self._per_step_epochs(steps) if cfg.target is None else [0] * (steps - 1) + [cfg.finetune_epochs]
+        finetune_each = (
+            self._per_step_epochs(steps) if cfg.target is None else [0] * (steps - 1) + [cfg.finetune_epochs]
+        )
         notes: dict = {}
         ratio = 0.0
         key = _TARGET_KEYS.get(cfg.target)
@@ -60,8 +62,10 @@ class Prune(ModulePass):
             try:
                 pruner.step()
             except Exception as exc:
-                raise PassError(f"pruning {ctx.source.name!r} failed at step {i + 1}: {exc.__class__.__name__}: {exc}",
-                                hint="add the offending layers to [passes.prune] ignored_layers, or lower the ratio") from exc
+                raise PassError(
+                    f"pruning {ctx.source.name!r} failed at step {i + 1}: {exc.__class__.__name__}: {exc}",
+                    hint="add the offending layers to [passes.prune] ignored_layers, or lower the ratio",
+                ) from exc
             _refreeze(module, frozen)        # pruning replaces parameters; keep the user's frozen ones frozen
             ratio = pruner.per_step_pruning_ratio[i + 1]
             row = probe.row(f"pruned step {i + 1}" if steps > 1 else "pruned", module, ratio=ratio)

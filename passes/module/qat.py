@@ -95,7 +95,7 @@ def act_qparams(lo: float, hi: float, unsigned: bool, symmetric: bool) -> tuple[
     return scale, 0, -128, 127
 
 
-def weight_scales(weight) -> "torch.Tensor":
+def weight_scales(weight):
     """Per-output-channel symmetric int8 scale max|w| / 127 (1 for an all-zero channel)."""
     torch = _torch()
     absmax = weight.detach().abs().flatten(1).amax(1)
@@ -269,7 +269,7 @@ class QuantizationAwareTraining(ModulePass):
                 "calib_samples": s.calib_samples, "per_channel": True}
 
     def __call__(self, module, ctx: PassContext) -> ModuleResult:
-        torch = _torch()
+        _torch()   # fails early with a clear error when torch is missing
         from edgecompile.passes.quantize import _preset_notes, settings
         from edgecompile.compiler.training import deterministic, train_classifier
 
@@ -345,70 +345,3 @@ class QuantizationAwareTraining(ModulePass):
         return ModuleResult(module, True, notes)
 
 
-def fold_weight_quantize(model) -> int:
-    """In an exported QAT graph, replace QuantizeLinear(constant float weight, constant scale,
-    constant zero point) by the quantized initializer it computes, so a weight is stored as int8
-    and only dequantized (PTQ's layout). Returns the number of folded weights."""
-    import onnx_ir as ir
-
-    count = 0
-    for node in list(model.graph):
-        if node.op_type != "QuantizeLinear" or len(node.inputs) < 3:
-            continue
-        x, scale, zp = node.inputs[:3]
-        if x is None or scale is None or zp is None:
-            continue
-        if x.const_value is None or scale.const_value is None or zp.const_value is None:
-            continue
-        if not x.is_initializer():
-            continue
-        w = x.const_value.numpy().astype(np.float32)
-        sc = scale.const_value.numpy().astype(np.float32)
-        z = zp.const_value.numpy()
-        axis = node.attributes.get_int("axis", 1)
-        if sc.ndim == 1 and sc.size > 1:
-            shape = [1] * w.ndim
-            shape[axis] = -1
-            sc, zz = sc.reshape(shape), z.reshape(shape).astype(np.int64)
-        else:
-            zz = z.astype(np.int64)
-        info = np.iinfo(z.dtype)
-        q = np.clip(np.rint(w / sc) + zz, info.min, info.max).astype(z.dtype)
-        out = node.outputs[0]
-        name = f"{x.name}_quantized"
-        qv = ir.Value(name=name, shape=ir.Shape(q.shape), type=ir.TensorType(ir.DataType.from_numpy(q.dtype)),
-                      const_value=ir.Tensor(q, name=name))
-        model.graph.register_initializer(qv)
-        out.replace_all_uses_with(qv)
-        model.graph.remove(node, safe=True)
-        if not x.uses() and x.name in model.graph.initializers:
-            del model.graph.initializers[x.name]
-        count += 1
-    return count
-
-
-def qat_summary(model, record) -> tuple:
-    """(model with folded weights, the report's `quantization` record) for an exported QAT graph."""
-    import onnx_ir as ir
-
-    before = ir.to_proto(model).ByteSize()
-    folded = fold_weight_quantize(model)
-    after = ir.to_proto(model).ByteSize()
-    notes = record.notes if record is not None else {}
-    out = {"mode": "qat", "preset": notes.get("preset"), "activations": notes.get("activations"),
-           "weights": notes.get("weights"), "per_channel": notes.get("per_channel"),
-           "symmetric_activations": notes.get("symmetric_activations"),
-           "calibration": notes.get("calibration"), "epochs": notes.get("epochs"),
-           "trained_with": notes.get("trained_with"),
-           "quantized_ops": _quantized_ops(model), "weights_folded": folded,
-           "size_bytes": {"qdq_float_weights": before, "int8": after}}
-    if notes.get("comparison"):
-        out["qat"] = notes["comparison"]
-    return model, out
-
-
-def _quantized_ops(model) -> int:
-    from edgecompile.passes.quantize import _quantized_ops as count
-    import onnx_ir as ir
-
-    return count(ir.to_proto(model))

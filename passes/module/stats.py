@@ -24,8 +24,14 @@ class Probe:
 
         macs, params = tp.utils.count_ops_and_params(module, self.example)
         size = sum(t.numel() * t.element_size() for t in module.state_dict().values())
-        row = {"stage": stage, **({} if ratio is None else {"ratio": ratio}), "params": int(params), "flops": int(2 * macs), "size_bytes": int(size),
-               "latency_ms": _torch_latency_ms(module, self.example)}
+        row = {
+            "stage": stage,
+            **({} if ratio is None else {"ratio": ratio}),
+            "params": int(params),
+            "flops": int(2 * macs),
+            "size_bytes": int(size),
+            "latency_ms": _torch_latency_ms(module, self.example),
+        }
         if comparison:
             row["comparison"] = True
         if self.metric is not None:

@@ -28,10 +28,12 @@ class OrtTarget(Backend):
         proto = ir.to_proto(model)
         data = proto.SerializeToString()
         try:
-            create_session(data, threads=ctx.threads)        # must load and plan on this ORT
+            create_session(data, threads=ctx.threads)  # must load and plan on this ORT
         except Exception as exc:
-            raise CompileError(f"ONNX Runtime cannot load the model: {explain_load_error(exc)}",
-                               hint="an op or opset this onnxruntime cannot run; try another backend or opset") from None
+            raise CompileError(
+                f"ONNX Runtime cannot load the model: {explain_load_error(exc)}",
+                hint="an op or opset this onnxruntime cannot run; try another backend or opset",
+            ) from None
         path.write_bytes(data)
         return Artifacts(files={MODEL_FILE: "model"},
                          backend_options={"graph_optimization_level_at_load": "all",

@@ -1,1 +1,2 @@
-"""TensorRT backend (Jetson): `build` (prepare, compat checks, engine when the GPU matches), `run` (engine on the device, CPU fallback)."""
+"""TensorRT backend (Jetson): `build` (prepare, compat checks, engine when the GPU matches), `run` (engine on
+the device, CPU fallback)."""

@@ -68,8 +68,10 @@ class TensorRtTarget(Backend):
         if ctx.precision == "int8" or qdq_present:
             int8_mode = cfg.int8 if cfg.int8 != "auto" else ("explicit" if qdq_present else "implicit")
             if int8_mode == "explicit" and not qdq_present:
-                raise CompileError("[tensorrt] int8 = 'explicit' needs a Q/DQ graph, and this graph has none",
-                                   hint="enable the quantize pass, or set [tensorrt] int8 = 'implicit' (calibration cache)")
+                raise CompileError(
+                    "[tensorrt] int8 = 'explicit' needs a Q/DQ graph, and this graph has none",
+                    hint="enable the quantize pass, or set [tensorrt] int8 = 'implicit' (calibration cache)",
+                )
         precision = "int8" if int8_mode else ctx.precision
         prepared = {}
         if int8_mode == "implicit" and qdq_present:

@@ -316,8 +316,12 @@ def check_qdq(model: ir.Model) -> Report:
                 for use in node.outputs[0].uses():
                     want = _weight_axis(use.node, use.idx, rank)
                     if want is not None and axis != want:
-                        add(key, f"per-channel weight axis {axis} feeding {use.node.op_type}: TensorRT needs the "
-                                 f"output-channel axis {want}", f"quantize {use.node.op_type} weights along axis {want}")
+                        add(
+                            key,
+                            f"per-channel weight axis {axis} feeding {use.node.op_type}: TensorRT needs the "
+                            f"output-channel axis {want}",
+                            f"quantize {use.node.op_type} weights along axis {want}",
+                        )
     if rep.nodes == 0:
         rep.issues.append(Issue("<model>", "-", "no QuantizeLinear/DequantizeLinear nodes (not an explicit-INT8 graph)",
                                 "run the quantize pass, or use implicit INT8 with a calibration cache", "warning"))

@@ -211,18 +211,24 @@ def build_plan(model: ir.Model, *, precision: str, int8_mode: str | None, profil
         "device": {"profile": profile.name, "sm": gpu.get("sm"), "dla_cores": gpu.get("dla_cores", 0)},
         "precision": precision,
         "flags": precision_flags(precision) + (["GPU_FALLBACK"] if dla and dla["gpu_fallback"] else []),
-        "int8": None if precision != "int8" else {
+        "int8": None
+        if precision != "int8"
+        else {
             "mode": int8_mode,
             "calibration_cache": calibration_file,
             "calibrator": "IInt8EntropyCalibrator2 (reads the cache, never recalibrates)"
-            if int8_mode == "implicit" else None,
+            if int8_mode == "implicit"
+            else None,
         },
         "workspace_bytes": int(cfg.workspace_mb) * (1 << 20),
         "optimization_level": cfg.optimization_level,
         "profiles": [input_profiles(model, cfg)],
         "dla": dla,
-        "timing_cache": {"enabled": cfg.timing_cache, "file": "cache/tensorrt/timing-{tensorrt_version}-sm{major}{minor}.cache",
-                         "key": "tensorrt version + compute capability"},
+        "timing_cache": {
+            "enabled": cfg.timing_cache,
+            "file": "cache/tensorrt/timing-{tensorrt_version}-sm{major}{minor}.cache",
+            "key": "tensorrt version + compute capability",
+        },
         "engine_cache": "cache/tensorrt/{tensorrt_version}-sm{major}{minor}-{bundle_id[:16]}.engine",
         "checks": {"compatibility": compatibility, "qdq": qdq},
     }
@@ -311,8 +317,9 @@ _WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
 
 
 def simulate_implicit_int8(model: ir.Model, amax: dict[str, float]) -> ir.Model:
-    """The graph with every calibrated activation (except network outputs) fake-quantized (symmetric int8, scale amax/127, as the
-    cache tells TensorRT) and Conv/Gemm/MatMul weights quantized per output channel (as TensorRT does).
+    """The graph with every calibrated activation (except network outputs) fake-quantized (symmetric int8,
+    scale amax/127, as the cache tells TensorRT) and Conv/Gemm/MatMul weights quantized per output channel
+    (as TensorRT does).
     It bounds the INT8 error from above: TensorRT may keep some layers in FP16/FP32."""
     clone = ir.from_proto(ir.to_proto(model))
     graph = clone.graph
@@ -354,8 +361,12 @@ def simulate_implicit_int8(model: ir.Model, amax: dict[str, float]) -> ir.Model:
         red = tuple(i for i in range(w.ndim) if i != axis)
         s = np.maximum(np.abs(w).max(axis=red, keepdims=True), 1e-12) / 127.0
         wq = (np.clip(np.round(w / s), -127, 127) * s).astype(np.float32)
-        new = ir.Value(name=f"{node.inputs[idx].name}__int8sim", shape=ir.Shape(wq.shape),
-                       type=ir.TensorType(ir.DataType.FLOAT), const_value=ir.tensor(wq, name=f"{node.inputs[idx].name}__int8sim"))
+        new = ir.Value(
+            name=f"{node.inputs[idx].name}__int8sim",
+            shape=ir.Shape(wq.shape),
+            type=ir.TensorType(ir.DataType.FLOAT),
+            const_value=ir.tensor(wq, name=f"{node.inputs[idx].name}__int8sim"),
+        )
         graph.register_initializer(new)
         node.replace_input_with(idx, new)
     return clone

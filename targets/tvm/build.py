@@ -48,8 +48,10 @@ def host_cpu() -> dict:
 
     cpu = str(codegen.llvm_get_system_cpu())
     try:
-        features = sorted(str(f) for f in codegen.llvm_get_cpu_features(tvm.target.Target({"kind": "llvm", "mcpu": cpu})))
-    except Exception:   # older LLVMs lack the query; the cpu name alone selects the features
+        features = sorted(
+            str(f) for f in codegen.llvm_get_cpu_features(tvm.target.Target({"kind": "llvm", "mcpu": cpu}))
+        )
+    except Exception:  # older LLVMs lack the query; the cpu name alone selects the features
         features = []
     return {"mcpu": cpu, "triple": str(codegen.llvm_get_system_triple()), "llvm_features": features}
 

@@ -103,7 +103,8 @@ class TuningDatabase:
                 f"--tune {trials} needs to measure kernels on the device, and this host cannot run "
                 f"{target.attrs.get('mtriple', 'this target')} code",
                 hint="tune through a board: --remote HOST:PORT --key KEY (see `edgecompile device`), or build "
-                     "untuned (drop --tune); a database for this graph and target in the cache is applied automatically")
+                "untuned (drop --tune); a database for this graph and target in the cache is applied automatically",
+            )
         if todo:
             if remote:
                 session["measured_on"] = _board(remote)
@@ -130,9 +131,11 @@ class TuningDatabase:
             "tasks": [{"name": name, **info} for name, info in sorted(self.meta["tasks"].items())],
         }
         if total == 0:
-            record["untuned_warning"] = ("TVM code is untuned (typically ~100x slower than ONNX Runtime on CPU); "
-                                         "build with --tune TRIALS (e.g. 200) where the device can run kernels, or through a board: "
-                                         "--tune TRIALS --remote HOST:PORT --key KEY")
+            record["untuned_warning"] = (
+                "TVM code is untuned (typically ~100x slower than ONNX Runtime on CPU); "
+                "build with --tune TRIALS (e.g. 200) where the device can run kernels, or through a board: "
+                "--tune TRIALS --remote HOST:PORT --key KEY"
+            )
         return record
 
     # -- the tuning loop ----------------------------------------------------------------------------

@@ -46,7 +46,9 @@ def test_baseline_records_per_sample_results_data_and_latency(digits_bundle, dig
 
 def test_check_passes_on_the_unchanged_bundle_with_junit_and_json(digits_bundle, digits_baseline, tmp_path):
     _, base_file = digits_baseline
-    rc, out, err = run_cli("check", digits_bundle.path, "--baseline", base_file, "--junit", tmp_path / "j.xml", "--json")
+    rc, out, err = run_cli(
+        "check", digits_bundle.path, "--baseline", base_file, "--junit", tmp_path / "j.xml", "--json"
+    )
     assert rc == 0, err
     verdict = json.loads(out)
     assert verdict["ok"] and verdict["failures"] == [] and verdict["accuracy"]["delta"] == 0

@@ -71,7 +71,7 @@ def test_bad_model_files(capsys, bad_models, tmp_path, name, needle):
     ("opset99.onnx", "opset 99 (domain 'ai.onnx') is newer than onnxruntime"),
 ])
 def test_onnx_that_ort_cannot_run(capsys, bad_models, tmp_path, name, needle):
-    rc, _, err = cli(capsys, "build", bad_models / name, "--backend", "ort", "-o", tmp_path / "out")   # fails at compile
+    rc, _, err = cli(capsys, "build", bad_models / name, "--backend", "ort", "-o", tmp_path / "out")  # fails at compile
     assert rc == 1
     assert_one_error(err, "ONNX Runtime cannot load the model: " + needle)
     rc, _, err = cli(capsys, "build", bad_models / name, "--data", bad_models / "x.npz", "-o", tmp_path / "out")

@@ -120,8 +120,9 @@ def test_cli_fp16_bundle_is_valid_and_reports_delta_and_size(tmp_path):
     from edgecompile.runtime import load
 
     out = tmp_path / "digits-fp16"
-    rc, _, err = run_cli("build", "models/digits", "--target", "cpu", "--backend", "ort", "--precision", "fp16", "-o", out,
-                         cwd=REPO)
+    rc, _, err = run_cli(
+        "build", "models/digits", "--target", "cpu", "--backend", "ort", "--precision", "fp16", "-o", out, cwd=REPO
+    )
     assert rc == 0, err
     bundle = Bundle.open(out)
     assert bundle.manifest["precision"] == "fp16"

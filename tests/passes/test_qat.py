@@ -136,7 +136,7 @@ def test_fold_weight_quantize_keeps_outputs_and_stores_int8(tmp_path):
     import onnx_ir as ir
     from onnx import TensorProto, helper, numpy_helper
 
-    from edgecompile.passes.module.qat import fold_weight_quantize
+    from edgecompile.passes.module.qat_graph import fold_weight_quantize
     from edgecompile.targets.ort.build import ort_outputs
 
     rng = np.random.default_rng(0)

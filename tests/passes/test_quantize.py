@@ -184,7 +184,10 @@ def test_dynamic_quantizes_matmul_and_gemm(per_channel):
     w_scales = [inits[n.input[3]] for n in q.graph.node if n.op_type == "MatMulInteger"]
     assert all((s.size > 1) == per_channel for s in w_scales)
     feeds = mlp_feeds()
-    assert cosine(ort_outputs(q.SerializeToString(), [feeds])[0], ort_outputs(model.SerializeToString(), [feeds])[0]) > 0.999
+    assert (
+        cosine(ort_outputs(q.SerializeToString(), [feeds])[0], ort_outputs(model.SerializeToString(), [feeds])[0])
+        > 0.999
+    )
     assert q.ByteSize() < 0.45 * model.ByteSize()      # int8 weights + per-channel scales
 
 
@@ -194,7 +197,10 @@ def test_static_on_the_mlp_with_a_feed_list():
     _, result, q = run(model, QuantizeSection(calibrate="percentile", percentile=99.9),
                        calibration_data=[{"x": feeds["x"][:100]}, {"x": feeds["x"][100:]}])
     assert result.notes["calib_samples"] == 256 and result.notes["percentile"] == 99.9
-    assert cosine(ort_outputs(q.SerializeToString(), [feeds])[0], ort_outputs(model.SerializeToString(), [feeds])[0]) > 0.99
+    assert (
+        cosine(ort_outputs(q.SerializeToString(), [feeds])[0], ort_outputs(model.SerializeToString(), [feeds])[0])
+        > 0.99
+    )
 
 
 # -- range selection on known histograms ------------------------------------------------------------

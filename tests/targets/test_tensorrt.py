@@ -164,7 +164,9 @@ def test_implicit_int8_writes_a_calibration_cache_for_every_activation(trt_bundl
         finally:
             writer.abort()
         assert header == "TRT-100100-EntropyCalibration2"
-        assert plan["int8"]["mode"] == "implicit" and arts.files["tensorrt/calibration.cache"] == "trt-calibration-cache"
+        assert (
+            plan["int8"]["mode"] == "implicit" and arts.files["tensorrt/calibration.cache"] == "trt-calibration-cache"
+        )
         assert list(scales) == trt_prepare.activation_names(graph)
         assert scales["input"] == pytest.approx(1 / 127)          # digits pixels are in [0, 1]
         assert all(s > 0 for s in scales.values())
@@ -226,7 +228,9 @@ def test_engine_build_run_and_cache(trt_bundle, trt_int8_bundle, tmp_path, digit
 @needs_tvm
 def test_fallback_runs_on_an_aarch64_host(trt_bundle, digits_source):
     if platform.machine() != "aarch64" or ENGINE.ok:
-        pytest.skip(f"the AArch64 fallback runs only on an aarch64 host without TensorRT (this is {platform.machine()})")
+        pytest.skip(
+            f"the AArch64 fallback runs only on an aarch64 host without TensorRT (this is {platform.machine()})"
+        )
     from edgecompile.runtime import load
 
     with pytest.warns(RuntimeWarning, match="TVM CPU fallback"):
