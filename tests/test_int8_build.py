@@ -69,21 +69,8 @@ def test_digits_int8_cli_done_when(tmp_path):
 def test_onnx_source_int8_with_calibration_flags(digits_onnx, tmp_path):
     model, data = digits_onnx
     code, stdout, stderr = run_cli(
-        "build",
-        model,
-        "--backend",
-        "ort",
-        "--precision",
-        "int8",
-        "--data",
-        data,
-        "--calibrate",
-        "percentile",
-        "--calib-samples",
-        "32",
-        "-o",
-        tmp_path / "b",
-        "--json",
+        "build", model, "--backend", "ort", "--precision", "int8", "--data", data, "--calibrate", "percentile",
+        "--calib-samples", "32", "-o", tmp_path / "b", "--json"
     )
     assert code == 0, stderr
     rep = json.loads(stdout)
@@ -101,11 +88,7 @@ def test_quantize_table_in_toml(tmp_path):
                         'activations = "int8"\nmax_accuracy_drop = 0.5\n')
     q = Config.from_file(cfg_file).passes.quantize
     assert (q.mode, q.calibrate, q.per_channel, q.activations, q.max_accuracy_drop) == (
-        "dynamic",
-        "entropy",
-        False,
-        "int8",
-        0.5,
+        "dynamic", "entropy", False, "int8", 0.5
     )
     cfg_file.write_text('[passes.quantize]\ncalibrate = "kl"\n')
     code, _, stderr = run_cli(
@@ -147,20 +130,8 @@ def test_accuracy_bound_falls_back_to_fp32_unless_forced(mlp_onnx, tmp_path):
 def test_cli_dynamic_and_nothing_to_quantize(mlp_onnx, tmp_path):
     model, data = mlp_onnx
     code, stdout, stderr = run_cli(
-        "build",
-        model,
-        "--backend",
-        "ort",
-        "--precision",
-        "int8",
-        "--quantize",
-        "dynamic",
-        "--data",
-        data,
-        "--force",
-        "-o",
-        tmp_path / "dyn",
-        "--json",
+        "build", model, "--backend", "ort", "--precision", "int8", "--quantize", "dynamic", "--data", data,
+        "--force", "-o", tmp_path / "dyn", "--json"
     )   # tiny MLP: a slowdown is possible
     assert code == 0, stderr
     rep = json.loads(stdout)
@@ -174,34 +145,16 @@ def test_cli_dynamic_and_nothing_to_quantize(mlp_onnx, tmp_path):
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), relu)
     np.savez(tmp_path / "x.npz", x=np.random.default_rng(0).normal(size=(8, 16)).astype(np.float32))
     code, stdout, stderr = run_cli(
-        "build",
-        relu,
-        "--backend",
-        "ort",
-        "--precision",
-        "int8",
-        "--data",
-        tmp_path / "x.npz",
-        "-o",
-        tmp_path / "relu",
-        "--json",
+        "build", relu, "--backend", "ort", "--precision", "int8", "--data", tmp_path / "x.npz", "-o",
+        tmp_path / "relu", "--json"
     )
     assert code == 0, stderr
     rep = json.loads(stdout)
     assert rep["precision"] == "fp32" and "nothing to quantize" in rep["precision_notes"]["reason"]
     assert "nothing to quantize" in stderr
     code, _, stderr = run_cli(
-        "build",
-        relu,
-        "--backend",
-        "ort",
-        "--precision",
-        "int8",
-        "--data",
-        tmp_path / "x.npz",
-        "--strict",
-        "-o",
-        tmp_path / "relu2",
+        "build", relu, "--backend", "ort", "--precision", "int8", "--data", tmp_path / "x.npz", "--strict", "-o",
+        tmp_path / "relu2"
     )
     assert code == 3 and "nothing to quantize" in stderr and "Traceback" not in stderr
     assert not (tmp_path / "relu2").exists()

@@ -107,19 +107,8 @@ def test_cli_strict_fallback_measured_for_real(fragile, tmp_path):
     model, data, _, _ = fragile
     out = tmp_path / "strict"
     code, stdout, stderr = run_cli(
-        "build",
-        model,
-        "--backend",
-        "ort",
-        "--precision",
-        "int8",
-        "--data",
-        data,
-        "--max-accuracy-drop",
-        "1",
-        "--strict",
-        "-o",
-        out,
+        "build", model, "--backend", "ort", "--precision", "int8", "--data", data, "--max-accuracy-drop", "1",
+        "--strict", "-o", out
     )
     assert "Traceback" not in stderr
     if code == 0:
@@ -133,19 +122,8 @@ def test_cli_strict_fallback_measured_for_real(fragile, tmp_path):
 
 def test_digits_int8_within_a_tight_bound(tmp_path):
     code, stdout, stderr = run_cli(
-        "build",
-        "models/digits",
-        "--target",
-        "cpu",
-        "--backend",
-        "ort",
-        "--precision",
-        "auto",
-        "--max-accuracy-drop",
-        "0.1",
-        "-o",
-        tmp_path / "auto",
-        "--json",
+        "build", "models/digits", "--target", "cpu", "--backend", "ort", "--precision", "auto",
+        "--max-accuracy-drop", "0.1", "-o", tmp_path / "auto", "--json"
     )
     assert code == 0, stderr
     rep = json.loads(stdout)

@@ -23,9 +23,9 @@ import numpy as np
 from edgecompile.errors import EdgeCompileError
 from edgecompile.targets.base import Availability, Backend
 
-# Backends that are always worth measuring when installed; others opt in by defining
-# `auto_candidate(model, plan) -> Availability`, asked with each prepared graph (e.g. TVM: ok only
-# when its tuning database for that graph and target is warm, so auto never starts a long tuning).
+# Every installed backend of the profile is a candidate; `Backend.auto_candidate(model, plan)` is asked
+# with each prepared graph (ok by default; TVM: ok only when its tuning database for that graph and
+# target is warm, so auto never starts a long tuning).
 BASELINE = ("ort", "fp32")
 DEFAULT_MAX_ACCURACY_DROP = 1.0    # contract units (pt for top-1/agreement, relative % for errors)
 
@@ -182,16 +182,9 @@ def measure_candidates(plan, candidates: list[Candidate], reference, progress, *
         writer = BundleWriter(root / f"{i}-{cand.backend}-{cand.precision}")
         try:
             bctx = BuildContext(
-                writer=writer,
-                profile=plan.profile,
-                config=plan.config,
-                precision=cand.precision,
-                source=plan.source,
-                calibration=plan.calibration,
-                evaluation=plan.evaluation,
-                threads=threads,
-                progress=progress,
-                options=plan.options,
+                writer=writer, profile=plan.profile, config=plan.config, precision=cand.precision,
+                source=plan.source, calibration=plan.calibration, evaluation=plan.evaluation, threads=threads,
+                progress=progress, options=plan.options
             )
             arts = cand.target.compile(cand.model, bctx)
             for rel, role in arts.files.items():
