@@ -33,7 +33,7 @@ from edgecompile.target import Artifacts, Availability, BuildContext
 
 LIB_FILE = "model.so"
 COMPILED_BATCH = 1
-_CROSS_PACKAGE = {"aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu"}
+_CROSS_PACKAGE = {"aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu libc6-dev-arm64-cross"}   # the crt files too
 
 
 # -- importing TVM ------------------------------------------------------------------------------

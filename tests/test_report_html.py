@@ -12,8 +12,8 @@ from edgecompile.report import load_report, render_md
 from edgecompile.report_html import render_html
 from edgecompile.report_sections import sections, size_by_op, with_sections
 
-needs_chromium = pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed (apt-get install chromium; "
-                                                                    ".ci/run installs it)")
+needs_chromium = pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed (bash scripts/bootstrap.sh "
+                                                                    "installs it as root)")
 
 
 @pytest.fixture(scope="module")
