@@ -69,6 +69,7 @@ if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]
 fi
 
 echo "setting up .venv (extras: $EXTRAS) ..." >&2
+rm -f "$stamp"     # a run that fails part-way leaves no stamp, whatever an earlier run wrote
 [ -x .venv/bin/python ] || "$PY" -m venv .venv || die "could not create .venv with $PY"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 # pip's own output (errors included) goes to stderr; only one known-noisy line is dropped. With
