@@ -1,11 +1,9 @@
 """inspect: MAC/FLOP arithmetic on hand-built graphs (Before -> expected numbers), op histogram, params."""
 import numpy as np
-import pytest
+import onnx
+from onnx import TensorProto, helper, numpy_helper
 
-onnx = pytest.importorskip("onnx")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
-
-from edgecompile.compiler.inspection import inspect_onnx, inspect_path  # noqa: E402
+from edgecompile.compiler.inspection import inspect_onnx, inspect_path
 
 
 def _init(name, shape):

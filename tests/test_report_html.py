@@ -13,7 +13,7 @@ from edgecompile.report.html import render_html
 from edgecompile.report.sections import sections, size_by_op, with_sections
 
 needs_chromium = pytest.mark.skipif(
-    chromium_path() is None, reason="chromium is not installed (apt-get install chromium; .ci/run installs it)"
+    chromium_path() is None, reason="chromium is not installed (bash scripts/bootstrap.sh installs it as root)"
 )
 
 

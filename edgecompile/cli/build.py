@@ -146,7 +146,10 @@ def targets(json_mode):
                     cache[backend] = (a.ok, a.reason)
             ok, reason = cache[backend]
             if ok and profile.cross_compiler and not shutil.which(profile.cross_compiler):
-                ok, reason = False, f"{profile.cross_compiler} not found (apt-get install gcc-aarch64-linux-gnu)"
+                ok, reason = (
+                    False,
+                    f"{profile.cross_compiler} not found (apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross)",
+                )
             rows.append({"target": profile.name, "aliases": list(profile.aliases), "description": profile.description,
                          "backend": backend, "default": backend == profile.default_backend,
                          "available": ok, "reason": reason})

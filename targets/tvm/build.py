@@ -26,7 +26,7 @@ from edgecompile.errors import CompileError, TargetUnavailableError, first_line
 from edgecompile.targets.base import Artifacts, Availability, Backend, BuildContext
 from edgecompile.targets.tvm import run
 from edgecompile.targets.tvm.run import COMPILED_BATCH, LIB_FILE, _host_arch, tvm_module
-_CROSS_PACKAGE = {"aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu"}
+_CROSS_PACKAGE = {"aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu libc6-dev-arm64-cross"}   # the crt files too
 
 
 # -- importing TVM ------------------------------------------------------------------------------

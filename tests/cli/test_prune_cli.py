@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-pytest.importorskip("torch_pruning")
+import torch_pruning  # noqa: E402,F401
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import copy
 
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402
 
 from edgecompile.data import Dataset  # noqa: E402
 from edgecompile.passes.module.distillation import Distiller, distill, kd_loss  # noqa: E402

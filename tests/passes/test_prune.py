@@ -6,8 +6,8 @@ import copy
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("torch_pruning")
+import torch  # noqa: E402
+import torch_pruning  # noqa: E402,F401
 
 from edgecompile.compiler.config import Config  # noqa: E402
 from edgecompile.errors import ConfigError, PassError  # noqa: E402

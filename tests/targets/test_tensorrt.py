@@ -93,7 +93,9 @@ def test_runtime_on_this_host_explains_why_it_cannot_run(trt_bundle):
     from edgecompile.runtime import load
 
     if ENGINE.ok or platform.machine() == "aarch64":
-        pytest.skip("this host can run the engine or the AArch64 fallback")
+        pytest.skip(
+            "needs a host without TensorRT and not aarch64 (this one can run the engine or the AArch64 fallback)"
+        )
     with pytest.raises(BundleError) as exc:
         load(trt_bundle.path)
     msg = exc.value.message
@@ -106,7 +108,7 @@ def test_runtime_on_this_host_explains_why_it_cannot_run(trt_bundle):
 
 def test_engine_command_without_tensorrt_is_a_one_line_error(trt_bundle, digits_bundle):
     if ENGINE.ok:
-        pytest.skip("TensorRT is available here")
+        pytest.skip("needs a host without TensorRT (TensorRT is available here)")
     rc, _, err = run_cli("engine", trt_bundle.path)
     assert rc == 1 and err.startswith("error: cannot build the TensorRT engine here") and "Traceback" not in err
     assert not (trt_bundle.path / "cache").exists()
@@ -228,9 +230,8 @@ def test_engine_build_run_and_cache(trt_bundle, trt_int8_bundle, tmp_path, digit
 @needs_tvm
 def test_fallback_runs_on_an_aarch64_host(trt_bundle, digits_source):
     if platform.machine() != "aarch64" or ENGINE.ok:
-        pytest.skip(
-            f"the AArch64 fallback runs only on an aarch64 host without TensorRT (this is {platform.machine()})"
-        )
+        pytest.skip(f"needs an aarch64 host without TensorRT (the AArch64 fallback; this is {platform.machine()}, "
+                    f"TensorRT {'available' if ENGINE.ok else 'absent'})")
     from edgecompile.runtime import load
 
     with pytest.warns(RuntimeWarning, match="TVM CPU fallback"):
