@@ -344,3 +344,7 @@ _RENDER = {"summary": _summary, "quantization": _summary, "fp16": _summary, "war
            "per_layer": _per_layer, "float_nodes": _rows, "candidates": _rows, "sensitivity": _rows, "passes": _passes,
            "pruning": _rows, "distillation": _rows,
            "precision_notes": _kv, "export": _export, "artifacts": _artifacts, "environment": _environment}
+
+from edgecompile.report_tasks import HTML as _TASK_HTML  # noqa: E402  (issue 25: regression/detection)
+
+_RENDER.update(_TASK_HTML)

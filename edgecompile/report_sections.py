@@ -309,6 +309,9 @@ def sections(report: dict, bundle_dir: str | Path | None = None) -> list[Section
         out.append(Section("distillation", "Distillation", OK, module_pass_rows(report["distillation"])))
     if report.get("pruning"):
         out.append(Section("pruning", "Pruning", OK, module_pass_rows(report["pruning"])))
+    from edgecompile.report_tasks import task_sections
+
+    out.extend(task_sections(report))        # regression scatter, detection boxes (issue 25)
     notes = report.get("precision_notes") or {}
     if notes:
         out.append(Section("precision_notes", "Precision decision", OK,
