@@ -24,6 +24,7 @@ class Evaluation:
     per_sample: np.ndarray = field(repr=False, default=None)
     beside: dict | None = None          # other task metrics reported (not gated), e.g. MAE and R²
     scatter: dict | None = None         # regression: (true, predicted) pairs for the report
+    detection: dict | None = None       # detection: per-class AP, reference numbers, example images
 
 
     @property
@@ -36,7 +37,8 @@ class Evaluation:
                 "candidate": self.candidate, "delta": self.delta, "ci95": self.ci95, "n": self.n,
                 "similarity": self.similarity,
                 **({"beside": self.beside} if self.beside else {}),
-                **({"scatter": self.scatter} if self.scatter else {})}
+                **({"scatter": self.scatter} if self.scatter else {}),
+                **({"detection": self.detection} if self.detection else {})}
 
     def drop(self) -> float:
         """The accuracy loss in the contract's bound units (pt for percentage metrics, % for errors)."""
@@ -70,6 +72,10 @@ def choose_metric(name: str, ds: Dataset, classifier: bool) -> Metric:
 def compare(candidate_out: np.ndarray, reference_out: np.ndarray, ds: Dataset, metric: Metric,
             reference_name: str) -> Evaluation:
     """Score candidate and reference outputs on `metric` (labels, or the reference for label-free)."""
+    if metric.dataset_level:
+        from edgecompile.verify.detection import detection_evaluation
+
+        return detection_evaluation(candidate_out, reference_out, ds, metric, reference_name, Evaluation)
     if metric.needs_labels:
         ref_scores = metric.per_sample(reference_out, ds.labels)
         cand_scores = metric.per_sample(candidate_out, ds.labels)

@@ -124,7 +124,7 @@ def _is_classifier(source) -> bool:
     if source.metric in ("top1", "top1_agreement"):
         return True
     out = source.outputs
-    return False if not out else source.metric not in ("mse", "mae")
+    return False if not out else source.metric not in ("mse", "mae", "map", "map50")
 
 
 # -- stages ---------------------------------------------------------------------------------------
@@ -535,4 +535,5 @@ def _manifest(plan: Plan, model, precision: str, records, artifacts, parity) -> 
         "toolchain": toolchain_versions(),
         "measured_on": machine_info(),
         "runs_on_host": plan.profile.arch == machine_info()["cpu"]["arch"],
+        **({"frontend": plan.source.frontend} if getattr(plan.source, "frontend", None) else {}),
     }

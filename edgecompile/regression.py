@@ -81,7 +81,7 @@ def _classifier(manifest: dict) -> bool:
     metric = manifest.get("metric", "top1")
     if metric in ("top1", "top1_agreement"):
         return True
-    return metric not in ("mse", "mae")
+    return metric not in ("mse", "mae", "map", "map50")
 
 
 def outputs_of(runner, ds: Dataset, batch_size: int = 64) -> np.ndarray:

@@ -18,7 +18,7 @@ def task_sections(report: dict) -> list[Section]:
         out.append(Section("predictions", "Predicted vs true (regression)", OK,
                            {"scatter": acc["scatter"], "beside": acc.get("beside") or {}, "metric": acc["metric"],
                             "candidate": acc["candidate"], "reference": acc["reference"]}))
-    det = report.get("detection")
+    det = acc.get("detection")
     if det:
         out.append(Section("detection", "Detection (mAP, per class, examples)", OK, det))
     return out
