@@ -162,9 +162,16 @@ def make_baseline(bundle_dir: str | Path, *, data: str | Path | None = None, mea
     with load(bundle.path, threads=threads) as runner:
         out = outputs_of(runner, ds)
         lat = _latency(runner, _first(ds)) if measure_latency else None
-    metric_name, scores = per_sample_results(out, ds, bundle.manifest.get("metric", "top1"), classifier)
+    if _dataset_level(bundle.manifest.get("metric")):      # mAP: per-image detections (verify/detection_gate)
+        from edgecompile.verify import detection_gate
+
+        metric_name = bundle.manifest["metric"]
+        value, per_image, ci = detection_gate.baseline_results(out, ds, metric_name)
+    else:
+        metric_name, scores = per_sample_results(out, ds, bundle.manifest.get("metric", "top1"), classifier)
+        value, per_image, ci = float(scores.mean()), None, bootstrap_ci(scores)
     metric = METRICS[metric_name]
-    binary = bool(np.isin(scores, (0.0, 1.0)).all()) and metric.kind == "percentage"
+    binary = per_image is None and bool(np.isin(scores, (0.0, 1.0)).all()) and metric.kind == "percentage"
     return {
         "kind": BASELINE_KIND,
         "schema_version": BASELINE_SCHEMA,
@@ -175,9 +182,9 @@ def make_baseline(bundle_dir: str | Path, *, data: str | Path | None = None, mea
                    "backend": bundle.backend, "precision": bundle.manifest.get("precision")},
         "data": {**ds.describe(), "path": str(Path(data).resolve()) if data is not None else None},
         "metric": {"name": metric.name, "kind": metric.kind, "higher_is_better": metric.higher_is_better,
-                   "binary": binary, "classifier": classifier, "value": float(scores.mean()), "n": len(scores),
-                   "ci95": bootstrap_ci(scores)},
-        "per_sample": [int(v) for v in scores] if binary else [float(v) for v in scores],
+                   "binary": binary, "classifier": classifier, "value": value, "n": len(ds), "ci95": ci},
+        "per_sample": per_image if per_image is not None else (
+            [int(v) for v in scores] if binary else [float(v) for v in scores]),
         "predictions": out.reshape(len(out), -1).argmax(1).tolist() if classifier else None,
         "fingerprints": fingerprints(out, classifier),
         "latency_ms": lat,
@@ -299,6 +306,9 @@ def check(bundle_dir: str | Path, baseline: str | Path | dict, *, max_drop: floa
     bm = base["metric"]
     classifier = bool(bm.get("classifier", True))
     preds = np.asarray(base["predictions"], np.int64) if base.get("predictions") is not None and paired else None
+    if _dataset_level(bm["name"]):
+        return _check_dataset_level(bundle, base, ds, paired, notes, max_drop, max_latency_ratio, threads,
+                                    latency_rounds, alpha, t0)
     with load(bundle.path, threads=threads) as runner:
         out = outputs_of(runner, ds)
         metric_name, scores = per_sample_results(out, ds, bm["name"], classifier, preds)
@@ -325,6 +335,38 @@ def check(bundle_dir: str | Path, baseline: str | Path | dict, *, max_drop: floa
     res = CheckResult(str(bundle.path), bundle.bundle_id, base, bm["name"], bm["kind"], bm["higher_is_better"],
                       float(base_scores.mean()), float(scores.mean()), len(scores), paired, max_drop, test,
                       latency, fp_match, notes, alpha=alpha)
+    if res.accuracy_failed:
+        res.failures.append(_accuracy_reason(res))
+    if res.latency_failed:
+        res.failures.append(latency["reason"])
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def _dataset_level(metric: str | None) -> bool:
+    from edgecompile.metrics import METRICS
+
+    return metric in METRICS and METRICS[metric].dataset_level
+
+
+def _check_dataset_level(bundle, base, ds, paired, notes, max_drop, max_latency_ratio, threads, latency_rounds,
+                         alpha, t0) -> CheckResult:
+    """`check` for mAP (issue 25): a paired bootstrap over images on both sides' detections."""
+    from edgecompile.runtime import load
+    from edgecompile.verify import detection_gate
+
+    bm = base["metric"]
+    if not paired:
+        raise DataError("a detection baseline is compared on the same images only",
+                        hint="check on the baseline's data (omit --data or pass the same file)")
+    with load(bundle.path, threads=threads) as runner:
+        out = outputs_of(runner, ds)
+        latency = _check_latency(base, bundle, runner, _first(ds), max_latency_ratio, threads, latency_rounds, alpha)
+    vb, vc, test = detection_gate.paired_test(base["per_sample"], out, ds, bm["name"], max_drop / 100.0)
+    res = CheckResult(str(bundle.path), bundle.bundle_id, base, bm["name"], bm["kind"], True, vb, vc, len(ds),
+                      True, max_drop, test, latency,
+                      fingerprints(out, False).get("rounded_sha256") == base.get("fingerprints", {}).get("rounded_sha256"),
+                      notes, alpha=alpha)
     if res.accuracy_failed:
         res.failures.append(_accuracy_reason(res))
     if res.latency_failed:

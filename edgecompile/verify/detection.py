@@ -138,19 +138,29 @@ class MatchTable:
         return cls(cat(img, 0).astype(np.int64), cat(cl, 0).astype(np.int64), cat(sc, 0),
                    cat(tps, (0, len(IOU_THRESHOLDS))).astype(bool), gt_counts, num_classes)
 
+    def _orders(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per class, once: (image of each detection, TP flags, FP flags) in descending score order."""
+        if getattr(self, "_cached", None) is None:
+            out = []
+            for k in range(self.num_classes):
+                sel = np.nonzero(self.cls == k)[0]
+                order = sel[np.argsort(-self.score[sel], kind="mergesort")]
+                out.append((self.image[order], self.tp[order].astype(np.float64), (~self.tp[order]).astype(np.float64)))
+            self._cached = out
+        return self._cached
+
     def map(self, weights: np.ndarray | None = None) -> tuple[float, float]:
         """(mAP@[.5:.95], mAP@.5) with each image counted `weights[i]` times (a bootstrap resample)."""
         w_img = np.ones(len(self.gt)) if weights is None else np.asarray(weights, np.float64)
         aps = []
-        for k in range(self.num_classes):
+        for k, (image, tp_flags, fp_flags) in enumerate(self._orders()):
             npos = float((self.gt[:, k] * w_img).sum())
             if npos == 0:
                 continue
-            sel = np.nonzero(self.cls == k)[0]
-            order = sel[np.argsort(-self.score[sel], kind="mergesort")]
-            w = w_img[self.image[order]][:, None]
-            tp = np.cumsum(self.tp[order] * w, axis=0)
-            fp = np.cumsum((~self.tp[order]) * w, axis=0)
+            order = image
+            w = w_img[image][:, None]
+            tp = np.cumsum(tp_flags * w, axis=0)
+            fp = np.cumsum(fp_flags * w, axis=0)
             ap_t = np.zeros(len(IOU_THRESHOLDS))
             if len(order):
                 rec = tp / npos
@@ -202,7 +212,7 @@ def detection_evaluation(candidate_out, reference_out, ds, metric, reference_nam
         raise DataError(f"metric {metric.name!r} needs ground-truth boxes; {ds.identity} has none",
                         hint="pass labelled data")
     cand = evaluate_detections(candidate_out, ds.labels, spec)
-    ref = evaluate_detections(reference_out, ds.labels, spec, n_boot=0) if reference_out is not candidate_out else cand
+    ref = cand if reference_out is candidate_out else _reference_result(reference_out, ds.labels, spec)
     other = "map50" if metric.name == "map" else "map"
     ev = evaluation_cls(metric.name, True, "percentage", ref[metric.name], cand[metric.name], len(ds),
                         cand["ci95"] if metric.name == "map" else cand["ci95_50"],
@@ -215,6 +225,18 @@ def detection_evaluation(candidate_out, reference_out, ds, metric, reference_nam
                     "draw_threshold": DRAW_THRESHOLD,
                     "examples": examples(ds, decode_outputs(candidate_out[:EXAMPLES], spec), spec)}
     return ev
+
+
+_LAST_REFERENCE: list = []      # (reference array, labels array, result): the pass evaluator reuses one reference
+
+
+def _reference_result(reference_out, labels, spec) -> dict:
+    for ref, lab, res in _LAST_REFERENCE:
+        if ref is reference_out and lab is labels:
+            return res
+    res = evaluate_detections(reference_out, labels, spec, n_boot=0)
+    _LAST_REFERENCE[:] = [(reference_out, labels, res)]
+    return res
 
 
 def examples(ds, dets: Dets, spec: dict) -> list[dict]:

@@ -23,7 +23,7 @@ from .._common import fingerprint
 
 SEED = 0
 N_TRAIN, N_TEST = 2000, 400
-EPOCHS = 8
+EPOCHS = 16
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 _HERE = Path(__file__).resolve().parent
 _FILES = tuple(p for p in (_HERE / "__init__.py", _HERE / "model.py", _HERE / "data.py", _HERE / "training.py",
