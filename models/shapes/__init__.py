@@ -2,7 +2,7 @@
 square, triangle) on crops of real photos, trained in a couple of minutes on generated data.
 
 Contract: input `input` float32 [N, 3, 64, 64] (RGB / 255, minus mean 0.5, over std 0.25);
-output `maps` float32 [N, 6, 16, 16] (3 class heatmaps, w, h, dx, dy), decoded by the runtime's
+output `maps` float32 [N, 7, 16, 16] (3 class heatmaps, w, h, dx, dy), decoded by the runtime's
 detection front-end (`runner.detect(image)`, recorded in the manifest). Labels (for evaluation)
 [N, 4, 5]: x1, y1, x2, y2, class per true box in input pixels, rows of -1 pad. Metric: COCO mAP@[.5:.95]
 (`map`, pycocotools) with mAP@.5 beside it. Splits: train 2000 images (seed 0, 7 photos), test 400
