@@ -248,7 +248,7 @@ def _search(plan, qpass, rec, fp_bytes, qmodel, bound, feeds, ctx, progress) -> 
 def _ranks_by_task_metric(plan) -> bool:
     """Regression and detection metrics rank layers by the metric itself (issue 25); classifiers keep
     the output-error ranking, whose one batched run is cheaper and tracks top-1 well."""
-    if plan.evaluation is None or plan.evaluation.labels is None and plan.source.metric in ("mse", "mae"):
+    if plan.evaluation is None or plan.evaluation.labels is None:      # label-free: agreement/cosine
         return False
     from edgecompile.metrics import get_metric
 
