@@ -95,6 +95,10 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
 
 def decode(maps: np.ndarray, spec: dict) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """CenterNet maps [N, C + 4, h, w] -> per image (boxes [K, 4] in input pixels, classes [K], scores [K])."""
+    if spec.get("decode") == "boxes":          # end-to-end detections from an ONNX detector (--annotations)
+        from edgecompile.verify.coco_data import decode_boxes
+
+        return decode_boxes(maps, spec)
     maps = np.asarray(maps, np.float32)
     c = len(spec["classes"])
     stride, unit = spec["stride"], spec["size_unit"]

@@ -243,6 +243,8 @@ def examples(ds, dets: Dets, spec: dict) -> list[dict]:
     """The first test images (de-normalised to uint8, PNG base64) with true and predicted boxes."""
     import base64
 
+    if "mean" not in spec or "std" not in spec:        # a third-party detector's normalisation is unknown
+        return []
     x = next(iter(ds.inputs.values()))[: len(dets)]
     out = []
     for i, (boxes, cls, scores) in enumerate(dets):
