@@ -15,10 +15,10 @@ import numpy as np
 
 def main() -> None:
     import torch
-
-    import edgecompile.models.shapes as shapes
+    from edgecompile.models import shapes
     from edgecompile.models.shapes.model import ShapesNet
     from edgecompile.models.shapes.training import train
+
     from edgecompile.verify.detection import evaluate_detections
 
     t0 = time.perf_counter()

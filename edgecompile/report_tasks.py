@@ -38,14 +38,14 @@ def _ticks(lo: float, hi: float):
 
 def scatter_svg(true: list[float], pred: list[float], label: str) -> str:
     """Predicted (y) against true (x) on equal axes, with the y = x line."""
-    size, left, bottom, pad = 360, 56, 40, 12
+    size, left, pad = 360, 56, 12
     lo = min(min(true), min(pred))
     hi = max(max(true), max(pred))
     span = (hi - lo) or 1.0
     lo, hi = lo - 0.04 * span, hi + 0.04 * span
     plot = size - left - pad
-    px = lambda v: left + plot * (v - lo) / (hi - lo)                  # noqa: E731
-    py = lambda v: pad + plot * (1 - (v - lo) / (hi - lo))            # noqa: E731
+    px = lambda v: left + plot * (v - lo) / (hi - lo)
+    py = lambda v: pad + plot * (1 - (v - lo) / (hi - lo))
     body = []
     for t in _ticks(lo, hi):
         body.append(f'<line class="grid" x1="{left}" x2="{left + plot}" y1="{py(t):.1f}" y2="{py(t):.1f}"/>'
@@ -123,7 +123,7 @@ def _html_detection(sec: Section, report: dict) -> str:
 
 
 def _md_predictions(d: dict, report: dict) -> list[str]:
-    lines = [f"| metric | reference | candidate |", "|---|---|---|",
+    lines = ["| metric | reference | candidate |", "|---|---|---|",
              f"| {d['metric']} (gating) | {d['reference']:.6g} | {d['candidate']:.6g} |"]
     lines += [f"| {k} | {b['reference']:.6g} | {b['candidate']:.6g} |" for k, b in d["beside"].items()]
     return lines + ["", f"(scatter of {d['scatter']['shown']} samples in report.html)"]

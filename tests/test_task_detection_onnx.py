@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
 
 N_IMAGES = 120
@@ -17,8 +16,7 @@ def e2e_detector(tmp_path_factory):
     """ShapesNet with its decoding in the graph (peaks via MaxPool + TopK): [N, 100, 6] with COCO-style
     1-based category ids; the first N_IMAGES test images as .npz and their boxes as gt.json."""
     import torch
-
-    import edgecompile.models.shapes as shapes
+    from edgecompile.models import shapes
 
     class End2End(torch.nn.Module):
         def __init__(self, net, k=100):
@@ -29,7 +27,7 @@ def e2e_detector(tmp_path_factory):
             m = self.net(x)
             heat = m[:, :3]
             peak = heat * (torch.nn.functional.max_pool2d(heat, 3, 1, 1) == heat).float()
-            n, c, h, w = heat.shape
+            n, _, h, w = heat.shape
             scores, idx = peak.reshape(n, -1).topk(self.k, dim=1)
             cls = torch.div(idx, h * w, rounding_mode="floor")
             pos = idx - cls * h * w
@@ -82,7 +80,7 @@ def test_bad_annotations_are_one_line_data_errors(e2e_detector, tmp_path):
     (tmp_path / "short.json").write_text(json.dumps(gt))
     for ann, msg in ((tmp_path / "short.json", f"{N_IMAGES - 1} images, but the data have {N_IMAGES} samples"),
                      (tmp_path / "missing.json", "does not exist")):
-        code, stdout, stderr = run_cli("build", d / "det.onnx", "--backend", "ort", "--data", d / "images.npz",
+        code, _, stderr = run_cli("build", d / "det.onnx", "--backend", "ort", "--data", d / "images.npz",
                                        "--annotations", ann, "-o", tmp_path / "x")
         assert code == 2 and msg in stderr and "Traceback" not in stderr, stderr
     code, _, stderr = run_cli("build", "models/diabetes", "--annotations", d / "gt.json", "-o", tmp_path / "y")

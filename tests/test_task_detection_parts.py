@@ -60,6 +60,7 @@ def test_png_reader_all_filters(tmp_path, channels):
 
 def test_png_roundtrip_of_the_report_encoder(tmp_path):
     from edgecompile.models.shapes.data import read_png
+
     from edgecompile.verify.detection import png_bytes
 
     img = np.random.default_rng(0).integers(0, 256, (9, 13, 3), dtype=np.uint8)
@@ -68,7 +69,16 @@ def test_png_roundtrip_of_the_report_encoder(tmp_path):
 
 
 def test_generated_shapes_have_exact_boxes():
-    from edgecompile.models.shapes.data import CLASSES, IMG, MAX_SIZE, MIN_SIZE, TEST_PHOTOS, TRAIN_PHOTOS, _mask, generate
+    from edgecompile.models.shapes.data import (
+        CLASSES,
+        IMG,
+        MAX_SIZE,
+        MIN_SIZE,
+        TEST_PHOTOS,
+        TRAIN_PHOTOS,
+        _mask,
+        generate,
+    )
 
     assert not set(TRAIN_PHOTOS) & set(TEST_PHOTOS)              # test backgrounds are held apart
     images, labels = generate(40, seed=5, photos=TEST_PHOTOS)

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import run_cli
 
 import edgecompile
 from edgecompile import precision as precision_stage
 from edgecompile.config import Config
-from conftest import run_cli
 
 FRAGILE = Path(__file__).resolve().parent / "models" / "fragile_diabetes"
 
@@ -30,8 +30,8 @@ def diabetes_int8(tmp_path_factory):
 
 def test_diabetes_source_contract():
     from edgecompile.source import resolve_source
-    from edgecompile.verify.task_metrics import regression_summary
     from edgecompile.training import predict
+    from edgecompile.verify.task_metrics import regression_summary
 
     src = resolve_source("diabetes")
     assert src.metric == "mse" and src.outputs == ["prediction"] and src.inputs[0].shape == ("batch", 10)
@@ -79,7 +79,7 @@ def test_diabetes_int8_mse_within_two_percent(diabetes_int8):
 
 def test_report_has_predicted_vs_true_scatter(diabetes_int8):
     html = (diabetes_int8.path / "report.html").read_text()
-    svg = re.search(r'<svg class="plot" data-plot="scatter".*?</svg>', html, re.S)
+    svg = re.search(r'<svg class="plot" data-plot="scatter".*?</svg>', html, re.DOTALL)
     assert svg is not None
     assert len(re.findall(r"<circle ", svg.group(0))) == 89
     md = (diabetes_int8.path / "report.md").read_text()

@@ -88,7 +88,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
     ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
     inter = iw * ih
-    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])
     union = area(a)[:, None] + area(b)[None, :] - inter
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
@@ -105,7 +105,7 @@ class MatchTable:
     num_classes: int
 
     @classmethod
-    def build(cls, dets: Dets, gts, num_classes: int) -> "MatchTable":
+    def build(cls, dets: Dets, gts, num_classes: int) -> MatchTable:
         img, cl, sc, tps = [], [], [], []
         gt_counts = np.zeros((len(gts), num_classes), np.int64)
         for i, ((boxes, dc, ds), (gboxes, gc)) in enumerate(zip(dets, gts)):
@@ -134,7 +134,7 @@ class MatchTable:
                 cl.append(np.full(len(d), k))
                 sc.append(np.asarray(ds, np.float64)[sel])
                 tps.append(tp)
-        cat = lambda xs, shape: np.concatenate(xs) if xs else np.zeros(shape)  # noqa: E731
+        cat = lambda xs, shape: np.concatenate(xs) if xs else np.zeros(shape)
         return cls(cat(img, 0).astype(np.int64), cat(cl, 0).astype(np.int64), cat(sc, 0),
                    cat(tps, (0, len(IOU_THRESHOLDS))).astype(bool), gt_counts, num_classes)
 

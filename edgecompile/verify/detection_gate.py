@@ -12,7 +12,12 @@ from __future__ import annotations
 import numpy as np
 
 from edgecompile import gate
-from edgecompile.verify.detection import MatchTable, coco_map, decode_outputs, ground_truth
+from edgecompile.verify.detection import (
+    MatchTable,
+    coco_map,
+    decode_outputs,
+    ground_truth,
+)
 
 N_BOOT = 400
 

@@ -35,4 +35,4 @@ def regression_scatter(candidate: np.ndarray, labels: np.ndarray, limit: int = S
     y = np.asarray(labels, np.float64).reshape(len(labels), -1)[:, 0]
     idx = np.linspace(0, len(p) - 1, min(limit, len(p))).round().astype(int) if len(p) else np.zeros(0, int)
     return {"true": [round(float(v), 6) for v in y[idx]], "predicted": [round(float(v), 6) for v in p[idx]],
-            "n": int(len(p)), "shown": int(len(idx))}
+            "n": len(p), "shown": len(idx)}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ _FILES = (_HERE / "__init__.py", _HERE / "model.py", _HERE.parent / "_common.py"
 _KEYS = ("x_train", "y_train", "x_test", "y_test", "mean", "std")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _arrays() -> dict[str, np.ndarray]:
     """The fixed split and the standardisation statistics, cached as .npz. Computed in a child
     process: importing scikit-learn in the build process changes torch.onnx's exported graph (see
@@ -70,7 +70,7 @@ def _split() -> dict[str, np.ndarray]:
     x, y = load_diabetes(return_X_y=True, scaled=False)
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=TEST_SIZE, random_state=SEED)
     mean, std = x_tr.mean(0), x_tr.std(0)
-    norm = lambda a: np.ascontiguousarray(((a - mean) / std).astype(np.float32))  # noqa: E731
+    norm = lambda a: np.ascontiguousarray(((a - mean) / std).astype(np.float32))
     return {"x_train": norm(x_tr), "y_train": y_tr.astype(np.float32), "x_test": norm(x_te),
             "y_test": y_te.astype(np.float32), "mean": mean, "std": std}
 

@@ -11,7 +11,7 @@ images (seed 1, 3 other photos held apart), calibration the first 256 train imag
 from __future__ import annotations
 
 import os
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +40,7 @@ def frontend_spec() -> dict:
             "score_threshold": 0.05, "nms_iou": 0.5, "max_detections": 100, "peak_kernel": 3}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _images() -> dict[str, np.ndarray]:
     """Generated splits (uint8 images + labels), cached as .npz keyed by the generator's source."""
     from edgecompile.cache import content_key, subdir

@@ -14,9 +14,8 @@ FRAGILE_LAYER = "body.2"
 
 
 def _create():
-    import torch
-
     import edgecompile.models.diabetes as base
+    import torch
 
     module = base.create()
     x = torch.from_numpy(base.load_split("train").inputs["input"])
