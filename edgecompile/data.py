@@ -31,6 +31,7 @@ class Dataset:
     labels: np.ndarray | None = None
     synthetic: bool = False
     _sha: str | None = field(default=None, repr=False)
+    meta: dict = field(default_factory=dict)     # task details metrics need, e.g. {"detection": decode spec}
 
     def __post_init__(self):
         lengths = {len(v) for v in self.inputs.values()}
@@ -46,7 +47,7 @@ class Dataset:
     def subset(self, start: int | None, stop: int | None, suffix: str = "") -> "Dataset":
         sl = slice(start, stop)
         return Dataset(self.identity + suffix, {k: v[sl] for k, v in self.inputs.items()},
-                       None if self.labels is None else self.labels[sl], self.synthetic)
+                       None if self.labels is None else self.labels[sl], self.synthetic, meta=self.meta)
 
     def take(self, n: int) -> "Dataset":
         return self if n >= len(self) else self.subset(0, n, f"[:{n}]")

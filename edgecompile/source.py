@@ -17,7 +17,7 @@ from typing import Any, Callable
 from edgecompile.data import Dataset, TensorSpec, load_npz, parse_spec
 from edgecompile.errors import DataError, ModelLoadError
 
-BUILTIN_MODELS = ("digits", "digits_small", "resnet18", "mobilenetv2")
+BUILTIN_MODELS = ("digits", "digits_small", "resnet18", "mobilenetv2", "diabetes", "shapes")
 
 
 @dataclass
@@ -38,6 +38,7 @@ class TorchModelSource:
     class_labels: list[str] | None = None
     fingerprint: str = ""                      # hash of the definition (cache keys, bundle_id)
     kind: str = "torch"
+    frontend: dict | None = None               # manifest "frontend" (e.g. detection decoding), see runtime
     _module: Any = field(default=None, repr=False)
 
     def module(self):
@@ -67,6 +68,7 @@ class OnnxModelSource:
     default_evaluation: str | None = None
     splits: tuple[str, ...] = ()
     train_split: str | None = None
+    frontend: dict | None = None
 
 
 ModelSource = TorchModelSource | OnnxModelSource

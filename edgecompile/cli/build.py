@@ -45,12 +45,14 @@ from edgecompile.cli.common import Ctx, _load_config, _show_built, emit_json, ve
                    "top-1/agreement, relative %% for error metrics. Layers are kept in float until it holds.")
 @click.option("--no-cache", "no_cache", is_flag=True,
               help="Neither read nor write the build cache (stages are recomputed; trained example weights are kept).")
+@click.option("--annotations", type=click.Path(),
+              help="COCO-style gt.json for --data images of a .onnx detector (output [N, K, 6]); metric mAP.")
 @click.option("--json", "json_mode", is_flag=True, help="Print report.json to stdout.")
 @verbosity_options
 @click.pass_obj
 def build(obj: Ctx, model, target, backend, precision, output, data, config_path, strict, force, threads,
           quantize, calibrate, calib_samples, qat_epochs, max_accuracy_drop, no_cache, prune, finetune_epochs,
-          distill, tune_trials, tune_timeout, remote, remote_key, json_mode):
+          distill, tune_trials, tune_timeout, remote, remote_key, annotations, json_mode):
     """Build a bundle for MODEL (a models/<name> package, a built-in name, or a .onnx file).
 
     Flags override the config file (--config FILE, else ./edgecompile.toml), which overrides defaults.
@@ -62,7 +64,7 @@ def build(obj: Ctx, model, target, backend, precision, output, data, config_path
                               "passes.quantize.calib_samples": calib_samples,
                               "passes.quantize.qat_epochs": qat_epochs,
                               "passes.quantize.max_accuracy_drop": max_accuracy_drop,
-                              "tvm.remote": remote, "tvm.remote_key": remote_key})
+                              "tvm.remote": remote, "tvm.remote_key": remote_key, "data.annotations": annotations})
     progress = obj.progress(json_mode)
     bundle = run_build(model, target, output=output, backend=backend, precision=precision, data=data,
                        config=cfg, strict=strict, force=force, threads=threads, progress=progress,

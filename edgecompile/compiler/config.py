@@ -42,6 +42,7 @@ class BuildSection:
 class DataSection:
     calibration: str | None = None     # "digits:train[:256]" or a .npz path
     evaluation: str | None = None      # "digits:test" or a .npz path
+    annotations: str | None = None     # COCO-style gt.json for a .onnx detector's --data images (metric map)
 
 
 @dataclass(frozen=True)

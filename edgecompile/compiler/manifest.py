@@ -42,4 +42,5 @@ def manifest(plan, model, precision: str, records, artifacts, parity) -> dict:
         "toolchain": toolchain_versions(),
         "measured_on": machine_info(),
         "runs_on_host": plan.profile.arch == machine_info()["cpu"]["arch"],
+        **({"frontend": plan.source.frontend} if plan.source.frontend else {}),
     }

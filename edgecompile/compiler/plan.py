@@ -73,6 +73,10 @@ def make_plan(cfg: Config, *, output: str | Path | None, data: str | Path | None
     else:
         calibration = load_data(cfg.data.calibration, source, default=source.default_calibration)
         evaluation = load_data(cfg.data.evaluation, source, default=source.default_evaluation)
+    if cfg.data.annotations:           # a third-party ONNX detector scored on COCO-style boxes (issue 25)
+        from edgecompile.verify.coco_data import bind_annotations
+
+        source, evaluation = bind_annotations(source, evaluation, cfg.data.annotations)
     train = source.dataset(source.train_split) if source.kind == "torch" and source.train_split else None
     out = Path(output) if output else Path(f"{source.name}-{profile.name}-{backend}-{precision}")
     check_writable(out)
@@ -84,7 +88,7 @@ def _is_classifier(source) -> bool:
     if source.metric in ("top1", "top1_agreement"):
         return True
     out = source.outputs
-    return False if not out else source.metric not in ("mse", "mae")
+    return False if not out else source.metric not in ("mse", "mae", "map", "map50")
 
 
 def module_passes(plan: Plan) -> list:

@@ -213,6 +213,12 @@ def _search(plan, qpass, rec, fp_bytes, qmodel, bound, feeds, ctx, progress) -> 
     def metric_drop(m):
         return _metric_drop(plan, rec.metric_before, ctx.evaluator(m))[0]
 
+    by_task = _ranks_by_task_metric(plan) and len(groups) <= ps.TASK_SENSITIVITY_MAX_GROUPS
+    if by_task:          # regression / detection: rank by the gating metric itself (issue 25)
+        with progress.step("sensitivity", f"{plan.source.metric} per layer group ({len(groups)} groups)"):
+            ranked = ps.task_sensitivity(qpass, groups, metric_drop, ranked)
+    key = "metric_drop" if by_task else "added_error"
+
     def probe(a, b):
         lat = _pair_latency(plan, a, b, feeds, rounds=4, seconds=0.4)
         return lat["fp32_ms"], lat["int8_ms"]
@@ -224,19 +230,33 @@ def _search(plan, qpass, rec, fp_bytes, qmodel, bound, feeds, ctx, progress) -> 
             step_of[n] = st
         prev = st["float_layers"]
     by_node = {r["node"]: r for r in ranked}
-    float_nodes = [{"node": n, "op_type": by_node[n]["op_type"], "sensitivity": round(by_node[n]["added_error"], 5),
+    float_nodes = [{"node": n, "op_type": by_node[n]["op_type"], "sensitivity": round(by_node[n][key], 5),
                     "group": ", ".join(by_node[n]["group"]), "step": step_of[n]["step"],
                     "drop_after_step": round(step_of[n]["metric_drop"], 4),
                     "step_latency_cost_ms": round(step_of[n]["latency_cost_ms"], 4)} for n in res["kept"]]
-    report = {"bound": bound, "method": "added relative L2 error per layer group (fp32 vs int8 intermediates, "
-                                        f"{ps.SENSITIVITY_SAMPLES} samples), greedy float fallback re-measuring "
-                                        "the task metric",
+    method = (f"{plan.source.metric} drop (contract units) with only that layer group quantized, on the "
+              "evaluation data" if by_task else
+              f"added relative L2 error per layer group (fp32 vs int8 intermediates, {ps.SENSITIVITY_SAMPLES} samples)")
+    if _ranks_by_task_metric(plan) and not by_task:
+        method += f" ({len(groups)} groups: too many to re-measure {plan.source.metric} for each)"
+    report = {"bound": bound, "method": method + ", greedy float fallback re-measuring the task metric",
+              "ranked_by": key,
               "found": res["found"], "sensitivity": [{k: (round(v, 6) if isinstance(v, float) else v)
                                                       for k, v in r.items() if k != "group"} for r in ranked[:25]],
               "steps": [{k: (round(v, 5) if isinstance(v, float) else v) for k, v in s.items()} for s in res["steps"]]}
     out = {"report": report, "float_nodes": float_nodes, "kept": res["kept"], "drop": res["drop"],
            "model": res["model"] if res["kept"] else None}
     return out
+
+
+def _ranks_by_task_metric(plan) -> bool:
+    """Regression and detection metrics rank layers by the metric itself (issue 25); classifiers keep
+    the output-error ranking, whose one batched run is cheaper and tracks top-1 well."""
+    if plan.evaluation is None or plan.evaluation.labels is None:      # label-free: agreement/cosine
+        return False
+    from edgecompile.verify.metrics import get_metric
+
+    return get_metric(plan.source.metric).kind == "error" or plan.source.metric in ("map", "map50")
 
 
 def measurably_slower(lat: dict) -> bool:

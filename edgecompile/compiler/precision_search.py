@@ -76,6 +76,34 @@ def sensitivity(fp32_bytes: bytes, int8_bytes: bytes, groups: list[Group], ds) -
     return out
 
 
+# Task-metric sensitivity re-measures the task metric once per layer group; above this many groups
+# the output-error ranking (one batched run) is used instead and the report says so.
+TASK_SENSITIVITY_MAX_GROUPS = 40
+
+
+def task_sensitivity(qpass, groups: list[Group], metric_drop, l2_rows: list[dict]) -> list[dict]:
+    """Per group: the task-metric drop (contract units: relative % for MSE, pt for mAP) when only
+    that group is quantized and every other group stays in float (one requantize from the cached
+    calibration + one evaluation each). Sorted, most harmful first; the output-error numbers of
+    `sensitivity` ride along for the report. Regression and detection metrics react to
+    quantization differently from output cosine (a detector's score map can move a lot without
+    moving a box), so these rank by the metric that gates."""
+    by_l2 = {r["node"]: r for r in l2_rows}
+    members = {g.node: g.members for g in groups}
+    out = []
+    for g in groups:
+        others = [m for n, ms in members.items() if n != g.node for m in ms if m not in g.members]
+        res = qpass.requantize(others)
+        if not res.notes.get("quantized_ops"):
+            continue
+        l2 = by_l2.get(g.node, {})
+        out.append({"node": g.node, "op_type": g.op_type, "metric_drop": float(metric_drop(res.model)),
+                    "added_error": l2.get("added_error", 0.0), "rel_error": l2.get("rel_error"),
+                    "group": list(g.members)})
+    out.sort(key=lambda d: -d["metric_drop"])
+    return out
+
+
 def step_sizes(n: int) -> list[int]:
     """How many of the most sensitive layers each step keeps in float: 1, 2, 3, 4, then doubling
     (6, 8, 12, 16, 24, 32, ...) -- a fragile layer is found in the first steps, and error spread

@@ -2,13 +2,14 @@
 report.json through the same sections as report.md (see report_sections.py)."""
 from __future__ import annotations
 
-import html
 import math
 from pathlib import Path
 
 import numpy as np
 
+from edgecompile.report.htmlkit import cell, esc, table, ticks
 from edgecompile.report.sections import Section, label_of, sections
+from edgecompile.report.tasks import HTML as TASK_HTML
 
 W = 760            # plot width in px
 
@@ -36,8 +37,6 @@ svg.plot text{fill:var(--fg)}svg.plot .axis{stroke:#9aa3b0;stroke-width:1}svg.pl
 """
 
 
-def esc(v) -> str:
-    return html.escape(str(v), quote=True)
 
 
 def render_html(report: dict, bundle_dir: str | Path | None = None) -> str:
@@ -87,38 +86,7 @@ def _cards(report: dict) -> str:
 
 # -- tables ---------------------------------------------------------------------------------------
 
-def _cell(v) -> str:
-    if isinstance(v, bool):
-        return f"<td>{'yes' if v else 'no'}</td>"
-    if isinstance(v, float):
-        return f'<td class="num">{esc(f"{v:.4g}")}</td>'
-    if isinstance(v, int):
-        return f'<td class="num">{v}</td>'
-    if isinstance(v, (list, tuple)):
-        return f"<td>{esc(', '.join(map(str, v)))}</td>"
-    if isinstance(v, dict):
-        return f"<td>{esc('; '.join(f'{k}: {x}' for k, x in v.items()))}</td>"
-    return f"<td>{esc('' if v is None else v)}</td>"
-
-
-def table(rows: list[dict], columns: list[str] | None = None) -> str:
-    cols = columns or list(dict.fromkeys(k for r in rows for k in r))
-    head = "".join(f"<th>{esc(c)}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(_cell(r.get(c)) for c in cols) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
 # -- plots (inline SVG) ---------------------------------------------------------------------------
-
-def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    if hi <= lo:
-        return [lo]
-    raw = (hi - lo) / n
-    mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    start = math.ceil(lo / step) * step
-    return [start + i * step for i in range(int((hi - start) / step + 1e-9) + 1)]
-
 
 def _svg(kind: str, height: int, body: list[str], label: str) -> str:
     return (f'<svg class="plot" data-plot="{kind}" role="img" aria-label="{esc(label)}" width="{W}" height="{height}" '
@@ -157,7 +125,7 @@ def waterfall_chart(steps: list[dict], pct: bool, metric: str) -> str:
     fmt = (lambda v: f"{100 * v:.2f}%") if pct else (lambda v: f"{v:.4g}")
     slot = (W - left - 20) / max(len(steps), 1)
     body = []
-    for t in _ticks(y0, y1):
+    for t in ticks(y0, y1):
         body.append(f'<line class="grid" x1="{left}" x2="{W - 10}" y1="{ypx(t):.1f}" y2="{ypx(t):.1f}"/>'
                     f'<text x="{left - 6}" y="{ypx(t) + 4:.1f}" text-anchor="end">{esc(fmt(t))}</text>')
     prev = None
@@ -230,7 +198,7 @@ def latency_chart(data: dict) -> str:
             f'fill="var(--blue)" opacity="0.8"><title>{c} runs in {lo_ms:.4f}..{hi_ms:.4f} ms</title></rect>'
         )
     tick_vals = ([10 ** e for e in range(math.floor(a), math.ceil(b) + 1) if a <= e <= b] if log
-                 else _ticks(a, b))
+                 else ticks(a, b))
     for t in tick_vals:
         body.append(f'<line class="axis" x1="{xpx(t):.1f}" x2="{xpx(t):.1f}" y1="{h - bottom}" y2="{h - bottom + 4}"/>'
                     f'<text x="{xpx(t):.1f}" y="{h - bottom + 16}" text-anchor="middle">{t:g}</text>')
@@ -327,7 +295,7 @@ def _passes(sec: Section, report: dict) -> str:
 
 
 def _kv(sec: Section, report: dict) -> str:
-    return "<table>" + "".join(f"<tr><th>{esc(k)}</th>{_cell(v)}</tr>" for k, v in sec.data.items()) + "</table>"
+    return "<table>" + "".join(f"<tr><th>{esc(k)}</th>{cell(v)}</tr>" for k, v in sec.data.items()) + "</table>"
 
 
 def _export(sec: Section, report: dict) -> str:
@@ -369,3 +337,4 @@ _RENDER = {
     "artifacts": _artifacts,
     "environment": _environment,
 }
+_RENDER.update(TASK_HTML)     # regression scatter, detection boxes (issue 25)

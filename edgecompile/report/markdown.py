@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from edgecompile.report.sections import sections
 from edgecompile.report.summary import _fmt, summary_rows
+from edgecompile.report.tasks import MD as TASK_MD
 
 
 def render_table(report: dict) -> str:
@@ -42,7 +43,7 @@ def render_md(report: dict, bundle_dir=None) -> str:
         if not sec.ok:
             lines += [f"_{sec.status}_", ""]
             continue
-        lines += _MD[sec.id](sec.data, report) + [""]
+        lines += (_MD.get(sec.id) or TASK_MD[sec.id])(sec.data, report) + [""]
     return "\n".join(lines)
 
 

@@ -15,28 +15,12 @@ Optional inputs other passes may record (all lists of flat dicts; extra keys are
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from edgecompile.report.model import OK, Section
 from edgecompile.report.summary import summary_rows
+from edgecompile.report.tasks import task_sections
 
-OK = "ok"
-
-
-@dataclass
-class Section:
-    id: str
-    title: str
-    status: str          # "ok" or why it does not apply
-    data: Any = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status == OK
-
-    def to_dict(self) -> dict:
-        return {"title": self.title, "status": self.status, "data": self.data}
 
 
 # -- size by op type ------------------------------------------------------------------------------
@@ -316,6 +300,7 @@ def sections(report: dict, bundle_dir: str | Path | None = None) -> list[Section
         out.append(Section("distillation", "Distillation", OK, module_pass_rows(report["distillation"])))
     if report.get("pruning"):
         out.append(Section("pruning", "Pruning", OK, module_pass_rows(report["pruning"])))
+    out.extend(task_sections(report))        # regression scatter, detection boxes (issue 25)
     notes = report.get("precision_notes") or {}
     if notes:
         out.append(

@@ -29,9 +29,13 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
                 f"{f(acc['candidate'])}  [95% CI {f(acc['ci95'][0])} .. {f(acc['ci95'][1])}], n={acc['n']}",
             ),
             ("reference", f"{f(acc['reference'])} ({acc['reference_model']})"),
-            ("delta", f"{100 * acc['delta']:+.2f} pt" if pct else f"{acc['delta']:+.6g}"),
+            ("delta", f"{100 * acc['delta']:+.2f} pt" if pct else f"{acc['delta']:+.6g}" + (
+                f" ({100 * acc['delta'] / abs(acc['reference']):+.2f} % relative)"
+                if acc["kind"] == "error" and acc["reference"] else "")),
             ("output cosine", _fmt(acc["similarity"]["cosine"], ".6f")),
         ]
+        rows += [(f"{name} (beside)", f"{b['candidate']:.6g} (reference {b['reference']:.6g}, delta {b['delta']:+.4g})")
+                 for name, b in (acc.get("beside") or {}).items()]
     else:
         rows.append(
             ("accuracy", "not measured (no evaluation data)" if not report.get("skipped") else report["skipped"])

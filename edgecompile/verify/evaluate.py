@@ -22,6 +22,10 @@ class Evaluation:
     similarity: dict
     reference_name: str
     per_sample: np.ndarray = field(repr=False, default=None)
+    beside: dict | None = None          # other task metrics reported (not gated), e.g. MAE and R²
+    scatter: dict | None = None         # regression: (true, predicted) pairs for the report
+    detection: dict | None = None       # detection: per-class AP, reference numbers, example images
+
 
     @property
     def delta(self) -> float:
@@ -31,7 +35,10 @@ class Evaluation:
         return {"metric": self.metric, "higher_is_better": self.higher_is_better, "kind": self.kind,
                 "reference": self.reference, "reference_model": self.reference_name,
                 "candidate": self.candidate, "delta": self.delta, "ci95": self.ci95, "n": self.n,
-                "similarity": self.similarity}
+                "similarity": self.similarity,
+                **({"beside": self.beside} if self.beside else {}),
+                **({"scatter": self.scatter} if self.scatter else {}),
+                **({"detection": self.detection} if self.detection else {})}
 
     def drop(self) -> float:
         """The accuracy loss in the contract's bound units (pt for percentage metrics, % for errors)."""
@@ -65,15 +72,25 @@ def choose_metric(name: str, ds: Dataset, classifier: bool) -> Metric:
 def compare(candidate_out: np.ndarray, reference_out: np.ndarray, ds: Dataset, metric: Metric,
             reference_name: str) -> Evaluation:
     """Score candidate and reference outputs on `metric` (labels, or the reference for label-free)."""
+    if metric.dataset_level:
+        from edgecompile.verify.detection import detection_evaluation
+
+        return detection_evaluation(candidate_out, reference_out, ds, metric, reference_name, Evaluation)
     if metric.needs_labels:
         ref_scores = metric.per_sample(reference_out, ds.labels)
         cand_scores = metric.per_sample(candidate_out, ds.labels)
     else:
         ref_scores = metric.per_sample(reference_out, reference_out)
         cand_scores = metric.per_sample(candidate_out, reference_out)
-    return Evaluation(metric.name, metric.higher_is_better, metric.kind, float(ref_scores.mean()),
-                      float(cand_scores.mean()), len(ds), bootstrap_ci(cand_scores),
-                      raw_similarity(candidate_out, reference_out), reference_name, cand_scores)
+    ev = Evaluation(metric.name, metric.higher_is_better, metric.kind, float(ref_scores.mean()),
+                    float(cand_scores.mean()), len(ds), bootstrap_ci(cand_scores),
+                    raw_similarity(candidate_out, reference_out), reference_name, cand_scores)
+    if metric.kind == "error" and metric.needs_labels:
+        from edgecompile.verify.task_metrics import regression_beside, regression_scatter
+
+        ev.beside = regression_beside(candidate_out, reference_out, ds.labels)
+        ev.scatter = regression_scatter(candidate_out, ds.labels)
+    return ev
 
 
 def evaluate(runner, ds: Dataset, *, metric: str = "top1", reference: np.ndarray | None = None,

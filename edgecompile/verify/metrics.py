@@ -18,6 +18,7 @@ class Metric:
     kind: str                       # "percentage" | "error" | "similarity"
     needs_labels: bool
     per_sample: Callable[[np.ndarray, np.ndarray], np.ndarray]   # (outputs, labels or reference outputs)
+    dataset_level: bool = False     # mAP: a value of the whole set, not a mean of per-sample scores (verify/detection)
 
     def value(self, outputs: np.ndarray, target: np.ndarray) -> float:
         return float(np.mean(self.per_sample(outputs, target)))
@@ -43,6 +44,10 @@ def _abs(out, labels):
     return np.mean(np.abs(d), axis=1)
 
 
+def _dataset_level(out, labels):
+    raise ValueError("mAP is a dataset-level metric: use edgecompile.verify.detection")
+
+
 def _cos(out, ref):
     a = np.asarray(out, np.float64).reshape(len(out), -1)
     b = np.asarray(ref, np.float64).reshape(len(ref), -1)
@@ -57,6 +62,8 @@ METRICS: dict[str, Metric] = {
         Metric("mse", False, "error", True, _sq),
         Metric("mae", False, "error", True, _abs),
         Metric("output_cosine", True, "similarity", False, _cos),
+        Metric("map", True, "percentage", True, _dataset_level, dataset_level=True),      # COCO mAP@[.5:.95]
+        Metric("map50", True, "percentage", True, _dataset_level, dataset_level=True),    # COCO mAP@.5
     ]
 }
 

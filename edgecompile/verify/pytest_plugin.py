@@ -36,7 +36,8 @@ class LoadedBundle:
     def data(self):
         """edgecompile.data.Dataset"""
         if self._data is None:
-            from edgecompile.verify.regression import bundle_dataset, dataset_for
+            from edgecompile.verify.gate_data import bundle_dataset
+            from edgecompile.verify.regression import dataset_for
 
             if self.data_file is None and self.baseline is not None:
                 self._data = dataset_for(self.baseline, self.path)

@@ -20,60 +20,14 @@ import numpy as np
 
 from edgecompile.verify import gate
 from edgecompile.runtime.bundle import Bundle, read_json
-from edgecompile.data import Dataset, TensorSpec, load_npz, parse_spec, validate_dataset
+from edgecompile.data import Dataset
 from edgecompile.errors import ConfigError, DataError
+from edgecompile.verify.gate_data import _check_data, _inputs, bound_dataset, bundle_dataset  # noqa: F401
 from edgecompile.verify.latency_check import _check_latency, _latency
 
 BASELINE_KIND = "edgecompile-baseline"
 BASELINE_SCHEMA = 1
 DEFAULT_MAX_DROP = 1.0
-
-
-# -- evaluation data -------------------------------------------------------------------------
-
-def _inputs(bundle: Bundle) -> list[TensorSpec]:
-    return bundle.io_specs()[0]
-
-
-def bound_dataset(identity: str, inputs: list[TensorSpec]) -> Dataset:
-    """A built-in model's bound split (`digits:test`, `digits:test[:100]`), loaded without torch."""
-    parsed = parse_spec(identity)
-    if parsed is None:
-        raise DataError(f"evaluation data {identity!r} cannot be re-loaded by name",
-                        hint="pass the same data with --data FILE.npz")
-    import importlib
-
-    from edgecompile.source import BUILTIN_MODELS
-
-    name, split, start, stop = parsed
-    if name not in BUILTIN_MODELS:
-        raise DataError(f"evaluation data {identity!r} belongs to model {name!r}, which is not built in",
-                        hint="pass the same data with --data FILE.npz")
-    module = importlib.import_module(f"edgecompile.models.{name}")
-    ds = module.source().dataset(split)
-    if start is not None or stop is not None:
-        ds = ds.subset(start, stop, f"[{'' if start is None else start}:{'' if stop is None else stop}]")
-    validate_dataset(ds, inputs, what=identity)
-    return ds
-
-
-def bundle_dataset(bundle: Bundle, data: str | Path | None = None) -> Dataset:
-    """The data a bundle was evaluated on (its manifest), or `data` (a `.npz`) when given."""
-    inputs = _inputs(bundle)
-    if data is not None:
-        return load_npz(data, inputs)
-    desc = (bundle.manifest.get("data") or {}).get("evaluation")
-    if not desc:
-        raise DataError(f"{bundle.path}: the bundle records no evaluation data", hint="pass --data FILE.npz")
-    identity = desc["identity"]
-    if identity.startswith("file:"):
-        raise DataError(f"{bundle.path}: the bundle was evaluated on {identity[5:]!r}, a file not kept in the bundle",
-                        hint=f"pass it again with --data {identity[5:]}")
-    ds = bound_dataset(identity, inputs)
-    if desc.get("sha256") and ds.sha256() != desc["sha256"]:
-        raise DataError(f"evaluation data {identity!r} changed since the bundle was built (sha256 differs)",
-                        hint="pass the original data with --data FILE.npz")
-    return ds
 
 
 # -- per-sample results ----------------------------------------------------------------------
@@ -82,7 +36,7 @@ def _classifier(manifest: dict) -> bool:
     metric = manifest.get("metric", "top1")
     if metric in ("top1", "top1_agreement"):
         return True
-    return metric not in ("mse", "mae")
+    return metric not in ("mse", "mae", "map", "map50")
 
 
 def outputs_of(runner, ds: Dataset, batch_size: int = 64) -> np.ndarray:
@@ -155,9 +109,16 @@ def make_baseline(bundle_dir: str | Path, *, data: str | Path | None = None, mea
     with load(bundle.path, threads=threads) as runner:
         out = outputs_of(runner, ds)
         lat = _latency(runner, _first(ds)) if measure_latency else None
-    metric_name, scores = per_sample_results(out, ds, bundle.manifest.get("metric", "top1"), classifier)
+    if _dataset_level(bundle.manifest.get("metric")):      # mAP: per-image detections (verify/detection_gate)
+        from edgecompile.verify import detection_gate
+
+        metric_name = bundle.manifest["metric"]
+        value, per_image, ci = detection_gate.baseline_results(out, ds, metric_name)
+    else:
+        metric_name, scores = per_sample_results(out, ds, bundle.manifest.get("metric", "top1"), classifier)
+        value, per_image, ci = float(scores.mean()), None, bootstrap_ci(scores)
     metric = METRICS[metric_name]
-    binary = bool(np.isin(scores, (0.0, 1.0)).all()) and metric.kind == "percentage"
+    binary = per_image is None and bool(np.isin(scores, (0.0, 1.0)).all()) and metric.kind == "percentage"
     return {
         "kind": BASELINE_KIND,
         "schema_version": BASELINE_SCHEMA,
@@ -168,9 +129,9 @@ def make_baseline(bundle_dir: str | Path, *, data: str | Path | None = None, mea
                    "backend": bundle.backend, "precision": bundle.manifest.get("precision")},
         "data": {**ds.describe(), "path": str(Path(data).resolve()) if data is not None else None},
         "metric": {"name": metric.name, "kind": metric.kind, "higher_is_better": metric.higher_is_better,
-                   "binary": binary, "classifier": classifier, "value": float(scores.mean()), "n": len(scores),
-                   "ci95": bootstrap_ci(scores)},
-        "per_sample": [int(v) for v in scores] if binary else [float(v) for v in scores],
+                   "binary": binary, "classifier": classifier, "value": value, "n": len(ds), "ci95": ci},
+        "per_sample": per_image if per_image is not None else (
+            [int(v) for v in scores] if binary else [float(v) for v in scores]),
         "predictions": out.reshape(len(out), -1).argmax(1).tolist() if classifier else None,
         "fingerprints": fingerprints(out, classifier),
         "latency_ms": lat,
@@ -296,6 +257,9 @@ def check(bundle_dir: str | Path, baseline: str | Path | dict, *, max_drop: floa
     bm = base["metric"]
     classifier = bool(bm.get("classifier", True))
     preds = np.asarray(base["predictions"], np.int64) if base.get("predictions") is not None and paired else None
+    if _dataset_level(bm["name"]):
+        return _check_dataset_level(bundle, base, ds, paired, notes, max_drop, max_latency_ratio, threads,
+                                    latency_rounds, alpha, t0)
     with load(bundle.path, threads=threads) as runner:
         out = outputs_of(runner, ds)
         metric_name, scores = per_sample_results(out, ds, bm["name"], classifier, preds)
@@ -332,33 +296,50 @@ def check(bundle_dir: str | Path, baseline: str | Path | dict, *, max_drop: floa
     return res
 
 
-def _check_data(base: dict, bundle: Bundle, data) -> tuple[Dataset, bool, list[str]]:
-    inputs = _inputs(bundle)
-    want = base["data"]
-    notes: list[str] = []
-    if data is not None:
-        ds = load_npz(data, inputs)
-        if ds.sha256() != want["sha256"]:
-            notes.append(f"--data {Path(data).name} differs from the baseline's data ({want['identity']}); "
-                         "baseline and candidate are compared unpaired (weaker test)")
-            if base["metric"]["name"] == "top1_agreement":
-                raise DataError("the baseline scored agreement with its own predictions, which needs the same data",
-                                hint="check on the baseline's data, or record a baseline on labelled data")
-            return ds, False, notes
-        return ds, True, notes
-    stored = want.get("path")
-    if stored and Path(stored).is_file():
-        ds = load_npz(stored, inputs)
-    elif want["identity"].startswith("file:"):
-        raise DataError(f"the baseline was recorded on {want['identity'][5:]!r}, which is not at {stored!r} any more",
-                        hint="pass the same data with --data FILE.npz")
-    else:
-        ds = bound_dataset(want["identity"], inputs)
-    if ds.sha256() != want["sha256"]:
-        raise DataError(f"evaluation data {want['identity']!r} differ from the baseline's "
-                        f"(sha256 {ds.sha256()[:12]} != {want['sha256'][:12]})",
-                        hint="pass --data FILE.npz to check on other data (unpaired), or record a new baseline")
-    return ds, True, notes
+def _dataset_level(metric: str | None) -> bool:
+    from edgecompile.verify.metrics import METRICS
+
+    return metric in METRICS and METRICS[metric].dataset_level
+
+
+def _check_dataset_level(bundle, base, ds, paired, notes, max_drop, max_latency_ratio, threads, latency_rounds,
+                         alpha, t0) -> CheckResult:
+    """`check` for mAP (issue 25): a paired bootstrap over images on both sides' detections."""
+    from edgecompile.runtime import load
+    from edgecompile.verify import detection_gate
+
+    bm = base["metric"]
+    if not paired:
+        raise DataError("a detection baseline is compared on the same images only",
+                        hint="check on the baseline's data (omit --data or pass the same file)")
+    with load(bundle.path, threads=threads) as runner:
+        out = outputs_of(runner, ds)
+        latency = _check_latency(base, bundle, runner, _first(ds), max_latency_ratio, threads, latency_rounds, alpha)
+    vb, vc, test = detection_gate.paired_test(base["per_sample"], out, ds, bm["name"], max_drop / 100.0)
+    res = CheckResult(
+        str(bundle.path),
+        bundle.bundle_id,
+        base,
+        bm["name"],
+        bm["kind"],
+        True,
+        vb,
+        vc,
+        len(ds),
+        True,
+        max_drop,
+        test,
+        latency,
+        fingerprints(out, False).get("rounded_sha256") == base.get("fingerprints", {}).get("rounded_sha256"),
+        notes,
+        alpha=alpha,
+    )
+    if res.accuracy_failed:
+        res.failures.append(_accuracy_reason(res))
+    if res.latency_failed:
+        res.failures.append(latency["reason"])
+    res.seconds = time.perf_counter() - t0
+    return res
 
 
 def _accuracy_reason(res: CheckResult) -> str:

@@ -119,7 +119,7 @@ def test_data_mismatch_is_exit_2_unless_data_is_given(digits_bundle, digits_base
     # other data on purpose: compared unpaired, with a note
     ds_half = tmp_path / "half.npz"
     from edgecompile.runtime.bundle import Bundle
-    from edgecompile.verify.regression import bundle_dataset
+    from edgecompile.verify.gate_data import bundle_dataset
 
     ds = bundle_dataset(Bundle.open(digits_bundle.path))
     np.savez(ds_half, input=ds.inputs["input"][:200], labels=ds.labels[:200])

@@ -11,7 +11,7 @@ import pytest
 from conftest import run_cli
 
 from edgecompile.cli.main import main
-from edgecompile.cli.doctor import TVM_FFI_PIN, extra_requirements
+from edgecompile.verify.doctor import TVM_FFI_PIN, extra_requirements
 
 
 def doctor(capsys, *args):

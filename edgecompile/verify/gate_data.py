@@ -1,0 +1,83 @@
+"""Which data `baseline` and `check` evaluate on: the bundle's recorded evaluation data (a built-in model's
+bound split, re-loaded by name without torch and checked by sha256) or a `.npz` given with --data."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgecompile.data import Dataset, TensorSpec, load_npz, parse_spec, validate_dataset
+from edgecompile.errors import DataError
+from edgecompile.runtime.bundle import Bundle
+
+
+def _inputs(bundle: Bundle) -> list[TensorSpec]:
+    return bundle.io_specs()[0]
+
+
+def bound_dataset(identity: str, inputs: list[TensorSpec]) -> Dataset:
+    """A built-in model's bound split (`digits:test`, `digits:test[:100]`), loaded without torch."""
+    parsed = parse_spec(identity)
+    if parsed is None:
+        raise DataError(f"evaluation data {identity!r} cannot be re-loaded by name",
+                        hint="pass the same data with --data FILE.npz")
+    import importlib
+
+    from edgecompile.source import BUILTIN_MODELS
+
+    name, split, start, stop = parsed
+    if name not in BUILTIN_MODELS:
+        raise DataError(f"evaluation data {identity!r} belongs to model {name!r}, which is not built in",
+                        hint="pass the same data with --data FILE.npz")
+    module = importlib.import_module(f"edgecompile.models.{name}")
+    ds = module.source().dataset(split)
+    if start is not None or stop is not None:
+        ds = ds.subset(start, stop, f"[{'' if start is None else start}:{'' if stop is None else stop}]")
+    validate_dataset(ds, inputs, what=identity)
+    return ds
+
+
+def bundle_dataset(bundle: Bundle, data: str | Path | None = None) -> Dataset:
+    """The data a bundle was evaluated on (its manifest), or `data` (a `.npz`) when given."""
+    inputs = _inputs(bundle)
+    if data is not None:
+        return load_npz(data, inputs)
+    desc = (bundle.manifest.get("data") or {}).get("evaluation")
+    if not desc:
+        raise DataError(f"{bundle.path}: the bundle records no evaluation data", hint="pass --data FILE.npz")
+    identity = desc["identity"]
+    if identity.startswith("file:"):
+        raise DataError(f"{bundle.path}: the bundle was evaluated on {identity[5:]!r}, a file not kept in the bundle",
+                        hint=f"pass it again with --data {identity[5:]}")
+    ds = bound_dataset(identity, inputs)
+    if desc.get("sha256") and ds.sha256() != desc["sha256"]:
+        raise DataError(f"evaluation data {identity!r} changed since the bundle was built (sha256 differs)",
+                        hint="pass the original data with --data FILE.npz")
+    return ds
+
+
+def _check_data(base: dict, bundle: Bundle, data) -> tuple[Dataset, bool, list[str]]:
+    inputs = _inputs(bundle)
+    want = base["data"]
+    notes: list[str] = []
+    if data is not None:
+        ds = load_npz(data, inputs)
+        if ds.sha256() != want["sha256"]:
+            notes.append(f"--data {Path(data).name} differs from the baseline's data ({want['identity']}); "
+                         "baseline and candidate are compared unpaired (weaker test)")
+            if base["metric"]["name"] == "top1_agreement":
+                raise DataError("the baseline scored agreement with its own predictions, which needs the same data",
+                                hint="check on the baseline's data, or record a baseline on labelled data")
+            return ds, False, notes
+        return ds, True, notes
+    stored = want.get("path")
+    if stored and Path(stored).is_file():
+        ds = load_npz(stored, inputs)
+    elif want["identity"].startswith("file:"):
+        raise DataError(f"the baseline was recorded on {want['identity'][5:]!r}, which is not at {stored!r} any more",
+                        hint="pass the same data with --data FILE.npz")
+    else:
+        ds = bound_dataset(want["identity"], inputs)
+    if ds.sha256() != want["sha256"]:
+        raise DataError(f"evaluation data {want['identity']!r} differ from the baseline's "
+                        f"(sha256 {ds.sha256()[:12]} != {want['sha256'][:12]})",
+                        hint="pass --data FILE.npz to check on other data (unpaired), or record a new baseline")
+    return ds, True, notes
