@@ -27,8 +27,18 @@ from starlette.routing import Route
 
 from edgecompile.errors import EdgeCompileError
 from edgecompile.serve.batcher import Batcher
-from edgecompile.serve.codec import (JSON, NPY, NPZ, RequestError, encode, feeds_from_binary, feeds_from_json,
-                                     media_type, parse_json, to_jsonable)
+from edgecompile.serve.codec import (
+    JSON,
+    NPY,
+    NPZ,
+    RequestError,
+    encode,
+    feeds_from_binary,
+    feeds_from_json,
+    media_type,
+    parse_json,
+    to_jsonable,
+)
 from edgecompile.serve.metrics import Metrics
 
 log = logging.getLogger("edgecompile.serve")
