@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,6 +140,8 @@ def serve(models: dict[str, str | Path], options: ServeOptions = ServeOptions(),
         def handle_exit(self, sig, frame):
             state.draining = True          # /readyz says 503 while the queues drain
             super().handle_exit(sig, frame)
+            if sig == signal.SIGTERM:      # a completed drain exits 0 (uvicorn would re-raise the signal)
+                self._captured_signals = [s for s in self._captured_signals if s != signal.SIGTERM]
 
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     server = Server(config)
