@@ -45,7 +45,9 @@ async def _load(url: str, body: bytes, ctype: str, concurrency: int, seconds: fl
         async def one():
             t0 = time.perf_counter()
             try:
-                async with session.post(url, data=body, headers={"Content-Type": ctype}) as resp:
+                req = (session.post(url, data=body, headers={"Content-Type": ctype}) if body is not None
+                       else session.get(url))
+                async with req as resp:
                     await resp.read()
                     code = resp.status
             except aiohttp.ClientError as exc:
@@ -78,13 +80,13 @@ async def _load(url: str, body: bytes, ctype: str, concurrency: int, seconds: fl
 
 
 def client_main(args) -> None:
-    body = Path(args.body).read_bytes()
+    body = Path(args.body).read_bytes() if args.body else None         # no body: GET
     print(json.dumps(asyncio.run(_load(args.client, body, args.ctype, args.concurrency, args.seconds, args.rate))))
 
 
 def run_client(url, body_file, ctype, concurrency, seconds, rate=None) -> dict:
-    cmd = [sys.executable, __file__, "--client", url, "--body", str(body_file), "--ctype", ctype,
-           "--concurrency", str(concurrency), "--seconds", str(seconds)]
+    cmd = [sys.executable, __file__, "--client", url, "--ctype", ctype, "--concurrency", str(concurrency),
+           "--seconds", str(seconds)] + (["--body", str(body_file)] if body_file else [])
     if rate:
         cmd += ["--rate", str(rate)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=seconds * 3 + 120)
@@ -125,6 +127,10 @@ class Server:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
         return float("nan")
+
+    def cpu_s(self) -> float:
+        f = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -208,19 +214,30 @@ def batching(servers: dict, model: str, body: Path, rounds: int, seconds: float,
             "p99_ratio": med["on"]["p99"] / med["off"]["p99"]}
 
 
-def overhead(srv: Server, bundle: Path, body: Path, rounds: int, log) -> dict:
+def overhead(servers: dict, bundle: Path, body: Path, rounds: int, log) -> dict:
+    """p50 of in-process runner.run vs an HTTP round trip per server, and the server's CPU time per request."""
     from edgecompile.bench import latency
     from edgecompile.runtime import load
 
     feeds = {"input": np.load(body)}
-    http, local = [], []
+    local, http, health, cpu = [], {k: [] for k in servers}, [], {k: [] for k in servers}
     with load(bundle) as runner:
         for r in range(rounds):
             local.append(latency(runner, feeds, min_runs=300, min_seconds=2.0)["p50"])
-            http.append(run_client(srv.url("digits"), body, "application/x-npy", 1, 4.0)["p50"])
-            log(f"  overhead round {r + 1}: in-process p50 {local[-1]:.3f} ms, HTTP p50 {http[-1]:.3f} ms")
-    return {"inprocess_p50_ms": statistics.median(local), "http_p50_ms": statistics.median(http),
-            "added_ms": statistics.median(h - loc for h, loc in zip(http, local))}
+            for label, srv in servers.items():
+                c0 = srv.cpu_s()
+                res = run_client(srv.url("digits"), body, "application/x-npy", 1, 4.0)
+                cpu[label].append((srv.cpu_s() - c0) / max(1, res["ok"]) * 1e3)
+                http[label].append(res["p50"])
+            health.append(run_client(next(iter(servers.values())).base + "/healthz", None, "", 1, 2.0)["p50"])
+            log(f"  overhead round {r + 1}: in-process p50 {local[-1]:.3f} ms; " + "; ".join(
+                f"HTTP {label} p50 {http[label][-1]:.3f} ms, server CPU {cpu[label][-1]:.2f} ms/request"
+                for label in servers) + f"; GET /healthz p50 {health[-1]:.3f} ms")
+    return {"inprocess_p50_ms": statistics.median(local), "healthz_p50_ms": statistics.median(health),
+            "servers": {label: {"http_p50_ms": statistics.median(http[label]),
+                                "cpu_ms_per_request": statistics.median(cpu[label]),
+                                "added_ms": statistics.median(h - loc for h, loc in zip(http[label], local))}
+                        for label in servers}}
 
 
 def soak(srv: Server, body: Path, seconds: float, log) -> dict:
@@ -300,14 +317,17 @@ def main() -> None:
     finally:
         for s in servers.values():
             s.stop()
-    dig = Server({"digits": bundles["digits"]})
+    digs = {"default": Server({"digits": bundles["digits"]}),
+            "--threads 1": Server({"digits": bundles["digits"]}, "--threads", "1")}
     try:
-        log("\n2. concurrency 1, digits, .npy body: HTTP round trip vs runner.run in-process")
-        results["overhead"] = overhead(dig, bundles["digits"], bodies["digits"], 3, log)
-        log(f"\n3. soak: digits at 80 % of saturation, {args.soak_seconds:g} s")
-        results["soak"] = soak(dig, bodies["digits"], args.soak_seconds, log)
+        log("\n2. concurrency 1, digits, .npy body: HTTP round trip vs runner.run in-process (engine default "
+            "threads), servers with the engine's default threads and with --threads 1")
+        results["overhead"] = overhead(digs, bundles["digits"], bodies["digits"], 3, log)
+        log(f"\n3. soak: digits (default server) at 80 % of saturation, {args.soak_seconds:g} s")
+        results["soak"] = soak(digs["default"], bodies["digits"], args.soak_seconds, log)
     finally:
-        dig.stop()
+        for srv in digs.values():
+            srv.stop()
 
     log("\nresults")
     for model in served:
@@ -317,8 +337,10 @@ def main() -> None:
             f"{off['rps']:7.1f} req/s p50 {off['p50']:7.1f} ms p99 {off['p99']:7.1f} ms | throughput x"
             f"{r['throughput_ratio']:.2f} (goal >= 1.5), p99 x{r['p99_ratio']:.2f} (goal <= 2); non-200: {r['errors']}")
     o = results["overhead"]
-    log(f"  overhead  in-process p50 {o['inprocess_p50_ms']:.3f} ms, HTTP p50 {o['http_p50_ms']:.3f} ms: "
-        f"+{o['added_ms']:.3f} ms (goal <= 1 ms)")
+    for label, v in o["servers"].items():
+        log(f"  overhead  server {label:<11}: HTTP p50 {v['http_p50_ms']:.3f} ms vs in-process {o['inprocess_p50_ms']:.3f}"
+            f" ms: +{v['added_ms']:.3f} ms (goal <= 1 ms); server CPU {v['cpu_ms_per_request']:.2f} ms/request")
+    log(f"  (a bare GET /healthz round trip took {o['healthz_p50_ms']:.3f} ms p50: this machine's HTTP + scheduling floor now)")
     s = results["soak"]
     log(f"  soak      {s['requests']} requests at {s['served_rps']:.0f}/{s['offered_rps']:.0f} req/s offered "
         f"(saturation {s['saturation_rps']:.0f}), p50 {s['p50']:.2f} ms p99 {s['p99']:.2f} ms, errors {s['errors']}, "
