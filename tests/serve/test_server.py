@@ -251,3 +251,33 @@ def test_sigterm_drains_accepted_requests(digits_bundle):
     assert [r.status_code for r in answers] == [200] * 6
     assert all(np.load(io.BytesIO(r.content)).shape == (20000, 10) for r in answers)
     assert "Traceback" not in s.output()
+
+
+def test_front_end_endpoints_on_an_array_bundle_are_400(client):
+    """The text/generate/chat endpoints go through Runner.encode/generate/stream; digits has no front-end."""
+    r = client.post("/v1/models/digits/infer", json={"texts": ["hello"]})
+    assert r.status_code == 400 and "no text front-end" in r.json()["error"]["message"]
+    r = client.post("/v1/models/digits/infer", json={"texts": "hello"})
+    assert r.status_code == 400 and "list of strings" in r.json()["error"]["message"]
+    r = client.post("/v1/models/digits/generate", json={"prompt": "hi", "max_new_tokens": 4})
+    assert r.status_code == 400 and "no generation front-end" in r.json()["error"]["message"]
+    r = client.post("/v1/models/digits/generate", json={"prompt": "hi", "stream": True})
+    assert r.status_code == 400 and "no generation front-end" in r.json()["error"]["message"]
+    r = client.post("/v1/chat/completions", json={"model": "digits", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 400 and "no generation front-end" in r.json()["error"]["message"]
+    r = client.post("/v1/chat/completions", json={"model": "digits", "messages": "hi"})
+    assert r.status_code == 400 and '"messages"' in r.json()["error"]["message"]
+    r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 400 and '"model"' in r.json()["error"]["message"]      # two models served
+
+
+def test_sequential_round_trip_has_no_nagle_delay(client, digits_rows):
+    """Responses go out in two writes; without TCP_NODELAY each round trip waited ~40 ms for a delayed ACK."""
+    body = npy(digits_rows[:1])
+    times = []
+    for _ in range(21):
+        t0 = time.perf_counter()
+        r = client.post("/v1/models/digits/infer", content=body, headers={"Content-Type": "application/x-npy"})
+        times.append(time.perf_counter() - t0)
+        assert r.status_code == 200
+    assert sorted(times)[10] < 0.025, sorted(times)
