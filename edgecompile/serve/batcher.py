@@ -7,6 +7,9 @@ them along the first axis, runs them in one engine call (on a thread, so the eve
 and hands each request its slice of the outputs. Batching needs a symbolic first dimension on every
 input and output; bundles compiled for a fixed batch run one request per engine call.
 
+Batches expected to take under a millisecond (batch-1 time measured at load x rows) run on the event loop
+itself: for them a hand-off to a worker thread and back costs more than the run, mostly in thread wake-ups.
+
 A full queue refuses new requests (HTTP 429 with Retry-After); a request waiting longer than its timeout
 is answered 504 and skipped by the workers. If a batch fails in the engine, its requests are rerun one
 by one so that only the request that caused the failure gets the error.
@@ -25,6 +28,9 @@ from edgecompile.errors import EdgeCompileError
 from edgecompile.serve.codec import RequestError
 
 
+INLINE_BELOW_S = 1e-3      # batches expected to run faster than this run on the event loop
+
+
 @dataclass
 class _Item:
     feeds: dict
@@ -41,7 +47,7 @@ def batchable(inputs, outputs) -> bool:
 
 class Batcher:
     def __init__(self, name: str, runners: list, *, max_batch_size: int = 8, max_queue_delay_ms: float = 5.0,
-                 max_queue: int = 256, timeout_s: float = 30.0, metrics=None):
+                 max_queue: int = 256, timeout_s: float = 30.0, metrics=None, run_s: float | None = None):
         self.name = name
         self.runners = runners
         self.inputs, self.outputs = runners[0].inputs, runners[0].outputs
@@ -51,6 +57,7 @@ class Batcher:
         self.max_queue = max_queue
         self.timeout_s = timeout_s
         self.metrics = metrics
+        self.run_s = run_s              # batch-1 run time measured at load (None: unknown, always use threads)
         self._queue: collections.deque[_Item] = collections.deque()
         self._wakeup: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None
@@ -76,6 +83,11 @@ class Batcher:
         self._executor.shutdown(wait=True)
         for r in self.runners:
             r.close()
+
+    @property
+    def inline(self) -> bool:
+        """Lone requests run on the event loop."""
+        return self.run_s is not None and self.run_s < INLINE_BELOW_S
 
     @property
     def depth(self) -> int:
@@ -174,7 +186,10 @@ class Batcher:
         feeds = batch[0].feeds if len(batch) == 1 else {
             n: np.concatenate([it.feeds[n] for it in batch]) for n in names}
         try:
-            outs = await loop.run_in_executor(self._executor, runner.run, feeds)
+            if self.run_s is not None and self.run_s * rows < INLINE_BELOW_S:
+                outs = runner.run(feeds)
+            else:
+                outs = await loop.run_in_executor(self._executor, runner.run, feeds)
         except Exception as exc:
             if len(batch) > 1:               # find the request(s) that fail on their own
                 for it in batch:

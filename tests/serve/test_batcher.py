@@ -34,8 +34,10 @@ def run(coro):
     return asyncio.run(coro)
 
 
-def test_concurrent_requests_form_one_batch(digits_bundle, rows):
-    b, m = make(digits_bundle, max_batch_size=8, max_queue_delay_ms=50)
+@pytest.mark.parametrize("run_s", [None, 1e-5], ids=["worker-thread", "inline"])
+def test_concurrent_requests_form_one_batch(digits_bundle, rows, run_s):
+    b, m = make(digits_bundle, max_batch_size=8, max_queue_delay_ms=50, run_s=run_s)
+    assert b.inline is (run_s is not None)
 
     async def main():
         b.start()

@@ -57,7 +57,7 @@ def test_models_lists_names_io_precision_backend(client, digits_bundle):
     assert d["outputs"][0]["name"] == "logits"
     assert (d["precision"], d["backend"]) == ("fp32", "ort")
     assert d["batching"] == {"enabled": True, "max_batch_size": 8, "max_queue_delay_ms": 5.0, "instances": 1,
-                             "max_queue": 256}
+                             "max_queue": 256, "inline": True}     # digits runs in ~0.03 ms: on the event loop
     assert client.get("/v1/models/pair").json()["inputs"][1]["name"] == "y"
 
 
@@ -209,7 +209,7 @@ def tight(digits_bundle, tmp_path_factory):
 def test_serve_table_sets_batching_and_queue(tight):
     (model,) = httpx.get(tight.base + "/v1/models").json()["models"]
     assert model["batching"] == {"enabled": False, "max_batch_size": 1, "max_queue_delay_ms": 5.0, "instances": 1,
-                                 "max_queue": 2}
+                                 "max_queue": 2, "inline": True}
 
 
 def test_full_queue_answers_429_with_retry_after(tight):
