@@ -41,9 +41,17 @@ def serve(bundles, config_path, use_ray, ray_address, token, cors_origins, **fla
     Endpoints: GET /v1/models, POST /v1/models/NAME/infer (JSON, application/x-npy or x-npz),
     POST /v1/models/NAME/generate and /v1/chat/completions (decoder bundles), GET /healthz, /readyz,
     /metrics. SIGTERM drains the queues before exiting."""
+    import importlib.util
+
     from edgecompile.cli import _load_config
-    from edgecompile.errors import ConfigError
+    from edgecompile.errors import ConfigError, EdgeCompileError
     from edgecompile.serve import ServeOptions, parse_model_args
+
+    needed = ("starlette", "uvicorn", "prometheus_client") + (("ray",) if use_ray else ())
+    missing = [m for m in needed if importlib.util.find_spec(m) is None]
+    if missing:
+        raise EdgeCompileError(f"edgecompile serve needs {', '.join(missing)}, which this installation lacks",
+                               hint=f"pip install 'edgecompile[{'serve-ray' if use_ray else 'serve'}]'")
 
     section = _load_config(config_path).serve
     values = {k: (v if v is not None else getattr(section, k)) for k, v in flags.items() if k != "replicas"}
