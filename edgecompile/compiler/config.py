@@ -147,6 +147,24 @@ class AutoSection:
 
 
 @dataclass(frozen=True)
+@dataclass(frozen=True)
+class ServeSection:
+    """`edgecompile serve`: the flags of the same names (edgecompile.serve.ServeOptions)."""
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_batch_size: int = 8
+    max_queue_delay_ms: float = 5.0
+    instances: int = 1
+    max_queue: int = 256
+    timeout_s: float = 30.0
+    max_body_mb: float = 64.0
+    insecure: bool = False
+    cors_origins: list[str] = field(default_factory=list)
+    threads: int | None = None
+    replicas: int = 1                   # --ray only
+
+
+@dataclass(frozen=True)
 class ReportSection:
     formats: list[str] = field(default_factory=lambda: ["json", "md"],
                                metadata={"choices": ("json", "md", "html")})   # report.json is always written
@@ -163,6 +181,7 @@ class Config:
     auto: AutoSection = field(default_factory=AutoSection)
     tensorrt: TensorRtSection = field(default_factory=TensorRtSection)
     report: ReportSection = field(default_factory=ReportSection)
+    serve: ServeSection = field(default_factory=ServeSection)
 
     # -- construction -------------------------------------------------------------------
     @classmethod
