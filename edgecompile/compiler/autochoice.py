@@ -213,7 +213,7 @@ def measure_candidates(plan, candidates: list[Candidate], reference, progress, *
             row.accuracy = compare(run_outputs(runner, plan.evaluation), reference, plan.evaluation, metric, ref_name)
     if runners:
         if feeds is None:
-            feeds = ({k: v[:1] for k, v in next(plan.evaluation.batches(1)).items()} if plan.evaluation is not None
+            feeds = (plan.evaluation.first_feed() if plan.evaluation is not None
                      else synthetic_feeds(runners[0][1].inputs, 1))
         auto = plan.config.auto
         interleaved_latency([r for _, r in runners], feeds, rounds=auto.rounds, round_seconds=auto.round_seconds,

@@ -84,7 +84,7 @@ def _is_classifier(source) -> bool:
     if source.metric in ("top1", "top1_agreement"):
         return True
     out = source.outputs
-    return False if not out else source.metric not in ("mse", "mae")
+    return False if not out else source.metric not in ("mse", "mae", "output_closeness")
 
 
 def module_passes(plan: Plan) -> list:

@@ -309,8 +309,8 @@ def summarize(plan, fp32_model, int8_model, record, feeds=None) -> dict:
     data = plan.evaluation if plan.evaluation is not None else plan.calibration
     if data is not None:
         ds = data.take(128)
-        a = np.concatenate([s8.run(None, f)[0] for f in ds.batches(64)])
-        b = np.concatenate([s32.run(None, f)[0] for f in ds.batches(64)])
+        a = ds.stack_outputs([s8.run(None, f)[0] for f in ds.batches(64)])
+        b = ds.stack_outputs([s32.run(None, f)[0] for f in ds.batches(64)])
         sim = raw_similarity(a, b)
         out["output_cosine"] = sim["cosine"]
         out["output_snr_db"] = sim["snr_db"]
@@ -326,7 +326,7 @@ def _latency_feeds(plan, fp32_model) -> dict:
 
     data = plan.evaluation if plan.evaluation is not None else plan.calibration
     if data is not None:
-        return {k: v[:1] for k, v in next(data.take(1).batches(1)).items()}
+        return data.first_feed()
     from edgecompile.data import TensorSpec
 
     specs = [TensorSpec(v.name, tuple(v.shape or ()), v.dtype.numpy().name) for v in fp32_model.graph.inputs]
@@ -365,5 +365,5 @@ def _cosine(plan, fp_bytes: bytes, q_bytes: bytes) -> float | None:
     outs = []
     for b in (q_bytes, fp_bytes):
         s = create_session(b, threads=plan.config.build.threads)
-        outs.append(np.concatenate([s.run(None, f)[0] for f in ds.batches(64)]))
+        outs.append(ds.stack_outputs([s.run(None, f)[0] for f in ds.batches(64)]))
     return raw_similarity(outs[0], outs[1])["cosine"]

@@ -30,7 +30,7 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
             ),
             ("reference", f"{f(acc['reference'])} ({acc['reference_model']})"),
             ("delta", f"{100 * acc['delta']:+.2f} pt" if pct else f"{acc['delta']:+.6g}"),
-            ("output cosine", _fmt(acc["similarity"]["cosine"], ".6f")),
+            ("output cosine", _fmt(acc["similarity"].get("cosine"), ".6f")),
         ]
     else:
         rows.append(
