@@ -281,7 +281,6 @@ def _metric_drop(plan, before, after):
 def summarize(plan, fp32_model, int8_model, record, feeds=None) -> dict:
     """Size ratio, batch-1 latency ratio (ORT, interleaved), output cosine, calibration used."""
     import onnx_ir as ir
-    import numpy as np
 
     from edgecompile.verify.metrics import raw_similarity
     from edgecompile.targets.ort.run import create_session
@@ -353,7 +352,6 @@ def _pair_latency(plan, fp_bytes: bytes, q_bytes: bytes, feeds, rounds: int = 8,
 
 
 def _cosine(plan, fp_bytes: bytes, q_bytes: bytes) -> float | None:
-    import numpy as np
 
     from edgecompile.verify.metrics import raw_similarity
     from edgecompile.targets.ort.run import create_session
