@@ -4,19 +4,22 @@ The cases are ONNX's own operator test cases (`onnx.backend.test.case.node`, shi
 model, inputs and numpy reference outputs per case). For each case with plain tensor inputs/outputs:
 
   * ORT:  onnxruntime.InferenceSession(model).run(inputs) vs the reference outputs;
-  * ours: `edgecompile build model.onnx --data inputs.npz -o DIR [--backend B]` (a fresh CLI process),
+  * ours: `edgecompile build model.onnx --data inputs.npz -o DIR [--backend B]` (the CLI's `main`, in this
+          process by default, or a fresh process per build with --fresh),
           then `edgecompile.runtime.load(DIR).run(inputs)` vs the reference outputs.
 
 Both use the case's own rtol/atol (exact match for integer/bool/string outputs). A failing build must be
 a one-line error with exit code 1 or 2, never "internal error"; those are counted separately.
 Prints the pass shares and writes bench/results/onnx_ops.txt.
 
-    .venv/bin/python bench/onnx_ops.py [--every K] [--backend ort] [--jobs 2]
+    .venv/bin/python bench/onnx_ops.py [--every K] [--backend ort] [--fresh [--jobs 2]]
 """
 from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -77,7 +80,26 @@ def run_ort(case) -> tuple[bool, str]:
     return ok, "" if ok else "outputs differ from the reference"
 
 
-def run_ours(case, root: Path, backend: str | None) -> tuple[str, str]:
+def cli(argv: list[str], fresh: bool) -> tuple[int, str]:
+    """`edgecompile ARGV` -> (exit code, stderr): in a fresh process, or in this one through the CLI's own
+    `main` (same code path, exit code and messages; saves the ~5 s of imports per case)."""
+    if fresh:
+        proc = subprocess.run([sys.executable, "-m", "edgecompile", *argv], capture_output=True, text=True,
+                              timeout=300)
+        return proc.returncode, proc.stderr
+    from edgecompile.cli.main import main as cli_main
+
+    buf = io.StringIO()
+    with contextlib.redirect_stderr(buf), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            cli_main(argv)
+            rc = 0
+        except SystemExit as exc:
+            rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return rc, buf.getvalue()
+
+
+def run_ours(case, root: Path, backend: str | None, fresh: bool) -> tuple[str, str]:
     """("pass" | "mismatch" | "error" | "internal", detail)."""
     import onnx
 
@@ -88,14 +110,14 @@ def run_ours(case, root: Path, backend: str | None) -> tuple[str, str]:
     onnx.save(case.model, d / "model.onnx")
     feeds = feeds_of(case)
     np.savez(d / "inputs.npz", **feeds)
-    cmd = [sys.executable, "-m", "edgecompile", "-q", "build", str(d / "model.onnx"), "--data",
-           str(d / "inputs.npz"), "-o", str(d / "bundle")] + (["--backend", backend] if backend else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    err = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    if proc.returncode != 0:
+    argv = ["-q", "build", str(d / "model.onnx"), "--data", str(d / "inputs.npz"), "-o", str(d / "bundle")]
+    argv += ["--backend", backend] if backend else []
+    rc, stderr = cli(argv, fresh)
+    err = [ln for ln in stderr.splitlines() if ln.strip()]
+    if rc != 0:
         one = next((ln for ln in err if ln.startswith("error:")), err[0] if err else "(no message)")
-        clean = proc.returncode in (1, 2) and "internal error" not in proc.stderr and "Traceback" not in proc.stderr
-        return ("error" if clean else "internal"), f"exit {proc.returncode}: {one[:200]}"
+        clean = rc in (1, 2) and "internal error" not in stderr and "Traceback" not in stderr
+        return ("error" if clean else "internal"), f"exit {rc}: {one[:200]}"
     try:
         with load(d / "bundle") as runner:
             got = runner.run(feeds)
@@ -107,9 +129,10 @@ def run_ours(case, root: Path, backend: str | None) -> tuple[str, str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--every", type=int, default=60, help="take every K-th case (by name); 1 = all")
+    ap.add_argument("--every", type=int, default=25, help="take every K-th case (by name); 1 = all")
     ap.add_argument("--backend", default="ort", help="--backend for the builds ('' = the target's default, auto)")
-    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--jobs", type=int, default=2, help="parallel builds (with --fresh only)")
+    ap.add_argument("--fresh", action="store_true", help="one fresh `edgecompile` process per build")
     ap.add_argument("--out", default="bench/results/onnx_ops.txt")
     args = ap.parse_args()
     from edgecompile.runtime.machine import cpu_info
@@ -119,15 +142,16 @@ def main() -> None:
     ort_ok = {c.name: run_ort(c) for c in selected}
     with tempfile.TemporaryDirectory(prefix="ec-onnx-ops-") as tmp:
         os.environ.setdefault("EDGECOMPILE_CACHE", os.path.join(tmp, "cache"))
-        with cf.ThreadPoolExecutor(args.jobs) as pool:
+        with cf.ThreadPoolExecutor(args.jobs if args.fresh else 1) as pool:
             ours = dict(zip([c.name for c in selected],
-                            pool.map(lambda c: run_ours(c, Path(tmp), args.backend or None), selected)))
+                            pool.map(lambda c: run_ours(c, Path(tmp), args.backend or None, args.fresh), selected)))
     n = len(selected)
     ort_pass = sum(ok for ok, _ in ort_ok.values())
     our_pass = sum(s == "pass" for s, _ in ours.values())
     internal = sum(s == "internal" for s, _ in ours.values())
     lines = [
-        f"# bench/onnx_ops.py --every {args.every} --backend {args.backend or 'auto'}  "
+        f"# bench/onnx_ops.py --every {args.every} --backend {args.backend or 'auto'}"
+        f"{' --fresh' if args.fresh else ' (CLI main in-process)'}  "
         f"(onnx {__import__('onnx').__version__}, onnxruntime {__import__('onnxruntime').__version__})",
         f"# cpu: {cpu_info()}",
         f"# cases: every {args.every}-th of ONNX's node test cases with plain tensor inputs/outputs: {n}",

@@ -275,6 +275,9 @@ def measure(plan: Plan, bundle: Bundle, reference: np.ndarray | None, progress: 
         else:
             feeds = synthetic_feeds(runner.inputs, 1)
         out["latency"] = latency(runner, feeds, threads=threads)
+        out["latency"]["feed_shapes"] = {k: list(np.shape(v)) for k, v in feeds.items()}
+        if plan.evaluation is not None and not plan.evaluation.batched:
+            out["latency"]["batch"] = 1           # one feed in the model's own shapes (it cannot be batched)
     out["cold_start"] = cold_start(bundle.path, feeds, threads)
     if progress is not None:
         lat = out["latency"]
