@@ -44,8 +44,10 @@ class Dataset:
     def __post_init__(self):
         self.whole = frozenset(self.whole)
         lengths = {len(v) for k, v in self.inputs.items() if k not in self.whole}
-        if self.labels is not None and (lengths or len(self.labels) != 1):
+        if self.labels is not None:
             lengths.add(len(self.labels))
+            if self.inputs and not self.batched:
+                lengths.add(1)                     # one feed: one sample
         if len(lengths) > 1:
             raise DataError(f"dataset {self.identity}: arrays have different sample counts {sorted(lengths)}",
                             hint="every batched array (and labels) must have the same first dimension")
