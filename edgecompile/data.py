@@ -39,6 +39,7 @@ class Dataset:
     labels: np.ndarray | None = None
     synthetic: bool = False
     whole: frozenset = frozenset()
+    batch_limit: int | None = None      # 1 for a model whose batched input has a fixed batch of 1
     _sha: str | None = field(default=None, repr=False)
 
     def __post_init__(self):
@@ -68,9 +69,10 @@ class Dataset:
         if not self.batched:
             keep = len(range(1)[sl]) > 0
             return Dataset(self.identity + suffix, self.inputs if keep else {}, self.labels, self.synthetic,
-                           self.whole)
+                           self.whole, self.batch_limit)
         return Dataset(self.identity + suffix, {k: v if k in self.whole else v[sl] for k, v in self.inputs.items()},
-                       None if self.labels is None else self.labels[sl], self.synthetic, self.whole)
+                       None if self.labels is None else self.labels[sl], self.synthetic, self.whole,
+                       self.batch_limit)
 
     def take(self, n: int) -> "Dataset":
         return self if n >= len(self) else self.subset(0, n, f"[:{n}]")
@@ -80,6 +82,7 @@ class Dataset:
             if self.inputs:
                 yield dict(self.inputs)
             return
+        batch_size = min(batch_size, self.batch_limit or batch_size)
         for i in range(0, len(self), batch_size):
             yield {k: v if k in self.whole else v[i:i + batch_size] for k, v in self.inputs.items()}
 
@@ -197,7 +200,8 @@ def load_npz(path: str | Path, inputs: Sequence[TensorSpec]) -> Dataset:
                             hint=f"this input is {form}; or give exactly one feed in the model's own shapes")
     if labels is not None and len(whole) == len(inputs):
         labels = labels[None]                           # one feed: labels of its one sample
-    ds = Dataset(f"file:{path.name}", feeds, labels, whole=frozenset(whole))
+    fixed_one = any(s.name not in whole and s.shape[0] == 1 for s in inputs)
+    ds = Dataset(f"file:{path.name}", feeds, labels, whole=frozenset(whole), batch_limit=1 if fixed_one else None)
     validate_dataset(ds, inputs, what=str(path))
     return ds
 

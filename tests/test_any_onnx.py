@@ -59,6 +59,21 @@ def test_symbolic_batch_with_scalar_and_fixed_info(tmp_path):
     assert [b["x"].shape for b in batches] == [(4, 4), (2, 4)] and all(b["s"].shape == () for b in batches)
 
 
+def test_fixed_batch_of_one_takes_stacked_samples_and_npy(tmp_path):
+    w = onnx.numpy_helper.from_array(_R.standard_normal((3, 4)).astype(np.float32), "w")
+    src = resolve_source(_model(tmp_path / "m.onnx", [h.make_node("MatMul", ["x", "w"], ["y"])],
+                                [vi("x", T.FLOAT, [1, 3])], [vi("y", T.FLOAT, [1, 4])], [w]))
+    np.save(tmp_path / "d.npy", np.ones((5, 3), np.float32))
+    ds = load_npz(tmp_path / "d.npy", src.inputs)
+    assert len(ds) == 5 and ds.batched and [b["x"].shape for b in ds.batches(64)] == [(1, 3)] * 5
+    np.save(tmp_path / "one.npy", np.ones((1, 3), np.float32))
+    assert len(load_npz(tmp_path / "one.npy", src.inputs)) == 1
+    bundle = edgecompile.build(tmp_path / "m.onnx", data=tmp_path / "d.npy", output=tmp_path / "b", backend="ort",
+                               precision="int8", force=True)          # calibrated and evaluated one sample at a time
+    report = json.loads((bundle.path / "report.json").read_text())
+    assert bundle.manifest["precision"] == "int8" and report["accuracy"]["n"] == 5
+
+
 def test_shape_mismatch_names_input_expected_and_given(reducesum, tmp_path):
     np.savez(tmp_path / "d.npz", x=np.ones((1, 4, 5), np.float32), axes=np.array([1]))
     with pytest.raises(DataError) as e:

@@ -194,6 +194,8 @@ def collect_stats(proto, names: Sequence[str], batches: list[dict[str, np.ndarra
     out_names = list(names)
     stats: dict[str, TensorStats] = {}
 
+    if any(sp.shape[:1] == (1,) and sp.name not in whole for sp in graph_input_specs(proto)):
+        batch_size = 1                                    # a fixed batch of 1: samples go one by one
     n = sum(_samples(b, whole) for b in batches)
     total = -(-n // batch_size)
 
