@@ -135,8 +135,21 @@ def _onnx_source(path: Path) -> OnnxModelSource:
     data = path.read_bytes()
     inputs = [TensorSpec(name, dims, dtype) for name, dims, dtype in graph_inputs(proto)]
     outputs = [o.name for o in proto.graph.output]
+    metric = "top1" if _classifier_like(proto, inputs) else "output_closeness"
     return OnnxModelSource(name=path.stem, path=path, inputs=inputs, outputs=outputs,
-                           fingerprint=hashlib.sha256(data).hexdigest())
+                           fingerprint=hashlib.sha256(data).hexdigest(), metric=metric)
+
+
+def _classifier_like(proto, inputs: list[TensorSpec]) -> bool:
+    """A batch of samples in, [batch, classes] float scores out: judged on top-1 (agreement); any other
+    model on output closeness against the reference."""
+    from edgecompile.data import input_is_batched
+
+    if not proto.graph.output or not any(input_is_batched(s) or (s.shape and s.shape[0] == 1) for s in inputs):
+        return False
+    tt = proto.graph.output[0].type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim] if tt.HasField("shape") else []
+    return tt.elem_type in (1, 10, 11, 16) and len(dims) == 2 and (dims[1] or 0) > 1
 
 
 def load_data(spec: str | None, source: ModelSource, *, default: str | None) -> Dataset | None:

@@ -148,11 +148,12 @@ class Quantize(FunctionalGraphPass):
         limit = self.section.calib_samples
         given = self.calibration_data
         if given is not None:
-            return collect_feeds(given, specs, limit, "calibration_data") + ("calibration_data (Python API)",)
+            return collect_feeds(given, specs, limit, "calibration_data") + ("calibration_data (Python API)",
+                                                                             frozenset())
         if self.calibration is not None:
             ds = self.calibration.take(limit)
-            batches, n = collect_feeds(ds.batches(64), specs, limit, f"calibration data {ds.identity}")
-            return batches, n, ds.identity
+            batches, n = collect_feeds(ds.batches(64), specs, limit, f"calibration data {ds.identity}", ds.whole)
+            return batches, n, ds.identity, ds.whole
         raise DataError("static INT8 quantization needs calibration data and this model has none",
                         hint="pass --data FILE.npz (arrays named after the inputs), set [data] calibration, "
                              "use --quantize dynamic, or pass calibration_data= in the Python API")
@@ -162,12 +163,12 @@ class Quantize(FunctionalGraphPass):
 
         from edgecompile.compiler.calibration import collect_stats, compute_ranges, tensors_to_calibrate
 
-        batches, n, identity = self._calibration_feeds(proto)
+        batches, n, identity, whole = self._calibration_feeds(proto)
         op_types = sorted(set(QDQRegistry) | set(QLinearOpsRegistry))
         names = tensors_to_calibrate(proto, op_types)
         method = self.section.calibrate
         stats = collect_stats(proto, names, batches, histograms=method != "minmax",
-                              threads=self.threads, progress=self.progress)
+                              threads=self.threads, progress=self.progress, whole=whole)
         ranges = compute_ranges(stats, method, percentile=self.section.percentile,
                                 unsigned_activations=preset.activations == "uint8",
                                 symmetric=preset.symmetric_activations)

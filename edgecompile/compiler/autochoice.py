@@ -199,14 +199,23 @@ def measure_candidates(plan, candidates: list[Candidate], reference, progress, *
             text = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
             row.status, row.reason = "failed", f"{cand.backend} could not build or load it: {text}"
             continue
+        try:           # a backend that loads the graph but cannot run it (e.g. a 0-d or string tensor) is dropped
+            if plan.evaluation is not None and reference is not None:
+                metric = choose_metric(plan.source.metric, plan.evaluation, plan.classifier)
+                ref_name = "torch fp32" if plan.source.kind == "torch" else "source onnx (ORT fp32)"
+                row.accuracy = compare(run_outputs(runner, plan.evaluation), reference, plan.evaluation, metric,
+                                       ref_name)
+            else:
+                runner.run(feeds if feeds is not None else synthetic_feeds(runner.inputs, 1))
+        except Exception as exc:
+            runner.close()
+            text = getattr(exc, "message", None) or " ".join(str(exc).split())[:200] or exc.__class__.__name__
+            row.status, row.reason = "failed", f"{cand.backend} could not run it: {text}"
+            continue
         runners.append((row, runner))
-        if plan.evaluation is not None and reference is not None:
-            metric = choose_metric(plan.source.metric, plan.evaluation, plan.classifier)
-            ref_name = "torch fp32" if plan.source.kind == "torch" else "source onnx (ORT fp32)"
-            row.accuracy = compare(run_outputs(runner, plan.evaluation), reference, plan.evaluation, metric, ref_name)
     if runners:
         if feeds is None:
-            feeds = ({k: v[:1] for k, v in next(plan.evaluation.batches(1)).items()} if plan.evaluation is not None
+            feeds = (plan.evaluation.first_feed() if plan.evaluation is not None
                      else synthetic_feeds(runners[0][1].inputs, 1))
         auto = plan.config.auto
         interleaved_latency([r for _, r in runners], feeds, rounds=auto.rounds, round_seconds=auto.round_seconds,

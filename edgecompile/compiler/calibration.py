@@ -41,13 +41,16 @@ def graph_input_specs(proto) -> list[InputSpec]:
     """The real (non-initializer) inputs of an ONNX ModelProto."""
     from edgecompile.compiler.inspection import graph_inputs
 
-    return [InputSpec(name, tuple(d if isinstance(d, int) else None for d in dims), np.dtype(dtype))
+    from edgecompile.runtime.specs import np_dtype
+
+    return [InputSpec(name, tuple(d if isinstance(d, int) else None for d in dims), np_dtype(dtype))
             for name, dims, dtype in graph_inputs(proto)]
 
 
 def collect_feeds(source: Iterable[Mapping[str, np.ndarray]], specs: Sequence[InputSpec], limit: int,
-                  what: str) -> tuple[list[dict[str, np.ndarray]], int]:
-    """Validate feed dicts (first axis = samples) and keep at most `limit` samples.
+                  what: str, whole: frozenset = frozenset()) -> tuple[list[dict[str, np.ndarray]], int]:
+    """Validate feed dicts (first axis = samples; the inputs in `whole` are passed unsliced with every
+    feed, and a feed without batched inputs is one sample) and keep at most `limit` samples.
 
     Raises DataError for a missing/unknown input, a wrong shape or dtype, non-finite values, or
     zero samples in total. Returns (batches, sample count).
@@ -83,26 +86,35 @@ def collect_feeds(source: Iterable[Mapping[str, np.ndarray]], specs: Sequence[In
                         f"{what}: item {i}: {spec.name!r} has dtype {arr.dtype}, the model expects {spec.dtype}",
                         hint=f"convert with arr.astype('{spec.dtype}')",
                     )
+            skip = 0 if spec.name in whole else 1
             if arr.ndim != len(spec.shape) or any(
-                d is not None and d != a for d, a in zip(spec.shape[1:], arr.shape[1:])
+                d is not None and d != a for d, a in zip(spec.shape[skip:], arr.shape[skip:])
             ):
                 want = ["N" if d is None else d for d in spec.shape]
                 raise DataError(
                     f"{what}: item {i}: {spec.name!r} has shape {list(arr.shape)}, the model expects {want}",
                     hint="the first axis is the sample axis; the others must match the model input",
                 )
-            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            if arr.dtype.kind == "f" and not np.isfinite(arr.astype(np.float32)).all():
                 raise DataError(f"{what}: item {i}: {spec.name!r} contains NaN or infinite values",
                                 hint="clean or drop the non-finite samples before calibrating")
+            batch[spec.name] = arr
+            if spec.name in whole:
+                continue
             if n is not None and arr.shape[0] != n:
                 raise DataError(f"{what}: item {i}: inputs have different sample counts",
-                                hint="every input array needs the same first dimension")
+                                hint="every batched input array needs the same first dimension")
             n = arr.shape[0]
-            batch[spec.name] = arr
+        if n is None:                     # nothing batched: the feed is one sample in the model's shapes
+            batches.append(batch)
+            total += 1
+            if total >= limit:
+                break
+            continue
         if not n:
             continue
         take = min(n, limit - total)
-        batches.append({k: v[:take] for k, v in batch.items()} if take < n else batch)
+        batches.append({k: v if k in whole else v[:take] for k, v in batch.items()} if take < n else batch)
         total += take
         if total >= limit:
             break
@@ -111,13 +123,19 @@ def collect_feeds(source: Iterable[Mapping[str, np.ndarray]], specs: Sequence[In
     return batches, total
 
 
-def rebatch(batches: list[dict[str, np.ndarray]], size: int) -> Iterator[dict[str, np.ndarray]]:
-    """Re-split feeds into batches of `size` samples (the caller's batches may be 1 or 10 000)."""
-    names = list(batches[0])
+def rebatch(batches: list[dict[str, np.ndarray]], size: int,
+            whole: frozenset = frozenset()) -> Iterator[dict[str, np.ndarray]]:
+    """Re-split feeds into batches of `size` samples (the caller's batches may be 1 or 10 000); the
+    inputs in `whole` are passed as they are with every batch; feeds with nothing batched go one by one."""
+    names = [k for k in batches[0] if k not in whole]
+    if not names:
+        yield from batches
+        return
     joined = {k: np.concatenate([b[k] for b in batches]) for k in names}
+    fixed = {k: batches[0][k] for k in batches[0] if k in whole}
     n = len(joined[names[0]])
     for i in range(0, n, size):
-        yield {k: v[i:i + size] for k, v in joined.items()}
+        yield {**fixed, **{k: v[i:i + size] for k, v in joined.items()}}
 
 
 # -- statistics ----------------------------------------------------------------------------------
@@ -162,19 +180,27 @@ class TensorStats:
         return max(abs(self.lo), abs(self.hi))
 
 
+def _samples(batch: dict, whole: frozenset) -> int:
+    sizes = [len(v) for k, v in batch.items() if k not in whole]
+    return sizes[0] if sizes else 1
+
+
 def collect_stats(proto, names: Sequence[str], batches: list[dict[str, np.ndarray]], *, histograms: bool,
-                  batch_size: int = 32, threads: int | None = None, progress=None) -> dict[str, TensorStats]:
+                  batch_size: int = 32, threads: int | None = None, progress=None,
+                  whole: frozenset = frozenset()) -> dict[str, TensorStats]:
     from edgecompile.targets.ort.run import create_session
 
     sess = create_session(_augmented(proto, names), threads=threads, level="disable")
     out_names = list(names)
     stats: dict[str, TensorStats] = {}
 
-    n = sum(len(next(iter(b.values()))) for b in batches)
+    if any(sp.shape[:1] == (1,) and sp.name not in whole for sp in graph_input_specs(proto)):
+        batch_size = 1                                    # a fixed batch of 1: samples go one by one
+    n = sum(_samples(b, whole) for b in batches)
     total = -(-n // batch_size)
 
     def runs(label: str):
-        it = rebatch(batches, batch_size)
+        it = rebatch(batches, batch_size, whole)
         if progress is not None:
             it = progress.iterate(it, total, label)
         for feeds in it:

@@ -104,6 +104,8 @@ def _dims(type_proto) -> list | None:
 def _dtype(elem_type: int) -> str:
     import onnx
 
+    if elem_type == onnx.TensorProto.STRING:
+        return "str"                   # given as numpy unicode arrays
     try:
         return onnx.helper.tensor_dtype_to_np_dtype(elem_type).name
     except Exception:

@@ -13,7 +13,10 @@ def manifest(plan, model, precision: str, records, artifacts, parity) -> dict:
         res = []
         for v in values:
             shape = tuple(d if isinstance(d, int) else str(d) for d in (v.shape or ()))
-            dtype = v.dtype.numpy().name if v.dtype is not None else "float32"
+            if v.dtype is None:
+                dtype = "float32"
+            else:                       # strings as "str" (numpy unicode arrays at the runtime)
+                dtype = "str" if v.dtype.name == "STRING" else v.dtype.numpy().name
             res.append(TensorSpec(v.name, shape, dtype).to_dict())
         return res
 

@@ -246,7 +246,7 @@ def _onnx_evaluator(plan: Plan, reference: np.ndarray | None):
     metric = choose_metric(plan.source.metric, ds, plan.classifier)
 
     def evaluate_graph(model) -> float:
-        out = ort_outputs(ir.to_proto(model).SerializeToString(), ds.batches(128))[0]
+        out = ort_outputs(ir.to_proto(model).SerializeToString(), ds.batches(128), join=ds.stack_outputs)[0]
         return compare(out, ref, ds, metric, "fp32").candidate
 
     return evaluate_graph
@@ -271,10 +271,13 @@ def measure(plan: Plan, bundle: Bundle, reference: np.ndarray | None, progress: 
             ref_name = "torch fp32" if plan.source.kind == "torch" else "source onnx (ORT fp32)"
             out["accuracy"] = compare(cand, reference, plan.evaluation, metric, ref_name)
         if plan.evaluation is not None:
-            feeds = {k: v[:1] for k, v in next(plan.evaluation.batches(1)).items()}
+            feeds = plan.evaluation.first_feed()
         else:
             feeds = synthetic_feeds(runner.inputs, 1)
         out["latency"] = latency(runner, feeds, threads=threads)
+        out["latency"]["feed_shapes"] = {k: list(np.shape(v)) for k, v in feeds.items()}
+        if plan.evaluation is not None and not plan.evaluation.batched:
+            out["latency"]["batch"] = 1           # one feed in the model's own shapes (it cannot be batched)
     out["cold_start"] = cold_start(bundle.path, feeds, threads)
     if progress is not None:
         lat = out["latency"]

@@ -88,7 +88,7 @@ def _is_classifier(source) -> bool:
     if source.metric in ("top1", "top1_agreement"):
         return True
     out = source.outputs
-    return False if not out else source.metric not in ("mse", "mae", "map", "map50")
+    return False if not out else source.metric not in ("mse", "mae", "map", "map50", "output_closeness")
 
 
 def module_passes(plan: Plan) -> list:

@@ -301,7 +301,6 @@ def _metric_drop(plan, before, after):
 def summarize(plan, fp32_model, int8_model, record, feeds=None) -> dict:
     """Size ratio, batch-1 latency ratio (ORT, interleaved), output cosine, calibration used."""
     import onnx_ir as ir
-    import numpy as np
 
     from edgecompile.verify.metrics import raw_similarity
     from edgecompile.targets.ort.run import create_session
@@ -329,8 +328,8 @@ def summarize(plan, fp32_model, int8_model, record, feeds=None) -> dict:
     data = plan.evaluation if plan.evaluation is not None else plan.calibration
     if data is not None:
         ds = data.take(128)
-        a = np.concatenate([s8.run(None, f)[0] for f in ds.batches(64)])
-        b = np.concatenate([s32.run(None, f)[0] for f in ds.batches(64)])
+        a = ds.stack_outputs([s8.run(None, f)[0] for f in ds.batches(64)])
+        b = ds.stack_outputs([s32.run(None, f)[0] for f in ds.batches(64)])
         sim = raw_similarity(a, b)
         out["output_cosine"] = sim["cosine"]
         out["output_snr_db"] = sim["snr_db"]
@@ -346,7 +345,7 @@ def _latency_feeds(plan, fp32_model) -> dict:
 
     data = plan.evaluation if plan.evaluation is not None else plan.calibration
     if data is not None:
-        return {k: v[:1] for k, v in next(data.take(1).batches(1)).items()}
+        return data.first_feed()
     from edgecompile.data import TensorSpec
 
     specs = [TensorSpec(v.name, tuple(v.shape or ()), v.dtype.numpy().name) for v in fp32_model.graph.inputs]
@@ -373,7 +372,6 @@ def _pair_latency(plan, fp_bytes: bytes, q_bytes: bytes, feeds, rounds: int = 8,
 
 
 def _cosine(plan, fp_bytes: bytes, q_bytes: bytes) -> float | None:
-    import numpy as np
 
     from edgecompile.verify.metrics import raw_similarity
     from edgecompile.targets.ort.run import create_session
@@ -385,5 +383,5 @@ def _cosine(plan, fp_bytes: bytes, q_bytes: bytes) -> float | None:
     outs = []
     for b in (q_bytes, fp_bytes):
         s = create_session(b, threads=plan.config.build.threads)
-        outs.append(np.concatenate([s.run(None, f)[0] for f in ds.batches(64)]))
+        outs.append(ds.stack_outputs([s.run(None, f)[0] for f in ds.batches(64)]))
     return raw_similarity(outs[0], outs[1])["cosine"]

@@ -34,11 +34,11 @@ def fp16_summary(plan, fp32_bytes: bytes, fp16_bytes: bytes, record) -> dict:
         return {k: v.astype(types16[k]) if types16.get(k) else v for k, v in f.items()}
 
     ds = data.take(128)
-    a = np.concatenate([s16.run(None, feeds16(f))[0].astype(np.float32) for f in ds.batches(64)])
-    b = np.concatenate([s32.run(None, f)[0] for f in ds.batches(64)])
+    a = ds.stack_outputs([s16.run(None, feeds16(f))[0].astype(np.float32) for f in ds.batches(64)])
+    b = ds.stack_outputs([s32.run(None, f)[0] for f in ds.batches(64)])
     sim = raw_similarity(a, b)
     out["output_cosine"] = sim["cosine"]
-    one = {k: v[:1] for k, v in next(ds.batches(1)).items()}
+    one = ds.first_feed()
     one16 = feeds16(one)
     lat = interleaved({"fp32": lambda: s32.run(None, one), "fp16": lambda: s16.run(None, one16)},
                       rounds=6, seconds=1.0)

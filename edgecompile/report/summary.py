@@ -32,7 +32,7 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
             ("delta", f"{100 * acc['delta']:+.2f} pt" if pct else f"{acc['delta']:+.6g}" + (
                 f" ({100 * acc['delta'] / abs(acc['reference']):+.2f} % relative)"
                 if acc["kind"] == "error" and acc["reference"] else "")),
-            ("output cosine", _fmt(acc["similarity"]["cosine"], ".6f")),
+            ("output cosine", _fmt(acc["similarity"].get("cosine"), ".6f")),
         ]
         rows += [(f"{name} (beside)", f"{b['candidate']:.6g} (reference {b['reference']:.6g}, delta {b['delta']:+.4g})")
                  for name, b in (acc.get("beside") or {}).items()]

@@ -10,7 +10,7 @@ from typing import Mapping
 import numpy as np
 
 from edgecompile.errors import BundleError, DataError
-from edgecompile.runtime.specs import TensorSpec
+from edgecompile.runtime.specs import TensorSpec, dtype_matches, np_dtype
 
 
 @dataclass(frozen=True)
@@ -32,11 +32,11 @@ class Runner:
         self.bundle = bundle
         self.validate = validate
         self._names = [s.name for s in inputs]
-        self._dtypes = {s.name: np.dtype(s.dtype) for s in inputs}
+        self._dtypes = {s.name: np_dtype(s.dtype) for s in inputs}
         # Precomputed per input: (name, dtype, rank, [(axis, size) of fixed dims], is_float) for a cheap hot path.
-        self._checks = [(s.name, np.dtype(s.dtype), len(s.shape),
+        self._checks = [(s.name, s.dtype, len(s.shape),
                          [(i, d) for i, d in enumerate(s.shape) if isinstance(d, int) and d > 0],
-                         np.dtype(s.dtype).kind == "f") for s in inputs]
+                         self._dtypes[s.name].kind == "f") for s in inputs]
         self._out_names = [s.name for s in outputs]
         self._lock = None if self.thread_safe else threading.Lock()
         self._warned_nonfinite = False
@@ -122,15 +122,18 @@ class Runner:
             if type(arr) is not np.ndarray and not isinstance(arr, np.ndarray):
                 raise DataError(f"input {name!r} must be a numpy array, got {type(arr).__name__}",
                                 hint="wrap it with numpy.asarray(..., dtype=...)")
-            if arr.dtype != dtype:
-                raise DataError(f"input {name!r} has dtype {arr.dtype}, the model expects {dtype.name}",
-                                hint=f"convert with array.astype('{dtype.name}')")
+            if not dtype_matches(arr.dtype, dtype):
+                if arr.dtype.kind == "O":
+                    raise DataError(f"input {name!r} is an object array, the model expects {dtype}",
+                                    hint="give strings as numpy unicode arrays (numpy.array(list_of_str))")
+                raise DataError(f"input {name!r} has dtype {arr.dtype}, the model expects {dtype}",
+                                hint=f"convert with array.astype('{dtype}')")
             shape = arr.shape
             if len(shape) != rank or any(shape[i] != d for i, d in fixed):
                 spec = next(s for s in self.inputs if s.name == name)
                 raise DataError(f"input {name!r} has shape {list(shape)}, the model expects {list(spec.shape)}",
                                 hint="named dimensions (e.g. 'batch') may take any size; the others must match")
-            if is_float and not self._warned_nonfinite and not np.isfinite(arr).all():
+            if is_float and not self._warned_nonfinite and not np.isfinite(arr.astype(np.float32)).all():
                 self._warned_nonfinite = True
                 warnings.warn(f"input {name!r} contains NaN or infinite values; outputs will be meaningless",
                               RuntimeWarning, stacklevel=4)

@@ -12,6 +12,8 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from edgecompile.runtime.specs import np_dtype
+
 
 def latency(runner, feeds: Mapping[str, np.ndarray], *, warmup: int = 10, min_runs: int = 50,
             max_runs: int = 2000, min_seconds: float = 1.0, threads: int | None = None) -> dict:
@@ -25,7 +27,8 @@ def latency(runner, feeds: Mapping[str, np.ndarray], *, warmup: int = 10, min_ru
         runner.run(feeds)
         samples.append(time.perf_counter() - t0)
     ms = np.asarray(samples) * 1e3
-    batch = int(next(iter(feeds.values())).shape[0]) if feeds else 1
+    first = next(iter(feeds.values())) if feeds else None
+    batch = int(first.shape[0]) if first is not None and first.ndim else 1
     return {
         "p50": float(np.percentile(ms, 50)),
         "p90": float(np.percentile(ms, 90)),
@@ -59,9 +62,13 @@ def synthetic_feeds(inputs, batch: int = 1, seed: int = 0) -> dict[str, np.ndarr
     feeds = {}
     for spec in inputs:
         shape = [batch if not isinstance(d, int) or d <= 0 else d for d in spec.shape]
-        dt = np.dtype(spec.dtype)
-        feeds[spec.name] = (rng.random(shape).astype(dt) if dt.kind == "f"
-                            else rng.integers(0, 2, size=shape).astype(dt))
+        dt = np_dtype(spec.dtype)
+        if dt.kind == "f":
+            feeds[spec.name] = rng.random(shape).astype(np.float32).astype(dt)
+        elif dt.kind == "U":
+            feeds[spec.name] = rng.choice(np.array(["a", "b"]), size=shape)
+        else:
+            feeds[spec.name] = rng.integers(0, 2, size=shape).astype(dt)
     return feeds
 
 

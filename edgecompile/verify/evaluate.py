@@ -7,7 +7,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from edgecompile.data import Dataset
-from edgecompile.verify.metrics import Metric, bootstrap_ci, get_metric, label_free, raw_similarity
+from edgecompile.verify.metrics import Metric, bootstrap_ci, closeness, get_metric, label_free, raw_similarity
 
 
 @dataclass
@@ -61,7 +61,7 @@ def run_outputs(fn: Callable[[Mapping[str, np.ndarray]], list[np.ndarray]] | obj
             outs.append(next(iter(res.values())))
         else:
             outs.append(fn(feeds)[0])
-    return np.concatenate(outs)
+    return ds.stack_outputs(outs)
 
 
 def choose_metric(name: str, ds: Dataset, classifier: bool) -> Metric:
@@ -82,9 +82,12 @@ def compare(candidate_out: np.ndarray, reference_out: np.ndarray, ds: Dataset, m
     else:
         ref_scores = metric.per_sample(reference_out, reference_out)
         cand_scores = metric.per_sample(candidate_out, reference_out)
+    similarity = raw_similarity(candidate_out, reference_out)
+    if metric.name == "output_closeness":
+        similarity = {**similarity, "closeness": closeness(candidate_out, reference_out)}
     ev = Evaluation(metric.name, metric.higher_is_better, metric.kind, float(ref_scores.mean()),
                     float(cand_scores.mean()), len(ds), bootstrap_ci(cand_scores),
-                    raw_similarity(candidate_out, reference_out), reference_name, cand_scores)
+                    similarity, reference_name, cand_scores)
     if metric.kind == "error" and metric.needs_labels:
         from edgecompile.verify.task_metrics import regression_beside, regression_scatter
 

@@ -26,7 +26,7 @@ def _collect(fn, ds: Dataset, batch: int = 64, progress=None, label: str = "run"
     for feeds in batches:
         res = [np.asarray(r) for r in fn(feeds)]
         outs = [[r] for r in res] if outs is None else [o + [r] for o, r in zip(outs, res)]
-    return [np.concatenate(o) for o in outs]
+    return [ds.stack_outputs(o) for o in outs]
 
 @dataclass
 class _Node:

@@ -55,6 +55,56 @@ def _cos(out, ref):
     return np.where(den > 0, np.sum(a * b, axis=1) / np.maximum(den, 1e-30), 1.0)
 
 
+# Output closeness (non-classifiers without labels): a sample passes when every element of the output
+# matches the reference: exactly for integer, bool and string outputs, within rtol/atol for floats.
+CLOSE_RTOL = 1e-3
+CLOSE_ATOL = 1e-5
+
+
+def _element_close(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if a.shape != b.shape:
+        return np.zeros(a.shape[:1] or (1,), bool)
+    if a.dtype.kind in "fc" or b.dtype.kind in "fc":
+        a64, b64 = a.astype(np.float64), b.astype(np.float64)
+        return np.isclose(a64, b64, rtol=CLOSE_RTOL, atol=CLOSE_ATOL, equal_nan=True)
+    if a.dtype.kind in "UO" or b.dtype.kind in "UO":
+        return a.astype(str) == b.astype(str)
+    return a == b
+
+
+def _close(out, ref):
+    a, b = np.asarray(out), np.asarray(ref)
+    if a.shape != b.shape:
+        return np.zeros(max(len(b), 1), np.float64)
+    ok = _element_close(a, b).reshape(len(a), -1)
+    return ok.all(axis=1).astype(np.float64)
+
+
+def closeness(out, ref) -> dict:
+    """How an output compares with the reference: the rule applied, the share of close elements and the
+    worst element (index, candidate and reference values, absolute error)."""
+    a, b = np.asarray(out), np.asarray(ref)
+    exact = not (a.dtype.kind in "fc" or b.dtype.kind in "fc")
+    rule = {"rule": "exact" if exact else "allclose", **({} if exact else {"rtol": CLOSE_RTOL, "atol": CLOSE_ATOL})}
+    if a.shape != b.shape:
+        return {**rule, "close_fraction": 0.0, "shape": list(a.shape), "reference_shape": list(b.shape)}
+    ok = _element_close(a, b)
+    res = {**rule, "close_fraction": float(ok.mean()) if ok.size else 1.0, "elements": int(ok.size)}
+    if exact or not ok.size:
+        if not ok.all():
+            i = np.unravel_index(int(np.argmin(ok)), ok.shape)
+            res["worst"] = {"index": [int(x) for x in i], "candidate": str(a[i]), "reference": str(b[i])}
+        return res
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    err = np.where(np.isnan(a64) & np.isnan(b64), 0.0, np.abs(a64 - b64))
+    err = np.where(np.isnan(err), np.inf, err)
+    excess = err - (CLOSE_ATOL + CLOSE_RTOL * np.abs(np.nan_to_num(b64)))
+    i = np.unravel_index(int(np.argmax(excess)), excess.shape)
+    res["worst"] = {"index": [int(x) for x in i], "candidate": float(a64[i]), "reference": float(b64[i]),
+                    "abs_error": float(err[i])}
+    return res
+
+
 METRICS: dict[str, Metric] = {
     m.name: m for m in [
         Metric("top1", True, "percentage", True, _top1),
@@ -64,6 +114,7 @@ METRICS: dict[str, Metric] = {
         Metric("output_cosine", True, "similarity", False, _cos),
         Metric("map", True, "percentage", True, _dataset_level, dataset_level=True),      # COCO mAP@[.5:.95]
         Metric("map50", True, "percentage", True, _dataset_level, dataset_level=True),    # COCO mAP@.5
+        Metric("output_closeness", True, "percentage", False, _close),
     ]
 }
 
@@ -96,6 +147,8 @@ def bootstrap_ci(per_sample: np.ndarray, n_boot: int = 1000, seed: int = 0, alph
 
 def raw_similarity(out: np.ndarray, ref: np.ndarray) -> dict:
     """Output-level similarity, reported beside (never instead of) the task metric."""
+    if np.asarray(out).dtype.kind in "UO" or np.asarray(ref).dtype.kind in "UO" or np.shape(out) != np.shape(ref):
+        return closeness(out, ref)
     a = np.asarray(out, np.float64).reshape(-1)
     b = np.asarray(ref, np.float64).reshape(-1)
     err = a - b

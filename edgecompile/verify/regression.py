@@ -90,7 +90,7 @@ def task_accuracy(runner, bundle: Bundle, data: str | Path | None = None) -> dic
 
 
 def _first(ds: Dataset) -> dict[str, np.ndarray]:
-    return {k: v[:1] for k, v in ds.inputs.items()}
+    return ds.first_feed()
 
 
 # -- baseline ---------------------------------------------------------------------------------

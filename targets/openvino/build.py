@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from edgecompile.errors import CompileError, first_line
-from edgecompile.targets.base import Artifacts, Backend, BuildContext
+from edgecompile.targets.base import Artifacts, Availability, Backend, BuildContext
 from edgecompile.targets.openvino.run import (
     BIN_FILE, HINTS, XML_FILE, _ov, capabilities, check_device, compile_config, compiled_properties, core,
     supports_bf16,
@@ -48,6 +48,10 @@ class OpenVinoTarget(Backend):
         """Fail fast (before export) on a device OpenVINO does not list here."""
         check_device(config.openvino.device)
 
+    def auto_candidate(self, model, plan) -> Availability:
+        bad = unsupported_nodes(model)
+        return Availability(not bad, "measured" if not bad else gap_text(bad))
+
     def compile(self, model, ctx: BuildContext) -> Artifacts:
         import onnx_ir as ir
 
@@ -62,6 +66,10 @@ class OpenVinoTarget(Backend):
         if ctx.precision not in HINTS:
             raise CompileError(f"the openvino backend does not implement precision {ctx.precision!r}",
                                hint="use fp32, bf16 (where the CPU has it) or int8")
+        bad = unsupported_nodes(model)
+        if bad:
+            raise CompileError(f"OpenVINO cannot take {gap_text(bad)}",
+                               hint="--backend ort runs every op ONNX Runtime implements (or use --backend auto)")
         with tempfile.TemporaryDirectory(prefix="edgecompile-ov-") as tmp:
             onnx_path = Path(tmp) / "model.onnx"
             ir.save(model, str(onnx_path))
@@ -84,3 +92,26 @@ class OpenVinoTarget(Backend):
             files={XML_FILE: "model", BIN_FILE: "weights"},
             backend_options={"device": device, "config": config, "applied_at_build": applied,
                              "capabilities": capabilities(device), "format": "OpenVINO IR (weights fp32)"})
+
+
+# Tensor element types OpenVINO's ONNX frontend has no CPU kernels for (it aborts the process on some).
+_NO_OV_TYPES = {"STRING", "BFLOAT16", "COMPLEX64", "COMPLEX128"}
+
+
+def unsupported_nodes(model) -> list[dict]:
+    """Nodes of an onnx_ir model that touch a tensor type OpenVINO cannot run:
+    [{"op_type", "name", "opset", "reason"}]."""
+    opsets = dict(model.opset_imports)
+    bad = []
+    for node in model.graph.all_nodes():
+        types = {v.dtype.name for v in [*node.inputs, *node.outputs] if v is not None and v.dtype is not None}
+        odd = sorted(types & _NO_OV_TYPES)
+        if odd:
+            bad.append({"op_type": node.op_type, "name": node.name or "(unnamed)",
+                        "opset": opsets.get(node.domain or ""), "reason": f"{'/'.join(odd).lower()} tensors"})
+    return bad
+
+
+def gap_text(bad: list[dict]) -> str:
+    shown = "; ".join(f"{b['op_type']} {b['name']!r} (opset {b['opset']}): {b['reason']}" for b in bad[:5])
+    return f"{len(bad)} node(s): {shown}" + (" ..." if len(bad) > 5 else "")

@@ -113,7 +113,8 @@ class OpenVinoRunner(Runner):
         self._ports = [compiled.output(o.name) for o in outputs]
 
     def _run(self, feeds):
-        res = self.request.infer({k: np.ascontiguousarray(v) for k, v in feeds.items()}, share_inputs=True)
+        res = self.request.infer({k: v if v.flags.c_contiguous else np.ascontiguousarray(v)   # keeps 0-d arrays 0-d
+                                  for k, v in feeds.items()}, share_inputs=True)
         return [res[p] for p in self._ports]
 
     def _close(self):

@@ -62,11 +62,12 @@ def explain_load_error(exc: Exception) -> str:
     return text[:300] or exc.__class__.__name__
 
 
-def ort_outputs(model_bytes: bytes, feeds_iter, threads: int | None = None) -> list[np.ndarray]:
-    """Run an ONNX model (bytes) over batches of feeds with ORT; outputs concatenated per output."""
+def ort_outputs(model_bytes: bytes, feeds_iter, threads: int | None = None, join=np.concatenate) -> list[np.ndarray]:
+    """Run an ONNX model (bytes) over batches of feeds with ORT; outputs joined per output (concatenated, or
+    `join=dataset.stack_outputs` for a dataset whose inputs are passed whole)."""
     sess = create_session(model_bytes, threads=threads)
     outs = None
     for feeds in feeds_iter:
         res = sess.run(None, feeds)
         outs = [[r] for r in res] if outs is None else [o + [r] for o, r in zip(outs, res)]
-    return [np.concatenate(o) for o in outs]
+    return [join(o) for o in outs]

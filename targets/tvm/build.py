@@ -307,6 +307,9 @@ class TvmTarget(Backend):
         from edgecompile.targets.tvm import tune as tvm_tune
 
         proto = tvm_graph(model)
+        bad = unsupported_nodes(proto)
+        if bad:                               # a per-node fact: dropped with its reason, never a build failure
+            return Availability(False, _describe_unsupported(bad), hint="--backend ort runs these ops")
         tvm = _tvm_compiler()
         key = tvm_tune.database_key(graph_hash(proto.SerializeToString(deterministic=True)),
                                     target_dict(plan.profile), tvm.__version__)

@@ -84,7 +84,8 @@ class TvmRunner(Runner):
 
     def _call(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         tvm = self._tvm
-        res = self._main(*[tvm.runtime.tensor(np.ascontiguousarray(a), self.device) for a in arrays])
+        arrays = [a if a.flags.c_contiguous else np.ascontiguousarray(a) for a in arrays]   # keeps 0-d arrays 0-d
+        res = self._main(*[tvm.runtime.tensor(a, self.device) for a in arrays])
         if hasattr(res, "numpy"):
             return [res.numpy()]
         return [r.numpy() for r in res]

@@ -1,6 +1,7 @@
 """Before -> Expected: Identity chains and constant sub-graphs are folded away."""
 import numpy as np
 import onnx
+import onnx.parser
 import onnx_ir as ir
 from onnx import TensorProto, helper
 
@@ -40,3 +41,18 @@ def test_simplify_reports_unmodified_when_nothing_to_do():
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])])
     result = Simplify()(ir.from_proto(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])))
     assert not result.modified
+
+
+def test_simplify_never_folds_a_graph_input_away():
+    # Before: Reshape(data, shape) with `shape` a graph input and the output shape declared; onnxslim
+    # would turn `shape` into a constant. Expected: the model keeps both inputs and the same outputs.
+    before = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[2, 3, 4] data, int64[3] shape) => (float[2, 6, 2] y) { y = Reshape(data, shape) }
+    """)
+    result = Simplify()(ir.from_proto(before))
+    after = ir.to_proto(result.model)
+    assert [i.name for i in after.graph.input] == ["data", "shape"]
+    assert "graph kept as given" in result.notes["slim_skipped"]
+    feeds = {"data": np.arange(24, dtype=np.float32).reshape(2, 3, 4), "shape": np.array([2, -1, 2])}
+    assert ort_outputs(after.SerializeToString(), [feeds])[0].shape == (2, 6, 2)
