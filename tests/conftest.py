@@ -186,3 +186,43 @@ def regressed_bundle(digits_bundle, digits_test_npz, tmp_path_factory):
     onnx.save(model, root / "digits-noisy.onnx")
     return edgecompile.build(root / "digits-noisy.onnx", target="cpu", backend="ort", output=root / "bundle",
                              data=digits_test_npz)
+
+
+# -- edgecompile serve (tests/serve): a real server subprocess over loopback (helpers in tests/serving.py) ----
+
+@pytest.fixture(scope="session")
+def pair_bundle(tmp_path_factory):
+    """z = x + y with independent symbolic widths: the engine itself fails when the widths differ."""
+    import numpy as np
+    import onnx
+    import onnx.parser
+    from serving import PAIR_ONNX
+
+    import edgecompile
+
+    d = tmp_path_factory.mktemp("pair")
+    onnx.save(onnx.parser.parse_model(PAIR_ONNX), d / "pair.onnx")
+    rng = np.random.default_rng(0)
+    np.savez(d / "data.npz", x=rng.random((16, 4), dtype=np.float32), y=rng.random((16, 4), dtype=np.float32))
+    return edgecompile.build(d / "pair.onnx", target="cpu", backend="ort", data=d / "data.npz", output=d / "bundle")
+
+
+@pytest.fixture(scope="module")
+def server(digits_bundle, pair_bundle):
+    """digits + pair, bearer token (from the environment), CORS for one origin, a 1 MiB body limit."""
+    from serving import TOKEN, Server
+
+    s = Server([digits_bundle.path, f"pair={pair_bundle.path}", "--max-body-mb", "1",
+                "--cors-origin", "http://app.example"], env={"EDGECOMPILE_SERVE_TOKEN": TOKEN})
+    yield s
+    assert s.stop() == 0, s.output()
+    assert "Traceback" not in s.output()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    import httpx
+    from serving import TOKEN
+
+    with httpx.Client(base_url=server.base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as c:
+        yield c

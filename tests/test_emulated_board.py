@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, free_port, run_cli
+from conftest import REPO, free_port, run_cli
 
 pytestmark = pytest.mark.slow
 import tvm  # noqa: E402,F401  (installed by the set-up: a missing one fails the run, naming it)

@@ -8,7 +8,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import free_port
+from conftest import free_port
 
 
 @pytest.fixture(scope="module")

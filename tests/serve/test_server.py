@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import run_cli
-from tests.serve.conftest import TOKEN, Server
+from conftest import run_cli
+from serving import TOKEN, Server
 
 
 def npy(arr) -> bytes:

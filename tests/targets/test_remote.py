@@ -17,7 +17,7 @@ import tvm  # noqa: E402,F401  (installed by the set-up: a missing one fails the
 
 from edgecompile.targets.tvm import remote  # noqa: E402
 from edgecompile.errors import ConfigError, RemoteError  # noqa: E402
-from tests.conftest import free_port, run_cli  # noqa: E402
+from conftest import free_port, run_cli  # noqa: E402
 
 KEY = "x86"
 

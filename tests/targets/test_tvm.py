@@ -17,7 +17,7 @@ import edgecompile  # noqa: E402
 from edgecompile.data import TensorSpec  # noqa: E402
 from edgecompile.errors import BundleError, ConfigError, TargetUnavailableError  # noqa: E402
 from edgecompile.targets.profiles import get_profile  # noqa: E402
-from tests.conftest import run_cli  # noqa: E402
+from conftest import run_cli  # noqa: E402
 
 AARCH64_GCC = "aarch64-linux-gnu-gcc"
 needs_cross = pytest.mark.skipif(shutil.which(AARCH64_GCC) is None,
