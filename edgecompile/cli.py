@@ -110,6 +110,8 @@ def _show_built(obj: Ctx, bundle, json_mode: bool) -> dict:
 @click.option("-o", "--output", type=click.Path(), help="Bundle directory to write (replaced atomically).")
 @click.option("--data", type=click.Path(), help=".npz with arrays named after the inputs (+ optional labels).")
 @click.option("-c", "--config", "config_path", type=click.Path(), help="TOML config (default: ./edgecompile.toml).")
+@click.option("--task", type=click.Choice(["feature-extraction", "text-classification"]),
+              help="Hugging Face model directories: what to export (default: from config.json).")
 @click.option("--strict", is_flag=True, default=None, help="Exit 3 when the requested precision cannot be met.")
 @click.option("--force", is_flag=True, default=None, help="Ship the requested precision regardless.")
 @click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads for measurement and the manifest.")
@@ -140,10 +142,11 @@ def _show_built(obj: Ctx, bundle, json_mode: bool) -> dict:
 @click.option("--json", "json_mode", is_flag=True, help="Print report.json to stdout.")
 @verbosity_options
 @click.pass_obj
-def build(obj: Ctx, model, target, backend, precision, output, data, config_path, strict, force, threads,
+def build(obj: Ctx, model, target, backend, precision, output, data, config_path, task, strict, force, threads,
           quantize, calibrate, calib_samples, qat_epochs, max_accuracy_drop, no_cache, prune, finetune_epochs,
           distill, tune_trials, tune_timeout, remote, remote_key, json_mode):
-    """Build a bundle for MODEL (a models/<name> package, a built-in name, or a .onnx file).
+    """Build a bundle for MODEL (a models/<name> package, a built-in name, a .onnx file, or a Hugging
+    Face model directory).
 
     Flags override the config file (--config FILE, else ./edgecompile.toml), which overrides defaults.
     An identical rebuild is served from the content-addressed build cache (see `edgecompile cache`)."""
@@ -158,7 +161,7 @@ def build(obj: Ctx, model, target, backend, precision, output, data, config_path
     progress = obj.progress(json_mode)
     bundle = run_build(model, target, output=output, backend=backend, precision=precision, data=data,
                        config=cfg, strict=strict, force=force, threads=threads, progress=progress,
-                       cache=not no_cache, prune=prune, finetune_epochs=finetune_epochs, distill=distill,
+                       cache=not no_cache, task=task, prune=prune, finetune_epochs=finetune_epochs, distill=distill,
                        tune_trials=tune_trials, tune_timeout=tune_timeout)
     _show_built(obj, bundle, json_mode)
 
@@ -370,7 +373,8 @@ def check(obj: Ctx, bundle_dir, baseline_path, max_drop, max_latency_ratio, data
     import os
 
     from edgecompile.errors import GateError
-    from edgecompile.regression import DEFAULT_MAX_DROP, check as run_check
+    from edgecompile.regression import DEFAULT_MAX_DROP
+    from edgecompile.regression import check as run_check
     from edgecompile.verdict import github_annotations, render_table, write_junit
 
     res = run_check(bundle_dir, baseline_path, max_drop=DEFAULT_MAX_DROP if max_drop is None else max_drop,
@@ -391,7 +395,7 @@ def check(obj: Ctx, bundle_dir, baseline_path, max_drop, max_latency_ratio, data
 
 
 # -- run, bench, inspect, verify, cache, version: edgecompile/commands/ ----------------------------------
-from edgecompile.commands import register as _register_commands  # noqa: E402
+from edgecompile.commands import register as _register_commands
 
 _register_commands(cli)
 
@@ -427,4 +431,4 @@ def main(argv=None) -> None:
         sys.exit(1)
 
 
-__all__ = ["cli", "main", "ConfigError"]
+__all__ = ["ConfigError", "cli", "main"]

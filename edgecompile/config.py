@@ -26,6 +26,7 @@ def _choices(*values: str, default: Any) -> Any:
 @dataclass(frozen=True)
 class ModelSection:
     source: str | None = None
+    task: str | None = None             # Hugging Face directories: feature-extraction | text-classification
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ in percentage points; error metrics (MSE, MAE) are bounded in relative percent.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -48,6 +48,12 @@ def _cos(out, ref):
     return np.where(den > 0, np.sum(a * b, axis=1) / np.maximum(den, 1e-30), 1.0)
 
 
+def _retrieval(out, ref):
+    from edgecompile.verify.textmetrics import retrieval_agreement
+
+    return retrieval_agreement(out, ref)
+
+
 METRICS: dict[str, Metric] = {
     m.name: m for m in [
         Metric("top1", True, "percentage", True, _top1),
@@ -55,6 +61,7 @@ METRICS: dict[str, Metric] = {
         Metric("mse", False, "error", True, _sq),
         Metric("mae", False, "error", True, _abs),
         Metric("output_cosine", True, "similarity", False, _cos),
+        Metric("retrieval_agreement", True, "percentage", False, _retrieval),
     ]
 }
 

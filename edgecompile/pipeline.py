@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from edgecompile import registry
-from edgecompile.bundle import Bundle, BundleWriter, check_writable
 from edgecompile.buildcache import StageCache, code_fingerprint
+from edgecompile.bundle import Bundle, BundleWriter, check_writable
 from edgecompile.cache import cache_dir, content_key
 from edgecompile.config import Config
 from edgecompile.data import Dataset, TensorSpec
@@ -61,12 +61,13 @@ def build(model: str | Path | None = None, target: str | None = None, *, output:
           config: Config | str | Path | None = None, strict: bool | None = None, force: bool | None = None,
           threads: int | None = None, progress: Progress | None = None, cache: bool = True,
           prune: float | None = None, finetune_epochs: int | None = None, distill: bool | None = None,
-          **options: Any) -> Bundle:
+          task: str | None = None, **options: Any) -> Bundle:
     """Build a bundle. Keyword arguments override the config file, which overrides defaults.
 
     `cache=False` neither reads nor writes the build cache (see edgecompile.buildcache).
     `model` is a path/name or an already resolved `ModelSource` (e.g. a distilled student).
     `prune`, `finetune_epochs`, `distill` set [passes.prune] ratio / finetune_epochs / distill.
+    `task` sets [model] task (Hugging Face directories: feature-extraction | text-classification).
     `options` carries Python-API-only extras for passes (e.g. `finetune=callable`,
     `calibration_data=iterable of feed dicts`); builds with options bypass the build cache,
     since callables cannot be part of a content key. `tune_trials` / `tune_timeout` (minutes)
@@ -76,7 +77,7 @@ def build(model: str | Path | None = None, target: str | None = None, *, output:
     cfg = config if isinstance(config, Config) else (Config.from_file(config) if config else Config())
     source = model if model is not None and not isinstance(model, (str, Path)) else None
     cfg = cfg.with_overrides({"model.source": (source.name if source is not None else str(model)) if model is not None else None,
-                              "build.target": target, "build.backend": backend, "build.precision": precision,
+                              "model.task": task, "build.target": target, "build.backend": backend, "build.precision": precision,
                               "build.strict": strict, "build.force": force, "build.threads": threads,
                               "passes.prune.ratio": prune, "passes.prune.finetune_epochs": finetune_epochs,
                               "passes.prune.distill": distill,
@@ -104,7 +105,7 @@ def make_plan(cfg: Config, *, output: str | Path | None, data: str | Path | None
                                      hint=avail.hint or f"pip install 'edgecompile[{backend}]'")
     if hasattr(target, "check_config"):      # e.g. an OpenVINO device this machine does not have
         target.check_config(cfg)
-    source = source if source is not None else resolve_source(cfg.model.source)
+    source = source if source is not None else resolve_source(cfg.model.source, cfg.model.task)
     precision = cfg.build.precision or profile.default_precision
     if data is not None:
         ds_path = str(data)
@@ -344,6 +345,7 @@ def execute(plan: Plan, progress: Progress) -> Bundle:
         with progress.step("load", str(plan.source.path)):
             model = load_onnx(plan)
             reference = reference_outputs(plan, None)
+        parity = getattr(plan.source, "parity", None)       # e.g. a Hugging Face export's (edgecompile.compiler.hf)
 
     evaluator = _onnx_evaluator(plan, reference)
     ctx.evaluator = evaluator
@@ -389,6 +391,8 @@ def execute(plan: Plan, progress: Progress) -> Bundle:
         for rel, role in artifacts.files.items():
             writer.add_artifact(rel, role)
         man = _manifest(plan, model, achieved, records, artifacts, parity)
+        if hasattr(plan.source, "write_frontend"):          # text bundles: tokenizer artifact + manifest "frontend"
+            man["frontend"] = plan.source.write_frontend(writer)
         if achieved == "mixed":           # int8 with the listed nodes kept in float (precision search)
             man["float_nodes"] = [n["node"] for n in precision_notes.get("float_nodes", [])]
         if choice is not None:
@@ -483,7 +487,8 @@ def measure(plan: Plan, bundle: Bundle, reference: np.ndarray | None, progress: 
         if plan.evaluation is not None and reference is not None:
             cand = run_outputs(runner, plan.evaluation, progress=progress)
             metric = choose_metric(plan.source.metric, plan.evaluation, plan.classifier)
-            ref_name = "torch fp32" if plan.source.kind == "torch" else "source onnx (ORT fp32)"
+            ref_name = {"torch": "torch fp32", "hf": "parity-checked optimum export (ORT fp32)"}.get(
+                plan.source.kind, "source onnx (ORT fp32)")
             out["accuracy"] = compare(cand, reference, plan.evaluation, metric, ref_name)
         if plan.evaluation is not None:
             feeds = {k: v[:1] for k, v in next(plan.evaluation.batches(1)).items()}
