@@ -253,3 +253,40 @@ def test_minilm_fp32_bundle_spearman_and_retrieval(tmp_path_factory):
     rho, rho_ref = spearman_vs_human(emb, human), spearman_vs_human(ref, human)
     assert abs(rho - rho_ref) < 1e-3 and rho > 0.5
     assert bundle.report()["accuracy"]["candidate"] == 1.0
+
+
+def test_gate_on_retrieval_agreement(tiny_embed_bundle, tiny_embed_dir, tmp_path):
+    """baseline/check score text embeddings on nearest-neighbour agreement with the baseline; a
+    bundle whose embeddings were damaged fails the gate, the unchanged bundle passes."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgecompile.bundle import sha256_file
+    from edgecompile.regression import check, make_baseline
+    from edgecompile.source import resolve_source
+
+    ds = resolve_source(tiny_embed_dir).dataset("eval")
+    data = tmp_path / "eval.npz"
+    np.savez(data, **ds.inputs)
+    base = make_baseline(tiny_embed_bundle.path, data=data, measure_latency=False)
+    assert base["metric"]["name"] == "retrieval_agreement" and base["metric"]["value"] == 1.0
+    assert len(base["predictions"]) == 256 and base["predictions"] != list(range(256))
+    ok = check(tiny_embed_bundle.path, base, data=data, max_drop=1.0)
+    assert ok.ok and ok.metric == "retrieval_agreement" and ok.candidate_value == 1.0
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny_embed_bundle.path, damaged)
+    model = onnx.load(damaged / "model.onnx")
+    rng = np.random.default_rng(0)
+    for init in model.graph.initializer:
+        w = numpy_helper.to_array(init)
+        if w.dtype == np.float32 and w.ndim == 2 and w.shape[0] == 30522:      # the word embeddings
+            init.CopyFrom(numpy_helper.from_array(w + rng.normal(scale=3 * w.std(), size=w.shape).astype(np.float32),
+                                                  init.name))
+    onnx.save(model, damaged / "model.onnx")
+    man = json.loads((damaged / "manifest.json").read_text())
+    man["artifacts"]["model.onnx"]["sha256"] = sha256_file(damaged / "model.onnx")
+    (damaged / "manifest.json").write_text(json.dumps(man))
+    bad = check(damaged, base, data=data, max_drop=1.0)
+    assert not bad.ok and bad.candidate_value < 0.9
+    assert "accuracy regression: retrieval_agreement dropped" in bad.failures[0]
