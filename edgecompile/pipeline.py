@@ -166,7 +166,11 @@ def module_passes(plan: Plan) -> list:
 
 
 def graph_passes(plan: Plan) -> list:
-    """Graph passes (ONNX) for this plan. Precision passes are added by the precision stage."""
+    """Graph passes (ONNX) for this plan. Precision passes are added by the precision stage.
+    Hugging Face encoders on ORT get ORT's transformer fusions instead of onnxslim (the optimum
+    export is already folded, and the fusions need the unslimmed subgraph patterns)."""
+    if plan.source.kind == "hf" and plan.backend == "ort":
+        return [registry.get_pass("transformer_fusion")(getattr(plan.source, "model_type", "bert"))]
     return [registry.get_pass("simplify")()]
 
 

@@ -39,6 +39,9 @@ OPSET = 18
 MIN_COSINE = 0.9999
 MIN_AGREEMENT = 0.99
 EMBEDDING_OUTPUT = "sentence_embedding"
+# config.json model_type -> onnxruntime.transformers.optimizer model_type (encoders fuse as "bert")
+ORT_MODEL_TYPES = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "distilbert": "bert",
+                   "electra": "bert", "mpnet": "bert", "bart": "bart", "gpt2": "gpt2", "t5": "t5"}
 
 
 @dataclass
@@ -54,6 +57,7 @@ class HfModelSource:
     normalize: bool
     max_length: int
     class_labels: list[str] | None = None
+    model_type: str = "bert"            # onnxruntime.transformers.optimizer's name for the fusions
     kind: str = "hf"
     preprocessing: dict = field(default_factory=dict)
     splits: tuple[str, ...] = ("eval", "calib", "train")
@@ -214,7 +218,8 @@ def hf_source(directory: str | Path, task: str | None = None, *, name: str | Non
         outputs, metric = ["logits"], "top1_agreement"
     src = HfModelSource(name=name or directory.resolve().name, directory=directory, task=task, inputs=[], outputs=outputs,
                         fingerprint=_fingerprint(directory, task), metric=metric, pooling=pooling, normalize=normalize,
-                        max_length=max_length, class_labels=labels)
+                        max_length=max_length, class_labels=labels,
+                        model_type=ORT_MODEL_TYPES.get(config["model_type"], "bert"))
     src.default_evaluation = f"{src.name}:eval"
     src.default_calibration = f"{src.name}:calib"
     _export_cached(src)
