@@ -33,6 +33,7 @@ class TransformerFusion:
         return {"model_type": self.model_type, "num_heads": self.num_heads, "hidden_size": self.hidden_size}
 
     def __call__(self, model, ctx: PassContext | None = None) -> PassResult:
+        import onnx
         import onnx_ir as ir
 
         try:
@@ -53,6 +54,10 @@ class TransformerFusion:
             raise PassError(f"transformer fusion ({self.model_type}) failed: {msg}",
                             hint="build with --backend openvino, or report the model") from None
         stats = {k: v for k, v in fused.get_fused_operator_statistics().items() if v and k in FUSED_OPS}
-        out = ir.from_proto(fused.model)
+        result = fused.model
+        if any(n.domain == "com.microsoft" for n in result.graph.node) and \
+                not any(o.domain == "com.microsoft" for o in result.opset_import):
+            result.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))   # the optimizer omits it
+        out = ir.from_proto(result)
         after = graph_stats(out)
         return PassResult(out, modified=bool(stats), notes={"fused": stats, "nodes": f"{before[0]} -> {after[0]}"})

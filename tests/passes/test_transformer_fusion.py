@@ -37,6 +37,8 @@ def test_fuses_skip_layernorm_and_bias_gelu():
     assert result.modified
     assert [n.op_type for n in after.graph.node] == ["SkipLayerNormalization", "MatMul", "BiasGelu"]
     assert result.notes["fused"] == {"SkipLayerNormalization": 1, "BiasGelu": 1}
+    assert {(o.domain, o.version) for o in after.opset_import} == {("", 17), ("com.microsoft", 1)}
+    onnx.shape_inference.infer_shapes(after, strict_mode=True)       # what later passes run
     rng = np.random.default_rng(0)
     feeds = {"x": rng.normal(size=(2, 3, 8)).astype(np.float32), "r": rng.normal(size=(2, 3, 8)).astype(np.float32)}
     np.testing.assert_allclose(ort_outputs(after.SerializeToString(), [feeds])[0],
