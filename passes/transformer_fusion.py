@@ -58,6 +58,15 @@ class TransformerFusion:
         if any(n.domain == "com.microsoft" for n in result.graph.node) and \
                 not any(o.domain == "com.microsoft" for o in result.opset_import):
             result.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))   # the optimizer omits it
+        # ONNX shape inference stops at contrib ops; ORT's symbolic inference types every value
+        # (the quantizer needs the types of MatMuls fed by Attention/SkipLayerNormalization).
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        try:
+            result = SymbolicShapeInference.infer_shapes(result, auto_merge=True)
+        except Exception as exc:
+            raise PassError(f"shape inference of the fused graph failed: {str(exc).splitlines()[0][:200]}",
+                            hint="build with --backend openvino, or report the model") from None
         out = ir.from_proto(result)
         after = graph_stats(out)
         return PassResult(out, modified=bool(stats), notes={"fused": stats, "nodes": f"{before[0]} -> {after[0]}"})

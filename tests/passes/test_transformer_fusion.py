@@ -39,6 +39,8 @@ def test_fuses_skip_layernorm_and_bias_gelu():
     assert result.notes["fused"] == {"SkipLayerNormalization": 1, "BiasGelu": 1}
     assert {(o.domain, o.version) for o in after.opset_import} == {("", 17), ("com.microsoft", 1)}
     onnx.shape_inference.infer_shapes(after, strict_mode=True)       # what later passes run
+    typed = {v.name: v.type.tensor_type.elem_type for v in after.graph.value_info}
+    assert typed["n"] == onnx.TensorProto.FLOAT and typed["m"] == onnx.TensorProto.FLOAT   # contrib op outputs
     rng = np.random.default_rng(0)
     feeds = {"x": rng.normal(size=(2, 3, 8)).astype(np.float32), "r": rng.normal(size=(2, 3, 8)).astype(np.float32)}
     np.testing.assert_allclose(ort_outputs(after.SerializeToString(), [feeds])[0],
