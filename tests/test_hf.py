@@ -290,3 +290,41 @@ def test_gate_on_retrieval_agreement(tiny_embed_bundle, tiny_embed_dir, tmp_path
     bad = check(damaged, base, data=data, max_drop=1.0)
     assert not bad.ok and bad.candidate_value < 0.9
     assert "accuracy regression: retrieval_agreement dropped" in bad.failures[0]
+
+
+def _int8_build(directory, out, **quantize):
+    import edgecompile
+    from edgecompile.config import Config
+
+    cfg = Config().with_overrides({f"passes.quantize.{k}": v for k, v in quantize.items()})
+    return edgecompile.build(directory, target="cpu", backend="ort", precision="int8", config=cfg, output=out)
+
+
+def test_int8_dynamic_on_fused_graph(tiny_embed_dir, tmp_path):
+    import onnx
+
+    from edgecompile.runtime import load
+
+    b = _int8_build(tiny_embed_dir, tmp_path / "dyn", mode="dynamic", max_accuracy_drop=100.0)
+    passes = [p["name"] for p in b.manifest["passes"]]
+    assert passes == ["transformer_fusion", "quantize"]
+    ops = {n.op_type for n in onnx.load(b.path / "model.onnx").graph.node}
+    assert {"Attention", "SkipLayerNormalization", "EmbedLayerNormalization"} <= ops or "QAttention" in ops
+    assert ops & {"DynamicQuantizeMatMul", "MatMulInteger", "QAttention"}
+    with load(b.path) as runner:
+        emb = runner.encode(TEXTS)
+    assert emb.shape == (3, 32) and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
+
+
+def test_static_int8_falls_back_on_the_task_metric(tiny_embed_dir, tmp_path):
+    """Static QDQ of the (random, outlier-free) tiny encoder loses retrieval agreement; with
+    max_accuracy_drop 1 pt the precision stage keeps layers in float or ships fp32, never the
+    over-the-bound int8, and the report's metric is retrieval agreement."""
+    b = _int8_build(tiny_embed_dir, tmp_path / "static", mode="static", max_accuracy_drop=1.0)
+    rep = b.report()
+    assert rep["accuracy"]["metric"] == "retrieval_agreement"
+    assert b.manifest["precision"] in ("mixed", "fp32")
+    assert 100 * (rep["accuracy"]["reference"] - rep["accuracy"]["candidate"]) <= 1.0 + 1e-9
+    cands = rep["precision_notes"]["candidates"]
+    int8 = next(c for c in cands if c["precision"] == "int8")
+    assert int8["accuracy_drop"] > 1.0 and int8["status"].startswith("rejected: accuracy drop")
