@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+# this file is named like the `transformers` package: keep its directory off the import path
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
 
 class Candidate:
@@ -107,22 +109,32 @@ def ort_optimized_dynamic(src_path: Path, work: Path) -> Path:
     fused = work / "ort-optimized.onnx"
     opt.save_model_to_file(str(fused))
     out = work / "ort-optimized-dynamic.onnx"
-    quantize_dynamic(str(fused), str(out), per_channel=True, weight_type=QuantType.QInt8)
+    # DefaultTensorType: what ORT's own error message prescribes for contrib-op outputs
+    quantize_dynamic(str(fused), str(out), per_channel=True, weight_type=QuantType.QInt8,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     return out
 
 
 FRESH_OURS = """
-import resource, sys, time
+import sys, time
+def hwm():   # peak RSS of this process in KiB (ru_maxrss would carry over the forking parent's peak)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
 t = time.perf_counter()
 from edgecompile.runtime import load
 r = load(sys.argv[1], threads={threads})
 e = r.encode(["The bushfire forced hundreds of residents to leave their homes."])
 dt = time.perf_counter() - t
-print(dt, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, e.shape[1])
+print(dt, hwm(), e.shape[1])
 """
 
 FRESH_RAW = """
-import resource, sys, time
+import sys, time
+def hwm():   # peak RSS of this process in KiB (ru_maxrss would carry over the forking parent's peak)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
 t = time.perf_counter()
 import numpy as np, onnxruntime as ort
 from tokenizers import Tokenizer
@@ -134,7 +146,7 @@ feeds = {{"input_ids": np.array([enc.ids], np.int64), "attention_mask": np.array
          "token_type_ids": np.array([enc.type_ids], np.int64)}}
 e = s.run(None, feeds)[0]
 dt = time.perf_counter() - t
-print(dt, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, e.shape[1])
+print(dt, hwm(), e.shape[1])
 """
 
 

@@ -469,7 +469,8 @@ def _onnx_evaluator(plan: Plan, reference: np.ndarray | None):
     metric = choose_metric(plan.source.metric, ds, plan.classifier)
 
     def evaluate_graph(model) -> float:
-        out = ort_outputs(ir.to_proto(model).SerializeToString(), ds.batches(128))[0]
+        # batches of 64 like measure() (run_outputs): dynamic INT8 quantizes activations per batch
+        out = ort_outputs(ir.to_proto(model).SerializeToString(), ds.batches(64))[0]
         return compare(out, ref, ds, metric, "fp32").candidate
 
     return evaluate_graph

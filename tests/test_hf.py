@@ -328,3 +328,28 @@ def test_static_int8_falls_back_on_the_task_metric(tiny_embed_dir, tmp_path):
     cands = rep["precision_notes"]["candidates"]
     int8 = next(c for c in cands if c["precision"] == "int8")
     assert int8["accuracy_drop"] > 1.0 and int8["status"].startswith("rejected: accuracy drop")
+
+
+def test_dynamic_int8_search_keeps_outlier_layers_in_float(tiny_embed_dir, tmp_path):
+    """Dynamic INT8 with the accuracy-aware fallback: intermediate MatMuls given outlier channels lose
+    retrieval agreement when quantized; the search (sensitivity read at the consumers of the renamed
+    integer ops) keeps those layers in float and ships a mixed graph within 1 pt."""
+    import torch
+    from transformers import BertModel
+
+    d = tmp_path / "outliers"
+    shutil.copytree(tiny_embed_dir, d)
+    model = BertModel.from_pretrained(d)
+    with torch.no_grad():
+        for layer in model.encoder.layer:
+            layer.intermediate.dense.weight[:3] *= 60.0
+    model.save_pretrained(d)
+    b = _int8_build(d, tmp_path / "mixed", mode="dynamic", max_accuracy_drop=1.0)
+    rep = b.report()
+    cands = {c["precision"]: c for c in rep["precision_notes"]["candidates"]}
+    assert cands["int8"]["accuracy_drop"] > 1.0
+    assert b.manifest["precision"] in ("mixed", "fp32")
+    if b.manifest["precision"] == "mixed":
+        assert cands["mixed"]["accuracy_drop"] <= 1.0 and cands["mixed"]["status"] == "chosen"
+        assert all("intermediate/dense/MatMul" in n for n in b.manifest["float_nodes"])
+    assert 100 * (rep["accuracy"]["reference"] - rep["accuracy"]["candidate"]) <= 1.0 + 1e-9
