@@ -4,7 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgecompile.verify.textmetrics import nearest_neighbours, retrieval_agreement, spearman, spearman_vs_human
+from edgecompile.verify.textmetrics import (
+    nearest_neighbours,
+    retrieval_agreement,
+    spearman,
+    spearman_vs_human,
+)
 
 
 def test_nearest_neighbours_exclude_the_sentence_itself():

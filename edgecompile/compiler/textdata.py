@@ -27,7 +27,7 @@ def corpus_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise DataError("the text corpora for text models come from the gensim wheel, which is not installed",
                         hint="pip install gensim (only its data files are read), or pass --data FILE.npz")
-    path = Path(list(spec.submodule_search_locations)[0]) / "test" / "test_data"
+    path = Path(next(iter(spec.submodule_search_locations))) / "test" / "test_data"
     if not (path / "lee_background.cor").is_file():
         raise DataError(f"{path}: gensim's test corpora are missing", hint="reinstall gensim, or pass --data FILE.npz")
     return path

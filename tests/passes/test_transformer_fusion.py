@@ -3,7 +3,6 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-
 from edgecompile.passes.transformer_fusion import TransformerFusion
 from edgecompile.targets.ort import ort_outputs
 
