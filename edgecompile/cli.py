@@ -373,8 +373,7 @@ def check(obj: Ctx, bundle_dir, baseline_path, max_drop, max_latency_ratio, data
     import os
 
     from edgecompile.errors import GateError
-    from edgecompile.regression import DEFAULT_MAX_DROP
-    from edgecompile.regression import check as run_check
+    from edgecompile.regression import DEFAULT_MAX_DROP, check as run_check
     from edgecompile.verdict import github_annotations, render_table, write_junit
 
     res = run_check(bundle_dir, baseline_path, max_drop=DEFAULT_MAX_DROP if max_drop is None else max_drop,
@@ -395,7 +394,7 @@ def check(obj: Ctx, bundle_dir, baseline_path, max_drop, max_latency_ratio, data
 
 
 # -- run, bench, inspect, verify, cache, version: edgecompile/commands/ ----------------------------------
-from edgecompile.commands import register as _register_commands
+from edgecompile.commands import register as _register_commands  # noqa: E402
 
 _register_commands(cli)
 
@@ -431,4 +430,4 @@ def main(argv=None) -> None:
         sys.exit(1)
 
 
-__all__ = ["ConfigError", "cli", "main"]
+__all__ = ["cli", "main", "ConfigError"]

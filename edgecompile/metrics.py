@@ -5,8 +5,8 @@ in percentage points; error metrics (MSE, MAE) are bounded in relative percent.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 

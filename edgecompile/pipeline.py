@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from edgecompile import registry
-from edgecompile.buildcache import StageCache, code_fingerprint
 from edgecompile.bundle import Bundle, BundleWriter, check_writable
+from edgecompile.buildcache import StageCache, code_fingerprint
 from edgecompile.cache import cache_dir, content_key
 from edgecompile.config import Config
 from edgecompile.data import Dataset, TensorSpec

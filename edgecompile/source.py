@@ -10,10 +10,9 @@ import hashlib
 import importlib
 import importlib.util
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from edgecompile.data import Dataset, TensorSpec, load_npz, parse_spec
 from edgecompile.errors import DataError, ModelLoadError
