@@ -74,9 +74,14 @@ class OnnxModelSource:
 ModelSource = TorchModelSource | OnnxModelSource
 
 
-def resolve_source(spec: str | Path) -> ModelSource:
+def resolve_source(spec: str | Path, task: str | None = None) -> ModelSource:
     text = str(spec)
     path = Path(text)
+    if task is not None and not (path / "config.json").is_file():
+        from edgecompile.errors import ConfigError
+
+        raise ConfigError(f"--task applies to Hugging Face model directories, not {text!r}",
+                          hint="drop --task, or pass a directory with config.json")
     if text in BUILTIN_MODELS and not path.exists():
         return _from_module(importlib.import_module(f"edgecompile.models.{text}"), text)
     if path.suffix == ".onnx":
@@ -88,11 +93,13 @@ def resolve_source(spec: str | Path) -> ModelSource:
                 return _from_module(importlib.import_module(f"edgecompile.models.{path.name}"), text)
             return _from_module(_import_dir(path), text)
         if (path / "config.json").is_file():
-            raise ModelLoadError(f"{text}: Hugging Face model directories are not supported yet",
-                                 hint="export it to ONNX first (e.g. with optimum-cli) and pass the .onnx file")
+            from edgecompile.compiler.hf import hf_source
+
+            return hf_source(path, task)
         raise ModelLoadError(
             f"{text}: directory is not a model package (no __init__.py)",
-            hint="pass a models/<name> package, a built-in name (digits, resnet18, mobilenetv2) or a .onnx file",
+            hint="pass a models/<name> package, a built-in name (digits, resnet18, mobilenetv2), a Hugging Face "
+                 "model directory or a .onnx file",
         )
     if not path.exists():
         raise ModelLoadError(
@@ -163,7 +170,7 @@ def load_data(spec: str | None, source: ModelSource, *, default: str | None) -> 
         if name != source.name:
             raise DataError(f"data spec {spec!r} names dataset {name!r}, but the model is {source.name!r}",
                             hint=f"use {source.name}:<split> or a .npz file")
-        if source.kind != "torch":
+        if not hasattr(source, "dataset"):
             raise DataError(f"model {source.name!r} has no bound dataset", hint="pass --data FILE.npz")
         ds = source.dataset(split)
         if start is not None or stop is not None:

@@ -213,7 +213,14 @@ class Quantize(FunctionalGraphPass):
         import onnx_ir as ir
 
         if self._calibrated is None:
-            raise RuntimeError("requantize() needs a prior static run of this pass")
+            raise RuntimeError("requantize() needs a prior run of this pass")
+        if self.section.mode == "dynamic":          # no calibration: quantize again without `exclude`
+            proto, preset = self._calibrated
+            self.exclude = tuple(exclude)
+            with _quiet_ort_logging():
+                out, notes = self._dynamic(proto, preset)
+            return PassResult(ir.from_proto(out if out is not None else proto), out is not None,
+                              {"mode": "dynamic", **notes, **self._exclude_notes()})
         proto, preset, ranges, notes = self._calibrated
         self.exclude = tuple(exclude)
         out = self._qdq(proto, preset, ranges, self.exclude)
@@ -225,6 +232,7 @@ class Quantize(FunctionalGraphPass):
         from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
         from onnxruntime.quantization.quant_utils import QuantizationMode, QuantType, update_opset_version
 
+        self._calibrated = (proto, preset)
         proto, rewritten = gemm_to_matmul(proto)
         if not any(n.op_type in DYNAMIC_OPS for n in proto.graph.node):
             return None, {"nothing_to_quantize": "dynamic PTQ quantizes MatMul/Gemm/Attention/LSTM; "
@@ -232,7 +240,8 @@ class Quantize(FunctionalGraphPass):
         wt = _qtype(preset.weights)
         model = update_opset_version(proto, wt)
         quantizer = ONNXQuantizer(model, preset.per_channel, False, QuantizationMode.IntegerOps, False, wt,
-                                  QuantType.QUInt8, None, [], [], list(DYNAMIC_OPS), {"MatMulConstBOnly": True})
+                                  QuantType.QUInt8, None, [], list(self.exclude), list(DYNAMIC_OPS),
+                                  {"MatMulConstBOnly": True})
         quantizer.quantize_model()
         out = quantizer.model.model
         n = _count(out, ("MatMulInteger", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM", "QAttention"))

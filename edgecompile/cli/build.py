@@ -18,6 +18,8 @@ from edgecompile.cli.common import Ctx, _load_config, _show_built, emit_json, ve
 @click.option("-o", "--output", type=click.Path(), help="Bundle directory to write (replaced atomically).")
 @click.option("--data", type=click.Path(), help=".npz with arrays named after the inputs (+ optional labels).")
 @click.option("-c", "--config", "config_path", type=click.Path(), help="TOML config (default: ./edgecompile.toml).")
+@click.option("--task", type=click.Choice(["feature-extraction", "text-classification"]),
+              help="Hugging Face model directories: what to export (default: from config.json).")
 @click.option("--strict", is_flag=True, default=None, help="Exit 3 when the requested precision cannot be met.")
 @click.option("--force", is_flag=True, default=None, help="Ship the requested precision regardless.")
 @click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads for measurement and the manifest.")
@@ -50,10 +52,11 @@ from edgecompile.cli.common import Ctx, _load_config, _show_built, emit_json, ve
 @click.option("--json", "json_mode", is_flag=True, help="Print report.json to stdout.")
 @verbosity_options
 @click.pass_obj
-def build(obj: Ctx, model, target, backend, precision, output, data, config_path, strict, force, threads,
+def build(obj: Ctx, model, target, backend, precision, output, data, config_path, task, strict, force, threads,
           quantize, calibrate, calib_samples, qat_epochs, max_accuracy_drop, no_cache, prune, finetune_epochs,
           distill, tune_trials, tune_timeout, remote, remote_key, annotations, json_mode):
-    """Build a bundle for MODEL (a models/<name> package, a built-in name, or a .onnx file).
+    """Build a bundle for MODEL (a models/<name> package, a built-in name, a .onnx file, or a Hugging
+    Face model directory).
 
     Flags override the config file (--config FILE, else ./edgecompile.toml), which overrides defaults.
     An identical rebuild is served from the content-addressed build cache (see `edgecompile cache`)."""
@@ -68,8 +71,8 @@ def build(obj: Ctx, model, target, backend, precision, output, data, config_path
     progress = obj.progress(json_mode)
     bundle = run_build(model, target, output=output, backend=backend, precision=precision, data=data,
                        config=cfg, strict=strict, force=force, threads=threads, progress=progress,
-                       cache=not no_cache, prune=prune, finetune_epochs=finetune_epochs, distill=distill,
-                       tune_trials=tune_trials, tune_timeout=tune_timeout)
+                       cache=not no_cache, task=task, prune=prune, finetune_epochs=finetune_epochs,
+                       distill=distill, tune_trials=tune_trials, tune_timeout=tune_timeout)
     _show_built(obj, bundle, json_mode)
 
 

@@ -78,19 +78,28 @@ def read_feeds(path: str | Path, inputs) -> tuple[dict, "object | None"]:
 
 @click.command()
 @click.argument("bundle_dir", type=click.Path())
-@click.option("-i", "--input", "input_path", required=True, type=click.Path(),
+@click.option("-i", "--input", "input_path", type=click.Path(),
               help=".npy (single-input models) or .npz with arrays named after the inputs (+ optional labels).")
+@click.option("--text", "texts", multiple=True, metavar="TEXT",
+              help="Text bundles: a text to embed or classify (repeatable) instead of --input.")
 @click.option("-o", "--output", type=click.Path(), help="Write the outputs to this .npz (named after the outputs).")
 @click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads.")
 @with_remote_options
 @json_option
-def run(bundle_dir, input_path, output, threads, remote, key, wait, json_mode):
-    """Run the bundle in BUNDLE_DIR on the arrays in --input.
+def run(bundle_dir, input_path, texts, output, threads, remote, key, wait, json_mode):
+    """Run the bundle in BUNDLE_DIR on the arrays in --input, or on --text for text bundles.
 
     Inputs are checked (names, dtypes, shapes) and refused with exit 2 when wrong; NaN/inf inputs
-    are run with a warning."""
+    are run with a warning. Texts longer than the bundle's max length are truncated with a warning."""
     import numpy as np
 
+    if bool(input_path) == bool(texts):
+        raise click.UsageError("pass either --input FILE or --text TEXT (repeatable)")
+    if texts:
+        from edgecompile.cli.textrun import run_texts
+
+        run_texts(open_runner(bundle_dir, threads, remote, key, wait), list(texts), output, json_mode)
+        return
     with open_runner(bundle_dir, threads, remote, key, wait) as runner:
         board = getattr(runner, "board", None)
         feeds, labels = read_feeds(input_path, runner.inputs)

@@ -26,6 +26,7 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8", "auto")
 @dataclass(frozen=True)
 class ModelSection:
     source: str | None = None
+    task: str | None = None             # Hugging Face directories: feature-extraction | text-classification
 
 
 @dataclass(frozen=True)

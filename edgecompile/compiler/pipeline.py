@@ -33,12 +33,13 @@ def build(model: str | Path | None = None, target: str | None = None, *, output:
           config: Config | str | Path | None = None, strict: bool | None = None, force: bool | None = None,
           threads: int | None = None, progress: Progress | None = None, cache: bool = True,
           prune: float | None = None, finetune_epochs: int | None = None, distill: bool | None = None,
-          **options: Any) -> Bundle:
+          task: str | None = None, **options: Any) -> Bundle:
     """Build a bundle. Keyword arguments override the config file, which overrides defaults.
 
     `cache=False` neither reads nor writes the build cache (see edgecompile.compiler.buildcache).
     `model` is a path/name or an already resolved `ModelSource` (e.g. a distilled student).
     `prune`, `finetune_epochs`, `distill` set [passes.prune] ratio / finetune_epochs / distill.
+    `task` sets [model] task (Hugging Face directories: feature-extraction | text-classification).
     `options` carries Python-API-only extras for passes (e.g. `finetune=callable`,
     `calibration_data=iterable of feed dicts`); builds with options bypass the build cache,
     since callables cannot be part of a content key. `tune_trials` / `tune_timeout` (minutes)
@@ -50,7 +51,7 @@ def build(model: str | Path | None = None, target: str | None = None, *, output:
     cfg = cfg.with_overrides(
         {
             "model.source": (source.name if source is not None else str(model)) if model is not None else None,
-            "build.target": target,
+            "model.task": task, "build.target": target,
             "build.backend": backend,
             "build.precision": precision,
             "build.strict": strict,
@@ -129,6 +130,7 @@ def execute(plan: Plan, progress: Progress) -> Bundle:
         with progress.step("load", str(plan.source.path)):
             model = load_onnx(plan)
             reference = reference_outputs(plan, None)
+        parity = plan.source.parity        # e.g. a Hugging Face export's (edgecompile.compiler.hf), else None
 
     evaluator = _onnx_evaluator(plan, reference)
     ctx.evaluator = evaluator
@@ -174,6 +176,8 @@ def execute(plan: Plan, progress: Progress) -> Bundle:
         for rel, role in artifacts.files.items():
             writer.add_artifact(rel, role)
         man = make_manifest(plan, model, achieved, records, artifacts, parity)
+        if plan.source.kind == "hf":       # text bundles: tokenizer artifact + manifest "frontend"
+            man["frontend"] = plan.source.write_frontend(writer)
         if achieved == "mixed":           # int8 with the listed nodes kept in float (precision search)
             man["float_nodes"] = [n["node"] for n in precision_notes.get("float_nodes", [])]
         if choice is not None:
@@ -246,7 +250,8 @@ def _onnx_evaluator(plan: Plan, reference: np.ndarray | None):
     metric = choose_metric(plan.source.metric, ds, plan.classifier)
 
     def evaluate_graph(model) -> float:
-        out = ort_outputs(ir.to_proto(model).SerializeToString(), ds.batches(128), join=ds.stack_outputs)[0]
+        # batches of 64 like measure() (run_outputs): dynamic INT8 quantizes activations per batch
+        out = ort_outputs(ir.to_proto(model).SerializeToString(), ds.batches(64), join=ds.stack_outputs)[0]
         return compare(out, ref, ds, metric, "fp32").candidate
 
     return evaluate_graph
@@ -268,7 +273,8 @@ def measure(plan: Plan, bundle: Bundle, reference: np.ndarray | None, progress: 
         if plan.evaluation is not None and reference is not None:
             cand = run_outputs(runner, plan.evaluation, progress=progress)
             metric = choose_metric(plan.source.metric, plan.evaluation, plan.classifier)
-            ref_name = "torch fp32" if plan.source.kind == "torch" else "source onnx (ORT fp32)"
+            ref_name = {"torch": "torch fp32", "hf": "parity-checked optimum export (ORT fp32)"}.get(
+                plan.source.kind, "source onnx (ORT fp32)")
             out["accuracy"] = compare(cand, reference, plan.evaluation, metric, ref_name)
         if plan.evaluation is not None:
             feeds = plan.evaluation.first_feed()

@@ -64,7 +64,7 @@ def make_plan(cfg: Config, *, output: str | Path | None, data: str | Path | None
         raise TargetUnavailableError(f"backend {backend!r} is not available: {avail.reason}",
                                      hint=avail.hint or f"pip install 'edgecompile[{backend}]'")
     target.check_config(cfg)      # e.g. an OpenVINO device this machine does not have
-    source = source if source is not None else resolve_source(cfg.model.source)
+    source = source if source is not None else resolve_source(cfg.model.source, cfg.model.task)
     precision = cfg.build.precision or profile.default_precision
     if data is not None:
         ds_path = str(data)
@@ -105,7 +105,11 @@ def module_passes(plan: Plan) -> list:
 
 
 def graph_passes(plan: Plan) -> list:
-    """Graph passes (ONNX) for this plan. Precision passes are added by the precision stage."""
+    """Graph passes (ONNX) for this plan. Precision passes are added by the precision stage.
+    Hugging Face encoders on ORT get ORT's transformer fusions instead of onnxslim (the optimum
+    export is already folded, and the fusions need the unslimmed subgraph patterns)."""
+    if plan.source.kind == "hf" and plan.backend == "ort":
+        return [registry.get_pass("transformer_fusion")(plan.source.model_type)]
     return [registry.get_pass("simplify")()]
 
 

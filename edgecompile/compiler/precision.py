@@ -132,7 +132,8 @@ def int8(plan, model, ctx, records, progress, auto: bool = False):
     drop = summary.get("metric_drop")
     models = {"fp32": model, "int8": qmodel}
     slow = {"int8": plan.backend == "ort" and measurably_slower(lat)}
-    if bound is not None and drop is not None and drop > bound and qcfg.mode == "static" and ctx.evaluator:
+    if bound is not None and drop is not None and drop > bound and qcfg.mode in ("static", "dynamic") \
+            and ctx.evaluator:
         with progress.step("precision search", f"sensitivity + greedy float fallback to {bound:g}"):
             found = _search(plan, qpass, rec, fp_bytes, qmodel, bound, feeds, ctx, progress)
         notes["precision_search"] = found["report"]

@@ -64,12 +64,16 @@ def sensitivity(fp32_bytes: bytes, int8_bytes: bytes, groups: list[Group], ds) -
     from edgecompile.verify.localize import node_errors
 
     rows = {r["node"]: r for r in node_errors(fp32_bytes, int8_bytes, ds.take(SENSITIVITY_SAMPLES))["rows"]}
+    consumer = _first_consumers(fp32_bytes)
     out = []
     for g in groups:
-        r = rows.get(g.node)
+        # dynamic quantization replaces a MatMul by integer ops under other names: its error is
+        # read at the output of the first node that consumes it (e.g. SkipLayerNormalization)
+        r = rows.get(g.node) or rows.get(consumer.get(g.node))
         if r is None:
             continue
-        before = rows[g.entry]["rel_error"] if g.entry in rows else 0.0
+        entry = g.entry if g.entry in rows else consumer.get(g.entry)
+        before = rows[entry]["rel_error"] if entry in rows and entry != consumer.get(g.node) else 0.0
         out.append({"node": g.node, "op_type": g.op_type, "added_error": max(0.0, r["rel_error"] - before),
                     "rel_error": r["rel_error"], "cosine": r["cosine"], "group": list(g.members)})
     out.sort(key=lambda d: -d["added_error"])
@@ -102,6 +106,17 @@ def task_sensitivity(qpass, groups: list[Group], metric_drop, l2_rows: list[dict
                     "group": list(g.members)})
     out.sort(key=lambda d: -d["metric_drop"])
     return out
+
+def _first_consumers(fp32_bytes: bytes) -> dict[str, str]:
+    """node name -> name of the first node (topological order) that reads its first output."""
+    import onnx
+
+    proto = onnx.load_from_string(fp32_bytes)
+    readers: dict[str, str] = {}
+    for n in proto.graph.node:
+        for i in n.input:
+            readers.setdefault(i, n.name)
+    return {n.name: readers[n.output[0]] for n in proto.graph.node if n.output and n.output[0] in readers}
 
 
 def step_sizes(n: int) -> list[int]:

@@ -25,6 +25,7 @@ BUILTIN_PASSES: dict[str, str] = {
     "quantize": "edgecompile.passes.quantize:Quantize",
     "qat": "edgecompile.passes.module.qat:QuantizationAwareTraining",
     "fp16": "edgecompile.passes.fp16:Float16",
+    "transformer_fusion": "edgecompile.passes.transformer_fusion:TransformerFusion",
 }
 
 

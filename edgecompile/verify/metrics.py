@@ -103,6 +103,10 @@ def closeness(out, ref) -> dict:
     res["worst"] = {"index": [int(x) for x in i], "candidate": float(a64[i]), "reference": float(b64[i]),
                     "abs_error": float(err[i])}
     return res
+def _retrieval(out, ref):
+    from edgecompile.verify.textmetrics import retrieval_agreement
+
+    return retrieval_agreement(out, ref)
 
 
 METRICS: dict[str, Metric] = {
@@ -115,6 +119,7 @@ METRICS: dict[str, Metric] = {
         Metric("map", True, "percentage", True, _dataset_level, dataset_level=True),      # COCO mAP@[.5:.95]
         Metric("map50", True, "percentage", True, _dataset_level, dataset_level=True),    # COCO mAP@.5
         Metric("output_closeness", True, "percentage", False, _close),
+        Metric("retrieval_agreement", True, "percentage", False, _retrieval),
     ]
 }
 

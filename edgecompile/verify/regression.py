@@ -34,9 +34,19 @@ DEFAULT_MAX_DROP = 1.0
 
 def _classifier(manifest: dict) -> bool:
     metric = manifest.get("metric", "top1")
-    if metric in ("top1", "top1_agreement"):
+    if metric in ("top1", "top1_agreement", "retrieval_agreement"):
         return True
     return metric not in ("mse", "mae", "map", "map50")
+
+
+def _predictions(out: np.ndarray, metric_name: str) -> np.ndarray:
+    """What agreement is scored on: the top-1 class, or for text embeddings (retrieval_agreement)
+    each sentence's nearest neighbour in the evaluation corpus."""
+    if metric_name == "retrieval_agreement":
+        from edgecompile.verify.textmetrics import nearest_neighbours
+
+        return nearest_neighbours(out)
+    return out.reshape(len(out), -1).argmax(1)
 
 
 def outputs_of(runner, ds: Dataset, batch_size: int = 64) -> np.ndarray:
@@ -64,7 +74,7 @@ def per_sample_results(out: np.ndarray, ds: Dataset, metric_name: str, classifie
     agreement with `predictions` (the baseline's), i.e. every changed prediction counts as a loss."""
     from edgecompile.verify.metrics import METRICS, get_metric
 
-    if ds.labels is not None:
+    if ds.labels is not None and metric_name != "retrieval_agreement":
         metric = get_metric(metric_name)
         if not metric.needs_labels:
             metric = METRICS["top1"] if classifier else METRICS["mse"]
@@ -72,9 +82,10 @@ def per_sample_results(out: np.ndarray, ds: Dataset, metric_name: str, classifie
     if not classifier:
         raise DataError(f"evaluation data {ds.identity!r} have no labels; an error metric needs them",
                         hint="add a `labels` array to the .npz")
-    mine = out.reshape(len(out), -1).argmax(1)
+    mine = _predictions(out, metric_name)
     preds = mine if predictions is None else np.asarray(predictions).reshape(-1)
-    return "top1_agreement", (mine == preds).astype(np.float64)
+    name = "retrieval_agreement" if metric_name == "retrieval_agreement" else "top1_agreement"
+    return name, (mine == preds).astype(np.float64)
 
 
 def task_accuracy(runner, bundle: Bundle, data: str | Path | None = None) -> dict:
@@ -132,7 +143,7 @@ def make_baseline(bundle_dir: str | Path, *, data: str | Path | None = None, mea
                    "binary": binary, "classifier": classifier, "value": value, "n": len(ds), "ci95": ci},
         "per_sample": per_image if per_image is not None else (
             [int(v) for v in scores] if binary else [float(v) for v in scores]),
-        "predictions": out.reshape(len(out), -1).argmax(1).tolist() if classifier else None,
+        "predictions": _predictions(out, metric_name).tolist() if classifier else None,
         "fingerprints": fingerprints(out, classifier),
         "latency_ms": lat,
         "machine": machine_info().get("cpu", {}).get("model"),

@@ -13,7 +13,7 @@ from conftest import free_port
 
 @pytest.fixture(scope="module")
 def ray_url(digits_bundle):
-    ray = pytest.importorskip("ray")
+    import ray
     from ray import serve
 
     from edgecompile.serve import ServeOptions

@@ -1,0 +1,72 @@
+"""`edgecompile run DIR --text ...`: embeddings or classes of texts through a text bundle's front-end."""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import click
+
+from edgecompile.cli.common import emit_json
+from edgecompile.errors import BundleError
+
+
+def run_texts(runner, texts: list[str], output: str | None, json_mode: bool) -> None:
+    import numpy as np
+
+    with runner:
+        front = runner.frontend
+        if front is None or not hasattr(front, "encode"):
+            raise BundleError(
+                f"{runner.bundle.path if runner.bundle else 'bundle'}: not a text bundle, --text needs one",
+                hint="use --input FILE.npz, or build a Hugging Face text model",
+            )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RuntimeWarning)
+            if front.task == "text-classification":
+                res = runner.classify(texts)
+                arrays = {"probabilities": res["probabilities"]}
+            else:
+                emb = runner.encode(texts)
+                res = None
+                arrays = {"embeddings": emb}
+        manifest = runner.bundle.manifest if runner.bundle is not None else {}
+    notes = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    for note in notes:
+        click.echo(f"warning: {note}", err=True)
+    if output:
+        out = Path(output)
+        if out.suffix != ".npz":
+            out = out.with_name(out.name + ".npz")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, out)
+        output = str(out)
+    result = {"bundle": str(runner.bundle.path) if runner.bundle else None, "bundle_id": manifest.get("bundle_id"),
+              "task": front.task, "texts": texts, "warnings": notes, "output_file": output}
+    if res is not None:
+        result["labels"] = res["labels"]
+        result["scores"] = [float(s) for s in res["scores"]]
+        result["probabilities"] = res["probabilities"].tolist()
+    else:
+        result["embeddings"] = emb.tolist()
+        result["dim"] = int(emb.shape[1])
+    if json_mode:
+        emit_json(result)
+        return
+    for i, text in enumerate(texts):
+        short = text if len(text) <= 60 else text[:57] + "..."
+        if res is not None:
+            click.echo(f"{res['labels'][i]}  {res['scores'][i]:.4f}  {short}")
+        else:
+            v = emb[i]
+            head = " ".join(f"{x:+.4f}" for x in v[:4])
+            click.echo(f"[{head} ...] dim {v.shape[0]} norm {np.linalg.norm(v):.4f}  {short}")
+    if res is None and len(texts) > 1:
+        sim = emb @ emb.T / np.maximum(np.outer(np.linalg.norm(emb, axis=1), np.linalg.norm(emb, axis=1)), 1e-30)
+        click.echo("cosine similarity:")
+        for i in range(len(texts)):
+            click.echo("  " + " ".join(f"{sim[i, j]:.3f}" for j in range(len(texts))))
+    if output:
+        click.echo(f"outputs written to {output}")

@@ -1,0 +1,246 @@
+"""Hugging Face model directories as a model source.
+
+`hf_source(DIR, task)` reads `config.json`, the weights (`model.safetensors`, or `pytorch_model.bin`
+loaded only with `weights_only=True`) and `tokenizer.json`; exports through optimum-onnx
+(`optimum.exporters.onnx`) with dynamic batch and sequence axes; appends the pooling and
+normalisation that the sentence-transformers config declares (`modules.json`, `1_Pooling/`) to
+the graph, so that the graph's output is the sentence embedding; and checks parity against the
+torch model on the task metric (per-sentence embedding cosine and nearest-neighbour retrieval
+agreement over real sentences, or top-1 agreement for classifiers), not on a max-abs tolerance.
+
+The exported, parity-checked ONNX is cached in `$EDGECOMPILE_CACHE/hf-export/<key>/`. From there
+on the pipeline treats the source like an `.onnx` source whose FP32 reference is that graph
+under ONNX Runtime; `write_frontend` adds the tokenizer to the bundle as a hashed artifact and
+returns the manifest's `frontend` record for `edgecompile.runtime.text.TextFrontend`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+from edgecompile.data import Dataset, TensorSpec
+from edgecompile.errors import ConfigError, DataError, ModelLoadError
+
+TASKS = ("feature-extraction", "text-classification")
+BUCKETS = (16, 32, 64, 128, 256, 512)
+OPSET = 18
+# Parity of the FP32 export against torch, on the task: every sentence embedding this close, and
+# the nearest neighbours (retrieval) / top-1 classes all but this fraction the same.
+MIN_COSINE = 0.9999
+MIN_AGREEMENT = 0.99
+EMBEDDING_OUTPUT = "sentence_embedding"
+# config.json model_type -> onnxruntime.transformers.optimizer model_type (encoders fuse as "bert")
+ORT_MODEL_TYPES = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "distilbert": "bert",
+                   "electra": "bert", "mpnet": "bert", "bart": "bart", "gpt2": "gpt2", "t5": "t5"}
+
+
+@dataclass
+class HfModelSource:
+    name: str
+    directory: Path
+    task: str
+    inputs: list[TensorSpec]
+    outputs: list[str]
+    fingerprint: str
+    metric: str
+    pooling: str | None                 # mean | cls | max (feature-extraction)
+    normalize: bool
+    max_length: int
+    class_labels: list[str] | None = None
+    model_type: str = "bert"            # onnxruntime.transformers.optimizer's name for the fusions
+    kind: str = "hf"
+    preprocessing: dict = field(default_factory=dict)
+    splits: tuple[str, ...] = ("eval", "calib", "train")
+    default_calibration: str | None = None
+    default_evaluation: str | None = None
+    train_split: str | None = None
+    parity: dict | None = None
+    path: Path | None = None            # the exported ONNX (set by hf_source)
+    _tokenizer: object = field(default=None, repr=False)
+
+    # -- data ------------------------------------------------------------------------------
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.directory / "tokenizer.json", self.max_length)
+        return self._tokenizer
+
+    def texts(self, split: str) -> list[str]:
+        from edgecompile.compiler import textdata
+
+        if self.task == "text-classification":
+            sents, _ = textdata.polarity_sentences()
+            ranges = {"eval": (0, 120), "calib": (120, 200), "train": (0, 200)}
+            if split not in ranges:
+                raise DataError(f"model {self.name!r} has no data split {split!r}", hint=f"splits: {', '.join(ranges)}")
+            return sents[slice(*ranges[split])]
+        return textdata.split_sentences(split)
+
+    def dataset(self, split: str) -> Dataset:
+        if split not in self.splits:
+            raise DataError(
+                f"model {self.name!r} has no data split {split!r}", hint=f"splits: {', '.join(self.splits)}"
+            )
+        feeds, truncated = tokenize(self.tokenizer(), self.texts(split), [s.name for s in self.inputs],
+                                    self.max_length)
+        if truncated:
+            warnings.warn(f"{self.name}:{split}: {len(truncated)} text(s) truncated to {self.max_length} tokens",
+                          RuntimeWarning, stacklevel=2)
+        return Dataset(f"{self.name}:{split}", feeds)
+
+    # -- bundle --------------------------------------------------------------------------
+    def frontend(self) -> dict:
+        return {"kind": "text", "task": self.task, "tokenizer": "tokenizer.json", "max_length": self.max_length,
+                "buckets": buckets(self.max_length),
+                "input_names": [s.name for s in self.inputs], "output": self.outputs[0],
+                "pooling": self.pooling, "normalize": self.normalize,
+                "pooling_applied": "graph" if self.task == "feature-extraction" else None,
+                "labels": self.class_labels}
+
+    def write_frontend(self, writer) -> dict:
+        """Copy the tokenizer into the bundle (a hashed artifact); the manifest's `frontend` record."""
+        shutil.copyfile(self.directory / "tokenizer.json", writer.path("tokenizer.json"))
+        writer.add_artifact("tokenizer.json", "tokenizer")
+        return self.frontend()
+
+
+# -- tokenization (shared with the runtime's rules, see edgecompile.runtime.text) ---------------
+
+def load_tokenizer(path: Path, max_length: int):
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise ModelLoadError("text models need the `tokenizers` package", hint="pip install tokenizers") from None
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{path}: not a readable tokenizer.json ({str(exc).splitlines()[0][:200]})",
+            hint="save a fast tokenizer with AutoTokenizer.from_pretrained(...).save_pretrained(DIR)",
+        ) from None
+    tok.no_padding()
+    tok.enable_truncation(max_length)
+    return tok
+
+
+def buckets(max_length: int) -> list[int]:
+    return [b for b in BUCKETS if b < max_length] + [max_length]
+
+
+def tokenize(tok, texts: list[str], input_names: list[str], max_length: int) -> tuple[dict, list[int]]:
+    """Token arrays padded to a length bucket (the runtime's rule); indices of truncated texts."""
+    from edgecompile.runtime.text import tokenize as runtime_tokenize
+
+    return runtime_tokenize(tok, texts, input_names, buckets(max_length), max_length)
+
+
+# -- the source ---------------------------------------------------------------------------------
+
+def is_hf_dir(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").is_file() and not (path / "__init__.py").is_file()
+
+
+def _read_json(path: Path, what: str):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: unreadable {what} ({exc.__class__.__name__})",
+                             hint="the directory must be a complete Hugging Face model (save_pretrained)") from None
+
+
+def _fingerprint(directory: Path, task: str) -> str:
+    h = hashlib.sha256(f"hf/v1\0{task}\0".encode())
+    for p in sorted(directory.rglob("*")):
+        if p.is_file() and "__pycache__" not in p.parts and not p.name.startswith("."):
+            h.update(p.relative_to(directory).as_posix().encode() + b"\0")
+            with open(p, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()
+
+
+def _pooling(directory: Path) -> tuple[str, bool, bool]:
+    """(pooling mode, normalize, declared by a sentence-transformers config)."""
+    modules_file = directory / "modules.json"
+    if not modules_file.is_file():
+        return "mean", False, False
+    modules = _read_json(modules_file, "modules.json")
+    types = [m.get("type", "") for m in modules]
+    normalize = any(t.endswith("Normalize") for t in types)
+    pool = next((m for m in modules if m.get("type", "").endswith("Pooling")), None)
+    if pool is None:
+        return "cls", normalize, True
+    cfg = _read_json(directory / pool.get("path", "1_Pooling") / "config.json", "pooling config")
+    modes = [m for m, key in (("mean", "pooling_mode_mean_tokens"), ("cls", "pooling_mode_cls_token"),
+                              ("max", "pooling_mode_max_tokens")) if cfg.get(key)]
+    if len(modes) != 1:
+        raise ModelLoadError(
+            f"{directory}: pooling config enables {modes or 'no mode'}; one of mean, cls, max is supported",
+            hint="edit 1_Pooling/config.json to a single pooling mode",
+        )
+    return modes[0], normalize, True
+
+
+def hf_source(directory: str | Path, task: str | None = None, *, name: str | None = None) -> HfModelSource:
+    """A Hugging Face model directory as a source: exported (or from the cache) and parity-checked."""
+    directory = Path(directory)
+    config = _read_json(directory / "config.json", "config.json")
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise ModelLoadError(f"{directory}/config.json has no model_type", hint="not a transformers model directory")
+    if not ((directory / "model.safetensors").is_file() or (directory / "pytorch_model.bin").is_file()):
+        raise ModelLoadError(f"{directory}: no model.safetensors or pytorch_model.bin",
+                             hint="save the model with save_pretrained (safetensors preferred)")
+    if not (directory / "tokenizer.json").is_file():
+        raise ModelLoadError(f"{directory}: no tokenizer.json (the bundle's runtime needs a fast tokenizer)",
+                             hint="AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR) writes one")
+    archs = config.get("architectures") or []
+    default_task = "text-classification" if any(a.endswith("ForSequenceClassification") for a in archs) \
+        else "feature-extraction"
+    task = task or default_task
+    if task not in TASKS:
+        raise ConfigError(f"unsupported --task {task!r}", hint=f"one of: {', '.join(TASKS)}")
+    st_cfg = directory / "sentence_bert_config.json"
+    max_length = (
+        int(_read_json(st_cfg, "sentence_bert_config.json").get("max_seq_length", 512))
+        if st_cfg.is_file()
+        else int(_read_json(directory / "tokenizer_config.json", "tokenizer_config.json").get("model_max_length", 512))
+        if (directory / "tokenizer_config.json").is_file()
+        else 512
+    )
+    max_length = min(max_length, int(config.get("max_position_embeddings", 512)))
+    pooling, normalize = (None, False)
+    labels = None
+    if task == "feature-extraction":
+        pooling, normalize, _ = _pooling(directory)
+        outputs, metric = [EMBEDDING_OUTPUT], "retrieval_agreement"
+    else:
+        id2label = config.get("id2label") or {}
+        labels = [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(len(id2label) or 2)]
+        outputs, metric = ["logits"], "top1_agreement"
+    src = HfModelSource(
+        name=name or directory.resolve().name,
+        directory=directory,
+        task=task,
+        inputs=[],
+        outputs=outputs,
+        fingerprint=_fingerprint(directory, task),
+        metric=metric,
+        pooling=pooling,
+        normalize=normalize,
+        max_length=max_length,
+        class_labels=labels,
+        model_type=ORT_MODEL_TYPES.get(config["model_type"], "bert"),
+    )
+    src.default_evaluation = f"{src.name}:eval"
+    src.default_calibration = f"{src.name}:calib"
+    from edgecompile.compiler.hf_export import _export_cached
+
+    _export_cached(src)
+    return src
+
+
+# -- export + parity ------------------------------------------------------------------------------

@@ -1,0 +1,142 @@
+"""The text front-end of text bundles: `runner.encode(texts)` and `runner.classify(texts)`.
+
+Torch-free: the bundle's `tokenizer.json` (a hashed artifact) runs with the `tokenizers` package,
+the graph with the bundle's engine. Texts are tokenized, truncated to the manifest's `max_length`
+(a truncation is reported with a RuntimeWarning naming the texts, never silent), and padded to
+the smallest length bucket that holds the longest text of each batch, so short texts do not pay
+for `max_length` tokens. Pooling and normalisation are those recorded in the manifest: applied in
+the graph (`pooling_applied: "graph"`), or here on a `last_hidden_state` output.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from edgecompile.errors import BundleError, DataError
+
+
+class TextFrontend:
+    def __init__(self, runner, bundle, spec: dict):
+        try:
+            from tokenizers import Tokenizer
+        except ImportError:
+            raise BundleError("text bundles need the `tokenizers` package",
+                              hint="pip install 'edgecompile[runtime]'") from None
+        self.runner = runner
+        self.spec = spec
+        self.task = spec.get("task", "feature-extraction")
+        self.max_length = int(spec["max_length"])
+        self.buckets = sorted(int(b) for b in spec.get("buckets") or [self.max_length])
+        self.input_names = list(spec["input_names"])
+        self.output = spec["output"]
+        self.pooling = spec.get("pooling")
+        self.normalize = bool(spec.get("normalize"))
+        self.pooling_applied = spec.get("pooling_applied")
+        self.labels = spec.get("labels")
+        path = bundle.artifact("tokenizer")
+        try:
+            self.tokenizer = Tokenizer.from_file(str(path))
+        except Exception as exc:
+            raise BundleError(f"{path}: not a readable tokenizer ({str(exc).splitlines()[0][:200]})",
+                              hint="rebuild the bundle") from None
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(self.max_length)
+
+    # -- tokenization -------------------------------------------------------------------------
+    def tokenize(self, texts: list[str]) -> tuple[dict[str, np.ndarray], list[int]]:
+        """Feeds for `texts`, padded to a length bucket; the indices of truncated texts."""
+        return tokenize(self.tokenizer, texts, self.input_names, self.buckets, self.max_length)
+
+    def _check(self, texts) -> list[str]:
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        if not texts:
+            raise DataError("no texts given", hint="pass a non-empty list of strings")
+        bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
+        if bad:
+            raise DataError(f"texts must be strings, got {bad[0]}", hint="pass a list of str")
+        return texts
+
+    def _forward(self, texts: list[str], batch_size: int) -> np.ndarray:
+        texts = self._check(texts)
+        outs = []
+        truncated: list[int] = []
+        # sort by length so that each batch is padded only to its own longest text
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            feeds, cut = self.tokenize([texts[i] for i in idx])
+            truncated.extend(idx[j] for j in cut)
+            res = self.runner.run(feeds)[self.output]
+            if self.pooling_applied != "graph" and self.task == "feature-extraction":
+                res = pool(res, feeds["attention_mask"], self.pooling or "mean", self.normalize)
+            outs.append(res)
+        if truncated:
+            shown = ", ".join(map(str, sorted(truncated)[:10])) + (" ..." if len(truncated) > 10 else "")
+            warnings.warn(f"{len(truncated)} text(s) longer than {self.max_length} tokens were truncated "
+                          f"(index {shown})", RuntimeWarning, stacklevel=4)
+        out = np.concatenate(outs)
+        result = np.empty_like(out)
+        result[order] = out
+        return result
+
+    # -- public --------------------------------------------------------------------------------
+    def encode(self, texts, batch_size: int = 32) -> np.ndarray:
+        """float32 [N, dim] sentence embeddings (normalised when the manifest says so)."""
+        if self.task != "feature-extraction":
+            raise BundleError(f"this is a {self.task} bundle; encode() needs a feature-extraction bundle",
+                              hint="use runner.classify(texts)")
+        return np.ascontiguousarray(self._forward(texts, batch_size), np.float32)
+
+    def classify(self, texts, batch_size: int = 32) -> dict:
+        """{"labels": [N top labels], "scores": float32 [N] (their softmax probability),
+        "probabilities": float32 [N, classes]}."""
+        if self.task != "text-classification":
+            raise BundleError(f"this is a {self.task} bundle; classify() needs a text-classification bundle",
+                              hint="use runner.encode(texts)")
+        logits = self._forward(texts, batch_size).astype(np.float64)
+        z = np.exp(logits - logits.max(1, keepdims=True))
+        probs = (z / z.sum(1, keepdims=True)).astype(np.float32)
+        top = probs.argmax(1)
+        names = self.labels or [f"LABEL_{i}" for i in range(probs.shape[1])]
+        return {"labels": [names[i] for i in top], "scores": probs[np.arange(len(top)), top],
+                "probabilities": probs}
+
+
+def tokenize(tokenizer, texts: list[str], input_names: list[str], buckets: list[int],
+             max_length: int) -> tuple[dict[str, np.ndarray], list[int]]:
+    """Token arrays for `texts` (a tokenizer with truncation to `max_length` enabled), padded to the
+    smallest bucket that holds the longest text; and the indices of the texts that were truncated."""
+    encs = tokenizer.encode_batch(list(texts))
+    truncated = [i for i, e in enumerate(encs) if e.overflowing]
+    longest = max((len(e.ids) for e in encs), default=1)
+    length = next((b for b in sorted(buckets) if longest <= b), max_length)
+    n = len(encs)
+    arrays = {"input_ids": np.zeros((n, length), np.int64), "attention_mask": np.zeros((n, length), np.int64),
+              "token_type_ids": np.zeros((n, length), np.int64)}
+    for i, e in enumerate(encs):
+        k = len(e.ids)
+        arrays["input_ids"][i, :k] = e.ids
+        arrays["attention_mask"][i, :k] = e.attention_mask
+        arrays["token_type_ids"][i, :k] = e.type_ids
+    missing = [n for n in input_names if n not in arrays]
+    if missing:
+        raise BundleError(f"text front-end cannot make model inputs {missing}", hint="rebuild the bundle")
+    return {name: arrays[name] for name in input_names}, truncated
+
+
+def pool(hidden: np.ndarray, mask: np.ndarray, pooling: str, normalize: bool) -> np.ndarray:
+    m = mask[:, :, None].astype(np.float32)
+    if pooling == "mean":
+        out = (hidden * m).sum(1) / np.maximum(m.sum(1), 1e-9)
+    elif pooling == "cls":
+        out = hidden[:, 0]
+    elif pooling == "max":
+        out = (hidden + (1.0 - m) * -1e9).max(1)
+    else:
+        raise BundleError(f"unknown pooling {pooling!r} in the manifest", hint="rebuild the bundle")
+    if normalize:
+        out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    return out
