@@ -24,16 +24,11 @@ from pathlib import Path
 
 
 from edgecompile.data import Dataset, TensorSpec
+from edgecompile.compiler.hf_export import EMBEDDING_OUTPUT, MIN_AGREEMENT, MIN_COSINE, OPSET  # noqa: F401
 from edgecompile.errors import ConfigError, DataError, ModelLoadError
 
 TASKS = ("feature-extraction", "text-classification")
 BUCKETS = (16, 32, 64, 128, 256, 512)
-OPSET = 18
-# Parity of the FP32 export against torch, on the task: every sentence embedding this close, and
-# the nearest neighbours (retrieval) / top-1 classes all but this fraction the same.
-MIN_COSINE = 0.9999
-MIN_AGREEMENT = 0.99
-EMBEDDING_OUTPUT = "sentence_embedding"
 # config.json model_type -> onnxruntime.transformers.optimizer model_type (encoders fuse as "bert")
 ORT_MODEL_TYPES = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "distilbert": "bert",
                    "electra": "bert", "mpnet": "bert", "bart": "bart", "gpt2": "gpt2", "t5": "t5"}

@@ -10,7 +10,6 @@ import os
 import shutil
 import warnings
 from contextlib import redirect_stderr, redirect_stdout
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,21 +17,12 @@ import numpy as np
 from edgecompile.data import TensorSpec
 from edgecompile.errors import ExportError, ModelLoadError
 
-TASKS = ("feature-extraction", "text-classification")
-BUCKETS = (16, 32, 64, 128, 256, 512)
 OPSET = 18
 # Parity of the FP32 export against torch, on the task: every sentence embedding this close, and
 # the nearest neighbours (retrieval) / top-1 classes all but this fraction the same.
 MIN_COSINE = 0.9999
 MIN_AGREEMENT = 0.99
 EMBEDDING_OUTPUT = "sentence_embedding"
-# config.json model_type -> onnxruntime.transformers.optimizer model_type (encoders fuse as "bert")
-ORT_MODEL_TYPES = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "distilbert": "bert",
-                   "electra": "bert", "mpnet": "bert", "bart": "bart", "gpt2": "gpt2", "t5": "t5"}
-
-
-@dataclass
-
 
 def _quiet():
     """Silence transformers/optimum/torch loggers and warnings (the CLI prints one-line errors)."""
