@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import json
-import os
 import platform
 import warnings
 from pathlib import Path
@@ -157,15 +155,10 @@ def build_engine(onnx_path: Path, plan: dict, *, calibration_cache: bytes | None
         raise CompileError("TensorRT failed to build the engine", hint="see TensorRT's log above; try a larger "
                            "[tensorrt] workspace_mb or another precision")
     if cache is not None and timing_cache is not None:
-        _atomic_write(timing_cache, bytes(config.get_timing_cache().serialize()))
+        from edgecompile.targets.tensorrt.enginecache import atomic_write
+
+        atomic_write(timing_cache, bytes(config.get_timing_cache().serialize()))
     return bytes(serialized)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 # -- the runner (needs TensorRT + CUDA) ------------------------------------------------------------
@@ -239,10 +232,6 @@ def engine_key(trt_version: str, compute_capability: tuple[int, int], bundle_id:
     return f"{trt_version}-sm{major}{minor}-{bundle_id[:16]}"
 
 
-def _engine_cache_path(bundle, key: str) -> Path:
-    return bundle.path / "cache" / "tensorrt" / f"{key}.engine"
-
-
 def ensure_engine(bundle, *, progress=None, rebuild: bool = False) -> tuple[bytes, str, Path]:
     """The engine for this device: (bytes, origin "bundled"|"cached"|"built", path)."""
     trt = _trt()
@@ -252,21 +241,23 @@ def ensure_engine(bundle, *, progress=None, rebuild: bool = False) -> tuple[byte
         for path in bundle.artifacts_with_role(ROLE_ENGINE):
             if path.stem == f"{version}-sm{cc[0]}{cc[1]}":
                 return path.read_bytes(), "bundled", path
-    key = engine_key(version, cc, bundle.bundle_id)
-    cached = _engine_cache_path(bundle, key)
-    if cached.is_file() and not rebuild:
-        return cached.read_bytes(), "cached", cached
-    plan = json.loads(bundle.artifact(ROLE_PLAN).read_text())
-    calib = None
-    if (plan.get("int8") or {}).get("mode") == "implicit":
-        calib = bundle.artifact(ROLE_CALIB).read_bytes()
-    timing = None
-    if plan.get("timing_cache", {}).get("enabled", True):
-        timing = bundle.path / "cache" / "tensorrt" / f"timing-{version}-sm{cc[0]}{cc[1]}.cache"
-    engine = build_engine(bundle.artifact(ROLE_ONNX), plan, calibration_cache=calib, timing_cache=timing,
-                          progress=progress)
-    _atomic_write(cached, engine)
-    return engine, "built", cached
+    from edgecompile.targets.tensorrt.enginecache import cache_root, get_or_build
+
+    cached = cache_root(bundle) / f"{engine_key(version, cc, bundle.bundle_id)}.engine"
+
+    def build() -> bytes:
+        plan = bundle.read_artifact_json(ROLE_PLAN)
+        calib = None
+        if (plan.get("int8") or {}).get("mode") == "implicit":
+            calib = bundle.artifact(ROLE_CALIB).read_bytes()
+        timing = None
+        if (plan.get("timing_cache") or {}).get("enabled", True):
+            timing = cached.parent / f"timing-{version}-sm{cc[0]}{cc[1]}.cache"
+        return build_engine(bundle.artifact(ROLE_ONNX), plan, calibration_cache=calib, timing_cache=timing,
+                            progress=progress)
+
+    engine, origin = get_or_build(cached, build, rebuild=rebuild)
+    return engine, origin, cached
 
 
 def prebuild(path, *, progress=None, rebuild: bool = False) -> dict:
