@@ -10,7 +10,7 @@ import traceback
 
 import click
 
-from edgecompile.cli import build, cache, device, gate, inspect, run, verify, version
+from edgecompile.cli import build, cache, device, gate, inspect, run, sign, verify, version
 from edgecompile.cli.common import Ctx
 from edgecompile.errors import ConfigError, EdgeCompileError
 
@@ -38,7 +38,7 @@ def cli(ctx, debug, quiet, verbose):
 
 COMMANDS = (build.build, build.distill, build.engine, build.targets, gate.report, gate.compare, gate.baseline,
             gate.check, run.run, run.bench, inspect.inspect, verify.verify, cache.cache, version.version,
-            device.device)
+            device.device, sign.keygen, sign.sign)
 for _command in COMMANDS:
     cli.add_command(_command)
 

@@ -11,7 +11,7 @@ import hashlib
 import mmap
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -69,6 +69,7 @@ def _open_inside(root: Path, rel: str) -> int:
 class Bundle:
     path: Path
     manifest: dict
+    raw: bytes = field(default=b"", repr=False)     # manifest.json's bytes as parsed (what a signature covers)
 
     # -- reading ---------------------------------------------------------------------------
     @classmethod
@@ -86,7 +87,7 @@ class Bundle:
             raw = _read_limited(mpath)
         except OSError as exc:
             raise BundleError(f"{mpath}: cannot read the manifest ({exc.strerror})", hint=HINT) from None
-        bundle = cls(path, check_manifest(parse_limited(raw, mpath), mpath))
+        bundle = cls(path, check_manifest(parse_limited(raw, mpath), mpath), raw)
         bundle.check_layout()
         if verify:
             bundle.verify()
@@ -124,6 +125,12 @@ class Bundle:
             if target not in arts:
                 raise BundleError(f"{self.path}: ONNX artifact {rel!r} refers to external data {loc!r}, which is "
                                   "not a listed artifact of the bundle", hint=HINT)
+
+    def check_signature(self, trusted_keys) -> str:
+        """The id of the trusted key that signed this manifest; BundleError if unsigned or not trusted."""
+        from edgecompile.runtime.signing import check_signature
+
+        return check_signature(self.path, self.raw, trusted_keys)
 
     def verify(self) -> list[str]:
         """Check every listed artifact (link rules, sha256); returns the checked names."""

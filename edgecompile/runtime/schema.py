@@ -170,8 +170,18 @@ def _tensors(specs: Any, path: Path, key: str) -> None:
             if not ok:
                 raise _fail(path, f"{field}.shape", f"has dimension {_show(d)} (an integer >= -1 or a name expected)")
         dtype = spec.get("dtype")
-        if dtype not in DTYPES:
-            raise _fail(path, f"{field}.dtype", f"is {_show(dtype)}, not a known dtype name")
+        if not isinstance(dtype, str) or dtype not in DTYPES or not _numpy_knows(dtype):
+            raise _fail(path, f"{field}.dtype", f"is {_show(dtype)}, not a dtype name numpy knows")
+
+
+def _numpy_knows(dtype: str) -> bool:
+    import numpy as np
+
+    try:
+        np.dtype(dtype)
+    except TypeError:
+        return False
+    return True
 
 
 def _string(value: Any, path: Path, field: str, pattern: str | None = None) -> None:
