@@ -33,7 +33,10 @@ def _version_callback(ctx, _param, value):
 @click.pass_context
 def cli(ctx, debug, quiet, verbose):
     """EdgeCompile: export, optimize, compile and verify models for edge devices."""
+    from edgecompile.compiler.validate import quiet_library_logs
+
     ctx.obj = Ctx(debug, quiet, verbose)
+    quiet_library_logs(show=debug or verbose)
 
 
 COMMANDS = (build.build, build.distill, build.engine, build.targets, gate.report, gate.compare, gate.baseline,
