@@ -41,7 +41,8 @@ def _open_inside(root: Path, rel: str) -> int:
     try:
         for i, part in enumerate(parts):
             last = i == len(parts) - 1
-            flags = os.O_RDONLY | os.O_NOFOLLOW | (0 if last else os.O_DIRECTORY)
+            # O_NONBLOCK: opening a FIFO planted as an artifact must not block (fstat below refuses it)
+            flags = os.O_RDONLY | os.O_NOFOLLOW | (os.O_NONBLOCK if last else os.O_DIRECTORY)
             try:
                 nfd = os.open(part, flags, dir_fd=fd)
             except OSError as exc:
