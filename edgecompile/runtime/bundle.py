@@ -89,16 +89,21 @@ class Bundle:
         except OSError as exc:
             raise BundleError(f"{mpath}: cannot read the manifest ({exc.strerror})", hint=HINT) from None
         bundle = cls(path, check_manifest(parse_limited(raw, mpath), mpath), raw)
-        bundle.check_layout()
         if verify:
-            bundle.verify()
+            bundle.verify()                 # link rules + sha256 of every artifact
+        else:
+            bundle.check_links()
+        bundle.check_external_data()
         return bundle
 
-    def check_layout(self) -> None:
-        """Link rules for every artifact, and ONNX external data confined to listed artifacts."""
-        arts = self.manifest["artifacts"]
-        for rel in sorted(arts):
+    def check_links(self) -> None:
+        """Every artifact a regular file with one link, reached from DIR without symlinks."""
+        for rel in sorted(self.manifest["artifacts"]):
             os.close(_open_inside(self.path, rel))
+
+    def check_external_data(self) -> None:
+        """ONNX artifacts' external data files must be listed (so link-checked and hashed) artifacts."""
+        arts = self.manifest["artifacts"]
         for rel in sorted(arts):
             if rel.endswith(".onnx"):
                 self._check_external(rel, arts)
