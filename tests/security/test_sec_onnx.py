@@ -89,3 +89,21 @@ def test_library_logs_stay_off_the_terminal_unless_verbose():
     finally:
         logging.getLogger().removeHandler(catch)
         quiet_library_logs(show=True)
+
+
+def test_input_name_with_path_characters_is_never_a_path(tmp_path):
+    """A graph input called '../../pwn' builds (cold start included) and nothing is written outside."""
+    import edgecompile
+
+    model = tiny_model()
+    model.graph.input[0].name = "../../pwn"
+    model.graph.node[0].input[0] = "../../pwn"
+    src = _write(tmp_path, "m.onnx", model)
+    data = tmp_path / "d.npz"
+    np.savez(data, **{"../../pwn": np.ones((4, 4), np.float32)})
+    before = set(tmp_path.parent.parent.iterdir())
+    bundle = edgecompile.build(src, target="cpu", backend="ort", data=data, output=tmp_path / "out")
+    assert bundle.manifest["inputs"][0]["name"] == "../../pwn"
+    rep = bundle.report()
+    assert "error" not in rep.get("cold_start", {}), rep.get("cold_start")
+    assert set(tmp_path.parent.parent.iterdir()) == before
