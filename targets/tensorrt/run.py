@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecompile.errors import BundleError, CompileError, EdgeCompileError, TargetUnavailableError
+from edgecompile.errors import BundleError, CompileError, DataError, EdgeCompileError, TargetUnavailableError
 from edgecompile.runtime.runner import Availability, Runner
 
 ONNX_FILE = "tensorrt/model.onnx"
@@ -195,12 +195,35 @@ class TrtRunner(Runner):
             self._buffers[name] = (buf, dtype)
         return buf.resize(tuple(shape))
 
+    def profile_max_batch(self) -> int | None:
+        """The largest batch optimization profile 0 allows (min over batched inputs), None if not batched."""
+        maxes = []
+        for spec in self.inputs:
+            if spec.shape and not isinstance(spec.shape[0], int):
+                _, _, hi = self.engine.get_tensor_profile_shape(spec.name, 0)
+                maxes.append(int(hi[0]))
+        return min(maxes) if maxes else None
+
     def _run(self, feeds):
+        arrays = [feeds[s.name] for s in self.inputs]
+        n = arrays[0].shape[0] if arrays and arrays[0].ndim else 0
+        top = self.profile_max_batch()
+        if top is None or n <= top:
+            return self._run_once(feeds)
+        chunks = [self._run_once({s.name: a[i:i + top] for s, a in zip(self.inputs, arrays)})
+                  for i in range(0, n, top)]               # batches above the profile run in chunks of its max
+        return [np.concatenate([c[k] for c in chunks]) for k in range(len(chunks[0]))]
+
+    def _run_once(self, feeds):
         for spec in self.inputs:
             arr = np.ascontiguousarray(feeds[spec.name])
+            if not self.context.set_input_shape(spec.name, arr.shape):
+                lo, _, hi = self.engine.get_tensor_profile_shape(spec.name, 0)
+                raise DataError(f"input {spec.name!r} has shape {list(arr.shape)}, outside the engine's optimization "
+                                f"profile ({list(lo)} .. {list(hi)})",
+                                hint="rebuild with [tensorrt] min_batch/max_batch covering this shape")
             buf = self._buffer(spec.name, arr.shape, arr.dtype)
             buf.copy_from(arr, self.stream)
-            self.context.set_input_shape(spec.name, arr.shape)
             self.context.set_tensor_address(spec.name, buf.ptr)
         results = []
         for spec in self.outputs:
