@@ -106,6 +106,8 @@ def _import_dir(path: Path):
     name = f"_edgecompile_user_model_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]}"
     spec = importlib.util.spec_from_file_location(name, path / "__init__.py",
                                                   submodule_search_locations=[str(path)])
+    for stale in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+        del sys.modules[stale]         # a rebuild in this process must run the package's current code
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:

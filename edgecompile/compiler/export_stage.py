@@ -24,7 +24,7 @@ def reference_outputs(plan, module) -> np.ndarray | None:
     from edgecompile.targets.ort.build import explain_load_error, ort_outputs
 
     try:
-        return ort_outputs(plan.source.path.read_bytes(), ds.batches(64))[0]
+        return ort_outputs(str(plan.source.path), ds.batches(64))[0]     # a path: external data resolves next to it
     except Exception as exc:
         from edgecompile.errors import ModelLoadError
 

@@ -15,7 +15,6 @@ import pytest
 
 def tiny_model(opset: int = 17, extra_domain: str | None = None, node_domain: str = "", bad_ref: bool = False,
                op: str = "Add"):
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     w = numpy_helper.from_array(np.arange(4, dtype=np.float32), "W")
@@ -25,7 +24,6 @@ def tiny_model(opset: int = 17, extra_domain: str | None = None, node_domain: st
     ops = [helper.make_opsetid("", opset)] + ([helper.make_opsetid(extra_domain, 1)] if extra_domain else [])
     model = helper.make_model(graph, opset_imports=ops)
     model.ir_version = 8
-    onnx.checker.check_model(model) if not (bad_ref or extra_domain or opset > 30) else None
     return model
 
 
