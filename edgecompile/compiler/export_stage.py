@@ -37,7 +37,10 @@ def reference_outputs(plan, module) -> np.ndarray | None:
 def load_onnx(plan):
     import onnx_ir as ir
 
-    return ir.load(str(plan.source.path))
+    from onnx_ir.external_data import load_to_model
+
+    # External data is read into memory: the pipeline hands models to ORT and backends as bytes.
+    return load_to_model(ir.load(str(plan.source.path)))
 
 
 def export_stage(plan, ctx, records: list, progress, cache):
