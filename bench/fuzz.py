@@ -3,7 +3,8 @@ source loader (read_onnx + up-front validation + graph inputs). Any exception ot
 EdgeCompileError is a crash; libFuzzer's -timeout catches hangs.
 
     python bench/fuzz.py bundle --runs 100000        # or onnx; --seconds N instead of --runs
-    python bench/fuzz.py all --runs 100000 --report  # both, and write bench/results/fuzz.txt
+    python bench/fuzz.py all --runs 100000 [--seconds 150]   # both (stopping at whichever limit comes first),
+                                                             # and write bench/results/fuzz.txt
 
 Seeds: a valid manifest / a valid tiny ONNX model (mutations start from real inputs).
 """
@@ -96,7 +97,7 @@ def run_target(target: str, runs: int | None, seconds: int | None, corpus: Path)
                 pass
 
     argv = [sys.argv[0], str(corpus), "-timeout=10", "-rss_limit_mb=4096", "-print_final_stats=1"]
-    argv += [f"-runs={runs}"] if runs else [f"-max_total_time={seconds}"]
+    argv += ([f"-runs={runs}"] if runs else []) + ([f"-max_total_time={seconds}"] if seconds else [])
     atheris.Setup(argv, one)
     atheris.Fuzz()
 
@@ -113,7 +114,8 @@ def report(runs: int | None, seconds: int | None) -> int:
     worst = 0
     for target in ("bundle", "onnx"):
         t0 = time.perf_counter()
-        args = [sys.executable, __file__, target] + (["--runs", str(runs)] if runs else ["--seconds", str(seconds)])
+        args = [sys.executable, __file__, target] + (["--runs", str(runs)] if runs else []) + (
+            ["--seconds", str(seconds)] if seconds else [])
         proc = subprocess.run(args, capture_output=True, text=True)
         execs = [ln for ln in proc.stderr.splitlines() if "stat::number_of_executed_units" in ln]
         n = execs[-1].split(":")[-1].strip() if execs else "?"

@@ -56,3 +56,37 @@ def test_rejected_input_shape_is_a_data_error():
     r = _runner(lo=2, hi=8)
     with pytest.raises(DataError, match=r"outside the engine's optimization profile \(\[2, 4\] \.\. \[8, 4\]\)"):
         r._run_once({"x": np.ones((1, 4), np.float32)})
+
+
+def test_engine_cache_builds_once_under_concurrency_and_rejects_tampered_engines(tmp_path):
+    import threading
+
+    from edgecompile.targets.tensorrt.enginecache import get_or_build
+
+    path = tmp_path / "10.1-sm87-abc.engine"
+    builds = []
+    gate = threading.Barrier(6)
+
+    def build() -> bytes:
+        builds.append(1)
+        return b"engine-bytes"
+
+    results = []
+
+    def load():
+        gate.wait()
+        results.append(get_or_build(path, build))
+
+    threads = [threading.Thread(target=load) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(builds) == 1 and sorted(o for _, o in results) == ["built"] + ["cached"] * 5
+    assert all(data == b"engine-bytes" for data, _ in results)
+    assert not list(tmp_path.glob("*.part"))
+    path.write_bytes(b"evil engine")                     # not what the record says: never deserialized
+    data, origin = get_or_build(path, build)
+    assert (data, origin) == (b"engine-bytes", "built") and len(builds) == 2
+    (tmp_path / (path.name + ".json")).unlink()           # no record: rebuilt too
+    assert get_or_build(path, build)[1] == "built"
