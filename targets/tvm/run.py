@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import sys
 from pathlib import Path
 
@@ -36,21 +37,30 @@ def tvm_module(runtime_only: bool = True):
     """`tvm` for loading and running libraries. With `runtime_only` (what `edgecompile.runtime.load` asks)
     in a fresh process this loads libtvm_runtime only (about half the import time of the full compiler);
     the compiler asks for the full TVM (`runtime_only=False`), and so does EDGECOMPILE_TVM_FULL=1."""
-    if "tvm" not in sys.modules:
-        old = os.environ.get("TVM_USE_RUNTIME_LIB")
-        if runtime_only and os.environ.get("EDGECOMPILE_TVM_FULL") != "1":
-            os.environ["TVM_USE_RUNTIME_LIB"] = "1"
-        try:
-            with _torch_hidden():
-                import tvm  # noqa: F401
-        finally:
-            if old is None:
-                os.environ.pop("TVM_USE_RUNTIME_LIB", None)
-            else:
-                os.environ["TVM_USE_RUNTIME_LIB"] = old
+    with _IMPORT_LOCK:        # concurrent first loads: one import, and the saved env/sys.modules state is the real one
+        if "tvm" not in sys.modules:
+            _import_tvm(runtime_only)
     import tvm
 
     return tvm
+
+
+_IMPORT_LOCK = threading.Lock()
+
+
+def _import_tvm(runtime_only: bool) -> None:
+    """Import TVM (runtime library only when asked), torch hidden; env and sys.modules restored after."""
+    old = os.environ.get("TVM_USE_RUNTIME_LIB")
+    if runtime_only and os.environ.get("EDGECOMPILE_TVM_FULL") != "1":
+        os.environ["TVM_USE_RUNTIME_LIB"] = "1"
+    try:
+        with _torch_hidden():
+            import tvm  # noqa: F401
+    finally:
+        if old is None:
+            os.environ.pop("TVM_USE_RUNTIME_LIB", None)
+        else:
+            os.environ["TVM_USE_RUNTIME_LIB"] = old
 
 
 def _host_arch() -> str:
