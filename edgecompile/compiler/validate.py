@@ -62,13 +62,18 @@ def checker_problem(path: Path) -> str | None:
 
 def ort_loads(path: Path) -> bool:
     """Whether ONNX Runtime creates a session for the model (the final word for this check)."""
+    import contextlib
+    import io
+
     try:
         import onnxruntime as ort
 
         so = ort.SessionOptions()
         so.log_severity_level = 4
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+        # ORT's Python wrapper print()s an "EP Error" banner before its provider fallback: keep it off the terminal
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
     except Exception:
         return False
     return True
