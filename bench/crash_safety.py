@@ -78,6 +78,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--kills", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-seconds", type=float, default=None, help="stop killing after this long (reports the count)")
     args = ap.parse_args()
     from edgecompile.errors import BundleError
     from edgecompile.runtime.bundle import Bundle
@@ -98,7 +99,10 @@ def main() -> None:
                "cache_entries_bad": 0}
     failures = []
     current = "b"
+    started = time.perf_counter()
     for i in range(args.kills):
+        if args.max_seconds and time.perf_counter() - started > args.max_seconds:
+            break
         target = "a" if current == "b" else "b"
         model = a if target == "a" else b
         # every other build with --no-cache: a full build, not a cache copy, is what gets killed then
@@ -127,7 +131,10 @@ def main() -> None:
         total, bad = cache_entries_intact(cache)
         results["cache_entries_checked"] += total
         results["cache_entries_bad"] += bad
+        print(f"kill {i + 1}: {'mid-build' if not finished else 'after finish'}; {results}", flush=True)
     lines = [f"crash safety (SIGKILL during `edgecompile build`), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+             f"kills requested {args.kills}, done {results['kills']}"
+             + (f" (stopped by --max-seconds {args.max_seconds:g})" if results["kills"] < args.kills else ""),
              f"cpu: {cpu_model()} ({os.cpu_count()} cores)",
              f"one build takes {build_s:.1f} s; kill delay uniform in [0, {1.2 * build_s:.1f}] s; seed {args.seed}",
              *(f"{k}: {v}" for k, v in results.items()), *failures[:20]]
