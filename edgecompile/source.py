@@ -37,6 +37,7 @@ class TorchModelSource:
     preprocessing: dict = field(default_factory=dict)
     class_labels: list[str] | None = None
     fingerprint: str = ""                      # hash of the definition (cache keys, bundle_id)
+    data_files: tuple = ()                     # files the model reads (weights, vocab ...): fingerprinted too
     kind: str = "torch"
     frontend: dict | None = None               # manifest "frontend" (e.g. detection decoding), see runtime
     _module: Any = field(default=None, repr=False)
@@ -91,7 +92,7 @@ def resolve_source(spec: str | Path, task: str | None = None) -> ModelSource:
             builtin = Path(__file__).resolve().parent.parent / "models" / path.name
             if path.name in BUILTIN_MODELS and path.resolve() == builtin.resolve():
                 return _from_module(importlib.import_module(f"edgecompile.models.{path.name}"), text)
-            return _from_module(_import_dir(path), text)
+            return _with_package_fingerprint(_from_module(_import_dir(path), text), path)
         if (path / "config.json").is_file():
             from edgecompile.compiler.hf import hf_source
 
@@ -114,6 +115,8 @@ def _import_dir(path: Path):
     name = f"_edgecompile_user_model_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]}"
     spec = importlib.util.spec_from_file_location(name, path / "__init__.py",
                                                   submodule_search_locations=[str(path)])
+    for stale in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+        del sys.modules[stale]         # a rebuild in this process must run the package's current code
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
@@ -127,6 +130,18 @@ def _import_dir(path: Path):
     return module
 
 
+def _with_package_fingerprint(src, path: Path):
+    """A user package's fingerprint covers every file of the package and the data files it declares, whatever
+    fingerprint its author set (an empty or stale one would let an edited model.py hit the cache)."""
+    import dataclasses
+
+    if not dataclasses.is_dataclass(src) or not hasattr(src, "fingerprint"):
+        return src
+    content = package_fingerprint(path, getattr(src, "data_files", ()) or ())
+    combined = hashlib.sha256(f"{src.fingerprint}\0{content}".encode()).hexdigest()
+    return dataclasses.replace(src, fingerprint=combined)
+
+
 def _from_module(module, text: str) -> TorchModelSource:
     factory = getattr(module, "source", None)
     if not callable(factory):
@@ -138,13 +153,15 @@ def _from_module(module, text: str) -> TorchModelSource:
 def _onnx_source(path: Path) -> OnnxModelSource:
     from edgecompile.compiler.inspection import graph_inputs, read_onnx
 
+    from edgecompile.compiler.validate import validate_onnx
+
     proto = read_onnx(path)
-    data = path.read_bytes()
+    validate_onnx(path, proto)
     inputs = [TensorSpec(name, dims, dtype) for name, dims, dtype in graph_inputs(proto)]
     outputs = [o.name for o in proto.graph.output]
     metric = "top1" if _classifier_like(proto, inputs) else "output_closeness"
     return OnnxModelSource(name=path.stem, path=path, inputs=inputs, outputs=outputs,
-                           fingerprint=hashlib.sha256(data).hexdigest(), metric=metric)
+                           fingerprint=onnx_fingerprint(path), metric=metric)
 
 
 def _classifier_like(proto, inputs: list[TensorSpec]) -> bool:
@@ -157,6 +174,45 @@ def _classifier_like(proto, inputs: list[TensorSpec]) -> bool:
     tt = proto.graph.output[0].type.tensor_type
     dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim] if tt.HasField("shape") else []
     return tt.elem_type in (1, 10, 11, 16) and len(dims) == 2 and (dims[1] or 0) > 1
+
+
+def onnx_fingerprint(path: Path) -> str:
+    """sha256 over the .onnx file and every external-data file it refers to (name and bytes)."""
+    from edgecompile.runtime.onnxrefs import external_locations
+
+    data = path.read_bytes()
+    h = hashlib.sha256(b"onnx\0" + hashlib.sha256(data).digest())
+    for loc in sorted(set(external_locations(data))):
+        ext = path.parent / loc
+        h.update(b"\0external\0" + loc.encode() + b"\0")
+        h.update(_file_digest(ext) if ext.is_file() else b"missing")
+    return h.hexdigest()
+
+
+def package_fingerprint(path: Path, extra_files=()) -> str:
+    """sha256 over every file of a model package directory (relative names and bytes, caches skipped) and
+    any data files it declares: editing model.py, a weights file or a declared data file changes it."""
+    h = hashlib.sha256(b"package\0")
+    root = path.resolve()
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not _skipped(p.relative_to(root)))
+    for p in files:
+        h.update(str(p.relative_to(root)).encode() + b"\0" + _file_digest(p))
+    for extra in sorted(str(Path(f).resolve()) for f in extra_files):
+        p = Path(extra)
+        h.update(b"data\0" + extra.encode() + b"\0" + (_file_digest(p) if p.is_file() else b"missing"))
+    return h.hexdigest()
+
+
+def _skipped(rel: Path) -> bool:
+    return any(part in ("__pycache__", ".git", ".pytest_cache") for part in rel.parts) or rel.suffix in (".pyc",)
+
+
+def _file_digest(p: Path) -> bytes:
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.digest()
 
 
 def load_data(spec: str | None, source: ModelSource, *, default: str | None) -> Dataset | None:

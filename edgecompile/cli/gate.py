@@ -119,6 +119,8 @@ def baseline(obj: Ctx, bundle_dir, output, data, no_latency, threads):
 @click.option("--max-drop", type=click.FloatRange(min=0), default=None, show_default=False,
               help="Allowed accuracy drop: points for percentage metrics, relative % for error metrics (default 1.0).")
 @click.option("--max-latency-ratio", type=float, help="Gate latency: fail when candidate/baseline p50 exceeds this.")
+@click.option("--allow-other-machine", is_flag=True,
+              help="Let --max-latency-ratio compare with a baseline measured on another CPU model.")
 @click.option(
     "--data", type=click.Path(), help=".npz to evaluate on; differing from the baseline's data makes the test unpaired."
 )
@@ -129,7 +131,8 @@ def baseline(obj: Ctx, bundle_dir, output, data, no_latency, threads):
 @click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads.")
 @click.pass_obj
 def check(
-    obj: Ctx, bundle_dir, baseline_path, max_drop, max_latency_ratio, data, alpha, junit_path, json_mode, threads
+    obj: Ctx, bundle_dir, baseline_path, max_drop, max_latency_ratio, data, alpha, junit_path, json_mode, threads,
+    allow_other_machine,
 ):
     """Re-evaluate bundle DIR on the baseline's data; exit 3 when a regression is shown (one-sided test, alpha 0.05)."""
     import os
@@ -139,7 +142,8 @@ def check(
     from edgecompile.verify.verdict import github_annotations, render_table, write_junit
 
     res = run_check(bundle_dir, baseline_path, max_drop=DEFAULT_MAX_DROP if max_drop is None else max_drop,
-                    max_latency_ratio=max_latency_ratio, data=data, alpha=alpha, threads=threads)
+                    max_latency_ratio=max_latency_ratio, data=data, alpha=alpha, threads=threads,
+                    allow_other_machine=allow_other_machine)
     if junit_path:
         write_junit(res, junit_path)
     if os.environ.get("GITHUB_ACTIONS") == "true":

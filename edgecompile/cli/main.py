@@ -10,7 +10,7 @@ import traceback
 
 import click
 
-from edgecompile.cli import build, cache, device, doctor, gate, inspect, run, serve, verify, version
+from edgecompile.cli import build, cache, device, doctor, gate, inspect, run, serve, sign, verify, version
 from edgecompile.cli.common import Ctx
 from edgecompile.errors import ConfigError, EdgeCompileError
 
@@ -33,12 +33,15 @@ def _version_callback(ctx, _param, value):
 @click.pass_context
 def cli(ctx, debug, quiet, verbose):
     """EdgeCompile: export, optimize, compile and verify models for edge devices."""
+    from edgecompile.compiler.validate import quiet_library_logs
+
     ctx.obj = Ctx(debug, quiet, verbose)
+    quiet_library_logs(show=debug or verbose)
 
 
 COMMANDS = (build.build, build.distill, build.engine, build.targets, gate.report, gate.compare, gate.baseline,
             gate.check, run.run, run.bench, inspect.inspect, verify.verify, cache.cache, version.version,
-            device.device, doctor.doctor, serve.serve)
+            device.device, doctor.doctor, serve.serve, sign.keygen, sign.sign)
 for _command in COMMANDS:
     cli.add_command(_command)
 

@@ -18,7 +18,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
-from edgecompile.cache import cache_dir
+from edgecompile.cache import MARKER, cache_dir, is_marked, mark
+from edgecompile.errors import ConfigError
 
 ENTRY = "entry.json"
 STAGES_DIR = "stages"
@@ -97,6 +98,7 @@ class StageCache:
         final = self._dir(stage, key)
         tmp = final.parent / f".tmp-{os.getpid()}-{secrets.token_hex(4)}"
         try:
+            mark(self.root)
             tmp.mkdir(parents=True)
             fill(tmp)
             files = {rel: _sha256(tmp / rel) for rel in _files(tmp)}
@@ -138,6 +140,10 @@ class StageCache:
     def clear(self, names: list[str] | None = None) -> dict:
         """Remove the named areas (stages such as `bundle`, `export`, or others such as `models`),
         or everything under the cache directory when `names` is None."""
+        if self.root.is_dir() and any(self.root.iterdir()) and not is_marked(self.root):
+            raise ConfigError(f"{self.root} does not look like EdgeCompile's cache (no {MARKER} marker file); "
+                              "refusing to delete anything in it",
+                              hint="check EDGECOMPILE_CACHE; if it really is the cache, remove it yourself")
         before = self.info()
         removed = []
         for area in before["areas"]:
@@ -147,8 +153,9 @@ class StageCache:
             _remove(base / area["name"])
             removed.append(area)
         if names is None and self.root.is_dir():
-            for p in self.root.iterdir():               # stray files, tmp dirs
-                _remove(p)
+            for p in self.root.iterdir():               # stray files, tmp dirs (the marker stays)
+                if p.name != MARKER:
+                    _remove(p)
         return {"path": str(self.root), "removed": removed, "bytes": sum(a["bytes"] for a in removed)}
 
 

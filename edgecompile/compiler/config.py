@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgecompile.compiler.schema import bounded as _bounded
 from edgecompile.compiler.schema import choices as _choices
+from edgecompile.compiler.schema import range_text
 from edgecompile.errors import ConfigError
 from edgecompile.targets.openvino.config import OpenVinoSection   # each backend owns its table
 from edgecompile.targets.tensorrt.config import TensorRtSection
@@ -36,7 +38,7 @@ class BuildSection:
     precision: str | None = _choices(*PRECISIONS, default=None)   # None: the profile's default
     strict: bool = False
     force: bool = False
-    threads: int | None = None
+    threads: int | None = _bounded(None, 1, 4096)
 
 
 @dataclass(frozen=True)
@@ -143,8 +145,8 @@ class PassesSection:
 @dataclass(frozen=True)
 class AutoSection:
     """`--backend auto`: how long to measure each candidate (interleaved rounds)."""
-    rounds: int = 7
-    round_seconds: float = 0.08          # per candidate per round
+    rounds: int = _bounded(7, 1, 1000)
+    round_seconds: float = _bounded(0.08, 0.001, 60)     # per candidate per round
 
 
 @dataclass(frozen=True)
@@ -282,6 +284,11 @@ def _coerce(tp, value, dotted: str, fld: dataclasses.Field):
     elif tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"config key {dotted!r} must be a string, got {value!r}")
+    bounds = fld.metadata.get("range")
+    if bounds and isinstance(value, (int, float)) and not (
+            (bounds[0] is None or value >= bounds[0]) and (bounds[1] is None or value <= bounds[1])):
+        raise ConfigError(f"config key {dotted!r} must be in {range_text(*bounds)}, got {value!r}",
+                          hint=f"set {dotted} to a value in {range_text(*bounds)}")
     choices = fld.metadata.get("choices")
     if choices and value not in choices:
         raise ConfigError(

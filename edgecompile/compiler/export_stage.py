@@ -24,7 +24,8 @@ def reference_outputs(plan, module) -> np.ndarray | None:
     from edgecompile.targets.ort.build import explain_load_error, ort_outputs
 
     try:
-        return ort_outputs(plan.source.path.read_bytes(), ds.batches(64), join=ds.stack_outputs)[0]
+        # a path: external data resolves next to it
+        return ort_outputs(str(plan.source.path), ds.batches(64), join=ds.stack_outputs)[0]
     except Exception as exc:
         from edgecompile.errors import ModelLoadError
 
@@ -37,7 +38,10 @@ def reference_outputs(plan, module) -> np.ndarray | None:
 def load_onnx(plan):
     import onnx_ir as ir
 
-    return ir.load(str(plan.source.path))
+    from onnx_ir.external_data import load_to_model
+
+    # External data is read into memory: the pipeline hands models to ORT and backends as bytes.
+    return load_to_model(ir.load(str(plan.source.path)))
 
 
 def export_stage(plan, ctx, records: list, progress, cache):

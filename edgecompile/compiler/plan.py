@@ -157,6 +157,7 @@ def export_key(plan: Plan) -> str:
     teacher = plan.config.passes.distill.teacher
     if teacher:                          # the distilled student depends on the teacher's definition too
         shas.append(resolve_source(teacher).fingerprint)
-    return content_key("export-cache/v1", plan.source.kind, plan.source.fingerprint, cfg, plan.profile.name,
+    return content_key("export-cache/v2", plan.source.kind, plan.source.name, plan.source.fingerprint, cfg,
+                       plan.profile.name,
                        plan.precision if qat else None, DEFAULT_OPSET, toolchain_versions(),
                        code_fingerprint(), machine_info()["cpu"], shas)

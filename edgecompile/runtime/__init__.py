@@ -66,9 +66,18 @@ def _warn_other_cpu(bundle: Bundle) -> None:
 
 
 def load(path: str | Path, *, threads: int | None = None, verify: bool = True, validate: bool = True,
-         progress=None) -> Runner:
-    """Open a bundle directory, verify it, and return a Runner for its backend."""
+         progress=None, trusted_keys=None) -> Runner:
+    """Open a bundle directory, verify it, and return a Runner for its backend.
+
+    `trusted_keys` (paths of Ed25519 public keys from `edgecompile keygen`, or key objects; default: the
+    EDGECOMPILE_TRUSTED_KEYS environment variable, paths separated by os.pathsep): when any are given, an
+    unsigned bundle or one signed by another key is refused before its artifacts are opened by an engine."""
+    from edgecompile.runtime.signing import trusted_from_env
+
     bundle = Bundle.open(path, verify=verify)
+    keys = list(trusted_keys) if trusted_keys is not None else trusted_from_env()
+    if keys:
+        bundle.check_signature(keys)
     backend = bundle.backend
     run_side = engine(backend)
     if run_side is None:

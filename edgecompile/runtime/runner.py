@@ -39,6 +39,8 @@ class Runner:
                          self._dtypes[s.name].kind == "f") for s in inputs]
         self._out_names = [s.name for s in outputs]
         self._lock = None if self.thread_safe else threading.Lock()
+        self._state = threading.Condition()     # guards `closed` and `_active` (runs in flight)
+        self._active = 0
         self._warned_nonfinite = False
         self.closed = False
 
@@ -51,16 +53,24 @@ class Runner:
 
     # -- public API --------------------------------------------------------------------------
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self.closed:
-            raise BundleError("runner is closed", hint="load the bundle again")
         if self.validate:
             self._check(feeds)
         feeds = feeds if type(feeds) is dict else dict(feeds)
-        if self._lock is None:
-            outs = self._run(feeds)
-        else:
-            with self._lock:
+        with self._state:
+            if self.closed:
+                raise BundleError("runner is closed", hint="load the bundle again")
+            self._active += 1
+        try:
+            if self._lock is None:
                 outs = self._run(feeds)
+            else:
+                with self._lock:
+                    outs = self._run(feeds)
+        finally:
+            with self._state:
+                self._active -= 1
+                if not self._active:
+                    self._state.notify_all()
         return dict(zip(self._out_names, outs))
 
     def __call__(self, *arrays: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
@@ -101,9 +111,14 @@ class Runner:
         return self._front("detection").detect(image, **kw)
 
     def close(self) -> None:
-        if not self.closed:
-            self._close()
+        """Refuse new runs (BundleError), wait for the runs in flight to finish, then free the engine."""
+        with self._state:
+            if self.closed:
+                return
             self.closed = True
+            while self._active:
+                self._state.wait()
+        self._close()
 
     def __enter__(self):
         return self

@@ -79,7 +79,7 @@ import numpy as np
 from edgecompile.runtime import load
 t1 = time.perf_counter()
 runner = load(sys.argv[1], threads=int(sys.argv[2]) if sys.argv[2] != "0" else None)
-feeds = {s.name: np.load(sys.argv[3] + "_" + s.name + ".npy") for s in runner.inputs}
+feeds = {name: np.load(f"{sys.argv[3]}_{i}.npy") for i, name in enumerate(json.loads(sys.argv[4]))}
 t2 = time.perf_counter()
 runner.run(feeds)
 t3 = time.perf_counter()
@@ -106,9 +106,11 @@ def cold_start(bundle_dir: str | Path, feeds: Mapping[str, np.ndarray], threads:
 
     with tempfile.TemporaryDirectory(prefix="edgecompile-probe-") as tmp:
         prefix = os.path.join(tmp, "feed")
-        for name, arr in feeds.items():
-            np.save(f"{prefix}_{name}.npy", arr)
-        proc = subprocess.run([sys.executable, "-c", _PROBE, str(bundle_dir), str(threads or 0), prefix],
+        names = list(feeds)            # files are numbered: an input's name never becomes a path
+        for i, name in enumerate(names):
+            np.save(f"{prefix}_{i}.npy", feeds[name])
+        proc = subprocess.run([sys.executable, "-c", _PROBE, str(bundle_dir), str(threads or 0), prefix,
+                               json.dumps(names)],
                               capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]

@@ -250,7 +250,7 @@ class CheckResult:
 
 def check(bundle_dir: str | Path, baseline: str | Path | dict, *, max_drop: float = DEFAULT_MAX_DROP,
           max_latency_ratio: float | None = None, data: str | Path | None = None, alpha: float = gate.ALPHA,
-          threads: int | None = None, latency_rounds: int = 15) -> CheckResult:
+          threads: int | None = None, latency_rounds: int = 15, allow_other_machine: bool = False) -> CheckResult:
     """Re-evaluate a bundle on the baseline's data and test for a regression (see edgecompile.verify.gate).
 
     Raises DataError (exit 2) when the data differ from the baseline's and `data` was not given;
@@ -262,7 +262,14 @@ def check(bundle_dir: str | Path, baseline: str | Path | dict, *, max_drop: floa
         raise ConfigError(f"--max-drop must be >= 0, got {max_drop}", hint="e.g. --max-drop 1.0 (points)")
     if max_latency_ratio is not None and max_latency_ratio <= 0:
         raise ConfigError(f"--max-latency-ratio must be > 0, got {max_latency_ratio}", hint="e.g. 1.2")
+    from edgecompile.runtime.machine import machine_info
+
     base = load_baseline(baseline)
+    here = machine_info().get("cpu", {}).get("model")
+    if max_latency_ratio is not None and base.get("machine") != here and not allow_other_machine:
+        raise ConfigError(f"the baseline's latency was measured on {base.get('machine') or 'an unrecorded CPU'!r}, "
+                          f"this machine is {here!r}: p50s from different CPUs are not comparable",
+                          hint="record the baseline on this machine, or pass --allow-other-machine to compare anyway")
     bundle = Bundle.open(bundle_dir)
     ds, paired, notes = _check_data(base, bundle, data)
     bm = base["metric"]

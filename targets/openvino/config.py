@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgecompile.compiler.schema import choices
+from edgecompile.compiler.schema import bounded, choices
 
 
 @dataclass(frozen=True)
 class OpenVinoSection:
     device: str = "CPU"                  # CPU, GPU, GPU.1, NPU ... where OpenVINO lists it
     performance_hint: str = choices("LATENCY", "THROUGHPUT", default="LATENCY")
-    num_streams: int | None = None       # None: what the performance hint picks
+    num_streams: int | None = bounded(None, 1, 1024)   # None: what the performance hint picks

@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import json
-import os
 import platform
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from edgecompile.errors import BundleError, CompileError, EdgeCompileError, TargetUnavailableError
+from edgecompile.errors import BundleError, CompileError, DataError, EdgeCompileError, TargetUnavailableError
 from edgecompile.runtime.runner import Availability, Runner
 
 ONNX_FILE = "tensorrt/model.onnx"
@@ -157,15 +155,10 @@ def build_engine(onnx_path: Path, plan: dict, *, calibration_cache: bytes | None
         raise CompileError("TensorRT failed to build the engine", hint="see TensorRT's log above; try a larger "
                            "[tensorrt] workspace_mb or another precision")
     if cache is not None and timing_cache is not None:
-        _atomic_write(timing_cache, bytes(config.get_timing_cache().serialize()))
+        from edgecompile.targets.tensorrt.enginecache import atomic_write
+
+        atomic_write(timing_cache, bytes(config.get_timing_cache().serialize()))
     return bytes(serialized)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 # -- the runner (needs TensorRT + CUDA) ------------------------------------------------------------
@@ -202,12 +195,35 @@ class TrtRunner(Runner):
             self._buffers[name] = (buf, dtype)
         return buf.resize(tuple(shape))
 
+    def profile_max_batch(self) -> int | None:
+        """The largest batch optimization profile 0 allows (min over batched inputs), None if not batched."""
+        maxes = []
+        for spec in self.inputs:
+            if spec.shape and not isinstance(spec.shape[0], int):
+                _, _, hi = self.engine.get_tensor_profile_shape(spec.name, 0)
+                maxes.append(int(hi[0]))
+        return min(maxes) if maxes else None
+
     def _run(self, feeds):
+        arrays = [feeds[s.name] for s in self.inputs]
+        n = arrays[0].shape[0] if arrays and arrays[0].ndim else 0
+        top = self.profile_max_batch()
+        if top is None or n <= top:
+            return self._run_once(feeds)
+        chunks = [self._run_once({s.name: a[i:i + top] for s, a in zip(self.inputs, arrays)})
+                  for i in range(0, n, top)]               # batches above the profile run in chunks of its max
+        return [np.concatenate([c[k] for c in chunks]) for k in range(len(chunks[0]))]
+
+    def _run_once(self, feeds):
         for spec in self.inputs:
             arr = np.ascontiguousarray(feeds[spec.name])
+            if not self.context.set_input_shape(spec.name, arr.shape):
+                lo, _, hi = self.engine.get_tensor_profile_shape(spec.name, 0)
+                raise DataError(f"input {spec.name!r} has shape {list(arr.shape)}, outside the engine's optimization "
+                                f"profile ({list(lo)} .. {list(hi)})",
+                                hint="rebuild with [tensorrt] min_batch/max_batch covering this shape")
             buf = self._buffer(spec.name, arr.shape, arr.dtype)
             buf.copy_from(arr, self.stream)
-            self.context.set_input_shape(spec.name, arr.shape)
             self.context.set_tensor_address(spec.name, buf.ptr)
         results = []
         for spec in self.outputs:
@@ -239,10 +255,6 @@ def engine_key(trt_version: str, compute_capability: tuple[int, int], bundle_id:
     return f"{trt_version}-sm{major}{minor}-{bundle_id[:16]}"
 
 
-def _engine_cache_path(bundle, key: str) -> Path:
-    return bundle.path / "cache" / "tensorrt" / f"{key}.engine"
-
-
 def ensure_engine(bundle, *, progress=None, rebuild: bool = False) -> tuple[bytes, str, Path]:
     """The engine for this device: (bytes, origin "bundled"|"cached"|"built", path)."""
     trt = _trt()
@@ -252,21 +264,23 @@ def ensure_engine(bundle, *, progress=None, rebuild: bool = False) -> tuple[byte
         for path in bundle.artifacts_with_role(ROLE_ENGINE):
             if path.stem == f"{version}-sm{cc[0]}{cc[1]}":
                 return path.read_bytes(), "bundled", path
-    key = engine_key(version, cc, bundle.bundle_id)
-    cached = _engine_cache_path(bundle, key)
-    if cached.is_file() and not rebuild:
-        return cached.read_bytes(), "cached", cached
-    plan = json.loads(bundle.artifact(ROLE_PLAN).read_text())
-    calib = None
-    if (plan.get("int8") or {}).get("mode") == "implicit":
-        calib = bundle.artifact(ROLE_CALIB).read_bytes()
-    timing = None
-    if plan.get("timing_cache", {}).get("enabled", True):
-        timing = bundle.path / "cache" / "tensorrt" / f"timing-{version}-sm{cc[0]}{cc[1]}.cache"
-    engine = build_engine(bundle.artifact(ROLE_ONNX), plan, calibration_cache=calib, timing_cache=timing,
-                          progress=progress)
-    _atomic_write(cached, engine)
-    return engine, "built", cached
+    from edgecompile.targets.tensorrt.enginecache import cache_root, get_or_build
+
+    cached = cache_root(bundle) / f"{engine_key(version, cc, bundle.bundle_id)}.engine"
+
+    def build() -> bytes:
+        plan = bundle.read_artifact_json(ROLE_PLAN)
+        calib = None
+        if (plan.get("int8") or {}).get("mode") == "implicit":
+            calib = bundle.artifact(ROLE_CALIB).read_bytes()
+        timing = None
+        if (plan.get("timing_cache") or {}).get("enabled", True):
+            timing = cached.parent / f"timing-{version}-sm{cc[0]}{cc[1]}.cache"
+        return build_engine(bundle.artifact(ROLE_ONNX), plan, calibration_cache=calib, timing_cache=timing,
+                            progress=progress)
+
+    engine, origin = get_or_build(cached, build, rebuild=rebuild)
+    return engine, origin, cached
 
 
 def prebuild(path, *, progress=None, rebuild: bool = False) -> dict:

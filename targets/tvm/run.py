@@ -3,8 +3,8 @@ into a Relax VirtualMachine. Batches larger than the compiled batch run sample b
 from __future__ import annotations
 
 import contextlib
-import json
 import os
+import threading
 import sys
 from pathlib import Path
 
@@ -37,21 +37,30 @@ def tvm_module(runtime_only: bool = True):
     """`tvm` for loading and running libraries. With `runtime_only` (what `edgecompile.runtime.load` asks)
     in a fresh process this loads libtvm_runtime only (about half the import time of the full compiler);
     the compiler asks for the full TVM (`runtime_only=False`), and so does EDGECOMPILE_TVM_FULL=1."""
-    if "tvm" not in sys.modules:
-        old = os.environ.get("TVM_USE_RUNTIME_LIB")
-        if runtime_only and os.environ.get("EDGECOMPILE_TVM_FULL") != "1":
-            os.environ["TVM_USE_RUNTIME_LIB"] = "1"
-        try:
-            with _torch_hidden():
-                import tvm  # noqa: F401
-        finally:
-            if old is None:
-                os.environ.pop("TVM_USE_RUNTIME_LIB", None)
-            else:
-                os.environ["TVM_USE_RUNTIME_LIB"] = old
+    with _IMPORT_LOCK:        # concurrent first loads: one import, and the saved env/sys.modules state is the real one
+        if "tvm" not in sys.modules:
+            _import_tvm(runtime_only)
     import tvm
 
     return tvm
+
+
+_IMPORT_LOCK = threading.Lock()
+
+
+def _import_tvm(runtime_only: bool) -> None:
+    """Import TVM (runtime library only when asked), torch hidden; env and sys.modules restored after."""
+    old = os.environ.get("TVM_USE_RUNTIME_LIB")
+    if runtime_only and os.environ.get("EDGECOMPILE_TVM_FULL") != "1":
+        os.environ["TVM_USE_RUNTIME_LIB"] = "1"
+    try:
+        with _torch_hidden():
+            import tvm  # noqa: F401
+    finally:
+        if old is None:
+            os.environ.pop("TVM_USE_RUNTIME_LIB", None)
+        else:
+            os.environ["TVM_USE_RUNTIME_LIB"] = old
 
 
 def _host_arch() -> str:
@@ -108,6 +117,21 @@ class TvmRunner(Runner):
         self.vm = self._main = None
 
 
+def _read_meta(meta_path: Path) -> dict:
+    """The library's JSON sidecar (arch, compiled batch), size/depth-limited and type-checked."""
+    from edgecompile.runtime.schema import parse_limited
+
+    if not meta_path.is_file():
+        return {}
+    meta = parse_limited(meta_path.read_bytes()[:1 << 20], meta_path, what="library metadata")
+    batch = meta.get("compiled_batch") if isinstance(meta, dict) else None
+    if (not isinstance(meta, dict) or not isinstance(meta.get("arch", ""), str)
+            or not (batch is None or (type(batch) is int and batch > 0))):
+        raise BundleError(f"{meta_path}: library metadata must be an object with a string 'arch' and a positive "
+                          "integer 'compiled_batch'", hint="rebuild the bundle")
+    return meta
+
+
 def load_library(path: Path, inputs: list[TensorSpec], outputs: list[TensorSpec], threads: int | None = None,
                  runtime_only: bool = True, **runner_kw) -> TvmRunner:
     """Load a library written by compile_library (TVM runtime only, no torch) as a Runner.
@@ -116,7 +140,7 @@ def load_library(path: Path, inputs: list[TensorSpec], outputs: list[TensorSpec]
     other than the compiled one run in chunks of it). `threads` sets TVM's CPU thread pool size."""
     path = Path(path)
     meta_path = path.with_suffix(".json")
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    meta = _read_meta(meta_path)
     if meta.get("arch") and meta["arch"] != _host_arch():
         raise BundleError(f"{path.name} is a {meta['arch']} library; this host is {_host_arch()}",
                           hint="copy the bundle to the device and load it there")

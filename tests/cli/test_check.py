@@ -173,3 +173,19 @@ def test_baseline_and_check_import_no_torch(digits_bundle, digits_baseline, tmp_
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True).stdout
     mods = {m.split(".")[0] for m in out.split()}
     assert "edgecompile" in mods and not mods & {"torch", "tvm", "openvino", "tensorrt", "onnx"}
+
+
+def test_latency_gate_against_another_cpu_needs_allow_other_machine(digits_bundle, digits_baseline, tmp_path):
+    from edgecompile.errors import ConfigError
+
+    base, _ = digits_baseline
+    other = json.loads(json.dumps(base))
+    other["machine"] = "Some Other CPU @ 1.0GHz"
+    with pytest.raises(ConfigError, match="Some Other CPU.*not comparable"):
+        check(digits_bundle.path, other, max_latency_ratio=50.0)
+    save_baseline(other, tmp_path / "other.json")
+    rc, _, err = run_cli("check", digits_bundle.path, "--baseline", tmp_path / "other.json",
+                         "--max-latency-ratio", "50")
+    assert rc == 2 and "--allow-other-machine" in err and "Traceback" not in err
+    assert check(digits_bundle.path, other, max_latency_ratio=50.0, allow_other_machine=True).ok
+    assert check(digits_bundle.path, other).ok          # accuracy-only checks do not care where latency was measured

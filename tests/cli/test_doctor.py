@@ -64,7 +64,7 @@ def test_json_shape_and_exit_0_when_the_promised_extras_work(report_json):
 def test_tvm_extra_includes_its_runtime_and_the_ffi_pin():
     reqs = extra_requirements()
     assert "apache-tvm-ffi" in reqs["tvm"] and "xgboost-cpu" in reqs["tvm"]
-    assert {"serve", "ray", "detect", "security"} <= set(reqs)
+    assert {"serve", "ray", "detect", "signing"} <= set(reqs)
 
 
 def _path_without_linker(tmp_path):
