@@ -186,7 +186,7 @@ def check_parity(src, model, onnx_path: Path) -> dict:
 
     from edgecompile.verify.metrics import get_metric, raw_similarity
     from edgecompile.runtime.text import pool
-    from edgecompile.targets.ort import ort_outputs
+    from edgecompile.targets.ort.build import ort_outputs
 
     ds = src.dataset("eval")
     onnx_out = ort_outputs(onnx_path.read_bytes(), ds.batches(32))[0]

@@ -3,7 +3,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 from edgecompile.passes.transformer_fusion import TransformerFusion
-from edgecompile.targets.ort import ort_outputs
+from edgecompile.targets.ort.build import ort_outputs
 
 import onnxruntime.transformers.optimizer  # noqa: E402, F401
 
