@@ -16,7 +16,7 @@ from typing import Any
 
 from edgecompile.errors import ConfigError
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8", "auto")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4", "auto")
 
 
 def _choices(*values: str, default: Any) -> Any:
@@ -56,6 +56,7 @@ class QuantizeSection:
     symmetric_activations: bool | None = None
     max_accuracy_drop: float | None = None
     qat_epochs: int = 3
+    block_size: int | None = None      # weight-only int4/int8 (decoders): block along K; None: 32
 
 
 @dataclass(frozen=True)

@@ -314,6 +314,10 @@ def bundle_from_cache(plan: Plan, entry: Path, key: str, progress: Progress, t_s
 
 
 def execute(plan: Plan, progress: Progress) -> Bundle:
+    if plan.source.kind == "decoder":            # decoder LMs: their own stages (edgecompile.compiler.decoder)
+        from edgecompile.compiler.decoder_build import build_decoder
+
+        return build_decoder(plan, progress)
     t_start = plan.started
     cfg = plan.config
     progress.info(f"edgecompile build {plan.source.name} -> target {plan.profile.name} "

@@ -122,6 +122,10 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
         ("precision", report["precision"] + ("" if report["precision"] == report["requested_precision"]
                                              else f" (requested {report['requested_precision']})")),
     ]
+    if report.get("generation"):            # decoder bundles: perplexity, agreement, tokens/s
+        from edgecompile.compiler.decoder_build import generation_rows
+
+        return rows + generation_rows(report)
     if acc:
         pct = acc["kind"] == "percentage"
         f = (lambda x: f"{100 * x:.2f} %") if pct else (lambda x: f"{x:.6g}")

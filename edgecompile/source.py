@@ -2,7 +2,8 @@
 
 * a built-in example by name (`digits`) or by path (`models/digits`);
 * any directory that is a Python package defining `source() -> TorchModelSource`;
-* a plain `.onnx` file (data from `--data FILE.npz`).
+* a plain `.onnx` file (data from `--data FILE.npz`);
+* a Hugging Face causal-LM directory or a `.gguf` file (edgecompile.compiler.decoder).
 """
 from __future__ import annotations
 
@@ -79,6 +80,10 @@ def resolve_source(spec: str | Path) -> ModelSource:
         return _from_module(importlib.import_module(f"edgecompile.models.{text}"), text)
     if path.suffix == ".onnx":
         return _onnx_source(path)
+    if path.suffix == ".gguf" and path.is_file():
+        from edgecompile.compiler.decoder import decoder_source
+
+        return decoder_source(path)
     if path.is_dir():
         if (path / "__init__.py").is_file():
             builtin = Path(__file__).resolve().parent.parent / "models" / path.name
@@ -86,6 +91,10 @@ def resolve_source(spec: str | Path) -> ModelSource:
                 return _from_module(importlib.import_module(f"edgecompile.models.{path.name}"), text)
             return _from_module(_import_dir(path), text)
         if (path / "config.json").is_file():
+            from edgecompile.compiler.decoder import decoder_source, is_decoder_dir
+
+            if is_decoder_dir(path):
+                return decoder_source(path)
             raise ModelLoadError(f"{text}: Hugging Face model directories are not supported yet",
                                  hint="export it to ONNX first (e.g. with optimum-cli) and pass the .onnx file")
         raise ModelLoadError(f"{text}: directory is not a model package (no __init__.py)",

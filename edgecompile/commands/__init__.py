@@ -18,8 +18,8 @@ json_option = click.option("--json", "json_mode", is_flag=True, help="Machine-re
 
 
 def register(group: click.Group) -> None:
-    from edgecompile.commands import cache, device, inspect, run, verify, version
+    from edgecompile.commands import cache, device, generate, inspect, run, verify, version
 
     for command in (run.run, run.bench, inspect.inspect, verify.verify, cache.cache,
-                    version.version, device.device):
+                    version.version, device.device, generate.generate):
         group.add_command(command)
