@@ -122,7 +122,9 @@ def quiet_libraries():
         from transformers.utils import logging as hf_logging
 
         old = hf_logging.get_verbosity()
+        bars = hf_logging.is_progress_bar_enabled()
         hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
     except ImportError:
         hf_logging = None
     prev = logging.root.manager.disable
@@ -135,6 +137,8 @@ def quiet_libraries():
         logging.disable(prev)
         if hf_logging is not None:
             hf_logging.set_verbosity(old)
+            if bars:
+                hf_logging.enable_progress_bar()
 
 
 # -- export --------------------------------------------------------------------------------------------------
@@ -158,6 +162,26 @@ def export_onnx(model, out_dir: Path) -> Path:
     if not path.is_file():
         raise ExportError("optimum produced no model.onnx", hint="check the model's architecture is supported")
     return path
+
+
+def fold_weight_transposes(model_path: Path) -> int:
+    """Replace Transpose(initializer) by the transposed initializer (a tied lm_head is exported as
+    MatMul(x, Transpose(embedding)) for small models): no transpose per call, and the quantizer
+    sees a constant MatMul weight. Returns the number of folded nodes."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(model_path))
+    inits = {i.name: i for i in proto.graph.initializer}
+    folded = [n for n in proto.graph.node if n.op_type == "Transpose" and n.input[0] in inits]
+    for n in folded:
+        perm = next((list(a.ints) for a in n.attribute if a.name == "perm"), None)
+        arr = np.ascontiguousarray(np.transpose(numpy_helper.to_array(inits[n.input[0]]), perm))
+        proto.graph.initializer.append(numpy_helper.from_array(arr, n.output[0]))
+        proto.graph.node.remove(n)
+    if folded:
+        onnx.save(proto, str(model_path))
+    return len(folded)
 
 
 def kv_layout(model_path: Path) -> dict:

@@ -88,6 +88,9 @@ def build_decoder(plan, progress) -> Bundle:
                           hint="use --target cpu")
     q = cfg.passes.quantize
     block = q.block_size or dec.DEFAULT_BLOCK_SIZE
+    if block < 16 or block & (block - 1):
+        raise ConfigError(f"quantization block size must be a power of two >= 16, got {block}",
+                          hint="e.g. --block-size 32 (the default) or 128")
     bound = dec.DEFAULT_BOUND_PCT if q.max_accuracy_drop is None else float(q.max_accuracy_drop)
     threads = cfg.build.threads
     src = plan.source
@@ -116,6 +119,7 @@ def build_decoder(plan, progress) -> Bundle:
                 shutil.copyfile(hit / "model.onnx", onnx_dir / "model.onnx")
             else:
                 dec.export_onnx(model, onnx_dir)
+                dec.fold_weight_transposes(onnx_dir / "model.onnx")
                 cache.put("export", key, lambda d: shutil.copyfile(onnx_dir / "model.onnx", d / "model.onnx"))
         fp32_path = onnx_dir / "model.onnx"
         layout = dec.kv_layout(fp32_path)
@@ -172,14 +176,15 @@ def build_decoder(plan, progress) -> Bundle:
                           tried, bound, writer.staging, fp32_path, time.perf_counter() - t_start, window, len(windows))
             writer.write_derived("report.json", json.dumps(rep, indent=2, default=_json_default))
             writer.write_derived("report.md", render_md(rep))
+            if achieved != plan.precision:
+                msg = f"requested precision {plan.precision} was not met: shipping {achieved} ({rep['precision_reason']})"
+                progress.warn(msg)
+                if cfg.build.strict:
+                    raise GateError(msg, hint="drop --strict to ship the fallback, or --force to ship the "
+                                              "requested precision")
             final = writer.commit()
         finally:
             writer.abort()
-    if achieved != plan.precision:
-        msg = f"requested precision {plan.precision} was not met: shipping {achieved} ({rep['precision_reason']})"
-        progress.warn(msg)
-        if cfg.build.strict:
-            raise GateError(msg, hint="drop --strict to ship the fallback, or --force to ship the requested precision")
     return Bundle(final, manifest)
 
 
