@@ -28,6 +28,7 @@ from edgecompile.errors import ConfigError, ExportError, ModelLoadError
 
 DECODER_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 PRECISIONS = ("fp32", "int8", "int4")
+EXPORT_VERSION = "decoder-export/v2"      # bump when export_onnx / fold_weight_transposes change
 DEFAULT_BLOCK_SIZE = 32          # = the GGUF Q4 block: re-quantizing a Q4 model to 4 bits loses ~nothing
 DEFAULT_BOUND_PCT = 1.0          # relative perplexity increase, % (the contract's default bound)
 AGREEMENT_TOKENS = 32
@@ -72,9 +73,17 @@ class DecoderSource:
             return str(self.path.parent), {"gguf_file": self.gguf_file}
         return str(self.path), {}
 
-    def load(self):
-        """(FP32 torch model in eval mode, transformers tokenizer)."""
+    def load(self, cache: bool = True):
+        """(FP32 torch model in eval mode, transformers tokenizer). A .gguf is dequantized once and
+        kept as an HF directory (safetensors) in the cache, keyed by the file's sha256."""
         where, kw = self._where()
+        saved = None
+        if self.gguf_file and cache:
+            from edgecompile.cache import cache_dir
+
+            saved = cache_dir() / "decoder-gguf" / self.fingerprint[:32]
+            if (saved / "done").is_file():
+                where, kw = str(saved), {}
         with quiet_libraries():
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -89,6 +98,18 @@ class DecoderSource:
                                      f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
                                      hint="pass a causal-LM directory (config.json, weights, tokenizer) or a .gguf "
                                           "file transformers can read") from None
+            if saved is not None and kw:
+                import shutil
+
+                tmp = saved.with_name(saved.name + f".tmp-{os.getpid()}")
+                try:
+                    model.save_pretrained(tmp)
+                    tok.save_pretrained(tmp)
+                    (tmp / "done").write_text("ok")
+                    shutil.rmtree(saved, ignore_errors=True)
+                    os.rename(tmp, saved)
+                except OSError:
+                    shutil.rmtree(tmp, ignore_errors=True)      # a cache never fails a build
         return model, tok
 
 

@@ -97,7 +97,7 @@ def build_decoder(plan, progress) -> Bundle:
     with tempfile.TemporaryDirectory(prefix="edgecompile-decoder-") as tmpdir:
         tmp = Path(tmpdir)
         with progress.step("load", f"{src.path} (transformers, fp32)"):
-            model, hf_tok = src.load()
+            model, hf_tok = src.load(cache=plan.use_cache)
             if not getattr(hf_tok, "is_fast", False):
                 raise ModelLoadError(f"{src.path}: the tokenizer has no fast (tokenizer.json) form",
                                      hint="decoder bundles ship tokenizer.json; use a model with a fast tokenizer")
@@ -107,12 +107,12 @@ def build_decoder(plan, progress) -> Bundle:
             eos = _eos_ids(model)
         onnx_dir = tmp / "onnx"
         onnx_dir.mkdir()
-        from edgecompile.buildcache import StageCache, code_fingerprint
+        from edgecompile.buildcache import StageCache
         from edgecompile.cache import content_key
         from edgecompile.machine import toolchain_versions
 
         cache = StageCache(enabled=plan.use_cache)
-        key = content_key("decoder-export/v1", src.fingerprint, toolchain_versions(), code_fingerprint())
+        key = content_key(dec.EXPORT_VERSION, src.fingerprint, toolchain_versions())
         hit = cache.get("export", key) if plan.use_cache else None
         with progress.step("export", "cache hit" if hit else "optimum text-generation-with-past"):
             if hit is not None:
