@@ -198,6 +198,10 @@ def md_table(rows: list[dict], columns: list[str] | None = None) -> list[str]:
 
 def render_md(report: dict, bundle_dir=None) -> str:
     """report.md: the same sections as report.html and `report --format json`, as text."""
+    if report.get("generation"):         # decoder bundles have their own (short) report
+        from edgecompile.compiler.decoder_build import render_md as render_generation
+
+        return render_generation(report)
     from edgecompile.report_sections import sections
 
     lines = [f"# EdgeCompile report: {report['model']} -> {report['target']} ({report['backend']}, {report['precision']})",
