@@ -242,22 +242,43 @@ def lm_head_nodes(model_path: Path) -> list[str]:
     return names
 
 
-def quantize(src: Path, dst: Path, scheme: str, bits: int, block_size: int, exclude: list[str]) -> dict:
-    """Weight-only (MatMulNBits/GatherBlockQuantized, asymmetric, blocks along K) or dynamic INT8."""
+def quantize(src: Path, dst: Path, scheme: str, bits: int, block_size: int, exclude: list[str],
+             algorithm: str = "rtn") -> dict:
+    """Weight-only (MatMulNBits/GatherBlockQuantized, asymmetric, blocks along K) or dynamic INT8.
+
+    algorithm "hqq" (4-bit): MatMul weights by ORT's HQQ quantizer, whose zero points are floats
+    (scale and offset per block, like GGUF's Q4_1: a model that was already 4-bit is represented
+    almost exactly, where integer zero points round it a second time); the embedding Gather by RTN."""
     import onnx
 
     with quiet_libraries():
+        if scheme == "weight-only" and algorithm == "hqq":
+            from onnxruntime.quantization.matmul_nbits_quantizer import (HQQWeightOnlyQuantConfig,
+                                                                         MatMulNBitsQuantizer)
+
+            q = MatMulNBitsQuantizer(onnx.load(str(src)), nodes_to_exclude=exclude, algo_config=HQQWeightOnlyQuantConfig(
+                block_size=block_size, bits=bits, op_types_to_quantize=("MatMul",)))
+            q.process()
+            q2 = MatMulNBitsQuantizer(q.model.model, bits=bits, block_size=block_size, is_symmetric=False,
+                                      nodes_to_exclude=exclude, op_types_to_quantize=("Gather",),
+                                      quant_axes=(("Gather", 1),))
+            q2.process()
+            q2.model.save_model_to_file(str(dst), use_external_data_format=False)
+            return {"scheme": "weight-only", "op": "MatMulNBits", "algorithm": "hqq (float zero points)",
+                    "bits": bits, "block_size": block_size, "symmetric": False, "accuracy_level": 0,
+                    "embedding": "GatherBlockQuantized (rtn)", "float_nodes": exclude}
         if scheme == "weight-only":
             from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
             q = MatMulNBitsQuantizer(onnx.load(str(src)), bits=bits, block_size=block_size, is_symmetric=False,
                                      accuracy_level=4, nodes_to_exclude=exclude,
-                                     op_types_to_quantize=("MatMul", "Gather"),
+                                     op_types_to_quantize=("MatMul", "Gather") if bits == 4 else ("MatMul",),
                                      quant_axes=(("MatMul", 0), ("Gather", 1)))
             q.process()
             q.model.save_model_to_file(str(dst), use_external_data_format=False)
-            return {"scheme": "weight-only", "op": "MatMulNBits", "bits": bits, "block_size": block_size,
-                    "symmetric": False, "accuracy_level": 4, "embedding": "GatherBlockQuantized",
+            return {"scheme": "weight-only", "op": "MatMulNBits", "algorithm": "rtn", "bits": bits, "block_size": block_size,
+                    "symmetric": False, "accuracy_level": 4,
+                    "embedding": "GatherBlockQuantized" if bits == 4 else "float (ORT quantizes Gather to 4 bits only)",
                     "float_nodes": exclude}
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
