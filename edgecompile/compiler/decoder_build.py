@@ -201,7 +201,8 @@ def _choose_quantized(plan, fp32_path, tmp, tok_json, spec, windows, prompts_ids
             name = f"{scheme}-{bits}{'-keep-lm-head' if exclude else ''}"
             path = tmp / f"{name}.onnx"
             with progress.step("quantize", f"{name} (block {block})" if scheme == "weight-only" else name):
-                info = dec.quantize(fp32_path, path, scheme, bits, block, exclude)
+                info = dec.quantize(fp32_path, path, scheme, bits, block, exclude,
+                                    algorithm="minmax-float-zp" if bits == 4 else "rtn")
                 fe = frontend_for(path, tok_json, spec, threads)
                 ev = evaluate_candidate(fe, windows, prompts_ids, ref_greedy, n_tok)
                 tps = quick_decode_tps(fe) if len(schemes) > 1 else None
