@@ -184,17 +184,15 @@ def test_int4_weight_only_bundle(llama_dir, tmp_path):
 
 
 def test_fallback_keeps_lm_head_in_float(llama_dir, tmp_path):
-    """Over the perplexity bound, int4 is retried with lm_head and the embedding in float ("mixed").
-    (Block 32 on this seeded model: plain int4 +3.5 %, with lm_head kept +2.1 %.)"""
+    """Over the perplexity bound (default 1 %), int4 is retried with lm_head and the embedding in float
+    ("mixed"). Block 32 on this seeded random model: plain int4 +1.2 %, with lm_head kept -3.8 %."""
     import edgecompile
-    from edgecompile.config import Config
 
-    cfg = Config().with_overrides({"passes.quantize.max_accuracy_drop": 3.0, "passes.quantize.block_size": 32})
-    b = edgecompile.build(str(llama_dir), output=tmp_path / "fb", precision="int4", config=cfg)
+    b = edgecompile.build(str(llama_dir), output=tmp_path / "fb", precision="int4")
     rep = json.loads((b.path / "report.json").read_text())
     cands = rep["generation"]["candidates"]
     assert [c["candidate"] for c in cands] == ["weight-only-4", "weight-only-4-keep-lm-head"]
-    assert cands[0]["perplexity_delta_pct"] > 3.0 >= cands[1]["perplexity_delta_pct"]
+    assert cands[0]["perplexity_delta_pct"] > 1.0 >= cands[1]["perplexity_delta_pct"]
     assert b.manifest["precision"] == "mixed" and rep["precision_reason"].startswith("lm_head/embedding kept")
     assert sorted(b.manifest["float_nodes"]) == ["/lm_head/MatMul", "/model/embed_tokens/Gather"]
     assert rep["generation"]["perplexity"]["delta_pct"] == pytest.approx(cands[1]["perplexity_delta_pct"])
