@@ -64,9 +64,11 @@ def main() -> None:
     args = ap.parse_args()
     lines: list[str] = []
 
-    def say(s: str = "") -> None:
+    def say(s: str = "") -> None:          # the results file is rewritten as sections finish
         print(s, flush=True)
         lines.append(s)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("\n".join(lines) + "\n")
 
     import edgecompile
     from edgecompile.compiler import decoder as dec
@@ -221,8 +223,6 @@ def main() -> None:
     fp32.close()
     if int4 is not None:
         int4.close()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -318,6 +318,9 @@ def execute(plan: Plan, progress: Progress) -> Bundle:
         from edgecompile.compiler.decoder_build import build_decoder
 
         return build_decoder(plan, progress)
+    if plan.precision == "int4":
+        raise ConfigError("--precision int4 is weight-only quantization for decoder LMs",
+                          hint="use it with a Hugging Face causal-LM directory or a .gguf file; int8 for this model")
     t_start = plan.started
     cfg = plan.config
     progress.info(f"edgecompile build {plan.source.name} -> target {plan.profile.name} "

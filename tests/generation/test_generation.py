@@ -278,3 +278,10 @@ def test_smollm2_gguf_int4(tmp_path):
     with load(b.path) as r:
         out = r.generate([{"role": "user", "content": "What is the capital of France?"}], max_new_tokens=16)
     assert "Paris" in out
+
+
+def test_int4_is_for_decoders_only(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "edgecompile", "build", "models/digits", "-p", "int4", "-o",
+                          str(tmp_path / "d")], capture_output=True, text=True)
+    assert res.returncode == 2 and "int4 is weight-only quantization for decoder LMs" in res.stderr
+    assert "Traceback" not in res.stderr
