@@ -184,6 +184,17 @@ def main() -> None:
         f"({100 * (p4 - p32) / p32:+.2f} %, target <= +10 %); transformers fp32 {ppl_torch:.3f}")
     say(f"    size: int4 {s4 / 1e6:.1f} MB vs fp32 {s32 / 1e6:.1f} MB -> {s4 / s32:.3f}x (target <= 0.35x; "
         f"the fp32 export stores the tied embedding twice: Gather table and lm_head MatMul weight)")
+    # the other 4-bit form: integer zero points (ORT's default RTN, accuracy_level 4), same block size
+    from edgecompile.compiler.decoder_build import frontend_for as _fe
+
+    rtn = work / "int4-rtn.onnx"
+    dec.quantize(bundles["fp32"] / "model.onnx", rtn, "weight-only", 4, dec.DEFAULT_BLOCK_SIZE, [], algorithm="rtn")
+    fer = _fe(rtn, fp32.bundle.artifact("tokenizer"), fp32.bundle.manifest["frontend"], args.threads)
+    tpsr, pr = tps(fer), ppl(fer)
+    say(f"    vs INT4 with integer zero points (rtn, accuracy_level 4): {tpsr:.1f} tokens/s ({tpsr / tps32:.2f}x fp32), "
+        f"perplexity {pr:.3f} ({100 * (pr - p32) / p32:+.2f} %), size {rtn.stat().st_size / s32:.3f}x")
+    say("    (ORT's MatMulNBits CPU kernels are fast only for integer zero points; float zero points, which keep a "
+        "Q4_1 model's grid, run a slow path)")
     say()
 
     # 4. optimum ORTModelForCausalLM on the same FP32 export ------------------------------------------------
