@@ -193,6 +193,7 @@ def _choose_quantized(plan, fp32_path, tmp, tok_json, spec, windows, prompts_ids
     """Quantize; keep lm_head (+ embedding) in float if over the bound; fp32 if still over (unless --force).
     int8: weight-only 8-bit and dynamic INT8 are both measured; the faster within the bound ships."""
     sensitive = dec.lm_head_nodes(fp32_path)
+    fp32_tps = quick_decode_tps(frontend_for(fp32_path, tok_json, spec, threads))
     bits = 4 if plan.precision == "int4" else 8
     schemes = ["weight-only"] if bits == 4 else ["weight-only", "dynamic"]
     tried, ok = [], []
@@ -205,11 +206,12 @@ def _choose_quantized(plan, fp32_path, tmp, tok_json, spec, windows, prompts_ids
                                     algorithm="minmax-float-zp" if bits == 4 else "rtn")
                 fe = frontend_for(path, tok_json, spec, threads)
                 ev = evaluate_candidate(fe, windows, prompts_ids, ref_greedy, n_tok)
-                tps = quick_decode_tps(fe) if len(schemes) > 1 else None
+                tps = quick_decode_tps(fe)
             delta_pct = 100.0 * (ev["perplexity"] - ref_ppl) / ref_ppl
             row = {"candidate": name, "perplexity": ev["perplexity"], "perplexity_delta_pct": delta_pct,
                    "greedy_agreement": ev["greedy_agreement"], "decode_tokens_per_s": tps,
-                   "within_bound": delta_pct <= bound, "size_bytes": path.stat().st_size}
+                   "speed_vs_fp32": tps / fp32_tps, "within_bound": delta_pct <= bound,
+                   "size_bytes": path.stat().st_size}
             tried.append(row)
             progress.debug(f"{name}: perplexity {ev['perplexity']:.4f} ({delta_pct:+.2f} %), agreement "
                            f"{ev['greedy_agreement']:.3f}")
@@ -221,6 +223,11 @@ def _choose_quantized(plan, fp32_path, tmp, tok_json, spec, windows, prompts_ids
     best = max(ok, key=lambda c: c[0])
     _, path, ev, info, row = best
     achieved = "mixed" if info["float_nodes"] else plan.precision
+    if row["speed_vs_fp32"] < 1.0:
+        progress.warn(f"{row['candidate']} decodes at {row['speed_vs_fp32']:.2f}x the fp32 speed on this CPU "
+                      f"({row['decode_tokens_per_s']:.1f} vs {fp32_tps:.1f} tokens/s): it is shipped for its size "
+                      "and accuracy, not speed (ORT has no fast kernel for float zero points)")
+        info = {**info, "slower_than_fp32": row["speed_vs_fp32"]}
     return achieved, path, ev, info, tried
 
 
