@@ -70,12 +70,12 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("\n".join(lines) + "\n")
 
+    import torch
+
     import edgecompile
     from edgecompile.compiler import decoder as dec
     from edgecompile.progress import Progress
     from edgecompile.runtime import load
-
-    import torch
 
     torch.set_num_threads(args.threads)
     src = gguf_path()

@@ -34,8 +34,8 @@ def generate(bundle_dir, prompt, chat, system, max_new_tokens, do_sample, temper
     if system and not chat:
         raise ConfigError("--system needs --chat", hint="add --chat to format the prompt with the chat template")
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    kw = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k,
-              top_p=top_p, seed=seed, num_beams=num_beams, length_penalty=length_penalty, stop=list(stop))
+    kw = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "temperature": temperature, "top_k": top_k,
+          "top_p": top_p, "seed": seed, "num_beams": num_beams, "length_penalty": length_penalty, "stop": list(stop)}
     with load(bundle_dir, threads=threads) as runner:
         t0 = time.perf_counter()
         pieces = []

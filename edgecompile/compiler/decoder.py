@@ -17,14 +17,13 @@ import hashlib
 import json
 import logging
 import os
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from edgecompile.errors import ConfigError, ExportError, ModelLoadError
+from edgecompile.errors import ExportError, ModelLoadError
 
 DECODER_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 PRECISIONS = ("fp32", "int8", "int4")
@@ -93,7 +92,7 @@ class DecoderSource:
             except ImportError as exc:
                 raise ModelLoadError(f"{self.path}: loading needs a package that is not installed: {exc}",
                                      hint="pip install 'edgecompile[hf]' (and gguf for .gguf files)") from None
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001  (any loader failure -> one-line error)
                 raise ModelLoadError(f"{self.path}: transformers cannot load this model: "
                                      f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
                                      hint="pass a causal-LM directory (config.json, weights, tokenizer) or a .gguf "
@@ -170,12 +169,12 @@ def export_onnx(model, out_dir: Path) -> Path:
         from optimum.exporters.onnx import onnx_export_from_model
 
         try:
-            import io
             import contextlib as cl
+            import io
 
             with cl.redirect_stdout(io.StringIO()):
                 onnx_export_from_model(model, str(out_dir), task="text-generation-with-past", do_validation=False)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (any exporter failure -> one-line error)
             raise ExportError(f"exporting the decoder to ONNX failed: {exc.__class__.__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''}",
                               hint="optimum-onnx supports llama, gpt2, qwen2, mistral, phi... architectures") from None
@@ -256,8 +255,10 @@ def quantize(src: Path, dst: Path, scheme: str, bits: int, block_size: int, excl
 
     with quiet_libraries():
         if scheme == "weight-only" and algorithm == "minmax-float-zp":
-            from onnxruntime.quantization.matmul_nbits_quantizer import (HQQWeightOnlyQuantConfig,
-                                                                         MatMulNBitsQuantizer)
+            from onnxruntime.quantization.matmul_nbits_quantizer import (
+                HQQWeightOnlyQuantConfig,
+                MatMulNBitsQuantizer,
+            )
 
             q = MatMulNBitsQuantizer(onnx.load(str(src)), nodes_to_exclude=exclude, algo_config=HQQWeightOnlyQuantConfig(
                 block_size=block_size, bits=bits, op_types_to_quantize=("MatMul",)))
@@ -272,7 +273,9 @@ def quantize(src: Path, dst: Path, scheme: str, bits: int, block_size: int, excl
                     "bits": bits, "block_size": block_size, "symmetric": False, "accuracy_level": 0,
                     "embedding": "GatherBlockQuantized (rtn)", "float_nodes": exclude}
         if scheme == "weight-only":
-            from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+            from onnxruntime.quantization.matmul_nbits_quantizer import (
+                MatMulNBitsQuantizer,
+            )
 
             q = MatMulNBitsQuantizer(onnx.load(str(src)), bits=bits, block_size=block_size, is_symmetric=False,
                                      accuracy_level=4, nodes_to_exclude=exclude,

@@ -14,7 +14,12 @@ import numpy as np
 
 from edgecompile.bundle import Bundle, BundleWriter
 from edgecompile.compiler import decoder as dec
-from edgecompile.errors import ConfigError, GateError, ModelLoadError, TargetUnavailableError
+from edgecompile.errors import (
+    ConfigError,
+    GateError,
+    ModelLoadError,
+    TargetUnavailableError,
+)
 
 PPL_WINDOWS = 4
 AGREEMENT_PROMPTS = 8
@@ -234,7 +239,7 @@ def _choose_quantized(plan, fp32_path, tmp, tok_json, spec, windows, prompts_ids
 def measure_runtime(bundle_dir: Path, threads: int | None, context: int) -> dict:
     """Latency and memory measured in a fresh process through edgecompile.runtime.load (no torch there)."""
     cmd = [sys.executable, "-m", "edgecompile.compiler.decoder_measure", str(bundle_dir), str(threads or 0)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
     if res.returncode != 0:
         from edgecompile.errors import CompileError
 
@@ -324,8 +329,6 @@ def _report(plan, manifest, achieved, quant, parity, ref_ppl, ev, fp32_eval, per
 
 
 def render_md(rep: dict) -> str:
-    g = rep["generation"]
-    p = g["perplexity"]
     lines = [f"# EdgeCompile report: {rep['model']} -> {rep['target']} (ort, {rep['precision']})", ""]
     lines += ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in generation_rows(rep)]
     return "\n".join(lines) + "\n"
@@ -339,14 +342,14 @@ def generation_rows(rep: dict) -> list[tuple[str, str]]:
     q = rep.get("quantization") or {}
     return [
         ("perplexity", f"{p['candidate']:.4f} (transformers fp32 {p['reference']:.4f}, {p['delta_pct']:+.2f} %)"),
-        ("greedy agreement", f"{100 * a['value']:.1f} % ({a['identical_prompts']}/{a['prompts']} prompts identical "
-                             f"over {a['tokens']} tokens)"),
+        ("greedy agreement", (f"{100 * a['value']:.1f} % ({a['identical_prompts']}/{a['prompts']} prompts "
+                              f"identical over {a['tokens']} tokens)")),
         ("parity (onnx fp32)", f"{rep['parity']['greedy_identical']}/{rep['parity']['prompts']} prompts greedy-identical"),
         ("quantization", f"{q['scheme']} {q['bits']}-bit" + (f", block {q['block_size']}" if q.get("block_size") else "")
          if q else "none (fp32)"),
         ("TTFT (prefill)", ttft),
-        ("decode", f"{g['decode_tokens_per_s']:.1f} tokens/s (batch 1); per token p50 {lat['p50']:.2f} / "
-                   f"p99 {lat['p99']:.2f} ms, {lat['threads']} threads"),
+        ("decode", (f"{g['decode_tokens_per_s']:.1f} tokens/s (batch 1); per token p50 {lat['p50']:.2f} / "
+                    f"p99 {lat['p99']:.2f} ms, {lat['threads']} threads")),
         ("size", f"{g['size_bytes'] / 1e6:.1f} MB ({g['size_ratio_vs_fp32']:.2f}x fp32)"),
         ("peak RSS", f"{rep['peak_rss_mb']:.1f} MB (runtime process)"),
     ]

@@ -15,7 +15,7 @@ length penalty; `stop` strings end the text (the stop string itself is not retur
 from __future__ import annotations
 
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 

@@ -66,7 +66,7 @@ class Tokenizer:
         try:
             return self._template.render(messages=list(messages), add_generation_prompt=True,
                                          **self.special_tokens)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (template errors of any kind -> one-line DataError)
             raise DataError(f"the chat template rejected the messages: {exc}",
                             hint="check the roles and their order the model expects") from None
 
