@@ -2,7 +2,8 @@
 
 * a built-in example by name (`digits`) or by path (`models/digits`);
 * any directory that is a Python package defining `source() -> TorchModelSource`;
-* a plain `.onnx` file (data from `--data FILE.npz`).
+* a plain `.onnx` file (data from `--data FILE.npz`);
+* a Hugging Face causal-LM directory or a `.gguf` file (edgecompile.compiler.decoder).
 """
 from __future__ import annotations
 
@@ -87,6 +88,10 @@ def resolve_source(spec: str | Path, task: str | None = None) -> ModelSource:
         return _from_module(importlib.import_module(f"edgecompile.models.{text}"), text)
     if path.suffix == ".onnx":
         return _onnx_source(path)
+    if path.suffix == ".gguf" and path.is_file():
+        from edgecompile.compiler.decoder import decoder_source
+
+        return decoder_source(path)
     if path.is_dir():
         if (path / "__init__.py").is_file():
             builtin = Path(__file__).resolve().parent.parent / "models" / path.name
@@ -94,13 +99,17 @@ def resolve_source(spec: str | Path, task: str | None = None) -> ModelSource:
                 return _from_module(importlib.import_module(f"edgecompile.models.{path.name}"), text)
             return _with_package_fingerprint(_from_module(_import_dir(path), text), path)
         if (path / "config.json").is_file():
+            from edgecompile.compiler.decoder import decoder_source, is_decoder_dir
+
+            if is_decoder_dir(path):             # causal LMs: text generation (edgecompile.compiler.decoder)
+                return decoder_source(path)
             from edgecompile.compiler.hf import hf_source
 
             return hf_source(path, task)
         raise ModelLoadError(
             f"{text}: directory is not a model package (no __init__.py)",
             hint="pass a models/<name> package, a built-in name (digits, resnet18, mobilenetv2), a Hugging Face "
-                 "model directory or a .onnx file",
+                 "model directory, a .gguf file or a .onnx file",
         )
     if not path.exists():
         raise ModelLoadError(

@@ -26,7 +26,7 @@ def test_defaults_and_contract_tables():
 @pytest.mark.parametrize("data, needle", [
     ({"build": {"precison": "int8"}}, "unknown config key 'build.precison'"),
     ({"bogus": {}}, "unknown config key 'bogus'"),
-    ({"build": {"precision": "int4"}}, "allowed values: fp32, fp16, bf16, int8, auto"),
+    ({"build": {"precision": "int2"}}, "allowed values: fp32, fp16, bf16, int8, int4, auto"),
     ({"build": {"strict": "yes"}}, "'build.strict' must be true or false"),
     ({"passes": {"prune": {"ratio": "half"}}}, "'passes.prune.ratio' must be a number"),
     ({"passes": {"quantize": {"calib_samples": 1.5}}}, "'passes.quantize.calib_samples' must be an integer"),

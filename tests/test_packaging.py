@@ -65,4 +65,5 @@ def test_slim_runtime_extras_pull_no_build_dependencies():
     slim = project["dependencies"] + project["optional-dependencies"]["runtime"] + \
         project["optional-dependencies"]["runtime-tvm"]
     names = {d.split(">")[0].split("=")[0].split("[")[0].split("<")[0].strip().lower() for d in slim}
-    assert names == {"numpy", "click", "onnxruntime", "apache-tvm", "apache-tvm-ffi", "psutil", "cloudpickle"}
+    assert names == {"numpy", "click", "onnxruntime", "apache-tvm", "apache-tvm-ffi", "psutil", "cloudpickle",
+                     "tokenizers", "jinja2"}

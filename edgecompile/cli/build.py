@@ -13,8 +13,10 @@ from edgecompile.cli.common import Ctx, _load_config, _show_built, emit_json, ve
 @click.option("-t", "--target", help="Device profile (see `edgecompile targets`). Default: cpu.")
 @click.option("-b", "--backend", help="Engine, where the target allows several (ort, openvino, tvm, or auto: "
               "measure them here and ship the fastest within the accuracy bound; the cpu default).")
-@click.option("-p", "--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8", "auto"]),
-              help="Numeric precision. Default: the target's (fp32 on CPUs).")
+@click.option("-p", "--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8", "int4", "auto"]),
+              help="Numeric precision. Default: the target's (fp32 on CPUs). int4: weight-only (decoder LMs).")
+@click.option("--block-size", "block_size", type=click.IntRange(min=16),
+              help="Weight-only int4/int8 quantization block size ([passes.quantize] block_size). Default 32.")
 @click.option("-o", "--output", type=click.Path(), help="Bundle directory to write (replaced atomically).")
 @click.option("--data", type=click.Path(), help=".npz with arrays named after the inputs (+ optional labels).")
 @click.option("-c", "--config", "config_path", type=click.Path(), help="TOML config (default: ./edgecompile.toml).")
@@ -52,11 +54,38 @@ from edgecompile.cli.common import Ctx, _load_config, _show_built, emit_json, ve
 @click.option("--json", "json_mode", is_flag=True, help="Print report.json to stdout.")
 @verbosity_options
 @click.pass_obj
-def build(obj: Ctx, model, target, backend, precision, output, data, config_path, task, strict, force, threads,
-          quantize, calibrate, calib_samples, qat_epochs, max_accuracy_drop, no_cache, prune, finetune_epochs,
-          distill, tune_trials, tune_timeout, remote, remote_key, annotations, json_mode):
-    """Build a bundle for MODEL (a models/<name> package, a built-in name, a .onnx file, or a Hugging
-    Face model directory).
+def build(
+    obj: Ctx,
+    model,
+    target,
+    backend,
+    precision,
+    block_size,
+    output,
+    data,
+    config_path,
+    task,
+    strict,
+    force,
+    threads,
+    quantize,
+    calibrate,
+    calib_samples,
+    qat_epochs,
+    max_accuracy_drop,
+    no_cache,
+    prune,
+    finetune_epochs,
+    distill,
+    tune_trials,
+    tune_timeout,
+    remote,
+    remote_key,
+    annotations,
+    json_mode,
+):
+    """Build a bundle for MODEL (a models/<name> package, a built-in name, a .onnx file, a Hugging Face
+    model directory, or a decoder LM: a Hugging Face causal-LM directory or a .gguf file).
 
     Flags override the config file (--config FILE, else ./edgecompile.toml), which overrides defaults.
     An identical rebuild is served from the content-addressed build cache (see `edgecompile cache`)."""
@@ -64,6 +93,7 @@ def build(obj: Ctx, model, target, backend, precision, output, data, config_path
 
     cfg = _load_config(config_path)
     cfg = cfg.with_overrides({"passes.quantize.mode": quantize, "passes.quantize.calibrate": calibrate,
+                              "passes.quantize.block_size": block_size,
                               "passes.quantize.calib_samples": calib_samples,
                               "passes.quantize.qat_epochs": qat_epochs,
                               "passes.quantize.max_accuracy_drop": max_accuracy_drop,

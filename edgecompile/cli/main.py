@@ -10,7 +10,7 @@ import traceback
 
 import click
 
-from edgecompile.cli import build, cache, device, doctor, gate, inspect, run, serve, sign, verify, version
+from edgecompile.cli import build, cache, device, doctor, gate, generate, inspect, run, serve, sign, verify, version
 from edgecompile.cli.common import Ctx
 from edgecompile.errors import ConfigError, EdgeCompileError
 
@@ -41,7 +41,7 @@ def cli(ctx, debug, quiet, verbose):
 
 COMMANDS = (build.build, build.distill, build.engine, build.targets, gate.report, gate.compare, gate.baseline,
             gate.check, run.run, run.bench, inspect.inspect, verify.verify, cache.cache, version.version,
-            device.device, doctor.doctor, serve.serve, sign.keygen, sign.sign)
+            device.device, doctor.doctor, serve.serve, sign.keygen, sign.sign, generate.generate)
 for _command in COMMANDS:
     cli.add_command(_command)
 

@@ -179,6 +179,8 @@ def bench(bundle_dir, runs, warmup, threads, batch, accuracy, data, remote, key,
         raise click.UsageError("--data is the evaluation data of --accuracy")
     # one runner for latency and --accuracy, local or on a board
     with open_runner(bundle_dir, threads, remote, key, wait) as runner:
+        if not remote and (runner.bundle.manifest.get("frontend") or {}).get("kind") == "generation":
+            return _bench_generation(bundle_dir, runner, threads, json_mode)     # per token, not per call
         feeds = synthetic_feeds(runner.inputs, batch)
         if remote:
             res = runner.latency(feeds, runs=runs or 50, warmup=warmup)
@@ -205,6 +207,24 @@ def bench(bundle_dir, runs, warmup, threads, batch, accuracy, data, remote, key,
                    f"mean {res['mean']:.3f} ms   min {res['min']:.3f} ms")
         click.echo(f"  on {res['cpu']['model']} ({res['cpu']['cores']} cores)")
     _echo_accuracy(res)
+
+
+def _bench_generation(bundle_dir, runner, threads, json_mode) -> None:
+    from edgecompile.compiler.decoder_measure import measure_frontend
+    from edgecompile.runtime.machine import cpu_info
+
+    res = {"bundle": str(bundle_dir), "precision": runner.bundle.manifest.get("precision"),
+           **measure_frontend(runner.frontend, threads), "cpu": cpu_info()}
+    if json_mode:
+        emit_json(res)
+        return
+    ttft = ", ".join(f"{k} tokens {v:.1f} ms" for k, v in res["ttft_ms"].items())
+    pt = res["per_token_ms"]
+    click.echo(f"{bundle_dir}: decoder, {res['precision']}, batch 1, {res['threads']} threads")
+    click.echo(f"  TTFT (prefill): {ttft}")
+    click.echo(f"  decode: {res['decode_tokens_per_s']:.1f} tokens/s; per token p50 {pt['p50']:.3f} ms, "
+               f"p99 {pt['p99']:.3f} ms ({pt['n']} tokens, context {pt['context']})")
+    click.echo(f"  on {res['cpu']['model']} ({res['cpu']['cores']} cores)")
 
 
 def _echo_accuracy(res: dict) -> None:

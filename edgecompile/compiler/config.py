@@ -22,7 +22,7 @@ from edgecompile.targets.openvino.config import OpenVinoSection   # each backend
 from edgecompile.targets.tensorrt.config import TensorRtSection
 from edgecompile.targets.tvm.config import TvmSection
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8", "auto")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4", "auto")
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,7 @@ class QuantizeSection:
     symmetric_activations: bool | None = None
     max_accuracy_drop: float | None = None
     qat_epochs: int = 3
+    block_size: int | None = None      # weight-only int4/int8 (decoders): block along K; None: 32
 
 
 @dataclass(frozen=True)

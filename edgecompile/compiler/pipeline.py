@@ -19,7 +19,7 @@ from edgecompile.compiler.export_stage import export_stage, load_onnx, reference
 from edgecompile.compiler.manifest import manifest as make_manifest
 from edgecompile.compiler.plan import Plan, bundle_key, cache_state, graph_passes, make_plan
 from edgecompile.compiler.writer import BundleWriter
-from edgecompile.errors import GateError
+from edgecompile.errors import ConfigError, GateError
 from edgecompile.passes.base import PassContext, PassManager, PassRecord, default_instruments
 from edgecompile.progress import Progress
 from edgecompile.runtime.bundle import Bundle
@@ -100,6 +100,13 @@ def bundle_from_cache(plan: Plan, entry: Path, key: str, progress: Progress, t_s
 
 
 def execute(plan: Plan, progress: Progress) -> Bundle:
+    if plan.source.kind == "decoder":            # decoder LMs: their own stages (edgecompile.compiler.decoder)
+        from edgecompile.compiler.decoder_build import build_decoder
+
+        return build_decoder(plan, progress)
+    if plan.precision == "int4":
+        raise ConfigError("--precision int4 is weight-only quantization for decoder LMs",
+                          hint="use it with a Hugging Face causal-LM directory or a .gguf file; int8 for this model")
     t_start = plan.started
     cfg = plan.config
     progress.info(f"edgecompile build {plan.source.name} -> target {plan.profile.name} "

@@ -1,6 +1,7 @@
 """report.md: the section model (edgecompile.report.sections) rendered as Markdown, and the CLI table."""
 from __future__ import annotations
 
+from edgecompile.report.generation import render_generation_md
 from edgecompile.report.sections import sections
 from edgecompile.report.summary import _fmt, summary_rows
 from edgecompile.report.tasks import MD as TASK_MD
@@ -30,6 +31,8 @@ def md_table(rows: list[dict], columns: list[str] | None = None) -> list[str]:
 
 def render_md(report: dict, bundle_dir=None) -> str:
     """report.md: the same sections as report.html and `report --format json`, as text."""
+    if report.get("generation"):         # decoder bundles have their own (short) report
+        return render_generation_md(report)
     lines = [
         f"# EdgeCompile report: {report['model']} -> {report['target']} ({report['backend']}, {report['precision']})",
         "",

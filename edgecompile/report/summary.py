@@ -1,6 +1,8 @@
 """The summary rows shared by the CLI table, report.md and report.html."""
 from __future__ import annotations
 
+from edgecompile.report.generation import generation_rows
+
 
 def _fmt(v, spec=".4f", none="n/a"):
     if v is None:
@@ -20,6 +22,8 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
         ("precision", report["precision"] + ("" if report["precision"] == report["requested_precision"]
                                              else f" (requested {report['requested_precision']})")),
     ]
+    if report.get("generation"):            # decoder bundles: perplexity, agreement, tokens/s
+        return rows + generation_rows(report)
     if acc:
         pct = acc["kind"] == "percentage"
         f = (lambda x: f"{100 * x:.2f} %") if pct else (lambda x: f"{x:.6g}")
