@@ -22,6 +22,7 @@ class Evaluation:
     similarity: dict
     reference_name: str
     per_sample: np.ndarray = field(repr=False, default=None)
+    agreement: dict | None = None        # classifiers: edgecompile.verify.agreement (the four numbers)
 
     @property
     def delta(self) -> float:
@@ -31,7 +32,7 @@ class Evaluation:
         return {"metric": self.metric, "higher_is_better": self.higher_is_better, "kind": self.kind,
                 "reference": self.reference, "reference_model": self.reference_name,
                 "candidate": self.candidate, "delta": self.delta, "ci95": self.ci95, "n": self.n,
-                "similarity": self.similarity}
+                "similarity": self.similarity, **({"agreement": self.agreement} if self.agreement else {})}
 
     def drop(self) -> float:
         """The accuracy loss in the contract's bound units (pt for percentage metrics, % for errors)."""
@@ -71,9 +72,15 @@ def compare(candidate_out: np.ndarray, reference_out: np.ndarray, ds: Dataset, m
     else:
         ref_scores = metric.per_sample(reference_out, reference_out)
         cand_scores = metric.per_sample(candidate_out, reference_out)
+    from edgecompile.verify.agreement import agreement, is_classifier_output
+
+    agree = None
+    if metric.name in ("top1", "top1_agreement") and is_classifier_output(reference_out) \
+            and np.shape(candidate_out) == np.shape(reference_out):
+        agree = agreement(candidate_out, reference_out)
     return Evaluation(metric.name, metric.higher_is_better, metric.kind, float(ref_scores.mean()),
                       float(cand_scores.mean()), len(ds), bootstrap_ci(cand_scores),
-                      raw_similarity(candidate_out, reference_out), reference_name, cand_scores)
+                      raw_similarity(candidate_out, reference_out), reference_name, cand_scores, agree)
 
 
 def evaluate(runner, ds: Dataset, *, metric: str = "top1", reference: np.ndarray | None = None,

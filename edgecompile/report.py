@@ -131,6 +131,13 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
             ("delta", f"{100 * acc['delta']:+.2f} pt" if pct else f"{acc['delta']:+.6g}"),
             ("output cosine", _fmt(acc["similarity"]["cosine"], ".6f")),
         ]
+        ag = acc.get("agreement")
+        if ag:
+            conf = ag["confident_agreement"]
+            rows.append(("agreement with reference",
+                         f"top-1 {100 * ag['top1_agreement']:.2f} %, confident (p>={ag['confident_threshold']:g}, "
+                         f"n={ag['confident_samples']}) " + ("n/a" if conf is None else f"{100 * conf:.2f} %")
+                         + f", top-5 containment {100 * ag['top5_containment']:.2f} %, mean KL {ag['mean_kl']:.4f}"))
     else:
         rows.append(("accuracy", "not measured (no evaluation data)" if not report.get("skipped") else report["skipped"]))
     if lat:
