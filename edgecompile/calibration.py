@@ -8,7 +8,9 @@ Entropy). Here each method is a few lines of numpy on the same statistics, so it
 * ``minmax``     -- the observed [min, max];
 * ``percentile`` -- clip |x| at the given percentile of its histogram;
 * ``entropy``    -- clip |x| at the threshold whose quantized histogram has the smallest KL
-                    divergence from the original (the TensorRT-style calibration).
+                    divergence from the original (the TensorRT-style calibration);
+* ``search``     -- per tensor, the candidate (min-max, percentiles, entropy) with the smallest
+                    expected quantization MSE (edgecompile.compiler.range_search).
 
 Statistics come from one or two passes of ONNX Runtime over the calibration feeds with every
 tensor to calibrate exposed as a graph output: pass 1 gathers min/max, pass 2 (histogram methods
@@ -23,7 +25,7 @@ import numpy as np
 
 from edgecompile.errors import DataError
 
-METHODS = ("minmax", "entropy", "percentile")
+METHODS = ("minmax", "entropy", "percentile", "search")
 HIST_BINS = 2048
 FLOAT_TYPES = (1, 10)            # onnx.TensorProto.FLOAT, FLOAT16
 
@@ -243,10 +245,15 @@ def entropy_threshold(hist: np.ndarray, absmax: float, levels: int = 128) -> flo
 
 
 def compute_ranges(stats: Mapping[str, TensorStats], method: str, *, percentile: float = 99.99,
-                   unsigned_activations: bool = True, symmetric: bool = False) -> dict[str, tuple[float, float]]:
+                   unsigned_activations: bool = True, symmetric: bool = False,
+                   keep: tuple[str, ...] = ()) -> dict[str, tuple[float, float]]:
     """{tensor: (lo, hi)} for `method`; clipping never widens the observed range."""
     if method not in METHODS:
         raise ValueError(f"unknown calibration method {method!r}")
+    if method == "search":               # per-tensor choice minimising quantization MSE
+        from edgecompile.compiler.range_search import search_ranges
+
+        return search_ranges(stats, unsigned_activations=unsigned_activations, symmetric=symmetric, keep=keep)[0]
     ranges = {}
     for name, s in stats.items():
         lo, hi = min(s.lo, 0.0), max(s.hi, 0.0)

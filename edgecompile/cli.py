@@ -126,7 +126,7 @@ def _show_built(obj: Ctx, bundle, json_mode: bool) -> dict:
 @click.option("--key", "remote_key", metavar="KEY", help="TVM: the board's key on the --remote tracker, e.g. rpi5.")
 @click.option("--quantize", "quantize", type=click.Choice(["static", "dynamic", "qat"]),
               help="INT8 mode for --precision int8 ([passes.quantize] mode). Default: static.")
-@click.option("--calibrate", type=click.Choice(["minmax", "entropy", "percentile"]),
+@click.option("--calibrate", type=click.Choice(["minmax", "entropy", "percentile", "search"]),
               help="Calibration method for static INT8 ([passes.quantize] calibrate). Default: minmax.")
 @click.option("--calib-samples", type=click.IntRange(min=1),
               help="Number of calibration samples ([passes.quantize] calib_samples). Default: 256.")

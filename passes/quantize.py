@@ -10,6 +10,7 @@ Activation/weight types follow the backend's preset (PRESETS, the contract's tab
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 
@@ -119,7 +120,8 @@ class Quantize:
         if self.exclude:
             opts["exclude"] = list(self.exclude)
         if s.mode == "static":
-            opts.update(calibrate=s.calibrate, calib_samples=s.calib_samples)
+            opts.update(calibrate=s.calibrate, calib_samples=s.calib_samples, equalize=s.equalize,
+                        bias_correction=s.bias_correction)
             if s.calibrate == "percentile":
                 opts["percentile"] = s.percentile
         return opts
@@ -169,21 +171,37 @@ class Quantize:
         from edgecompile.calibration import collect_stats, compute_ranges, tensors_to_calibrate
 
         batches, n, identity = self._calibration_feeds(proto, ctx)
+        steps = {}
+        if self.section.equalize:
+            proto, steps["equalization"] = _equalize(proto, batches)
         op_types = sorted(set(QDQRegistry) | set(QLinearOpsRegistry))
         names = tensors_to_calibrate(proto, op_types)
         method = self.section.calibrate
         stats = collect_stats(proto, names, batches, histograms=method != "minmax",
                               threads=getattr(ctx.config.build, "threads", None) if ctx.config else None,
                               progress=ctx.progress)
-        ranges = compute_ranges(stats, method, percentile=self.section.percentile,
-                                unsigned_activations=preset.activations == "uint8",
-                                symmetric=preset.symmetric_activations)
+        chosen = None
+        if method == "search":       # per tensor: the candidate with the smallest quantization MSE
+            from edgecompile.compiler.range_search import search_ranges
+
+            ranges, chosen = search_ranges(stats, unsigned_activations=preset.activations == "uint8",
+                                           symmetric=preset.symmetric_activations,
+                                           keep=tuple(o.name for o in proto.graph.output))
+        else:
+            ranges = compute_ranges(stats, method, percentile=self.section.percentile,
+                                    unsigned_activations=preset.activations == "uint8",
+                                    symmetric=preset.symmetric_activations)
         clipped = sum(1 for k, (lo, hi) in ranges.items()
                       if (lo, hi) != (min(stats[k].lo, 0.0), max(stats[k].hi, 0.0)))
         notes = {"calibrate": method, "calib_samples": n, "calib_data": identity,
                  "tensors_calibrated": len(ranges), "ranges_clipped": clipped, **_preset_notes(preset)}
         if method == "percentile":
             notes["percentile"] = self.section.percentile
+        if chosen is not None:
+            notes["range_search"] = dict(sorted(Counter(chosen.values()).items()))
+        if self.section.bias_correction:
+            proto, steps["bias_correction"] = _correct_bias(proto, batches, lambda p: self._qdq(p, preset, ranges, self.exclude))
+        notes.update(steps)
         # kept for the report and for tests; plain floats
         self.last_ranges = {k: (float(lo), float(hi)) for k, (lo, hi) in ranges.items()}
         self._calibrated = (proto, preset, ranges, notes)
@@ -201,7 +219,7 @@ class Quantize:
         from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
         enum = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                "percentile": CalibrationMethod.Percentile}[self.section.calibrate]
+                "percentile": CalibrationMethod.Percentile, "search": CalibrationMethod.Percentile}[self.section.calibrate]
         tensors = TensorsData(enum, {k: TensorData(lowest=np.array(lo, np.float32), highest=np.array(hi, np.float32))
                                      for k, (lo, hi) in ranges.items()})
         act, wt = _qtype(preset.activations), _qtype(preset.weights)
@@ -246,6 +264,28 @@ class Quantize:
             return None, {"nothing_to_quantize": "no MatMul with a constant weight to quantize dynamically"}
         return out, {"quantized_ops": n, "gemm_rewritten": rewritten, "weights": preset.weights,
                      "per_channel": preset.per_channel, "activations": "uint8 (dynamic, per batch)"}
+
+
+def _equalize(proto, batches):
+    """Cross-layer equalization (passes/equalize.py), ReLU6-aware through the calibration data."""
+    import onnx_ir as ir
+
+    from edgecompile.passes.equalize import CrossLayerEqualization
+
+    p = CrossLayerEqualization(feeds=batches)
+    result = p(ir.from_proto(proto))
+    return (ir.to_proto(result.model) if result.modified else proto), p.notes
+
+
+def _correct_bias(proto, batches, qdq):
+    """Empirical bias correction (passes/bias_correction.py) against `qdq(proto)` with fixed ranges."""
+    import onnx_ir as ir
+
+    from edgecompile.passes.bias_correction import BiasCorrection
+
+    p = BiasCorrection(feeds=batches, quantize=lambda m: ir.from_proto(qdq(ir.to_proto(m))))
+    result = p(ir.from_proto(proto))
+    return (ir.to_proto(result.model) if result.modified else proto), p.notes
 
 
 def _preset_notes(p: QuantPreset) -> dict:
