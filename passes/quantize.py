@@ -171,6 +171,15 @@ class Quantize:
         from edgecompile.calibration import collect_stats, compute_ranges, tensors_to_calibrate
 
         batches, n, identity = self._calibration_feeds(proto, ctx)
+        key = _calibration_key(proto, batches, self.section, preset, self.exclude)
+        hit = _CALIBRATIONS.get(key)
+        if hit is not None:          # same graph, data and settings: another backend candidate of `auto`
+            proto, ranges, notes = hit
+            notes = {**notes, "calibration_reused": True}
+            self.last_ranges = {k: (float(lo), float(hi)) for k, (lo, hi) in ranges.items()}
+            self._calibrated = (proto, preset, ranges, notes)
+            out = self._qdq(proto, preset, ranges, self.exclude)
+            return out, {**notes, "quantized_ops": _quantized_ops(out), **self._exclude_notes()}
         steps = {}
         if self.section.equalize:
             proto, steps["equalization"] = _equalize(proto, batches)
@@ -205,6 +214,7 @@ class Quantize:
         # kept for the report and for tests; plain floats
         self.last_ranges = {k: (float(lo), float(hi)) for k, (lo, hi) in ranges.items()}
         self._calibrated = (proto, preset, ranges, notes)
+        _remember(key, (proto, ranges, notes))
         out = self._qdq(proto, preset, ranges, self.exclude)
         return out, {**notes, "quantized_ops": _quantized_ops(out), **self._exclude_notes()}
 
@@ -264,6 +274,33 @@ class Quantize:
             return None, {"nothing_to_quantize": "no MatMul with a constant weight to quantize dynamically"}
         return out, {"quantized_ops": n, "gemm_rewritten": rewritten, "weights": preset.weights,
                      "per_channel": preset.per_channel, "activations": "uint8 (dynamic, per batch)"}
+
+
+# Calibration results (float graph after equalization/bias correction, ranges, notes) by graph +
+# data + settings: the backend candidates of an `auto` build quantize the same graph with the same
+# preset, and calibrating is most of the cost. Small and process-local.
+_CALIBRATIONS: dict[str, tuple] = {}
+_CALIBRATIONS_MAX = 4
+
+
+def _calibration_key(proto, batches, section, preset: QuantPreset, exclude) -> str:
+    import hashlib
+
+    h = hashlib.sha256(proto.SerializeToString(deterministic=True))
+    for b in batches:
+        for name in sorted(b):
+            arr = np.ascontiguousarray(b[name])
+            h.update(f"{name}:{arr.dtype}:{arr.shape}".encode())
+            h.update(arr.tobytes())
+    s = section
+    h.update(repr((s.calibrate, s.percentile, s.equalize, s.bias_correction, asdict(preset), sorted(exclude))).encode())
+    return h.hexdigest()
+
+
+def _remember(key: str, value: tuple) -> None:
+    _CALIBRATIONS[key] = value
+    while len(_CALIBRATIONS) > _CALIBRATIONS_MAX:
+        _CALIBRATIONS.pop(next(iter(_CALIBRATIONS)))
 
 
 def _equalize(proto, batches):
