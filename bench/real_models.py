@@ -14,12 +14,13 @@ and the same calibration samples:
                  uint8 activations, per-channel int8 weights), run by ORT and by OpenVINO;
   ORT         -- onnxruntime.quantization.quantize_static (QDQ, per-channel, MinMax);
   NNCF        -- nncf.quantize on the OpenVINO model (default preset), run by OpenVINO.
-With --waterfall (default for MobileNetV2) our steps are added one at a time (min-max only ->
-+ range search -> + equalization -> + bias correction) to show what each one buys.
+"ours: min-max only" is the quantize pass as it was before these steps; "ours int8" is the
+default (range search + bias correction); "+ cross-layer equalization" adds equalization (off by
+default: it did not help here); --waterfall adds range search alone.
 Latency: batch 1, interleaved rounds (edgecompile.bench.interleaved), ratio = ORT FP32 ms / ms.
 
     .venv/bin/python bench/real_models.py [--models mobilenetv2,fashion] [--calib 256] [--threads N]
-                                          [--seconds 8] [--no-waterfall] [--out bench/results/real_models.txt]
+                                          [--seconds 8] [--waterfall] [--out bench/results/real_models.txt]
 """
 from __future__ import annotations
 
@@ -64,7 +65,9 @@ def ort_quantize_static(fp32: bytes, cal) -> bytes:
         def get_next(self):
             return next(self.it, None)
 
-    with tempfile.TemporaryDirectory() as tmp:
+    from edgecompile.passes.quantize import _quiet_ort_logging
+
+    with tempfile.TemporaryDirectory() as tmp, _quiet_ort_logging():
         fin, fout = Path(tmp, "fp32.onnx"), Path(tmp, "int8.onnx")
         fin.write_bytes(fp32)
         quantize_static(str(fin), str(fout), Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
@@ -84,7 +87,13 @@ def ov_compile(onnx_bytes: bytes | None = None, ov_model=None, threads=None):
     if threads:
         cfg["INFERENCE_NUM_THREADS"] = threads
     compiled = core.compile_model(ov_model, "CPU", cfg)
-    return lambda x: compiled(x)[compiled.output(0)]
+    request = compiled.create_infer_request()          # as the OpenVINO runner does
+    port = compiled.output(0)
+
+    def run(x):
+        return request.infer({0: np.ascontiguousarray(x)}, share_inputs=True)[port].copy()
+
+    return run
 
 
 def nncf_quantize(fp32: bytes, cal, threads=None):
@@ -141,26 +150,27 @@ def bench_model(name: str, calib: int, threads, seconds: float, waterfall: bool)
     graphs: dict[str, tuple] = {}          # label -> (callable, seconds to quantize, notes)
     graphs["ORT fp32 (reference)"] = (ort_fn(fp32, threads), 0.0, {})
     graphs["OpenVINO fp32"] = (ov_compile(fp32, threads=threads), 0.0, {})
-    steps = []
+    steps = [("ours: min-max only (before this work)", dict(calibrate="minmax", equalize=False, bias_correction=False))]
     if waterfall:
-        steps = [("ours: min-max only", dict(calibrate="minmax", equalize=False, bias_correction=False)),
-                 ("ours: + range search", dict(calibrate="search", equalize=False, bias_correction=False)),
-                 ("ours: + equalization", dict(calibrate="search", equalize=True, bias_correction=False))]
-    steps.append(("ours int8 (ORT)", dict(calibrate="search", equalize=True, bias_correction=True)))
+        steps.append(("ours: range search only", dict(calibrate="search", equalize=False, bias_correction=False)))
+    steps += [("ours int8 (ORT): range search + bias correction", dict(calibrate="search", equalize=False, bias_correction=True)),
+              ("ours: + cross-layer equalization", dict(calibrate="search", equalize=True, bias_correction=True))]
     final = None
     for label, opts in steps:
         t = time.perf_counter()
         q, notes = ours(src, model, cal, **opts)
         graphs[label] = (ort_fn(q, threads), time.perf_counter() - t, notes)
-        final = q
-    graphs["ours int8 (OpenVINO)"] = (ov_compile(final, threads=threads), graphs["ours int8 (ORT)"][1], {})
+        if label.startswith("ours int8 (ORT)"):
+            final, final_label = q, label
+    graphs["ours int8 (OpenVINO)"] = (ov_compile(final, threads=threads), graphs[final_label][1], {})
     t = time.perf_counter()
     graphs["ORT quantize_static"] = (ort_fn(ort_quantize_static(fp32, cal), threads), time.perf_counter() - t, {})
     t = time.perf_counter()
     graphs["NNCF (OpenVINO)"] = (nncf_quantize(fp32, cal, threads), time.perf_counter() - t, {})
-    notes = graphs["ours int8 (ORT)"][2]
-    say(f"ours: {notes.get('quantized_ops')} quantized ops; equalization {notes.get('equalization')}; "
-        f"range search {notes.get('range_search')}; bias correction {notes.get('bias_correction')}")
+    for label, _ in steps[1:]:
+        notes = graphs[label][2]
+        say(f"{label}: {notes.get('quantized_ops')} quantized ops; equalization {notes.get('equalization')}; "
+            f"range search {notes.get('range_search')}; bias correction {notes.get('bias_correction')}")
 
     outs = {k: outputs(fn, x) for k, (fn, _, _) in graphs.items()}
     ref = outs["ORT fp32 (reference)"]
@@ -198,7 +208,7 @@ def main() -> None:
     ap.add_argument("--calib", type=int, default=256, help="calibration samples for every quantizer")
     ap.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the engines')")
     ap.add_argument("--seconds", type=float, default=8.0, help="latency budget per model (all graphs)")
-    ap.add_argument("--no-waterfall", action="store_true", help="skip our step-by-step variants")
+    ap.add_argument("--waterfall", action="store_true", help="add our intermediate steps (two more calibrations)")
     ap.add_argument("--out", default=None, help="also write the output to this file")
     args = ap.parse_args()
 
@@ -209,7 +219,7 @@ def main() -> None:
         f"threads {args.threads or 'engine default'}, batch 1, latency interleaved over 10 rounds")
     say()
     for name in [m for m in args.models.split(",") if m]:
-        bench_model(name, args.calib, args.threads, args.seconds, waterfall=not args.no_waterfall and name != "fashion")
+        bench_model(name, args.calib, args.threads, args.seconds, waterfall=args.waterfall)
     if args.out:
         Path(args.out).write_text("\n".join(LINES) + "\n")
 

@@ -127,7 +127,8 @@ def _show_built(obj: Ctx, bundle, json_mode: bool) -> dict:
 @click.option("--quantize", "quantize", type=click.Choice(["static", "dynamic", "qat"]),
               help="INT8 mode for --precision int8 ([passes.quantize] mode). Default: static.")
 @click.option("--calibrate", type=click.Choice(["minmax", "entropy", "percentile", "search"]),
-              help="Calibration method for static INT8 ([passes.quantize] calibrate). Default: minmax.")
+              help="Calibration method for static INT8 ([passes.quantize] calibrate): search = per-tensor MSE "
+                   "choice among min-max/percentile/entropy. Default: search.")
 @click.option("--calib-samples", type=click.IntRange(min=1),
               help="Number of calibration samples ([passes.quantize] calib_samples). Default: 256.")
 @click.option("--qat-epochs", "qat_epochs", type=click.IntRange(min=0),

@@ -47,7 +47,7 @@ class DataSection:
 @dataclass(frozen=True)
 class QuantizeSection:
     mode: str = _choices("static", "dynamic", "qat", default="static")
-    calibrate: str = _choices("minmax", "entropy", "percentile", "search", default="minmax")
+    calibrate: str = _choices("minmax", "entropy", "percentile", "search", default="search")
     calib_samples: int = 256
     percentile: float = 99.99          # for calibrate = "percentile": clip |x| at this percentile
     per_channel: bool = True
@@ -56,7 +56,7 @@ class QuantizeSection:
     symmetric_activations: bool | None = None
     max_accuracy_drop: float | None = None
     qat_epochs: int = 3
-    equalize: bool = True              # static: cross-layer equalization before calibrating (passes/equalize.py)
+    equalize: bool = False             # static: cross-layer equalization before calibrating (passes/equalize.py); off: see README
     bias_correction: bool = True       # static: empirical bias correction after (passes/bias_correction.py)
 
 
