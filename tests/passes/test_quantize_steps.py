@@ -32,12 +32,14 @@ def top1(proto, ds) -> float:
 def test_all_steps_run_and_hold_digits_accuracy(digits_fp32, digits_source):
     qmod._CALIBRATIONS.clear()
     cal, test = digits_source.dataset("calibration"), digits_source.dataset("test")
-    notes, q = quantize(digits_fp32, cal)
+    notes, q = quantize(digits_fp32, cal, QuantizeSection(calibrate="search", equalize=True))
     assert notes["calibrate"] == "search" and sum(notes["range_search"].values()) == notes["tensors_calibrated"]
     assert notes["equalization"]["pairs"] >= 1 and notes["equalization"]["relu6"] == "data"
     assert notes["bias_correction"]["layers"] >= 1
     assert "calibration_reused" not in notes
     assert top1(q, test) >= top1(digits_fp32, test) - 0.01
+    default = QuantizeSection()
+    assert (default.calibrate, default.bias_correction, default.equalize) == ("search", True, False)
 
 
 def test_backend_candidates_share_one_calibration(digits_fp32, digits_source, monkeypatch):
