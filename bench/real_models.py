@@ -14,9 +14,8 @@ and the same calibration samples:
                  uint8 activations, per-channel int8 weights), run by ORT and by OpenVINO;
   ORT         -- onnxruntime.quantization.quantize_static (QDQ, per-channel, MinMax);
   NNCF        -- nncf.quantize on the OpenVINO model (default preset), run by OpenVINO.
-"ours: min-max only" is the quantize pass as it was before these steps; "ours int8" is the
-default (range search + bias correction); "+ cross-layer equalization" adds equalization (off by
-default: it did not help here); --waterfall adds range search alone.
+"ours: min-max only" is the quantize pass as it was before these steps; then range search + bias
+correction; "ours int8" is the default (all three); --waterfall adds range search alone.
 Latency: batch 1, interleaved rounds (edgecompile.bench.interleaved), ratio = ORT FP32 ms / ms.
 
     .venv/bin/python bench/real_models.py [--models mobilenetv2,fashion] [--calib 256] [--threads N]
@@ -153,8 +152,8 @@ def bench_model(name: str, calib: int, threads, seconds: float, waterfall: bool)
     steps = [("ours: min-max only (before this work)", dict(calibrate="minmax", equalize=False, bias_correction=False))]
     if waterfall:
         steps.append(("ours: range search only", dict(calibrate="search", equalize=False, bias_correction=False)))
-    steps += [("ours int8 (ORT): range search + bias correction", dict(calibrate="search", equalize=False, bias_correction=True)),
-              ("ours: + cross-layer equalization", dict(calibrate="search", equalize=True, bias_correction=True))]
+    steps += [("ours: range search + bias correction", dict(calibrate="search", equalize=False, bias_correction=True)),
+              ("ours int8 (ORT): + cross-layer equalization (default)", dict(calibrate="search", equalize=True, bias_correction=True))]
     final = None
     for label, opts in steps:
         t = time.perf_counter()

@@ -56,7 +56,7 @@ class QuantizeSection:
     symmetric_activations: bool | None = None
     max_accuracy_drop: float | None = None
     qat_epochs: int = 3
-    equalize: bool = False             # static: cross-layer equalization before calibrating (passes/equalize.py); off: see README
+    equalize: bool = True              # static: cross-layer equalization before calibrating (passes/equalize.py)
     bias_correction: bool = True       # static: empirical bias correction after (passes/bias_correction.py)
 
 

@@ -39,7 +39,7 @@ def test_all_steps_run_and_hold_digits_accuracy(digits_fp32, digits_source):
     assert "calibration_reused" not in notes
     assert top1(q, test) >= top1(digits_fp32, test) - 0.01
     default = QuantizeSection()
-    assert (default.calibrate, default.bias_correction, default.equalize) == ("search", True, False)
+    assert (default.calibrate, default.bias_correction, default.equalize) == ("search", True, True)
 
 
 def test_backend_candidates_share_one_calibration(digits_fp32, digits_source, monkeypatch):
