@@ -18,7 +18,7 @@ from typing import Any, Callable
 from edgecompile.data import Dataset, TensorSpec, load_npz, parse_spec
 from edgecompile.errors import DataError, ModelLoadError
 
-BUILTIN_MODELS = ("digits", "digits_small", "resnet18", "mobilenetv2", "diabetes", "shapes")
+BUILTIN_MODELS = ("digits", "digits_small", "resnet18", "mobilenetv2", "fashion", "diabetes", "shapes")
 
 
 @dataclass

@@ -10,6 +10,7 @@ Activation/weight types follow the backend's preset (`Backend.quant_preset`, the
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import asdict, replace
 
@@ -113,7 +114,8 @@ class Quantize(FunctionalGraphPass):
         if self.exclude:
             opts["exclude"] = list(self.exclude)
         if s.mode == "static":
-            opts.update(calibrate=s.calibrate, calib_samples=s.calib_samples)
+            opts.update(calibrate=s.calibrate, calib_samples=s.calib_samples, equalize=s.equalize,
+                        bias_correction=s.bias_correction)
             if s.calibrate == "percentile":
                 opts["percentile"] = s.percentile
         return opts
@@ -164,23 +166,51 @@ class Quantize(FunctionalGraphPass):
         from edgecompile.compiler.calibration import collect_stats, compute_ranges, tensors_to_calibrate
 
         batches, n, identity, whole = self._calibration_feeds(proto)
+        key = _calibration_key(proto, batches, self.section, preset, self.exclude)
+        hit = _CALIBRATIONS.get(key)
+        if hit is not None:          # same graph, data and settings: another backend candidate of `auto`
+            proto, ranges, notes = hit
+            notes = {**notes, "calibration_reused": True}
+            self.last_ranges = {k: (float(lo), float(hi)) for k, (lo, hi) in ranges.items()}
+            self._calibrated = (proto, preset, ranges, notes)
+            out = self._qdq(proto, preset, ranges, self.exclude)
+            return out, {**notes, "quantized_ops": _quantized_ops(out), **self._exclude_notes()}
+        steps = {}
+        if self.section.equalize:
+            proto, steps["equalization"] = _equalize(proto, batches)
         op_types = sorted(set(QDQRegistry) | set(QLinearOpsRegistry))
         names = tensors_to_calibrate(proto, op_types)
         method = self.section.calibrate
         stats = collect_stats(proto, names, batches, histograms=method != "minmax",
                               threads=self.threads, progress=self.progress, whole=whole)
-        ranges = compute_ranges(stats, method, percentile=self.section.percentile,
-                                unsigned_activations=preset.activations == "uint8",
-                                symmetric=preset.symmetric_activations)
+        chosen = None
+        if method == "search":       # per tensor: the candidate with the smallest quantization MSE
+            from edgecompile.compiler.range_search import search_ranges
+
+            ranges, chosen = search_ranges(stats, unsigned_activations=preset.activations == "uint8",
+                                           symmetric=preset.symmetric_activations,
+                                           keep=tuple(o.name for o in proto.graph.output))
+        else:
+            ranges = compute_ranges(stats, method, percentile=self.section.percentile,
+                                    unsigned_activations=preset.activations == "uint8",
+                                    symmetric=preset.symmetric_activations)
         clipped = sum(1 for k, (lo, hi) in ranges.items()
                       if (lo, hi) != (min(stats[k].lo, 0.0), max(stats[k].hi, 0.0)))
         notes = {"calibrate": method, "calib_samples": n, "calib_data": identity,
                  "tensors_calibrated": len(ranges), "ranges_clipped": clipped, **_preset_notes(preset)}
         if method == "percentile":
             notes["percentile"] = self.section.percentile
+        if chosen is not None:
+            notes["range_search"] = dict(sorted(Counter(chosen.values()).items()))
+        if self.section.bias_correction:
+            proto, steps["bias_correction"] = _correct_bias(
+                proto, batches, lambda p: self._qdq(p, preset, ranges, self.exclude)
+            )
+        notes.update(steps)
         # kept for the report and for tests; plain floats
         self.last_ranges = {k: (float(lo), float(hi)) for k, (lo, hi) in ranges.items()}
         self._calibrated = (proto, preset, ranges, notes)
+        _remember(key, (proto, ranges, notes))
         out = self._qdq(proto, preset, ranges, self.exclude)
         return out, {**notes, "quantized_ops": _quantized_ops(out), **self._exclude_notes()}
 
@@ -194,8 +224,12 @@ class Quantize(FunctionalGraphPass):
         from onnxruntime.quantization.quant_utils import update_opset_version
         from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
-        enum = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                "percentile": CalibrationMethod.Percentile}[self.section.calibrate]
+        enum = {
+            "minmax": CalibrationMethod.MinMax,
+            "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile,
+            "search": CalibrationMethod.Percentile,
+        }[self.section.calibrate]
         tensors = TensorsData(enum, {k: TensorData(lowest=np.array(lo, np.float32), highest=np.array(hi, np.float32))
                                      for k, (lo, hi) in ranges.items()})
         act, wt = _qtype(preset.activations), _qtype(preset.weights)
@@ -249,6 +283,55 @@ class Quantize(FunctionalGraphPass):
             return None, {"nothing_to_quantize": "no MatMul with a constant weight to quantize dynamically"}
         return out, {"quantized_ops": n, "gemm_rewritten": rewritten, "weights": preset.weights,
                      "per_channel": preset.per_channel, "activations": "uint8 (dynamic, per batch)"}
+
+
+# Calibration results (float graph after equalization/bias correction, ranges, notes) by graph +
+# data + settings: the backend candidates of an `auto` build quantize the same graph with the same
+# preset, and calibrating is most of the cost. Small and process-local.
+_CALIBRATIONS: dict[str, tuple] = {}
+_CALIBRATIONS_MAX = 4
+
+
+def _calibration_key(proto, batches, section, preset: QuantPreset, exclude) -> str:
+    import hashlib
+
+    h = hashlib.sha256(proto.SerializeToString(deterministic=True))
+    for b in batches:
+        for name in sorted(b):
+            arr = np.ascontiguousarray(b[name])
+            h.update(f"{name}:{arr.dtype}:{arr.shape}".encode())
+            h.update(arr.tobytes())
+    s = section
+    h.update(repr((s.calibrate, s.percentile, s.equalize, s.bias_correction, asdict(preset), sorted(exclude))).encode())
+    return h.hexdigest()
+
+
+def _remember(key: str, value: tuple) -> None:
+    _CALIBRATIONS[key] = value
+    while len(_CALIBRATIONS) > _CALIBRATIONS_MAX:
+        _CALIBRATIONS.pop(next(iter(_CALIBRATIONS)))
+
+
+def _equalize(proto, batches):
+    """Cross-layer equalization (passes/equalize.py), ReLU6-aware through the calibration data."""
+    import onnx_ir as ir
+
+    from edgecompile.passes.equalize import CrossLayerEqualization
+
+    p = CrossLayerEqualization(feeds=batches)
+    result = p(ir.from_proto(proto))
+    return (ir.to_proto(result.model) if result.modified else proto), p.notes
+
+
+def _correct_bias(proto, batches, qdq):
+    """Empirical bias correction (passes/bias_correction.py) against `qdq(proto)` with fixed ranges."""
+    import onnx_ir as ir
+
+    from edgecompile.passes.bias_correction import BiasCorrection
+
+    p = BiasCorrection(feeds=batches, quantize=lambda m: ir.from_proto(qdq(ir.to_proto(m))))
+    result = p(ir.from_proto(proto))
+    return (ir.to_proto(result.model) if result.modified else proto), p.notes
 
 
 def _preset_notes(p: QuantPreset) -> dict:

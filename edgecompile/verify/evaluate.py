@@ -25,7 +25,7 @@ class Evaluation:
     beside: dict | None = None          # other task metrics reported (not gated), e.g. MAE and R²
     scatter: dict | None = None         # regression: (true, predicted) pairs for the report
     detection: dict | None = None       # detection: per-class AP, reference numbers, example images
-
+    agreement: dict | None = None        # classifiers: edgecompile.verify.agreement (the four numbers)
 
     @property
     def delta(self) -> float:
@@ -38,7 +38,8 @@ class Evaluation:
                 "similarity": self.similarity,
                 **({"beside": self.beside} if self.beside else {}),
                 **({"scatter": self.scatter} if self.scatter else {}),
-                **({"detection": self.detection} if self.detection else {})}
+                **({"detection": self.detection} if self.detection else {}),
+                **({"agreement": self.agreement} if self.agreement else {})}
 
     def drop(self) -> float:
         """The accuracy loss in the contract's bound units (pt for percentage metrics, % for errors)."""
@@ -82,6 +83,8 @@ def compare(candidate_out: np.ndarray, reference_out: np.ndarray, ds: Dataset, m
     else:
         ref_scores = metric.per_sample(reference_out, reference_out)
         cand_scores = metric.per_sample(candidate_out, reference_out)
+    from edgecompile.verify.agreement import agreement, is_classifier_output
+
     similarity = raw_similarity(candidate_out, reference_out)
     if metric.name == "output_closeness":
         similarity = {**similarity, "closeness": closeness(candidate_out, reference_out)}
@@ -93,6 +96,9 @@ def compare(candidate_out: np.ndarray, reference_out: np.ndarray, ds: Dataset, m
 
         ev.beside = regression_beside(candidate_out, reference_out, ds.labels)
         ev.scatter = regression_scatter(candidate_out, ds.labels)
+    if metric.name in ("top1", "top1_agreement") and is_classifier_output(reference_out) \
+            and np.shape(candidate_out) == np.shape(reference_out):
+        ev.agreement = agreement(candidate_out, reference_out)
     return ev
 
 

@@ -1,4 +1,6 @@
-"""MobileNetV2 (Sandler et al., 2018), width 1.0: inverted residuals with depthwise 3x3 convolutions."""
+"""MobileNetV2 (Sandler et al., 2018), width 1.0: inverted residuals with depthwise 3x3 convolutions.
+
+The module layout (parameter names) is torchvision's, so its IMAGENET1K_V1 state dict loads strictly."""
 from __future__ import annotations
 
 import torch
@@ -23,7 +25,8 @@ class InvertedResidual(nn.Module):
         hidden = cin * expand
         self.use_res = stride == 1 and cin == cout
         layers = [] if expand == 1 else [conv_bn(cin, hidden, 1, 1)]
-        layers += [conv_bn(hidden, hidden, 3, stride, groups=hidden), conv_bn(hidden, cout, 1, 1, act=False)]
+        layers += [conv_bn(hidden, hidden, 3, stride, groups=hidden),
+                   nn.Conv2d(hidden, cout, 1, 1, 0, bias=False), nn.BatchNorm2d(cout)]     # linear bottleneck
         self.conv = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
