@@ -253,7 +253,7 @@ def test_gpt2_source(tmp_path):
 def test_cli_generate(llama_bundle, runner, digits_bundle):
     from click.testing import CliRunner
 
-    from edgecompile.cli import cli
+    from edgecompile.cli.main import cli
 
     expect = runner.generate("Once upon a time", max_new_tokens=16)
     res = CliRunner().invoke(cli, ["generate", str(llama_bundle.path), "--prompt", "Once upon a time", "-n", "16"])
