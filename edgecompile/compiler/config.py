@@ -147,7 +147,6 @@ class AutoSection:
 
 
 @dataclass(frozen=True)
-@dataclass(frozen=True)
 class ServeSection:
     """`edgecompile serve`: the flags of the same names (edgecompile.serve.ServeOptions)."""
     host: str = "127.0.0.1"
