@@ -140,14 +140,16 @@ def targets(json_mode):
         for backend in profile.backends:
             if backend not in cache:
                 if backend == "auto":
-                    cache[backend] = (True, "measures the available cpu backends")
+                    cache[backend] = (True, "measures the available cpu backends; for another arch with no "
+                                            "board: ort, said so")
                 elif backend not in registry.target_names():
                     cache[backend] = (False, "not implemented in this version")
                 else:
                     a = registry.get_target(backend).check_available()
                     cache[backend] = (a.ok, a.reason)
             ok, reason = cache[backend]
-            if ok and profile.cross_compiler and not shutil.which(profile.cross_compiler):
+            portable = backend in registry.target_names() and registry.get_target(backend).portable
+            if ok and profile.cross_compiler and not portable and not shutil.which(profile.cross_compiler):
                 ok, reason = (
                     False,
                     f"{profile.cross_compiler} not found (apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross)",

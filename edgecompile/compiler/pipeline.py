@@ -115,6 +115,8 @@ def execute(plan: Plan, progress: Progress) -> Bundle:
         entry = cache.get("bundle", bkey)
         if entry is not None:
             return bundle_from_cache(plan, entry, bkey, progress, t_start)
+    if plan.backend_note:          # replayed from the report on a cache hit
+        progress.warn(plan.backend_note)
     records: list[PassRecord] = []
     ctx = PassContext(config=cfg, profile=plan.profile, backend=plan.backend, source=plan.source,
                       calibration=plan.calibration, evaluation=plan.evaluation, train=plan.train,
@@ -263,6 +265,12 @@ def measure(plan: Plan, bundle: Bundle, reference: np.ndarray | None, progress: 
                           "(measure on the device, e.g. `edgecompile bench --remote`)")
         return out
     threads = plan.config.build.threads
+    host_arch = bundle.manifest["measured_on"]["cpu"]["arch"]
+    if bundle.manifest["profile"]["arch"] != host_arch:     # a portable bundle for another arch (ORT for ARM)
+        out["skipped"] = (f"latency not measured: the bundle is for {bundle.manifest['profile']['arch']} and this "
+                          f"host is {host_arch}; accuracy was measured here with the same graph under "
+                          f"{plan.backend} on {host_arch} (measure latency on the board: `edgecompile bench "
+                          "BUNDLE --remote HOST:PORT --key KEY`, or `edgecompile bench BUNDLE` on it)")
     runner = plan.target.load(bundle, threads=threads)
     with runner:
         if plan.evaluation is not None and reference is not None:
@@ -274,6 +282,8 @@ def measure(plan: Plan, bundle: Bundle, reference: np.ndarray | None, progress: 
             feeds = {k: v[:1] for k, v in next(plan.evaluation.batches(1)).items()}
         else:
             feeds = synthetic_feeds(runner.inputs, 1)
+        if "skipped" in out:
+            return out
         out["latency"] = latency(runner, feeds, threads=threads)
     out["cold_start"] = cold_start(bundle.path, feeds, threads)
     if progress is not None:
