@@ -1,4 +1,4 @@
-"""Boards behind TVM's RPC tracker: run and time a bundle's TVM library on a board, serve a board,
+"""Boards behind TVM's RPC tracker: run and time a bundle's TVM library (or ORT graph) on a board, serve a board,
 list a tracker's boards, start a tracker.
 
 Only loopback addresses are accepted (EdgeCompile never opens or dials other network endpoints;
@@ -136,9 +136,15 @@ def load(bundle_dir: str | Path, tracker: str, key: str, *, wait: float = 30.0, 
     from edgecompile.targets.tvm.run import COMPILED_BATCH
 
     bundle = Bundle.open(bundle_dir)
+    if bundle.manifest.get("backend") == "ort":        # a portable ONNX graph: run by the board's ORT
+        from edgecompile.targets.ort import remote as ort_remote
+
+        sess = request_board(tracker, key, wait=wait)
+        info = {"key": key, "tracker": tracker, **board_info(sess)}
+        return ort_remote.load(bundle, sess, info, validate=validate)
     if bundle.manifest.get("backend") != "tvm":
-        raise ConfigError(f"{bundle_dir} is a {bundle.manifest.get('backend')} bundle; --remote runs TVM libraries",
-                          hint="build it with --backend tvm (or --target arm64/rpi4/rpi5)")
+        raise ConfigError(f"{bundle_dir} is a {bundle.manifest.get('backend')} bundle; --remote runs TVM libraries "
+                          "and ONNX Runtime bundles", hint="build it with --backend tvm or --backend ort")
     lib = Path(bundle.artifact("library"))
     meta_path = lib.with_suffix(".json")
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
@@ -245,6 +251,9 @@ def _register_board_info():
 
     info = describe_board(os.environ.get(ENV_KEY, ""))
     tvm.register_global_func(BOARD_INFO_FUNC, lambda: json.dumps(info), override=True)
+    from edgecompile.targets.ort.remote import register_board_funcs
+
+    register_board_funcs()      # ORT bundles run on the board too
 
 
 def serve(tracker: str, key: str, *, host: str = "127.0.0.1", port: int = 9090, port_end: int = 9199,

@@ -110,6 +110,25 @@ def test_remote_runner_gives_the_local_outputs(farm, tvm_bundle, digits_source):
             board(x.astype(np.float64))           # inputs are validated before they travel
 
 
+def test_ort_bundles_run_and_are_timed_on_the_board(farm, digits_bundle, digits_source):
+    """Issue 27: `device serve` runs ONNX Runtime bundles too (the graph is uploaded, timed on the board)."""
+    import edgecompile
+
+    x = digits_source.dataset("test").inputs["input"][:40]
+    with remote.load(digits_bundle.path, farm, KEY) as board, edgecompile.runtime.load(digits_bundle.path) as local:
+        assert type(board).__name__ == "RemoteOrtRunner" and board.board["key"] == KEY
+        np.testing.assert_allclose(board(x), local(x), rtol=1e-5, atol=1e-6)
+        with pytest.raises(Exception, match="dtype"):
+            board(x.astype(np.float64))
+    code, out, err = run_cli("bench", digits_bundle.path, "--remote", farm, "--key", KEY, "--runs", 12,
+                             "--accuracy", "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["remote"] is True and res["key"] == KEY and res["board"]["arch"] == "x86_64"
+    assert res["runs"] == 12 and len(res["samples"]) == 12 and 0 < res["min"] <= res["p50"] <= res["p99"]
+    assert res["accuracy"]["value"] == digits_bundle.report()["accuracy"]["candidate"]
+
+
 def test_remote_run_scores_the_labels(farm, tvm_bundle, digits_test_npz):
     code, out, err = run_cli("run", tvm_bundle.path, "-i", digits_test_npz, "--remote", farm, "--key", KEY)
     assert code == 0, err
