@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -159,13 +160,17 @@ def test_bad_remote_arguments_are_one_line_errors(tvm_bundle, args, code, needle
     assert rc == code and needle in err and "Traceback" not in err, err
 
 
-def test_unknown_board_and_missing_tracker_name_the_fix(farm, tvm_bundle, digits_bundle):
+def test_unknown_board_and_missing_tracker_name_the_fix(farm, tvm_bundle, digits_bundle, tmp_path):
     rc, _, err = run_cli("bench", tvm_bundle.path, "--remote", farm, "--key", "nope", "--wait", 0.5)
     assert rc == 1 and "no board with key 'nope'" in err and f"(boards: {KEY})" in err and "device serve" in err
     rc, _, err = run_cli("bench", tvm_bundle.path, "--remote", f"127.0.0.1:{free_port()}", "--key", KEY)
     assert rc == 1 and "no RPC tracker at" in err and "device tracker" in err and "Traceback" not in err
-    rc, _, err = run_cli("bench", digits_bundle.path, "--remote", farm, "--key", KEY)
-    assert rc == 2 and "is a ort bundle" in err
+    other = tmp_path / "ov"              # a backend a board cannot run (the manifest says openvino)
+    shutil.copytree(digits_bundle.path, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps({**manifest, "backend": "openvino"}))
+    rc, _, err = run_cli("bench", other, "--remote", farm, "--key", KEY)
+    assert rc == 2 and "is a openvino bundle" in err and "Traceback" not in err, err
 
 
 def test_parse_address_accepts_only_loopback():
