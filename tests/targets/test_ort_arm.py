@@ -76,8 +76,8 @@ def test_auto_without_a_board_is_ort_int8_and_says_so(tmp_path):
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
 
 
-def test_auto_with_a_board_is_refused_in_one_line(tmp_path):
+def test_auto_with_an_unreachable_board_fails_in_one_line(tmp_path):
     code, out, err = run_cli("build", "models/digits", "--target", "rpi5", "--backend", "auto",
                              "--remote", "127.0.0.1:9", "--key", "rpi5", "-o", tmp_path / "x")
-    assert code == 2 and "Traceback" not in err
-    assert err.startswith("error: --backend auto with a board (--remote) is not implemented yet"), err
+    assert code == 1 and "Traceback" not in err and not (tmp_path / "x").exists()
+    assert "no candidate backend could be built and measured" in err and "no RPC tracker at 127.0.0.1:9" in err, err

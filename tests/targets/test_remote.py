@@ -130,6 +130,30 @@ def test_ort_bundles_run_and_are_timed_on_the_board(farm, digits_bundle, digits_
     assert res["accuracy"]["value"] == digits_bundle.report()["accuracy"]["candidate"]
 
 
+def test_auto_measures_the_candidates_on_the_board(farm, tmp_path):
+    """Issue 27: --backend auto with --remote/--key scores and times each candidate on the board."""
+    out_dir = tmp_path / "auto"
+    code, out, err = run_cli("build", "models/digits", "--backend", "auto", "--remote", farm, "--key", KEY,
+                             "-o", out_dir)
+    assert code == 0, err[-3000:]
+    choice = json.loads((out_dir / "manifest.json").read_text())["autochoice"]
+    assert choice["measured_on"]["key"] == KEY and choice["measured_on"]["arch"] == "x86_64"
+    rows = {(r["backend"], r["precision"]): r for r in choice["candidates"]}
+    ort = rows[("ort", "fp32")]
+    assert ort["runs"] >= 20 and ort["p50_ms"] > 0 and ort["accuracy_drop"] == 0
+    if ("openvino", "fp32") in rows:      # the board runs TVM and ORT bundles only: said, not guessed
+        assert rows[("openvino", "fp32")]["status"] == "failed"
+        assert "openvino bundle" in rows[("openvino", "fp32")]["reason"]
+    assert (choice["chosen"]["backend"], choice["chosen"]["precision"]) == ("ort", "fp32")
+
+
+def test_auto_refuses_a_board_of_another_arch(farm, tmp_path):
+    code, out, err = run_cli("build", "models/digits", "--target", "rpi5", "--backend", "auto", "--remote", farm,
+                             "--key", KEY, "-o", tmp_path / "x")
+    assert code == 1 and "Traceback" not in err
+    assert f"board '{KEY}' is x86_64, but target rpi5 is aarch64" in err, err
+
+
 def test_remote_run_scores_the_labels(farm, tvm_bundle, digits_test_npz):
     code, out, err = run_cli("run", tvm_bundle.path, "-i", digits_test_npz, "--remote", farm, "--key", KEY)
     assert code == 0, err
