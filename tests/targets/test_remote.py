@@ -154,6 +154,34 @@ def test_auto_refuses_a_board_of_another_arch(farm, tmp_path):
     assert f"board '{KEY}' is x86_64, but target rpi5 is aarch64" in err, err
 
 
+def test_two_boards_on_distinct_ports_and_a_token_proves_the_board(farm, digits_bundle, digits_source, monkeypatch):
+    """Issue 27: a second board under its own key and port; `serve --token` lets clients check the board."""
+    import edgecompile
+
+    port = free_port()
+    second = _spawn("device", "serve", "--tracker", farm, "--key", "x86b", "--port", port,
+                    "--port-end", port + 1, "--token", "s3cret")   # TVM tries [port, port-end)
+    try:
+        try:
+            remote.wait_for_board(farm, "x86b", timeout=60)
+        except RemoteError:
+            pytest.fail(f"the second board did not register: {_log(second)}")
+        rows = {r["key"]: r for r in remote.boards(remote.tracker_summary(farm))}
+        assert rows["x86b"]["servers"] == [f"127.0.0.1:{port}"] and rows[KEY]["servers"] != rows["x86b"]["servers"]
+        x = digits_source.dataset("test").inputs["input"][:8]
+        monkeypatch.setenv(remote.ENV_TOKEN, "wrong")
+        with pytest.raises(RemoteError, match="did not prove it is the expected board"):
+            remote.load(digits_bundle.path, farm, "x86b")
+        monkeypatch.setenv(remote.ENV_TOKEN, "s3cret")
+        with pytest.raises(RemoteError, match=f"board '{KEY}' did not prove"):   # a board without the token
+            remote.load(digits_bundle.path, farm, KEY)
+        with remote.load(digits_bundle.path, farm, "x86b") as board:
+            with edgecompile.runtime.load(digits_bundle.path) as here:
+                np.testing.assert_allclose(board(x), here(x), rtol=1e-5, atol=1e-6)
+    finally:
+        _stop(second)
+
+
 def test_remote_run_scores_the_labels(farm, tvm_bundle, digits_test_npz):
     code, out, err = run_cli("run", tvm_bundle.path, "-i", digits_test_npz, "--remote", farm, "--key", KEY)
     assert code == 0, err
