@@ -154,32 +154,51 @@ def test_auto_refuses_a_board_of_another_arch(farm, tmp_path):
     assert f"board '{KEY}' is x86_64, but target rpi5 is aarch64" in err, err
 
 
-def test_two_boards_on_distinct_ports_and_a_token_proves_the_board(farm, digits_bundle, digits_source, monkeypatch):
-    """Issue 27: a second board under its own key and port; `serve --token` lets clients check the board."""
+def test_two_boards_on_distinct_ports_and_a_token_proves_the_board(digits_bundle, digits_source, monkeypatch):
+    """Issue 27: two boards, each under its own key and port, on a tracker of their own (so the module's farm
+    keeps its one board); `serve --token` lets clients check that the board is the expected one."""
     import edgecompile
 
-    port = free_port()
-    second = _spawn("device", "serve", "--tracker", farm, "--key", "x86b", "--port", port,
-                    "--port-end", port + 1, "--token", "s3cret")   # TVM tries [port, port-end)
+    tport, ports = free_port(), [free_port(), free_port()]
+    farm = f"127.0.0.1:{tport}"
+    procs = [_spawn("device", "tracker", "--port", tport)]
     try:
-        try:
-            remote.wait_for_board(farm, "x86b", timeout=60)
-        except RemoteError:
-            pytest.fail(f"the second board did not register: {_log(second)}")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                remote.tracker_summary(farm)
+                break
+            except RemoteError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"the tracker did not start: {_log(procs[0])}")
+                time.sleep(0.3)
+        for key, port, extra in (("plain", ports[0], ()), ("x86b", ports[1], ("--token", "s3cret"))):
+            procs.append(_spawn("device", "serve", "--tracker", farm, "--key", key, "--port", port,
+                                "--port-end", port + 1, *extra))     # TVM tries ports [port, port-end)
+        for key, proc in (("plain", procs[1]), ("x86b", procs[2])):
+            try:
+                remote.wait_for_board(farm, key, timeout=60)
+            except RemoteError:
+                pytest.fail(f"board {key} did not register: {_log(proc)}")
         rows = {r["key"]: r for r in remote.boards(remote.tracker_summary(farm))}
-        assert rows["x86b"]["servers"] == [f"127.0.0.1:{port}"] and rows[KEY]["servers"] != rows["x86b"]["servers"]
+        assert rows["plain"]["servers"] == [f"127.0.0.1:{ports[0]}"]
+        assert rows["x86b"]["servers"] == [f"127.0.0.1:{ports[1]}"]
         x = digits_source.dataset("test").inputs["input"][:8]
         monkeypatch.setenv(remote.ENV_TOKEN, "wrong")
         with pytest.raises(RemoteError, match="did not prove it is the expected board"):
             remote.load(digits_bundle.path, farm, "x86b")
         monkeypatch.setenv(remote.ENV_TOKEN, "s3cret")
-        with pytest.raises(RemoteError, match=f"board '{KEY}' did not prove"):   # a board without the token
-            remote.load(digits_bundle.path, farm, KEY)
+        with pytest.raises(RemoteError, match="board 'plain' did not prove"):   # a board without the token
+            remote.load(digits_bundle.path, farm, "plain")
         with remote.load(digits_bundle.path, farm, "x86b") as board:
             with edgecompile.runtime.load(digits_bundle.path) as here:
                 np.testing.assert_allclose(board(x), here(x), rtol=1e-5, atol=1e-6)
+        monkeypatch.delenv(remote.ENV_TOKEN)
+        with remote.load(digits_bundle.path, farm, "plain") as board:      # no token asked: any board answers
+            assert board.board["key"] == "plain"
     finally:
-        _stop(second)
+        for proc in reversed(procs):
+            _stop(proc)
 
 
 def test_remote_run_scores_the_labels(farm, tvm_bundle, digits_test_npz):
