@@ -77,6 +77,7 @@ class Backend:
     fp16_graph: bool = False                     # fp16 = an FP16 ONNX graph (our pass), not an engine flag
     quant_preset: QuantPreset = U8S8             # how it wants QDQ graphs
     config_section: str | None = None            # its TOML table (a field of Config), if it has one
+    portable: bool = False                       # its bundle runs on any arch (ORT: a plain ONNX graph)
 
     def _run_side(self):
         return importlib.import_module(self.run_module)

@@ -28,6 +28,11 @@ class DeviceProfile:
     aliases: tuple[str, ...] = field(default=())
 
 
+# `--backend auto` for a foreign-arch target with no board to measure on: this backend, said so plainly
+# (ONNX Runtime: portable ONNX, fast without tuning; TVM needs tuning on the board to be competitive).
+NO_BOARD_DEFAULT = "ort"
+
+
 _AARCH64_GCC = "aarch64-linux-gnu-gcc"
 
 PROFILES: dict[str, DeviceProfile] = {
@@ -45,7 +50,7 @@ PROFILES: dict[str, DeviceProfile] = {
             name="arm64",
             description="generic AArch64 with NEON",
             arch="aarch64",
-            backends=("tvm",),
+            backends=("tvm", "ort", "auto"),
             default_backend="tvm",
             tvm_target={"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]},
             cross_compiler=_AARCH64_GCC,
@@ -54,7 +59,7 @@ PROFILES: dict[str, DeviceProfile] = {
             name="rpi4",
             description="Raspberry Pi 4 (Cortex-A72)",
             arch="aarch64",
-            backends=("tvm",),
+            backends=("tvm", "ort", "auto"),
             default_backend="tvm",
             tvm_target={"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72",
                         "mattr": ["+neon"], "num-cores": 4},
@@ -64,7 +69,7 @@ PROFILES: dict[str, DeviceProfile] = {
             name="rpi5",
             description="Raspberry Pi 5 (Cortex-A76)",
             arch="aarch64",
-            backends=("tvm",),
+            backends=("tvm", "ort", "auto"),
             default_backend="tvm",
             tvm_target={"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76",
                         "mattr": ["+neon", "+dotprod", "+fullfp16"], "num-cores": 4},

@@ -111,3 +111,43 @@ def test_tuning_through_the_emulated_board(board, tmp_path):
     assert code == 0, err[-3000:]
     tuning = json.loads((tmp_path / "tuned" / "manifest.json").read_text())["backend_options"]["tuning"]
     assert tuning["trials_in_database"] > 0 and tuning["measured_on"]["emulated"] is True
+
+
+@pytest.fixture(scope="module")
+def rpi5_ort_bundles(tmp_path_factory):
+    """The digits ORT bundles for rpi5 (fp32 and QDQ int8): plain ONNX graphs built on this x86 host."""
+    import edgecompile
+
+    root = tmp_path_factory.mktemp("board-ort")     # under /tmp, which the board sees
+    return {p: edgecompile.build("models/digits", target="rpi5", backend="ort", precision=p, output=root / p)
+            for p in ("fp32", "int8")}
+
+
+def test_ort_rpi5_bundles_on_the_board_match_the_x86_run(board, rpi5_ort_bundles, digits_test_npz, tmp_path):
+    """Issue 27: the same ORT bundle under the slim runtime on aarch64 gives the x86 run's outputs."""
+    import edgecompile
+
+    _, env = board
+    code = (
+        "import platform, numpy as np\n"
+        "from edgecompile.runtime import load\n"
+        f"x = np.load({str(digits_test_npz)!r})['input']\n"
+        "out = {}\n"
+        f"for p, path in {({p: str(b.path) for p, b in rpi5_ort_bundles.items()})!r}.items():\n"
+        "    with load(path) as r:\n"
+        "        out[p] = r(x)\n"
+        f"np.savez({str(tmp_path / 'board.npz')!r}, **out)\n"
+        "print(platform.machine())\n"
+    )
+    proc = _script("exec", "/opt/board/bin/python", "-c", code, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "aarch64"
+    on_board = np.load(tmp_path / "board.npz")
+    x = np.load(digits_test_npz)["input"]
+    for p, bundle in rpi5_ort_bundles.items():
+        with edgecompile.runtime.load(bundle.path) as here:
+            want = here(x)
+        # fp32: kernels differ (NEON vs AVX) only in rounding; int8: a requantization step may round apart
+        tol = 1e-4 if p == "fp32" else 0.05 * float(np.abs(want).max())
+        np.testing.assert_allclose(on_board[p], want, rtol=1e-4, atol=tol, err_msg=p)
+        assert (on_board[p].argmax(1) == want.argmax(1)).mean() >= (1.0 if p == "fp32" else 0.99), p

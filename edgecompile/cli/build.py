@@ -12,7 +12,8 @@ from edgecompile.cli.common import Ctx, _load_config, _show_built, emit_json, ve
 @click.argument("model", required=False)
 @click.option("-t", "--target", help="Device profile (see `edgecompile targets`). Default: cpu.")
 @click.option("-b", "--backend", help="Engine, where the target allows several (ort, openvino, tvm, or auto: "
-              "measure them here and ship the fastest within the accuracy bound; the cpu default).")
+              "measure them here, or on the --remote board, and ship the fastest within the accuracy bound; the cpu "
+              "default; for an ARM target with no board: ort, said so).")
 @click.option("-p", "--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8", "int4", "auto"]),
               help="Numeric precision. Default: the target's (fp32 on CPUs). int4: weight-only (decoder LMs).")
 @click.option("--block-size", "block_size", type=click.IntRange(min=16),
@@ -34,7 +35,8 @@ from edgecompile.cli.common import Ctx, _load_config, _show_built, emit_json, ve
               help="TVM: MetaSchedule trials (the tuning database is cached and reused).")
 @click.option("--tune-timeout", type=click.FloatRange(min=0, min_open=True), metavar="MIN",
               help="TVM: stop tuning after MIN minutes.")
-@click.option("--remote", metavar="HOST:PORT", help="TVM: tune on a board behind this RPC tracker (loopback only).")
+@click.option("--remote", metavar="HOST:PORT", help="A board behind this RPC tracker (loopback only): TVM tunes "
+              "on it; --backend auto measures the candidates on it.")
 @click.option("--key", "remote_key", metavar="KEY", help="TVM: the board's key on the --remote tracker, e.g. rpi5.")
 @click.option("--quantize", "quantize", type=click.Choice(["static", "dynamic", "qat"]),
               help="INT8 mode for --precision int8 ([passes.quantize] mode). Default: static.")
@@ -174,14 +176,16 @@ def targets(json_mode):
         for backend in profile.backends:
             if backend not in cache:
                 if backend == "auto":
-                    cache[backend] = (True, "measures the available cpu backends")
+                    cache[backend] = (True, "measures the available cpu backends; for another arch with no "
+                                            "board: ort, said so")
                 elif backend not in registry.target_names():
                     cache[backend] = (False, "not implemented in this version")
                 else:
                     a = registry.get_target(backend).check_available()
                     cache[backend] = (a.ok, a.reason)
             ok, reason = cache[backend]
-            if ok and profile.cross_compiler and not shutil.which(profile.cross_compiler):
+            portable = backend in registry.target_names() and registry.get_target(backend).portable
+            if ok and profile.cross_compiler and not portable and not shutil.which(profile.cross_compiler):
                 ok, reason = (
                     False,
                     f"{profile.cross_compiler} not found (apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross)",

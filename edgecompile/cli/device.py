@@ -44,7 +44,10 @@ def tracker(host, port):
               help="First port to try (up to --port-end).")
 @click.option("--port-end", type=click.IntRange(1, 65535), help="Last port to try (default: --port + 100).")
 @click.option("--emulated", is_flag=True, help="Label this board's timings as emulated (e.g. under qemu).")
-def serve(tracker_addr, key, host, port, port_end, emulated):
+@click.option("--token", envvar="EDGECOMPILE_BOARD_TOKEN", metavar="SECRET",
+              help="Shared secret: the board proves it is the expected one to clients that set "
+                   "EDGECOMPILE_BOARD_TOKEN to the same value (default: $EDGECOMPILE_BOARD_TOKEN).")
+def serve(tracker_addr, key, host, port, port_end, emulated, token):
     """Serve this machine as a board: a TVM RPC server registered with the tracker under KEY."""
     from edgecompile.targets.tvm.remote import serve as run_serve
 
@@ -54,7 +57,7 @@ def serve(tracker_addr, key, host, port, port_end, emulated):
 
     try:
         run_serve(tracker_addr, key, host=host, port=port, port_end=port_end or min(65535, port + 100),
-                  emulated=emulated, ready=ready)
+                  emulated=emulated, token=token, ready=ready)
     except KeyboardInterrupt:
         pass
 

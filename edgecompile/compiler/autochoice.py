@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from edgecompile.compiler.autoboard import board_of, measure_on_board
 from edgecompile.errors import EdgeCompileError
 from edgecompile.targets.base import Availability, Backend
 
@@ -100,6 +101,7 @@ class Row:
     samples: list = field(default_factory=list)   # latency samples, ms
     status: str = "measured"            # measured | chosen | discarded | failed
     reason: str = ""
+    board: dict | None = None           # measured on this board (--remote/--key), not on the build host
 
     @property
     def p50(self) -> float | None:
@@ -191,6 +193,9 @@ def measure_candidates(plan, candidates: list[Candidate], reference, progress, *
                 writer.add_artifact(rel, role)
             manifest = writer.write_manifest(_manifest(cand.plan, cand.model, cand.precision, cand.records, arts, None))
             row.staged, row.artifacts = writer.staging, arts
+            if board_of(plan):        # scored and timed on the board, one candidate at a time
+                row.board = measure_on_board(plan, row, board_of(plan), reference, progress)
+                continue
             runner = cand.target.load(Bundle(writer.staging, manifest), threads=threads)
         except EdgeCompileError as exc:
             row.status, row.reason = "failed", exc.message
@@ -336,7 +341,8 @@ def run(plan, model, ctx, records, progress, reference):
         candidates, skipped = prepare(plan, model, ctx, pairs, progress)
     rows: list[Row] = []
     try:
-        with progress.step("auto: measure", f"{len(candidates)} candidates, interleaved"):
+        where = f"on board {board_of(plan)[1]!r}, one by one" if board_of(plan) else "interleaved"
+        with progress.step("auto: measure", f"{len(candidates)} candidates, {where}"):
             rows = measure_candidates(plan, candidates, reference, progress, rows=rows)
         rows += skipped
         bound = bound_for(plan)
@@ -355,7 +361,7 @@ def run(plan, model, ctx, records, progress, reference):
         "candidates": [r.to_dict(base.p50 if base else None) for r in rows],
         "excluded_backends": excluded,
         "fit_notes": fit_notes(rows),
-        "measured_on": cpu_info(),
+        "measured_on": next((r.board for r in rows if r.board), None) or cpu_info(),
         "rounds": plan.config.auto.rounds,
     }
     for r in rows:

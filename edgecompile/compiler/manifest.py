@@ -44,6 +44,6 @@ def manifest(plan, model, precision: str, records, artifacts, parity) -> dict:
                  "evaluation": plan.evaluation.describe() if plan.evaluation is not None else None},
         "toolchain": toolchain_versions(),
         "measured_on": machine_info(),
-        "runs_on_host": plan.profile.arch == machine_info()["cpu"]["arch"],
+        "runs_on_host": plan.profile.arch == machine_info()["cpu"]["arch"] or plan.target.portable,
         **({"frontend": plan.source.frontend} if plan.source.frontend else {}),
     }

@@ -123,6 +123,8 @@ def execute(plan: Plan, progress: Progress) -> Bundle:
         entry = cache.get("bundle", bkey)
         if entry is not None:
             return bundle_from_cache(plan, entry, bkey, progress, t_start)
+    if plan.backend_note:          # replayed from the report on a cache hit
+        progress.warn(plan.backend_note)
     records: list[PassRecord] = []
     ctx = PassContext(config=cfg, profile=plan.profile, backend=plan.backend, source=plan.source,
                       calibration=plan.calibration, evaluation=plan.evaluation, train=plan.train,
@@ -275,6 +277,12 @@ def measure(plan: Plan, bundle: Bundle, reference: np.ndarray | None, progress: 
                           "(measure on the device, e.g. `edgecompile bench --remote`)")
         return out
     threads = plan.config.build.threads
+    host_arch = bundle.manifest["measured_on"]["cpu"]["arch"]
+    if bundle.manifest["profile"]["arch"] != host_arch:     # a portable bundle for another arch (ORT for ARM)
+        out["skipped"] = (f"latency not measured: the bundle is for {bundle.manifest['profile']['arch']} and this "
+                          f"host is {host_arch}; accuracy was measured here with the same graph under "
+                          f"{plan.backend} on {host_arch} (measure latency on the board: `edgecompile bench "
+                          "BUNDLE --remote HOST:PORT --key KEY`, or `edgecompile bench BUNDLE` on it)")
     runner = plan.target.load(bundle, threads=threads)
     with runner:
         if plan.evaluation is not None and reference is not None:
@@ -287,6 +295,8 @@ def measure(plan: Plan, bundle: Bundle, reference: np.ndarray | None, progress: 
             feeds = plan.evaluation.first_feed()
         else:
             feeds = synthetic_feeds(runner.inputs, 1)
+        if "skipped" in out:
+            return out
         out["latency"] = latency(runner, feeds, threads=threads)
         out["latency"]["feed_shapes"] = {k: list(np.shape(v)) for k, v in feeds.items()}
         if plan.evaluation is not None and not plan.evaluation.batched:

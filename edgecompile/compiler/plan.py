@@ -37,6 +37,7 @@ class Plan:
     options: dict = field(default_factory=dict)
     use_cache: bool = True
     started: float = field(default_factory=time.perf_counter)   # for the reported build time
+    backend_note: str = ""      # why the backend is what it is, when no measurement chose it (said in CLI + report)
 
     def bundle_id(self) -> str:
         return content_key(
@@ -53,6 +54,7 @@ def make_plan(cfg: Config, *, output: str | Path | None, data: str | Path | None
         raise ConfigError("no model given", hint="pass MODEL (e.g. models/digits) or set [model] source in the config")
     profile = get_profile(cfg.build.target)
     backend = resolve_backend(profile, cfg.build.backend)
+    backend, backend_note = _foreign_auto(profile, backend, cfg)
     if backend == "auto":
         from edgecompile.compiler.autochoice import AutoBackend
 
@@ -81,7 +83,22 @@ def make_plan(cfg: Config, *, output: str | Path | None, data: str | Path | None
     out = Path(output) if output else Path(f"{source.name}-{profile.name}-{backend}-{precision}")
     check_writable(out)
     return Plan(cfg, source, profile, backend, target, precision, calibration, evaluation, train, out,
-                classifier=_is_classifier(source), options=options, use_cache=use_cache)
+                classifier=_is_classifier(source), options=options, use_cache=use_cache, backend_note=backend_note)
+
+
+def _foreign_auto(profile, backend: str, cfg: Config) -> tuple[str, str]:
+    """`--backend auto` for a target this host cannot run natively (aarch64 boards from x86): nothing here can
+    measure which backend is faster there, so without a board it is the documented default, said so."""
+    from edgecompile.runtime.machine import cpu_info
+    from edgecompile.targets.profiles import NO_BOARD_DEFAULT
+
+    if backend != "auto" or profile.arch == cpu_info()["arch"]:
+        return backend, ""
+    if cfg.tvm.remote:         # the candidates are measured on the board (compiler/autoboard.py)
+        return backend, ""
+    return NO_BOARD_DEFAULT, (
+        f"--backend auto for {profile.name} ({profile.arch}) with no board to measure on: using the documented "
+        f"default, {NO_BOARD_DEFAULT} (portable ONNX, fast without tuning); nothing was measured to choose it")
 
 
 def _is_classifier(source) -> bool:

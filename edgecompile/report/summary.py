@@ -51,6 +51,8 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
         rows.append(
             ("accuracy", "not measured (no evaluation data)" if not report.get("skipped") else report["skipped"])
         )
+    if not lat and acc and report.get("skipped"):
+        rows.append(("latency", report["skipped"]))
     if lat:
         rows += [("latency p50/p90/p99", f"{lat['p50']:.3f} / {lat['p90']:.3f} / {lat['p99']:.3f} ms "
                                          f"(batch {lat['batch']}, {lat['runs']} runs, {lat['threads']} threads)")]

@@ -19,6 +19,7 @@ class OrtTarget(Backend):
     run_module = "edgecompile.targets.ort.run"
     precisions = ("fp32", "fp16", "int8")   # int8: QDQ (static) or integer ops (dynamic) from the quantize pass;
                                             # fp16: the fp16 pass (CPU kernels are partial: often slower)
+    portable = True                         # a plain ONNX graph: the same bundle runs on x86-64 and aarch64
     fp16_graph = True                       # precision fp16 = an FP16 ONNX graph (the fp16 pass), not an engine flag
 
     def compile(self, model, ctx: BuildContext) -> Artifacts:

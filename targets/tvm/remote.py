@@ -1,4 +1,4 @@
-"""Boards behind TVM's RPC tracker: run and time a bundle's TVM library on a board, serve a board,
+"""Boards behind TVM's RPC tracker: run and time a bundle's TVM library (or ORT graph) on a board, serve a board,
 list a tracker's boards, start a tracker.
 
 Only loopback addresses are accepted (EdgeCompile never opens or dials other network endpoints;
@@ -27,6 +27,8 @@ from edgecompile.errors import ConfigError, RemoteError, first_line
 BOARD_INFO_FUNC = "edgecompile.board_info"
 ENV_EMULATED = "EDGECOMPILE_BOARD_EMULATED"     # set by scripts/emulated_board.sh (and `serve --emulated`)
 ENV_KEY = "EDGECOMPILE_BOARD_KEY"
+ENV_TOKEN = "EDGECOMPILE_BOARD_TOKEN"        # shared secret: `device serve --token` and the clients' environment
+PROOF_FUNC = "edgecompile.board_proof"
 DEFAULT_TRACKER_PORT = 9190
 
 
@@ -113,10 +115,38 @@ def request_board(address: str, key: str, *, wait: float = 30.0, session_timeout
     """An RPC session on a board with `key` (waits up to `wait` s for it to register)."""
     tracker = wait_for_board(address, key, wait)
     try:
-        return tracker.request(key, priority=1, session_timeout=session_timeout)
+        sess = tracker.request(key, priority=1, session_timeout=session_timeout)
     except Exception as exc:
         raise RemoteError(f"board {key!r} did not answer ({first_line(exc)})",
                           hint="is the board busy or gone? see `edgecompile device list`") from None
+    token = os.environ.get(ENV_TOKEN)
+    if token:
+        check_proof(sess, key, token)
+    return sess
+
+
+def _proof(token: str, key: str, nonce: str) -> str:
+    import hashlib
+    import hmac
+
+    return hmac.new(token.encode(), f"{key}:{nonce}".encode(), hashlib.sha256).hexdigest()
+
+
+def check_proof(sess, key: str, token: str) -> None:
+    """The board must answer a fresh nonce with HMAC(token, key:nonce): anyone on the host can register a key
+    with the tracker, only the expected board knows the token."""
+    import hmac
+    import secrets
+
+    nonce = secrets.token_hex(16)
+    try:
+        answer = str(sess.get_function(PROOF_FUNC)(nonce))
+    except Exception:
+        answer = ""
+    if not hmac.compare_digest(answer, _proof(token, key, nonce)):
+        raise RemoteError(f"board {key!r} did not prove it is the expected board (wrong or no token)",
+                          hint=f"serve it with `edgecompile device serve --token ...` and the same {ENV_TOKEN} "
+                               "here; another process may have registered this key")
 
 
 def board_info(sess) -> dict:
@@ -136,9 +166,15 @@ def load(bundle_dir: str | Path, tracker: str, key: str, *, wait: float = 30.0, 
     from edgecompile.targets.tvm.run import COMPILED_BATCH
 
     bundle = Bundle.open(bundle_dir)
+    if bundle.manifest.get("backend") == "ort":        # a portable ONNX graph: run by the board's ORT
+        from edgecompile.targets.ort import remote as ort_remote
+
+        sess = request_board(tracker, key, wait=wait)
+        info = {"key": key, "tracker": tracker, **board_info(sess)}
+        return ort_remote.load(bundle, sess, info, validate=validate)
     if bundle.manifest.get("backend") != "tvm":
-        raise ConfigError(f"{bundle_dir} is a {bundle.manifest.get('backend')} bundle; --remote runs TVM libraries",
-                          hint="build it with --backend tvm (or --target arm64/rpi4/rpi5)")
+        raise ConfigError(f"{bundle_dir} is a {bundle.manifest.get('backend')} bundle; --remote runs TVM libraries "
+                          "and ONNX Runtime bundles", hint="build it with --backend tvm or --backend ort")
     lib = Path(bundle.artifact("library"))
     meta_path = lib.with_suffix(".json")
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
@@ -245,11 +281,18 @@ def _register_board_info():
 
     info = describe_board(os.environ.get(ENV_KEY, ""))
     tvm.register_global_func(BOARD_INFO_FUNC, lambda: json.dumps(info), override=True)
+    token, key = os.environ.get(ENV_TOKEN), os.environ.get(ENV_KEY, "")
+    if token:
+        tvm.register_global_func(PROOF_FUNC, lambda nonce: _proof(token, key, str(nonce)), override=True)
+    from edgecompile.targets.ort.remote import register_board_funcs
+
+    register_board_funcs()      # ORT bundles run on the board too
 
 
 def serve(tracker: str, key: str, *, host: str = "127.0.0.1", port: int = 9090, port_end: int = 9199,
-          emulated: bool = False, ready=None) -> None:
-    """Run an RPC server for this machine, registered with the tracker under `key`, until interrupted."""
+          emulated: bool = False, token: str | None = None, ready=None) -> None:
+    """Run an RPC server for this machine, registered with the tracker under `key`, until interrupted.
+    With `token`, it answers clients' challenges (clients that set EDGECOMPILE_BOARD_TOKEN check them)."""
     parse_address(f"{host}:{port}")
     if port_end < port:
         raise ConfigError(f"--port-end {port_end} is below --port {port}", hint="give a range of ports to try")
@@ -259,6 +302,8 @@ def serve(tracker: str, key: str, *, host: str = "127.0.0.1", port: int = 9090, 
     os.environ[ENV_KEY] = key
     if emulated:
         os.environ[ENV_EMULATED] = "1"
+    if token:
+        os.environ[ENV_TOKEN] = token
     try:
         server = rpc.Server(host, port, port_end, key=key, tracker_addr=(thost, tport), silent=True,
                             server_init_callback=_register_board_info)
