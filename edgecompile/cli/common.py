@@ -73,3 +73,29 @@ def _show_built(obj: Ctx, bundle, json_mode: bool) -> dict:
 
 
 json_option = click.option("--json", "json_mode", is_flag=True, help="Machine-readable output on stdout.")
+
+
+def echo_warnings(caught) -> list[str]:
+    """Print the RuntimeWarnings caught around a run (one `warning:` line each); returns their texts."""
+    notes = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    for note in notes:
+        click.echo(f"warning: {note}", err=True)
+    return notes
+
+
+def save_npz(output, arrays: dict) -> str | None:
+    """Write `arrays` to OUTPUT(.npz) atomically (temp file + rename); None when no output was asked for."""
+    import os
+
+    import numpy as np
+
+    if not output:
+        return None
+    out = Path(output)
+    if out.suffix != ".npz":
+        out = out.with_name(out.name + ".npz")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, out)
+    return str(out)

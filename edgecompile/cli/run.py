@@ -1,13 +1,12 @@
 """`edgecompile run` (inference on arrays from a file) and `edgecompile bench` (latency)."""
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
 import click
 
-from edgecompile.cli.common import emit_json, json_option
+from edgecompile.cli.common import echo_warnings, emit_json, json_option, save_npz
 
 remote_options = [
     click.option("--remote", metavar="HOST:PORT",
@@ -107,18 +106,8 @@ def run(bundle_dir, input_path, texts, output, threads, remote, key, wait, json_
             warnings.simplefilter("always", RuntimeWarning)
             outputs = runner.run(feeds)
         manifest = runner.bundle.manifest if runner.bundle is not None else {}
-    notes = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
-    for note in notes:
-        click.echo(f"warning: {note}", err=True)
-    if output:
-        out = Path(output)
-        if out.suffix != ".npz":
-            out = out.with_name(out.name + ".npz")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.npz")
-        np.savez(tmp, **outputs)
-        os.replace(tmp, out)
-        output = str(out)
+    notes = echo_warnings(caught)
+    output = save_npz(output, outputs)
     result = {"bundle": str(bundle_dir), "bundle_id": manifest.get("bundle_id"),
               "inputs": {k: {"shape": list(v.shape), "dtype": v.dtype.name} for k, v in feeds.items()},
               "outputs": {}, "output_file": output, "warnings": notes}

@@ -1,13 +1,11 @@
 """`edgecompile run DIR --text ...`: embeddings or classes of texts through a text bundle's front-end."""
 from __future__ import annotations
 
-import os
 import warnings
-from pathlib import Path
 
 import click
 
-from edgecompile.cli.common import emit_json
+from edgecompile.cli.common import echo_warnings, emit_json, save_npz
 from edgecompile.errors import BundleError
 
 
@@ -31,18 +29,8 @@ def run_texts(runner, texts: list[str], output: str | None, json_mode: bool) -> 
                 res = None
                 arrays = {"embeddings": emb}
         manifest = runner.bundle.manifest if runner.bundle is not None else {}
-    notes = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
-    for note in notes:
-        click.echo(f"warning: {note}", err=True)
-    if output:
-        out = Path(output)
-        if out.suffix != ".npz":
-            out = out.with_name(out.name + ".npz")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, out)
-        output = str(out)
+    notes = echo_warnings(caught)
+    output = save_npz(output, arrays)
     result = {"bundle": str(runner.bundle.path) if runner.bundle else None, "bundle_id": manifest.get("bundle_id"),
               "task": front.task, "texts": texts, "warnings": notes, "output_file": output}
     if res is not None:
