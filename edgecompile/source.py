@@ -71,6 +71,7 @@ class OnnxModelSource:
     splits: tuple[str, ...] = ()
     train_split: str | None = None
     frontend: dict | None = None
+    parity: dict | None = None                 # a source whose export was parity-checked elsewhere (none here)
 
 
 ModelSource = TorchModelSource | OnnxModelSource

@@ -55,6 +55,7 @@ class HfModelSource:
     default_evaluation: str | None = None
     train_split: str | None = None
     parity: dict | None = None
+    frontend: dict | None = None        # written with the tokenizer artifact by write_frontend (pipeline)
     path: Path | None = None            # the exported ONNX (set by hf_source)
     _tokenizer: object = field(default=None, repr=False)
 
