@@ -45,12 +45,11 @@ def say(text: str = "") -> None:
 def ours(src, model, cal, **section):
     import onnx_ir as ir
 
-    from edgecompile.compiler.config import Config, QuantizeSection
+    from edgecompile.compiler.config import QuantizeSection
     from edgecompile.passes.quantize import Quantize
-    from edgecompile.passes.base import PassContext
 
-    p = Quantize(QuantizeSection(calib_samples=len(cal), **section))
-    res = p(model, PassContext(config=Config(), profile=None, backend="ort", source=src, calibration=cal))
+    p = Quantize(QuantizeSection(calib_samples=len(cal), **section), backend="ort", calibration=cal)
+    res = p(model)
     return ir.to_proto(res.model).SerializeToString(), res.notes
 
 

@@ -89,7 +89,7 @@ class HfModelSource:
         return Dataset(f"{self.name}:{split}", feeds)
 
     # -- bundle --------------------------------------------------------------------------
-    def frontend(self) -> dict:
+    def frontend_spec(self) -> dict:
         return {"kind": "text", "task": self.task, "tokenizer": "tokenizer.json", "max_length": self.max_length,
                 "buckets": buckets(self.max_length),
                 "input_names": [s.name for s in self.inputs], "output": self.outputs[0],
@@ -101,7 +101,7 @@ class HfModelSource:
         """Copy the tokenizer into the bundle (a hashed artifact); the manifest's `frontend` record."""
         shutil.copyfile(self.directory / "tokenizer.json", writer.path("tokenizer.json"))
         writer.add_artifact("tokenizer.json", "tokenizer")
-        return self.frontend()
+        return self.frontend_spec()
 
 
 # -- tokenization (shared with the runtime's rules, see edgecompile.runtime.text) ---------------

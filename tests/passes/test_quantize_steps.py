@@ -6,10 +6,9 @@ import onnx
 import onnx_ir as ir
 import pytest
 
-from edgecompile.compiler.config import Config, QuantizeSection
+from edgecompile.compiler.config import QuantizeSection
 from edgecompile.passes import quantize as qmod
 from edgecompile.passes.quantize import Quantize
-from edgecompile.passes.base import PassContext
 from edgecompile.targets.ort.build import ort_outputs
 
 
@@ -19,9 +18,8 @@ def digits_fp32(digits_bundle):
 
 
 def quantize(proto, cal, section=None, backend="ort", exclude=()):
-    p = Quantize(section or QuantizeSection(calibrate="search"), exclude=exclude)
-    r = p(ir.from_proto(proto), PassContext(config=Config(), profile=None, backend=backend, source=None,
-                                            calibration=cal))
+    p = Quantize(section or QuantizeSection(calibrate="search"), exclude=exclude, backend=backend, calibration=cal)
+    r = p(ir.from_proto(proto))
     return r.notes, ir.to_proto(r.model)
 
 
