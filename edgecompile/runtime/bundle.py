@@ -91,9 +91,9 @@ class Bundle:
         bundle = cls(path, check_manifest(parse_limited(raw, mpath), mpath), raw)
         if verify:
             bundle.verify()                 # link rules + sha256 of every artifact
-        else:
+            bundle.check_external_data()    # then what the (now trusted) ONNX artifacts refer to
+        else:                               # inspecting, never running: links only, artifacts not parsed
             bundle.check_links()
-        bundle.check_external_data()
         return bundle
 
     def check_links(self) -> None:
