@@ -29,9 +29,21 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+# bench/transformers.py (the issue-22 benchmark) would shadow the transformers package when this script runs
+# from bench/: drop this folder from the import path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 # -- the load generator (a second process) ------------------------------------------------------------
@@ -100,7 +112,6 @@ class Server:
         import httpx
 
         sys.path.insert(0, str(REPO))
-        from tests.conftest import free_port
 
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
