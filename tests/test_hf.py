@@ -370,3 +370,27 @@ def test_openvino_text_bundle(tiny_embed_dir, tmp_path):
     with load(b.path) as runner:
         emb = runner.encode(TEXTS)
     assert np.min(np.sum(emb * _torch_embed(tiny_embed_dir, TEXTS), axis=1)) > 0.9999
+
+
+def test_served_text_bundle_answers_texts_with_the_runtime_embeddings(tiny_embed_bundle):
+    """`edgecompile serve` on a real text bundle: {"texts": [...]} is answered with the same embeddings
+    runner.encode gives in-process."""
+    import httpx
+    from serving import Server
+
+    from edgecompile.runtime import load
+
+    texts = ["The cat sat on the mat.", "A completely different sentence about rivers and boats."]
+    with load(tiny_embed_bundle.path) as r:
+        want = r.encode(texts)
+    s = Server([f"text={tiny_embed_bundle.path}"])
+    try:
+        res = httpx.post(s.base + "/v1/models/text/infer", json={"texts": texts}, timeout=60)
+        assert res.status_code == 200, res.text
+        got = np.asarray(res.json()["embeddings"], np.float32)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+        bad = httpx.post(s.base + "/v1/models/text/infer", json={"texts": "not a list"}, timeout=60)
+        assert bad.status_code == 400 and "texts" in bad.json()["error"]["message"]
+    finally:
+        assert s.stop() == 0, s.output()
+    assert "Traceback" not in s.output()
