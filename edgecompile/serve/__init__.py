@@ -97,15 +97,15 @@ def load_models(models: dict[str, Path], options: ServeOptions, metrics) -> dict
             try:
                 for _ in range(options.instances):
                     runners.append(load(path, threads=options.threads))
-                feeds = synthetic_feeds(runners[0].inputs, 1)
+                manifest = Bundle.open(path, verify=False).manifest
+                warm = _warm_up(manifest, runners[0], synthetic_feeds)
                 for r in runners:
-                    r.run(feeds)
+                    _checked_warm_up(warm, r, path)
                 times = []
                 for _ in range(5):
                     t0 = time.perf_counter()
-                    runners[0].run(feeds)
+                    warm(runners[0])
                     times.append(time.perf_counter() - t0)
-                manifest = Bundle.open(path, verify=False).manifest
                 served_model = ServedModel(name, manifest, Batcher(
                     name, runners, max_batch_size=options.max_batch_size, max_queue_delay_ms=options.max_queue_delay_ms,
                     max_queue=options.max_queue, timeout_s=options.timeout_s, metrics=metrics,
@@ -119,6 +119,28 @@ def load_models(models: dict[str, Path], options: ServeOptions, metrics) -> dict
         _close_all(served)
         raise
     return served
+
+
+def _warm_up(manifest: dict, runner, synthetic_feeds):
+    """One representative call: a one-token generation for decoder bundles (their graph takes a KV cache
+    that synthetic arrays cannot fill), one synthetic batch-1 run for every other bundle."""
+    if (manifest.get("frontend") or {}).get("kind") == "generation":
+        return lambda r: r.generate("Hello", max_new_tokens=1)
+    feeds = synthetic_feeds(runner.inputs, 1)
+    return lambda r: r.run(feeds)
+
+
+def _checked_warm_up(warm, runner, path) -> None:
+    from edgecompile.errors import BundleError, EdgeCompileError
+
+    try:
+        warm(runner)
+    except EdgeCompileError:
+        raise
+    except Exception as exc:
+        msg = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:300]
+        raise BundleError(f"{path}: the warm-up run failed: {msg}",
+                          hint="check the bundle with `edgecompile run DIR` / `edgecompile verify DIR`") from None
 
 
 def serve(models: dict[str, str | Path], options: ServeOptions = ServeOptions(), *, log=None) -> None:

@@ -329,3 +329,34 @@ def test_int4_is_for_decoders_only(tmp_path):
                           str(tmp_path / "d")], capture_output=True, text=True, check=False)
     assert res.returncode == 2 and "int4 is weight-only quantization for decoder LMs" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_served_decoder_generates_streams_and_chats_like_the_runtime(llama_bundle):
+    """`edgecompile serve` on a real decoder bundle: /generate (plain and server-sent events) and the
+    OpenAI-style /v1/chat/completions give the greedy continuation runner.generate gives in-process."""
+    import httpx
+    from serving import Server
+
+    from edgecompile.runtime import load
+
+    prompt, messages = "Once upon a time", [{"role": "user", "content": "Tell me about the sea."}]
+    with load(llama_bundle.path) as r:
+        want = r.generate(prompt, max_new_tokens=8)
+        want_chat = r.generate(messages, max_new_tokens=8)
+    s = Server([f"lm={llama_bundle.path}"])
+    try:
+        res = httpx.post(s.base + "/v1/models/lm/generate", json={"prompt": prompt, "max_new_tokens": 8}, timeout=120)
+        assert res.status_code == 200, res.text
+        assert res.json()["text"] == want
+        with httpx.stream("POST", s.base + "/v1/models/lm/generate", timeout=120,
+                          json={"prompt": prompt, "max_new_tokens": 8, "stream": True}) as ev:
+            lines = [ln[len("data: "):] for ln in ev.iter_lines() if ln.startswith("data: ")]
+        assert lines[-1] == "[DONE]"
+        assert "".join(json.loads(ln)["text"] for ln in lines[:-1]) == want
+        chat = httpx.post(s.base + "/v1/chat/completions", timeout=120,
+                          json={"model": "lm", "messages": messages, "max_tokens": 8})
+        assert chat.status_code == 200, chat.text
+        assert chat.json()["choices"][0]["message"]["content"] == want_chat
+    finally:
+        assert s.stop() == 0, s.output()
+    assert "Traceback" not in s.output()
