@@ -107,20 +107,10 @@ class HfModelSource:
 # -- tokenization (shared with the runtime's rules, see edgecompile.runtime.text) ---------------
 
 def load_tokenizer(path: Path, max_length: int):
-    try:
-        from tokenizers import Tokenizer
-    except ImportError:
-        raise ModelLoadError("text models need the `tokenizers` package", hint="pip install tokenizers") from None
-    try:
-        tok = Tokenizer.from_file(str(path))
-    except Exception as exc:
-        raise ModelLoadError(
-            f"{path}: not a readable tokenizer.json ({str(exc).splitlines()[0][:200]})",
-            hint="save a fast tokenizer with AutoTokenizer.from_pretrained(...).save_pretrained(DIR)",
-        ) from None
-    tok.no_padding()
-    tok.enable_truncation(max_length)
-    return tok
+    from edgecompile.runtime.tokenizer import read_tokenizer_json
+
+    return read_tokenizer_json(path, max_length, error=ModelLoadError,
+                               hint="save a fast tokenizer: AutoTokenizer.from_pretrained(...).save_pretrained(DIR)")
 
 
 def buckets(max_length: int) -> list[int]:
