@@ -69,6 +69,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="intra-op threads for ORT and torch (1: a shared 2-vCPU host oversubscribes at 2)")
     ap.add_argument("--only-int4", action="store_true", help="run only section 3 (the INT4 forms vs FP32)")
+    ap.add_argument("--llama-cpp-python", metavar="PYTHON",
+                    help="a python whose environment has llama-cpp-python (a throwaway venv, never the set-up): "
+                         "adds the llama.cpp row [5] on the same .gguf")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved decode-speed rounds in section 3")
     ap.add_argument("--out", type=Path, help="default bench/results/generation.txt "
                                               "(generation_int4.txt with --only-int4)")
@@ -124,6 +127,7 @@ def main() -> None:
     int4_section(args, say, dec, model, fp32, int4, bundles, int4_forms, ctx, work)
     if not args.only_int4:
         versus_optimum(args, say, dec, model, bundles, fe32, eos, ctx, work)
+    llama_cpp_section(args, say, src, fp32, int4_forms, ctx)
     say()
     say(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     say(f"total bench time {time.perf_counter() - t_all:.0f} s")
@@ -278,7 +282,56 @@ def versus_optimum(args, say, dec, model, bundles, fe32, eos, ctx, work) -> None
         f"vs optimum ORTModelForCausalLM {t_opt:.0f} ms ({n * 1e3 / t_opt:.1f} tok/s) -> {t_opt / t_our:.2f}x "
         "(target >= 1x)"
     )
-    say("[5] llama.cpp (llama-cpp-python): not measured in this run")
+
+
+LLAMA_CPP_STEPS = """
+import json, sys, time
+import llama_cpp
+path, threads, ids = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+llm = llama_cpp.Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=256, verbose=False)
+llm.eval(ids[:16])
+ms = []
+for t in ids[16:]:
+    t0 = time.perf_counter()
+    llm.eval([t])
+    ms.append((time.perf_counter() - t0) * 1e3)
+print(json.dumps({"version": llama_cpp.__version__, "step_ms": ms}))
+"""
+
+
+def llama_cpp_section(args, say, src, fp32, forms, ctx) -> None:
+    """5. llama.cpp (llama-cpp-python, its own venv) on the same .gguf vs our fp32 and shipped int4: decode
+    steps after the same 16-token prompt, interleaved rounds (llama.cpp, fp32, int4, llama.cpp, ...)."""
+    import json
+    import subprocess
+
+    if not args.llama_cpp_python:
+        say("[5] llama.cpp (llama-cpp-python): not measured in this run (--llama-cpp-python PYTHON)")
+        return
+    from edgecompile.compiler.decoder_build import frontend_for
+
+    fes = {"fp32": fp32.frontend, "int4 shipped": frontend_for(forms["int4 shipped"][0], fp32.bundle.artifact(
+        "tokenizer"), fp32.bundle.manifest["frontend"], args.threads)}
+    n, ids = 16, ctx[:32]
+    steps = {"llama.cpp": [], **{k: [] for k in fes}}
+    version = "?"
+    for _ in range(args.rounds):
+        res = subprocess.run([args.llama_cpp_python, "-c", LLAMA_CPP_STEPS, str(src), str(args.threads),
+                              json.dumps(ids)], capture_output=True, text=True, check=True)
+        out = json.loads(res.stdout.strip().splitlines()[-1])
+        version = out["version"]
+        steps["llama.cpp"].append(float(np.mean(out["step_ms"])))
+        for k, fe in fes.items():
+            list(fe.generate_ids(ids[:16], max_new_tokens=n, ignore_eos=True))
+            steps[k].append(float(np.mean(fe.timings["step_ms"])))
+    tps = {k: 1e3 / float(np.median(v)) for k, v in steps.items()}
+    say(f"[5] llama.cpp (llama-cpp-python {version}, built from PyPI's sdist, {args.threads} thread(s)) on "
+        f"{src.name} vs ours, {n} decode steps after a 16-token prompt, median of {args.rounds} interleaved rounds:")
+    for k in steps:
+        say(f"    {k:<14} {tps[k]:>6.1f} tokens/s  ({tps[k] / tps['llama.cpp']:.2f}x llama.cpp); per-round step ms "
+            + " ".join(f"{x:.0f}" for x in steps[k]))
+    say("    (llama.cpp steps are eval() of the given tokens without sampling; ours include the greedy argmax)")
+
 
 if __name__ == "__main__":
     main()
