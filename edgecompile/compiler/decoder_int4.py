@@ -3,12 +3,13 @@
 "minmax-float-zp": per block (B rows of K, one column) scale = (max - min) / (2**bits - 1) and a FLOAT
 zero point -min / scale, i.e. Q4_1's `m + d*q`: a model that was already 4-bit keeps its grid exactly,
 where ORT's RTN (integer zero points) rounds every block a second time (+48 % perplexity on SmolLM2).
-ORT dequantizes float zero points on every call (0.15x FP32 decode), so the graph is then rewritten by
+ORT dequantizes float zero points on every call (0.11-0.15x FP32 decode), so the graph is then rewritten by
 `passes/zero_point_split.py`: integer zero points plus an exact block-sum correction S(X) @ E.
 
 Measured on SmolLM2-135M (bench/results/generation_int4.txt): accuracy_level 0 (fp32 compute) keeps the
-float-zero-point perplexity exactly (+7.88 % vs FP32) at 2.12x FP32 decode; 4 (int8 activations per
-block) +8.20 % at 2.65x, the faster, so it is the default. E is stored in float16 (ORT folds the Cast at
+float-zero-point perplexity exactly (+7.88 % vs FP32) at 1.54x FP32 decode; 4 (int8 activations per
+block) +8.20 % at 2.04x (two runs on a loaded host: 2.12x and 2.65x in the other), the faster, so it is
+the default. E is stored in float16 (ORT folds the Cast at
 load): 0.195x the FP32 size, where the float32 E of the accuracy_level 0 row gives 0.207x.
 """
 from __future__ import annotations
