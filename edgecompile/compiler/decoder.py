@@ -248,41 +248,19 @@ def lm_head_nodes(model_path: Path) -> list[str]:
 
 
 def quantize(src: Path, dst: Path, scheme: str, bits: int, block_size: int, exclude: list[str],
-             algorithm: str = "rtn") -> dict:
+             algorithm: str = "rtn", split: bool = True) -> dict:
     """Weight-only (MatMulNBits/GatherBlockQuantized, asymmetric, blocks along K) or dynamic INT8.
 
-    algorithm "minmax-float-zp": MatMul weights with per-block scale = (max - min) / (2**bits - 1) and a
-    float zero point -min / scale (MatMulNBits accepts float zero points; built with ORT's HQQ node
-    writer, its optimisation switched off). That is GGUF Q4_1's scale-and-minimum form, so a model
-    that was already 4-bit is represented exactly, where "rtn" (integer zero points) rounds every
-    block a second time. The embedding Gather is quantized with "rtn" (GatherBlockQuantized takes
-    integer zero points only)."""
+    algorithm "minmax-float-zp": GGUF Q4_1's scale-and-minimum form (exact for a model that was already
+    4-bit), run on ORT's integer-zero-point kernels by the exact zero-point split (`split`; see
+    decoder_int4.py). "rtn": ORT's integer zero points (every block rounded again)."""
     import onnx
 
     with quiet_libraries():
         if scheme == "weight-only" and algorithm == "minmax-float-zp":
-            from onnxruntime.quantization.matmul_nbits_quantizer import (
-                HQQWeightOnlyQuantConfig,
-                MatMulNBitsQuantizer,
-            )
+            from edgecompile.compiler.decoder_int4 import quantize_float_zp
 
-            q = MatMulNBitsQuantizer(
-                onnx.load(str(src)),
-                nodes_to_exclude=exclude,
-                algo_config=HQQWeightOnlyQuantConfig(
-                    block_size=block_size, bits=bits, op_types_to_quantize=("MatMul",)
-                ),
-            )
-            q.node_quantizer = _min_max_float_zero(q.algo_config)
-            q.process()
-            q2 = MatMulNBitsQuantizer(q.model.model, bits=bits, block_size=block_size, is_symmetric=False,
-                                      nodes_to_exclude=exclude, op_types_to_quantize=("Gather",),
-                                      quant_axes=(("Gather", 1),))
-            q2.process()
-            q2.model.save_model_to_file(str(dst), use_external_data_format=False)
-            return {"scheme": "weight-only", "op": "MatMulNBits", "algorithm": "minmax-float-zp",
-                    "bits": bits, "block_size": block_size, "symmetric": False, "accuracy_level": 0,
-                    "embedding": "GatherBlockQuantized (rtn)", "float_nodes": exclude}
+            return quantize_float_zp(src, dst, bits, block_size, exclude, split=split)
         if scheme == "weight-only":
             from onnxruntime.quantization.matmul_nbits_quantizer import (
                 MatMulNBitsQuantizer,
@@ -310,18 +288,6 @@ def quantize(src: Path, dst: Path, scheme: str, bits: int, block_size: int, excl
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
                          nodes_to_exclude=exclude, per_channel=True)
         return {"scheme": "dynamic", "op": "MatMulInteger", "bits": 8, "per_channel": True, "float_nodes": exclude}
-
-
-def _min_max_float_zero(config):
-    from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantizer
-
-    class MinMaxFloatZero(HQQWeightOnlyQuantizer):
-        def quantize_internal(self, tensor, bits=4, channel_wise=True, group_size=64, optimize=True,
-                              round_zero=True, axis=1):
-            return super().quantize_internal(tensor, bits=bits, channel_wise=channel_wise, group_size=group_size,
-                                             optimize=False, round_zero=False, axis=axis)
-
-    return MinMaxFloatZero(config)
 
 
 # -- evaluation texts ------------------------------------------------------------------------------------------

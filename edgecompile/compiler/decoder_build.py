@@ -242,8 +242,7 @@ def _choose_quantized(plan, fp32_path, tmp, tok_json, spec, windows, prompts_ids
     achieved = "mixed" if info["float_nodes"] else plan.precision
     if row["slower_than_fp32"]:
         progress.warn(f"{row['candidate']} decodes at {row['speed_vs_fp32']:.2f}x the fp32 speed on this CPU "
-                      f"({row['decode_tokens_per_s']:.1f} vs {fp32_tps:.1f} tokens/s): shipped because of --force "
-                      "(ORT has no fast kernel for float zero points)")
+                      f"({row['decode_tokens_per_s']:.1f} vs {fp32_tps:.1f} tokens/s): shipped because of --force")
         info = {**info, "slower_than_fp32": row["speed_vs_fp32"]}
     return achieved, path, ev, info, tried
 

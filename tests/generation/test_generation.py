@@ -174,11 +174,16 @@ def test_int4_weight_only_bundle(llama_dir, tmp_path):
     weights = {i.name for i in g.initializer}
     ops = [n.op_type for n in g.node]
     assert ops.count("MatMulNBits") == 2 * 7 + 1 and ops.count("GatherBlockQuantized") == 1  # 7 per layer + lm_head
+    # the only float MatMuls on constants are the zero-point split's block sums and corrections (1/16 of K)
     assert not [
         n.name
         for n in g.node
         if n.op_type in ("MatMul", "Gather") and n.input[1 if n.op_type == "MatMul" else 0] in weights
+        and not n.name.endswith(("/BlockSum", "/Correction"))
     ]
+    assert q["algorithm"] == "minmax-float-zp+split" and ops.count("Add") >= 2 * 7 + 1
+    zp_types = {i.name: i.data_type for i in g.initializer}
+    assert {zp_types[n.input[3]] for n in g.node if n.op_type == "MatMulNBits"} == {onnx.TensorProto.UINT8}
     rep = json.loads((b.path / "report.json").read_text())
     assert rep["generation"]["size_ratio_vs_fp32"] < 0.5
     assert abs(rep["generation"]["perplexity"]["delta_pct"]) <= 50.0
@@ -190,7 +195,7 @@ def test_int4_weight_only_bundle(llama_dir, tmp_path):
 
 def test_fallback_keeps_lm_head_in_float(llama_dir, tmp_path, monkeypatch):
     """Over the perplexity bound (default 1 %), int4 is retried with lm_head and the embedding in float
-    ("mixed"). Block 32 on this seeded random model: plain int4 +1.2 %, with lm_head kept -3.8 %.
+    ("mixed"). Block 32 on this seeded random model: plain int4 is over 1 %, with lm_head kept under it.
     Decode speed is taken out of this decision (every candidate measured as fast as fp32): the speed rule
     has its own test below."""
     import edgecompile
