@@ -18,6 +18,7 @@ import numpy as np
 
 from edgecompile.errors import ConfigError, DataError
 from edgecompile.passes.base import FunctionalGraphPass, PassResult
+from edgecompile.passes.float_stems import float_stems
 from edgecompile.targets.base import U8S8, QuantPreset
 
 
@@ -215,10 +216,12 @@ class Quantize(FunctionalGraphPass):
         return out, {**notes, "quantized_ops": _quantized_ops(out), **self._exclude_notes()}
 
     def _exclude_notes(self) -> dict:
-        return {"float_nodes": list(self.exclude)} if self.exclude else {}
+        notes = {"float_nodes": list(self.exclude)} if self.exclude else {}
+        stems = float_stems(*self._calibrated[:2]) if self.section.mode == "static" and self._calibrated else []
+        return {**notes, "float_stems": stems} if stems else notes
 
     def _qdq(self, proto, preset: QuantPreset, ranges, exclude):
-        """QDQ graph from calibrated ranges, leaving the `exclude`d nodes in float."""
+        """QDQ graph from calibrated ranges, leaving the `exclude`d nodes (and the preset's float stems) in float."""
         from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
         from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
         from onnxruntime.quantization.quant_utils import update_opset_version
@@ -235,6 +238,7 @@ class Quantize(FunctionalGraphPass):
         act, wt = _qtype(preset.activations), _qtype(preset.weights)
         model = update_opset_version(proto, wt, act)
         op_types = sorted(set(QDQRegistry) | set(QLinearOpsRegistry))
+        exclude = list(exclude) + [n for n in float_stems(proto, preset) if n not in exclude]
         with _quiet_ort_logging():
             quantizer = QDQQuantizer(model, preset.per_channel, False, wt, act, tensors, [], list(exclude), op_types,
                                      {"ActivationSymmetric": preset.symmetric_activations,
