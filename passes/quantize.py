@@ -50,6 +50,8 @@ def settings(section, backend: str) -> tuple[str, QuantPreset]:
         over["symmetric_activations"] = section.symmetric_activations
     if section.per_channel != preset.per_channel:
         over["per_channel"] = section.per_channel
+    if section.float_stem_channels is not None and section.float_stem_channels != preset.float_stem_channels:
+        over["float_stem_channels"] = section.float_stem_channels
     if over:
         preset = replace(preset, **over)
         name += " (overridden)"
@@ -106,6 +108,8 @@ class Quantize(FunctionalGraphPass):
         if not 0.0 < self.section.percentile <= 100.0:
             raise ConfigError(f"[passes.quantize] percentile must be in (0, 100], got {self.section.percentile:g}",
                               hint="e.g. 99.99 clips the top 0.01 % of |x|")
+        if (self.section.float_stem_channels or 0) < 0:
+            raise ConfigError("[passes.quantize] float_stem_channels must be 0 or more", hint="0 quantizes every conv")
         if self.section.calib_samples < 1:
             raise ConfigError(f"[passes.quantize] calib_samples must be at least 1, got {self.section.calib_samples}")
 

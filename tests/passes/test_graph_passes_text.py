@@ -159,13 +159,15 @@ cnn (float[N, 3, 8, 8] x) => (float[N, 8, 8, 8] y) <float[8, 3, 3, 3] w1, float[
 """
 
 
-@pytest.mark.parametrize("backend, float_convs", [("ort", ["stem"]), ("openvino", [])])
-def test_static_quantize_keeps_a_3_channel_stem_float_where_the_preset_says(backend, float_convs):
+@pytest.mark.parametrize("backend, stems, float_convs", [("ort", None, ["stem"]), ("openvino", None, []),
+                                                         ("ort", 0, []), ("openvino", 3, ["stem"])])
+def test_static_quantize_keeps_a_3_channel_stem_float_where_the_preset_says(backend, stems, float_convs):
     rng = np.random.default_rng(3)
     w = dict(w1=rng.normal(size=(8, 3, 3, 3)).astype(np.float32) * 0.3,
              w2=rng.normal(size=(8, 8, 3, 3)).astype(np.float32) * 0.2)
     calib = Dataset("text-cnn", {"x": rng.random((16, 3, 8, 8)).astype(np.float32)})
-    result = Quantize(QuantizeSection(calibrate="minmax"), backend=backend, calibration=calib)(parse(STEM, **w))
+    section = QuantizeSection(calibrate="minmax", float_stem_channels=stems)
+    result = Quantize(section, backend=backend, calibration=calib)(parse(STEM, **w))
     convs = {n.name: n for n in result.model.graph if n.op_type == "Conv"}
     assert set(convs) == {"stem", "body"}
     weight_from_dq = {k: n.inputs[1].producer() is not None and n.inputs[1].producer().op_type == "DequantizeLinear"
@@ -174,5 +176,13 @@ def test_static_quantize_keeps_a_3_channel_stem_float_where_the_preset_says(back
     # the stem's output is still quantized, so the body conv reads an integer tensor
     assert convs["body"].inputs[0].producer().op_type == "DequantizeLinear"
     assert result.notes.get("float_stems", []) == float_convs
+    assert result.notes["preset"] == backend + ("" if stems is None else " (overridden)")
     ref = run(parse(STEM, **w), {"x": calib.inputs["x"][:4]})
     assert np.abs(run(result.model, {"x": calib.inputs["x"][:4]}) - ref).max() < 0.05 * np.abs(ref).max()
+
+
+def test_a_negative_float_stem_channels_is_a_config_error():
+    from edgecompile.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="float_stem_channels"):
+        Quantize(QuantizeSection(float_stem_channels=-1))
