@@ -71,19 +71,44 @@ def unlabelled_build(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("unlabelled")
     np.savez(tmp / "images.npz", input=load_split("test").inputs["input"][:120])    # images only, no boxes
-    return edgecompile.build("models/shapes", "cpu", backend="ort", data=tmp / "images.npz", output=tmp / "b",
-                             config=Config().with_overrides({"report.formats": ["json", "md", "html"]}))
+    bundle = edgecompile.build("models/shapes", "cpu", backend="ort", data=tmp / "images.npz", output=tmp / "b",
+                               config=Config().with_overrides({"report.formats": ["json", "md", "html"]}))
+    return bundle, tmp / "images.npz"
 
 
 def test_a_detector_built_without_boxes_reports_map_agreement(unlabelled_build):
-    rep = json.loads((unlabelled_build.path / "report.json").read_text())
+    bundle, _ = unlabelled_build
+    rep = json.loads((bundle.path / "report.json").read_text())
     acc = rep["accuracy"]
     assert acc["metric"] == "map_agreement" and acc["reference"] == 1.0
     assert acc["candidate"] > 0.98                       # ORT FP32 against torch FP32: the same detections
     assert acc["detection"]["agreement"]["boxes"] > 100 and acc["detection"]["images"] == 120
-    md = (unlabelled_build.path / "report.md").read_text()
-    html = (unlabelled_build.path / "report.html").read_text()
+    md = (bundle.path / "report.md").read_text()
+    html = (bundle.path / "report.html").read_text()
     assert "Agreement, not accuracy" in md and "Agreement, not accuracy" in html and "reference boxes" in md
+
+
+def test_gate_on_unlabelled_data_checks_map_agreement_with_the_baseline(unlabelled_build, tmp_path):
+    import shutil
+
+    from conftest import run_cli
+    from test_task_detection import _noise_on_one_conv
+
+    from edgecompile.verify.regression import check, make_baseline, save_baseline
+
+    bundle, npz = unlabelled_build
+    base = make_baseline(bundle.path, data=npz, measure_latency=False)
+    assert base["metric"]["name"] == "map_agreement" and base["metric"]["value"] == 1.0
+    assert len(base["per_sample"]) == 120
+    path = save_baseline(base, tmp_path / "baseline.json")
+    results = [check(bundle.path, path, data=npz) for _ in range(3)]
+    assert all(r.ok for r in results) and results[0].candidate_value == 1.0
+    bad = tmp_path / "degraded"
+    shutil.copytree(bundle.path, bad)
+    _noise_on_one_conv(bad, std_factor=0.6)
+    code, out, err = run_cli("check", bad, "--baseline", path, "--data", npz)
+    assert code == 3, out + err
+    assert "map_agreement" in out + err and "Traceback" not in err
 
 
 @pytest.mark.slow
