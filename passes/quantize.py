@@ -310,7 +310,9 @@ def _calibration_key(proto, batches, section, preset: QuantPreset, exclude) -> s
             h.update(f"{name}:{arr.dtype}:{arr.shape}".encode())
             h.update(arr.tobytes())
     s = section
-    h.update(repr((s.calibrate, s.percentile, s.equalize, s.bias_correction, asdict(preset), sorted(exclude))).encode())
+    kind = {k: v for k, v in asdict(preset).items() if not k.startswith("float_stem")}    # the stems it gives count
+    h.update(repr((s.calibrate, s.percentile, s.equalize, s.bias_correction, kind, sorted(exclude),
+                   float_stems(proto, preset))).encode())
     return h.hexdigest()
 
 

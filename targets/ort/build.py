@@ -23,7 +23,7 @@ class OrtTarget(Backend):
                                             # fp16: the fp16 pass (CPU kernels are partial: often slower)
     portable = True                         # a plain ONNX graph: the same bundle runs on x86-64 and aarch64
     fp16_graph = True                       # precision fp16 = an FP16 ONNX graph (the fp16 pass), not an engine flag
-    # U8S8, but a conv on a 3/4-channel image stays float: ORT's QLinearConv on so few input channels is slower
+    # U8S8, but a narrow stem conv (<= 4 -> <= 8 channels) stays float: ORT's QLinearConv on so small a GEMM is slower
     # than its float NCHWc conv (the detector's 3->8 stem: 103 us int8 vs 57 us fp32; bench/results/tasks.txt)
     quant_preset = replace(U8S8, float_stem_channels=4)
 

@@ -186,3 +186,15 @@ def test_a_negative_float_stem_channels_is_a_config_error():
 
     with pytest.raises(ConfigError, match="float_stem_channels"):
         Quantize(QuantizeSection(float_stem_channels=-1))
+
+
+def test_a_wide_3_channel_stem_stays_quantized_under_the_ort_preset():
+    wide = STEM.replace("float[N, 8, 8, 8] y", "float[N, 16, 8, 8] y").replace(
+        "float[8, 3, 3, 3] w1, float[8, 8, 3, 3] w2", "float[16, 3, 3, 3] w1, float[16, 16, 3, 3] w2")
+    rng = np.random.default_rng(4)
+    w = dict(w1=rng.normal(size=(16, 3, 3, 3)).astype(np.float32) * 0.3,
+             w2=rng.normal(size=(16, 16, 3, 3)).astype(np.float32) * 0.2)
+    calib = Dataset("text-cnn", {"x": rng.random((16, 3, 8, 8)).astype(np.float32)})
+    result = Quantize(QuantizeSection(calibrate="minmax"), backend="ort", calibration=calib)(parse(wide, **w))
+    stem = next(n for n in result.model.graph if n.name == "stem")
+    assert stem.inputs[1].producer().op_type == "DequantizeLinear" and "float_stems" not in result.notes
