@@ -67,13 +67,14 @@ class Dataset:
 
     def subset(self, start: int | None, stop: int | None, suffix: str = "") -> "Dataset":
         sl = slice(start, stop)
+        meta = {k: v for k, v in self.meta.items() if k != "texts"}     # the corpus split no longer describes it
         if not self.batched:
             keep = len(range(1)[sl]) > 0
             return Dataset(self.identity + suffix, self.inputs if keep else {}, self.labels, self.synthetic,
-                           self.whole, self.batch_limit, meta=self.meta)
+                           self.whole, self.batch_limit, meta=meta)
         return Dataset(self.identity + suffix, {k: v if k in self.whole else v[sl] for k, v in self.inputs.items()},
                        None if self.labels is None else self.labels[sl], self.synthetic, self.whole,
-                       self.batch_limit, meta=self.meta)
+                       self.batch_limit, meta=meta)
 
     def take(self, n: int) -> "Dataset":
         return self if n >= len(self) else self.subset(0, n, f"[:{n}]")
@@ -113,7 +114,8 @@ class Dataset:
 
     def describe(self) -> dict:
         return {"identity": self.identity, "n": len(self), "sha256": self.sha256(),
-                "labels": self.labels is not None, "synthetic": self.synthetic}
+                "labels": self.labels is not None, "synthetic": self.synthetic,
+                **({"texts": self.meta["texts"]} if "texts" in self.meta else {})}
 
 
 def parse_spec(spec: str) -> tuple[str, str, int | None, int | None] | None:

@@ -9,6 +9,14 @@ from typing import Callable
 import numpy as np
 
 
+def split_source(name: str, *, splits=("train", "calibration", "test"), **fields):
+    """The TorchModelSource of an example whose data splits load as NAME:SPLIT: calibrates on
+    NAME:calibration, evaluates on NAME:test, trains (QAT, distillation) on NAME:train."""
+    from edgecompile.source import TorchModelSource
+
+    return TorchModelSource(name=name, splits=tuple(splits), default_calibration=f"{name}:calibration",
+                            default_evaluation=f"{name}:test", train_split="train", **fields)
+
 
 def fingerprint(*files: Path) -> str:
     h = hashlib.sha256()

@@ -257,7 +257,9 @@ def test_minilm_fp32_bundle_spearman_and_retrieval(tmp_path_factory):
 
 def test_gate_on_retrieval_agreement(tiny_embed_bundle, tiny_embed_dir, tmp_path):
     """baseline/check score text embeddings on nearest-neighbour agreement with the baseline; a
-    bundle whose embeddings were damaged fails the gate, the unchanged bundle passes."""
+    bundle whose embeddings were damaged fails the gate, the unchanged bundle passes. Without --data
+    the gate re-tokenizes the recorded corpus split with the bundle's own tokenizer (same sha256 as
+    the build's evaluation data); with --data it reads the .npz."""
     import onnx
     from onnx import numpy_helper
 
@@ -268,11 +270,14 @@ def test_gate_on_retrieval_agreement(tiny_embed_bundle, tiny_embed_dir, tmp_path
     ds = resolve_source(tiny_embed_dir).dataset("eval")
     data = tmp_path / "eval.npz"
     np.savez(data, **ds.inputs)
-    base = make_baseline(tiny_embed_bundle.path, data=data, measure_latency=False)
+    base = make_baseline(tiny_embed_bundle.path, measure_latency=False)
+    assert base["data"]["texts"] == "lee:eval" and base["data"]["sha256"] == ds.sha256()
+    assert base["data"]["sha256"] == tiny_embed_bundle.manifest["data"]["evaluation"]["sha256"]
     assert base["metric"]["name"] == "retrieval_agreement" and base["metric"]["value"] == 1.0
     assert len(base["predictions"]) == 256 and base["predictions"] != list(range(256))
-    ok = check(tiny_embed_bundle.path, base, data=data, max_drop=1.0)
+    ok = check(tiny_embed_bundle.path, base, max_drop=1.0)
     assert ok.ok and ok.metric == "retrieval_agreement" and ok.candidate_value == 1.0
+    assert check(tiny_embed_bundle.path, base, data=data, max_drop=1.0).ok
 
     damaged = tmp_path / "damaged"
     shutil.copytree(tiny_embed_bundle.path, damaged)

@@ -155,7 +155,7 @@ class AutoSection:
 
 @dataclass(frozen=True)
 class ServeSection:
-    """`edgecompile serve`: the flags of the same names (edgecompile.serve.ServeOptions)."""
+    """`edgecompile serve`: the flags of the same names; edgecompile.serve.ServeOptions extends it."""
     host: str = "127.0.0.1"
     port: int = 8080
     max_batch_size: int = 8

@@ -65,16 +65,14 @@ class HfModelSource:
             self._tokenizer = load_tokenizer(self.directory / "tokenizer.json", self.max_length)
         return self._tokenizer
 
+    @property
+    def corpus(self) -> str:
+        return "polarity" if self.task == "text-classification" else "lee"
+
     def texts(self, split: str) -> list[str]:
         from edgecompile.compiler import textdata
 
-        if self.task == "text-classification":
-            sents, _ = textdata.polarity_sentences()
-            ranges = {"eval": (0, 120), "calib": (120, 200), "train": (0, 200)}
-            if split not in ranges:
-                raise DataError(f"model {self.name!r} has no data split {split!r}", hint=f"splits: {', '.join(ranges)}")
-            return sents[slice(*ranges[split])]
-        return textdata.split_sentences(split)
+        return textdata.corpus_split(self.corpus, split)
 
     def dataset(self, split: str) -> Dataset:
         if split not in self.splits:
@@ -86,7 +84,8 @@ class HfModelSource:
         if truncated:
             warnings.warn(f"{self.name}:{split}: {len(truncated)} text(s) truncated to {self.max_length} tokens",
                           RuntimeWarning, stacklevel=2)
-        return Dataset(f"{self.name}:{split}", feeds)
+        # the corpus split lets `baseline`/`check` rebuild these tokens with the bundle's own tokenizer
+        return Dataset(f"{self.name}:{split}", feeds, meta={"texts": f"{self.corpus}:{split}"})
 
     # -- bundle --------------------------------------------------------------------------
     def frontend_spec(self) -> dict:
@@ -107,20 +106,10 @@ class HfModelSource:
 # -- tokenization (shared with the runtime's rules, see edgecompile.runtime.text) ---------------
 
 def load_tokenizer(path: Path, max_length: int):
-    try:
-        from tokenizers import Tokenizer
-    except ImportError:
-        raise ModelLoadError("text models need the `tokenizers` package", hint="pip install tokenizers") from None
-    try:
-        tok = Tokenizer.from_file(str(path))
-    except Exception as exc:
-        raise ModelLoadError(
-            f"{path}: not a readable tokenizer.json ({str(exc).splitlines()[0][:200]})",
-            hint="save a fast tokenizer with AutoTokenizer.from_pretrained(...).save_pretrained(DIR)",
-        ) from None
-    tok.no_padding()
-    tok.enable_truncation(max_length)
-    return tok
+    from edgecompile.runtime.tokenizer import read_tokenizer_json
+
+    return read_tokenizer_json(path, max_length, error=ModelLoadError,
+                               hint="save a fast tokenizer: AutoTokenizer.from_pretrained(...).save_pretrained(DIR)")
 
 
 def buckets(max_length: int) -> list[int]:

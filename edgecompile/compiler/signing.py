@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 from edgecompile.errors import BundleError, ConfigError
-from edgecompile.runtime.signing import KEY_FILE, PUBLIC_FILE, SIGNATURE, crypto, key_id, signature_doc
+from edgecompile.runtime.signing import KEY_FILE, PUBLIC_FILE, SIGNATURE, crypto, key_id, load_pem_key, signature_doc
 
 
 def keygen(out_dir: str | Path, force: bool = False) -> tuple[Path, Path, str]:
@@ -27,21 +27,7 @@ def keygen(out_dir: str | Path, force: bool = False) -> tuple[Path, Path, str]:
 
 
 def load_private_key(path: str | Path):
-    serialization, ed25519 = crypto()
-    p = Path(path)
-    if p.is_dir():
-        p = p / KEY_FILE
-    try:
-        key = serialization.load_pem_private_key(p.read_bytes()[:64 << 10], password=None)
-    except OSError as exc:
-        raise ConfigError(f"cannot read signing key {str(p)!r}: {exc.strerror}",
-                          hint="pass the signing.key (or its directory) written by `edgecompile keygen`") from None
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{str(p)!r} is not an unencrypted PEM private key ({exc})",
-                          hint="pass the signing.key written by `edgecompile keygen`") from None
-    if not isinstance(key, ed25519.Ed25519PrivateKey):
-        raise ConfigError(f"{str(p)!r} is not an Ed25519 key", hint="make one with `edgecompile keygen`")
-    return key
+    return load_pem_key(path, private=True)
 
 
 def sign(bundle_dir: str | Path, key_path: str | Path) -> str:

@@ -54,14 +54,25 @@ def lee_sentences() -> tuple[str, ...]:
     return tuple(out)
 
 
+# fixed, non-overlapping splits of each corpus (polarity's train overlaps eval on purpose: distillation
+# on unlabelled text)
+SPLITS = {"lee": {"eval": (0, 256), "calib": (256, 384), "train": (384, 896)},
+          "polarity": {"eval": (0, 120), "calib": (120, 200), "train": (0, 200)}}
+
+
+def corpus_split(corpus: str, split: str) -> list[str]:
+    """A split of a corpus: `lee` eval 256 sentences, calib 128 others, train 512 others; `polarity`
+    eval 120 sentences, calib the other 80, train all 200."""
+    if corpus not in SPLITS:
+        raise DataError(f"no text corpus {corpus!r}", hint=f"corpora: {', '.join(SPLITS)}")
+    if split not in SPLITS[corpus]:
+        raise DataError(f"no text split {split!r}", hint=f"splits: {', '.join(SPLITS[corpus])}")
+    sents = lee_sentences() if corpus == "lee" else polarity_sentences()[0]
+    return list(sents[slice(*SPLITS[corpus][split])])
+
+
 def split_sentences(split: str) -> list[str]:
-    """`eval`: 256 sentences; `calib`: 128 other sentences; `train`: 512 others (distillation)."""
-    sents = lee_sentences()
-    ranges = {"eval": (0, 256), "calib": (256, 384), "train": (384, 896)}
-    if split not in ranges:
-        raise DataError(f"no text split {split!r}", hint=f"splits: {', '.join(ranges)}")
-    a, b = ranges[split]
-    return list(sents[a:b])
+    return corpus_split("lee", split)
 
 
 @cache

@@ -41,20 +41,30 @@ def key_id(public_key) -> str:
 
 def load_public_key(path: str | Path):
     """An Ed25519 public key from a PEM file, or from DIR/signing.pub when `path` is a directory."""
+    return load_pem_key(path, private=False)
+
+
+def load_pem_key(path: str | Path, *, private: bool):
+    """An Ed25519 key from a PEM file (private: unencrypted PKCS#8), or from DIR/signing.key|signing.pub;
+    ConfigError naming the file and what to pass instead."""
     serialization, ed25519 = crypto()
     p = Path(path)
     if p.is_dir():
-        p = p / PUBLIC_FILE
+        p = p / (KEY_FILE if private else PUBLIC_FILE)
+    what, wanted, kind = (("signing key", "the signing.key (or its directory)", "an unencrypted PEM private key")
+                          if private else ("trusted key", "the signing.pub", "a PEM public key"))
     try:
-        key = serialization.load_pem_public_key(p.read_bytes()[:64 << 10])
+        data = p.read_bytes()[:64 << 10]
+        key = (serialization.load_pem_private_key(data, password=None) if private
+               else serialization.load_pem_public_key(data))
     except OSError as exc:
-        raise ConfigError(f"cannot read trusted key {str(p)!r}: {exc.strerror}",
-                          hint="pass the signing.pub written by `edgecompile keygen`") from None
+        raise ConfigError(f"cannot read {what} {str(p)!r}: {exc.strerror}",
+                          hint=f"pass {wanted} written by `edgecompile keygen`") from None
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"trusted key {str(p)!r} is not a PEM public key ({exc})",
-                          hint="pass the signing.pub written by `edgecompile keygen`") from None
-    if not isinstance(key, ed25519.Ed25519PublicKey):
-        raise ConfigError(f"trusted key {str(p)!r} is not an Ed25519 key", hint="use `edgecompile keygen`")
+        raise ConfigError(f"{what} {str(p)!r} is not {kind} ({exc})",
+                          hint=f"pass {wanted} written by `edgecompile keygen`") from None
+    if not isinstance(key, ed25519.Ed25519PrivateKey if private else ed25519.Ed25519PublicKey):
+        raise ConfigError(f"{what} {str(p)!r} is not an Ed25519 key", hint="make one with `edgecompile keygen`")
     return key
 
 

@@ -14,15 +14,11 @@ import warnings
 import numpy as np
 
 from edgecompile.errors import BundleError, DataError
+from edgecompile.runtime.tokenizer import read_tokenizer_json
 
 
 class TextFrontend:
     def __init__(self, runner, bundle, spec: dict):
-        try:
-            from tokenizers import Tokenizer
-        except ImportError:
-            raise BundleError("text bundles need the `tokenizers` package",
-                              hint="pip install 'edgecompile[runtime]'") from None
         self.runner = runner
         self.spec = spec
         self.task = spec.get("task", "feature-extraction")
@@ -34,14 +30,7 @@ class TextFrontend:
         self.normalize = bool(spec.get("normalize"))
         self.pooling_applied = spec.get("pooling_applied")
         self.labels = spec.get("labels")
-        path = bundle.artifact("tokenizer")
-        try:
-            self.tokenizer = Tokenizer.from_file(str(path))
-        except Exception as exc:
-            raise BundleError(f"{path}: not a readable tokenizer ({str(exc).splitlines()[0][:200]})",
-                              hint="rebuild the bundle") from None
-        self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(self.max_length)
+        self.tokenizer = read_tokenizer_json(bundle.artifact("tokenizer"), self.max_length)
 
     # -- tokenization -------------------------------------------------------------------------
     def tokenize(self, texts: list[str]) -> tuple[dict[str, np.ndarray], list[int]]:

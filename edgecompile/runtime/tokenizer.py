@@ -13,15 +13,30 @@ from pathlib import Path
 from edgecompile.errors import BundleError, DataError
 
 
+def read_tokenizer_json(path: str | Path, max_length: int | None = None, *, error=BundleError,
+                        hint: str = "rebuild the bundle"):
+    """A `tokenizers.Tokenizer` from a tokenizer.json (the one loader of text and decoder bundles and of
+    HF sources); with `max_length`, padding off and truncation to it on. Raises `error` (one line, with
+    `hint`) when the package is missing or the file unreadable."""
+    try:
+        from tokenizers import Tokenizer as _Tok
+    except ImportError:
+        raise error("text and decoder models need the 'tokenizers' package",
+                    hint="pip install 'edgecompile[runtime]'") from None
+    try:
+        tok = _Tok.from_file(str(path))
+    except Exception as exc:  # noqa: BLE001  (the Rust side raises plain Exception subclasses)
+        raise error(f"{path}: not a readable tokenizer.json ({str(exc).splitlines()[0][:200]})", hint=hint) from None
+    if max_length is not None:
+        tok.no_padding()
+        tok.enable_truncation(max_length)
+    return tok
+
+
 class Tokenizer:
     def __init__(self, tokenizer_json: str | Path, chat_template: str | None = None,
                  special_tokens: dict | None = None):
-        try:
-            from tokenizers import Tokenizer as _Tok
-        except ImportError:
-            raise BundleError("decoder bundles need the 'tokenizers' package",
-                              hint="pip install 'edgecompile[runtime]'") from None
-        self._tok = _Tok.from_file(str(tokenizer_json))
+        self._tok = read_tokenizer_json(tokenizer_json)
         self.chat_template = chat_template
         self.special_tokens = dict(special_tokens or {})
         self._template = None

@@ -18,23 +18,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgecompile.compiler.config import ServeSection
 from edgecompile.errors import ConfigError
 
 
 @dataclass(frozen=True)
-class ServeOptions:
-    host: str = "127.0.0.1"
-    port: int = 8080
-    max_batch_size: int = 8
-    max_queue_delay_ms: float = 5.0
-    instances: int = 1
-    max_queue: int = 256
-    timeout_s: float = 30.0
-    max_body_mb: float = 64.0
+class ServeOptions(ServeSection):
+    """The `[serve]` table's settings (defaults there: one source) plus what only a running server has."""
     token: str | None = None
-    insecure: bool = False
     cors_origins: tuple[str, ...] = ()
-    threads: int | None = None
     drain_timeout_s: float = 30.0
 
     def check(self) -> None:

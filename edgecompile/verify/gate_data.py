@@ -45,6 +45,25 @@ def with_detection_spec(ds: Dataset, bundle: Bundle) -> Dataset:
     return replace(ds, meta={**ds.meta, "detection": frontend}, _sha=None)
 
 
+def text_dataset(spec: str, identity: str, bundle: Bundle) -> Dataset:
+    """A text bundle's evaluation texts (`corpus:split`, see compiler.textdata) tokenized again with the
+    bundle's own tokenizer and length buckets, as the build did."""
+    from edgecompile.compiler.textdata import corpus_split
+    from edgecompile.runtime.text import tokenize
+    from edgecompile.runtime.tokenizer import read_tokenizer_json
+
+    fe = bundle.manifest.get("frontend") or {}
+    if fe.get("kind") != "text":
+        raise DataError(f"evaluation data {identity!r} are texts, but {bundle.path} is not a text bundle",
+                        hint="pass the data with --data FILE.npz")
+    corpus, _, split = spec.partition(":")
+    max_length = int(fe["max_length"])
+    tok = read_tokenizer_json(bundle.artifact("tokenizer"), max_length)
+    feeds, _ = tokenize(tok, corpus_split(corpus, split), list(fe["input_names"]),
+                        [int(b) for b in fe.get("buckets") or [max_length]], max_length)
+    return Dataset(identity, feeds, meta={"texts": spec})
+
+
 def bundle_dataset(bundle: Bundle, data: str | Path | None = None) -> Dataset:
     """The data a bundle was evaluated on (its manifest), or `data` (a `.npz`) when given."""
     inputs = _inputs(bundle)
@@ -57,7 +76,7 @@ def bundle_dataset(bundle: Bundle, data: str | Path | None = None) -> Dataset:
     if identity.startswith("file:"):
         raise DataError(f"{bundle.path}: the bundle was evaluated on {identity[5:]!r}, a file not kept in the bundle",
                         hint=f"pass it again with --data {identity[5:]}")
-    ds = bound_dataset(identity, inputs)
+    ds = text_dataset(desc["texts"], identity, bundle) if desc.get("texts") else bound_dataset(identity, inputs)
     if desc.get("sha256") and ds.sha256() != desc["sha256"]:
         raise DataError(f"evaluation data {identity!r} changed since the bundle was built (sha256 differs)",
                         hint="pass the original data with --data FILE.npz")
@@ -84,6 +103,8 @@ def _check_data(base: dict, bundle: Bundle, data) -> tuple[Dataset, bool, list[s
     elif want["identity"].startswith("file:"):
         raise DataError(f"the baseline was recorded on {want['identity'][5:]!r}, which is not at {stored!r} any more",
                         hint="pass the same data with --data FILE.npz")
+    elif want.get("texts"):
+        ds = text_dataset(want["texts"], want["identity"], bundle)
     else:
         ds = bound_dataset(want["identity"], inputs)
     if ds.sha256() != want["sha256"]:

@@ -20,7 +20,7 @@ import numpy as np
 from edgecompile.data import Dataset, TensorSpec
 from edgecompile.source import TorchModelSource
 
-from .._common import fingerprint
+from .._common import fingerprint, split_source
 
 SEED = 0
 TEST_SIZE = 0.2
@@ -120,17 +120,13 @@ def create():
 
 def source() -> TorchModelSource:
     a = _arrays()
-    return TorchModelSource(
-        name="diabetes",
+    return split_source(
+        "diabetes",
         create=create,
         inputs=[TensorSpec("input", ("batch", 10), "float32")],
         outputs=["prediction"],
         load_split=load_split,
-        splits=("train", "calibration", "test"),
         metric="mse",
-        default_calibration="diabetes:calibration",
-        default_evaluation="diabetes:test",
-        train_split="train",
         preprocessing={"layout": "NC", "standardize": {"mean": [round(float(v), 6) for v in a["mean"]],
                                                        "std": [round(float(v), 6) for v in a["std"]]},
                        "features": ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"],

@@ -16,7 +16,7 @@ import numpy as np
 from edgecompile.data import Dataset, TensorSpec
 from edgecompile.source import TorchModelSource
 
-from .._common import fingerprint
+from .._common import fingerprint, split_source
 
 SEED = 0
 _SPLIT_IN_CHILD = "EDGECOMPILE_PREPARING_DIGITS_SPLIT"
@@ -92,17 +92,13 @@ def create():
 
 
 def source() -> TorchModelSource:
-    return TorchModelSource(
-        name="digits",
+    return split_source(
+        "digits",
         create=create,
         inputs=[TensorSpec("input", ("batch", 1, 8, 8), "float32")],
         outputs=["logits"],
         load_split=load_split,
-        splits=("train", "calibration", "test"),
         metric="top1",
-        default_calibration="digits:calibration",
-        default_evaluation="digits:test",
-        train_split="train",
         preprocessing={"layout": "NCHW", "scale": 1 / 16, "source_range": [0, 16], "range": [0.0, 1.0]},
         class_labels=[str(i) for i in range(10)],
         fingerprint=fingerprint(*_FILES),

@@ -17,7 +17,7 @@ from edgecompile.data import Dataset, TensorSpec
 from edgecompile.errors import DataError
 from edgecompile.source import TorchModelSource
 
-from .._common import fingerprint
+from .._common import fingerprint, split_source
 
 DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -85,17 +85,13 @@ def create():
 
 
 def source() -> TorchModelSource:
-    return TorchModelSource(
-        name="fashion",
+    return split_source(
+        "fashion",
         create=create,
         inputs=[TensorSpec("input", ("batch", 1, 28, 28), "float32")],
         outputs=["logits"],
         load_split=load_split,
-        splits=("train", "calibration", "test"),
         metric="top1",
-        default_calibration="fashion:calibration",
-        default_evaluation="fashion:test",
-        train_split="train",
         preprocessing={"layout": "NCHW", "scale": 1 / 255, "source_range": [0, 255], "range": [0.0, 1.0]},
         class_labels=list(CLASSES),
         fingerprint=fingerprint(*_FILES),

@@ -18,7 +18,7 @@ from edgecompile.errors import ModelLoadError
 from edgecompile.source import TorchModelSource
 
 from .. import _photos
-from .._common import fingerprint
+from .._common import fingerprint, split_source
 from .model import MobileNetV2
 
 _HERE = Path(__file__).resolve().parent
@@ -67,17 +67,14 @@ def load_split(split: str) -> Dataset:
 def source() -> TorchModelSource:
     files = (_HERE / "__init__.py", _HERE / "model.py", _HERE.parent / "_photos.py")
     fp = fingerprint(*files, weights_path())
-    return TorchModelSource(
-        name="mobilenetv2",
+    return split_source(
+        "mobilenetv2",
         create=create,
         inputs=[TensorSpec("input", ("batch", 3, 224, 224), "float32")],
         outputs=["logits"],
         load_split=load_split,
-        splits=tuple(SPLITS),
+        splits=SPLITS,
         metric="top1_agreement",
-        default_calibration="mobilenetv2:calibration",
-        default_evaluation="mobilenetv2:test",
-        train_split="train",
         preprocessing=PREPROCESSING,
         class_labels=_photos.class_labels(),
         fingerprint=fp,

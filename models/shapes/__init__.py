@@ -17,7 +17,7 @@ import numpy as np
 from edgecompile.data import Dataset, TensorSpec
 from edgecompile.source import TorchModelSource
 
-from .._common import fingerprint
+from .._common import fingerprint, split_source
 from .dataset import EPOCHS, MEAN, N_TEST, N_TRAIN, SEED, STD, _images, normalise  # noqa: F401 (re-exported)
 
 _HERE = Path(__file__).resolve().parent
@@ -94,17 +94,13 @@ def source() -> TorchModelSource:
     from .data import CLASSES
 
     spec = frontend_spec()
-    return TorchModelSource(
-        name="shapes",
+    return split_source(
+        "shapes",
         create=create,
         inputs=[TensorSpec("input", ("batch", 3, 64, 64), "float32")],
         outputs=["maps"],
         load_split=load_split,
-        splits=("train", "calibration", "test"),
         metric="map",
-        default_calibration="shapes:calibration",
-        default_evaluation="shapes:test",
-        train_split="train",
         preprocessing={k: spec[k] for k in ("layout", "input_size", "scale", "mean", "std", "resize")},
         class_labels=list(CLASSES),
         fingerprint=fingerprint(*_FILES),
