@@ -135,3 +135,15 @@ def test_fallback_on_unlabelled_data_ranks_by_map_agreement(tmp_path, monkeypatc
     assert rep["precision"] == "mixed" and search["found"] and sens[0]["node"] in man["float_nodes"]
     assert search["steps"][-1]["metric_drop"] <= 1.0
     assert rep["accuracy"]["metric"] == "map_agreement"
+
+
+def test_compare_scores_unlabelled_detection_sides_on_map_agreement():
+    from edgecompile.verify.compare import Side, _task_metric
+
+    side = Side("a", "onnx", "", [], ["maps"], "map", run=lambda *a, **k: [], onnx=lambda: None)
+    ref = _maps()
+    moved = ref.copy()
+    moved[20:, 4:6] += 0.5
+    res = _task_metric(side, side, _ds(), ref, moved)
+    assert res["metric"] == "map_agreement" and res["a"] == 1.0 and 0.3 < res["b"] < 0.95
+    assert _task_metric(side, side, _ds(meta=False), ref, moved)["metric"] == "output_cosine"
