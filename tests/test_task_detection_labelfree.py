@@ -113,8 +113,9 @@ def test_gate_on_unlabelled_data_checks_map_agreement_with_the_baseline(unlabell
 
 @pytest.mark.slow
 def test_fallback_on_unlabelled_data_ranks_by_map_agreement(tmp_path, monkeypatch):
-    """The fragile detector (tests/models/fragile_shapes) built on images without boxes: the precision
-    search ranks layer groups by map_agreement and keeps the fragile conv float (minutes on 2 cores)."""
+    """The fragile detector (tests/models/fragile_shapes, cross-layer equalization off: it rescales the
+    outlier channel away) built on images without boxes: the precision search ranks layer groups by
+    map_agreement and keeps the fragile conv float (minutes on 2 cores)."""
     from pathlib import Path
 
     from edgecompile.compiler import precision as precision_stage
@@ -123,7 +124,8 @@ def test_fallback_on_unlabelled_data_ranks_by_map_agreement(tmp_path, monkeypatc
     monkeypatch.setattr(precision_stage, "measurably_slower", lambda lat: False)
     np.savez(tmp_path / "images.npz", input=load_split("test").inputs["input"][:200])
     fragile = Path(__file__).resolve().parent / "models" / "fragile_shapes"
-    cfg = Config().with_overrides({"passes.quantize.max_accuracy_drop": 1.0, "data.calibration": "shapes:calibration"})
+    cfg = Config().with_overrides({"passes.quantize.max_accuracy_drop": 5.0, "passes.quantize.equalize": False,
+                                   "data.calibration": "fragile_shapes:calibration"})    # equalization defuses it
     bundle = edgecompile.build(str(fragile), "cpu", backend="ort", precision="int8", config=cfg,
                                data=tmp_path / "images.npz", output=tmp_path / "f")
     rep = json.loads((bundle.path / "report.json").read_text())
@@ -133,7 +135,7 @@ def test_fallback_on_unlabelled_data_ranks_by_map_agreement(tmp_path, monkeypatc
     sens = search["sensitivity"]
     man = json.loads((bundle.path / "manifest.json").read_text())
     assert rep["precision"] == "mixed" and search["found"] and sens[0]["node"] in man["float_nodes"]
-    assert search["steps"][-1]["metric_drop"] <= 1.0
+    assert search["steps"][-1]["metric_drop"] <= 5.0       # agreement at IoU up to .95 is strict: a 5 pt bound
     assert rep["accuracy"]["metric"] == "map_agreement"
 
 
