@@ -6,7 +6,14 @@
   bundle (static QDQ, ORT; built with --precision int8 --force so the INT8 graph is measured even
   where the precision stage would keep FP32), and batch-1 latency of both through
   edgecompile.runtime.load, interleaved in one run (edgecompile.verify.bench.interleaved).
+  A third bundle, "int8-all", quantizes every conv (`float_stem_channels = 0`, the ORT preset before it
+  kept the 3-channel stem float) so the stem rule's effect is measured in the same run. runner.detect end
+  to end (resize/normalise + graph + decode + NMS) is timed for fp32 and int8 likewise, and the numpy
+  pre/post-processing alone beside it.
 * diabetes (regression): MSE / MAE / R² of FP32 and INT8 (forced likewise).
+
+The machine's load average (os.getloadavg) is recorded at the start and at the end: ratios measured on a
+loaded machine are noisy (interleaving only spreads the noise evenly).
 
 Writes bench/results/tasks.txt (with the CPU model from /proc/cpuinfo).
 """
@@ -43,45 +50,69 @@ def main() -> int:
 
     lines = [f"# bench/tasks.py  {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}",
              f"# CPU: {cpu_model()} ({os.cpu_count()} logical CPUs), python {platform.python_version()}",
-             "# ORT CPU execution provider, default threads; latency batch 1, interleaved rounds", ""]
+             "# ORT CPU execution provider, default threads; latency batch 1, interleaved rounds",
+             "# load average at start (1/5/15 min): " + " ".join(f"{v:.2f}" for v in os.getloadavg()), ""]
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
+        from edgecompile.compiler.config import Config
+
         b = {}
-        for model in ("shapes", "diabetes"):
-            for prec in ("fp32", "int8"):
-                kw = {"precision": "int8", "force": True} if prec == "int8" else {}
-                b[model, prec] = edgecompile.build(f"models/{model}", "cpu", backend="ort",
-                                                   output=Path(tmp) / f"{model}-{prec}", **kw)
+        all_convs = Config().with_overrides({"passes.quantize.float_stem_channels": 0})
+        for model, prec in (("shapes", "fp32"), ("shapes", "int8"), ("shapes", "int8-all"), ("diabetes", "fp32"),
+                            ("diabetes", "int8")):
+            kw = {"precision": "int8", "force": True} if prec != "fp32" else {}
+            if prec == "int8-all":
+                kw["config"] = all_convs
+            b[model, prec] = edgecompile.build(f"models/{model}", "cpu", backend="ort",
+                                               output=Path(tmp) / f"{model}-{prec}", **kw)
         rep = {k: json.loads((v.path / "report.json").read_text()) for k, v in b.items()}
 
         # detection accuracy
         a32, a8 = rep["shapes", "fp32"]["accuracy"], rep["shapes", "int8"]["accuracy"]
         d32, d8 = a32["detection"], a8["detection"]
+        dall = rep["shapes", "int8-all"]["accuracy"]["detection"]
         lines += ["## shapes (CenterNet-style detector, 64x64 input), test split "
                   f"({d32['images']} images, backgrounds held apart)", "",
                   f"{'':<8} {'mAP@[.5:.95]':>13} {'mAP@.5':>8}   per-class AP@[.5:.95]",
                   f"{'torch':<8} {d32['reference']['map']:>13.4f} {d32['reference']['map50']:>8.4f}"]
-        for name, d in (("fp32", d32), ("int8", d8)):
+        for name, d in (("fp32", d32), ("int8", d8), ("int8-all", dall)):
             lines.append(f"{name:<8} {d['map']:>13.4f} {d['map50']:>8.4f}   "
                          + ", ".join(f"{r['class']} {r['ap']:.3f}" for r in d["per_class"]))
-        lines.append(f"int8 - fp32: mAP@[.5:.95] {100 * (d8['map'] - d32['map']):+.2f} pt, "
-                     f"mAP@.5 {100 * (d8['map50'] - d32['map50']):+.2f} pt")
+        for name, d in (("int8", d8), ("int8-all", dall)):
+            lines.append(f"{name} - fp32: mAP@[.5:.95] {100 * (d['map'] - d32['map']):+.2f} pt, "
+                         f"mAP@.5 {100 * (d['map50'] - d32['map50']):+.2f} pt")
+        q = next(p for p in rep["shapes", "int8"]["passes"] if p["name"] == "quantize")["notes"]
+        lines.append(f"int8 keeps float: {', '.join(q.get('float_stems', [])) or 'nothing'} (float_stems); "
+                     "int8-all quantizes every conv (float_stem_channels = 0)")
 
         # detection latency, side by side
         feeds = {"input": np.ascontiguousarray(
             __import__("edgecompile.models.shapes", fromlist=["x"]).load_split("test").inputs["input"][:1])}
-        with load(b["shapes", "fp32"].path) as r32, load(b["shapes", "int8"].path) as r8:
-            lat = interleaved({"fp32": lambda: r32.run(feeds), "int8": lambda: r8.run(feeds)}, rounds=12, seconds=12)
-            img = __import__("edgecompile.models.shapes", fromlist=["x"]).raw_images("test")[0]
-            det = interleaved({"fp32": lambda: r32.detect(img), "int8": lambda: r8.detect(img)}, rounds=8, seconds=6)
-        sp = lat["fp32"]["ms"] / lat["int8"]["ms"]
+        from edgecompile.runtime.detect import decode, preprocess
+
+        img = __import__("edgecompile.models.shapes", fromlist=["x"]).raw_images("test")[0]
+        with load(b["shapes", "fp32"].path) as r32, load(b["shapes", "int8"].path) as r8, \
+                load(b["shapes", "int8-all"].path) as rall:
+            lat = interleaved({"fp32": lambda: r32.run(feeds), "int8": lambda: r8.run(feeds),
+                               "int8-all": lambda: rall.run(feeds)}, rounds=16, seconds=18)
+            det = interleaved({"fp32": lambda: r32.detect(img), "int8": lambda: r8.detect(img)}, rounds=10, seconds=8)
+            spec, lut = r8.frontend.spec, {}
+            maps = r8.run({"input": preprocess(img, spec)})["maps"]
+            post = interleaved({"pre": lambda: preprocess(img, spec, lut), "decode": lambda: decode(maps, spec)},
+                               rounds=6, seconds=3)
+        ms = {k: v["ms"] for k, v in lat.items()}
         lines += [
             "",
-            "latency, batch 1 (runner.run, graph only):",
-            f"  ORT fp32 {lat['fp32']['ms']:.4f} ms   ORT int8 {lat['int8']['ms']:.4f} ms   int8 speedup {sp:.2f}x",
+            "latency, batch 1 (runner.run, graph only), interleaved fp32 / int8 / int8-all:",
+            f"  ORT fp32 {ms['fp32']:.4f} ms   ORT int8 {ms['int8']:.4f} ms   "
+            f"int8 speedup {ms['fp32'] / ms['int8']:.2f}x",
+            f"  ORT int8-all {ms['int8-all']:.4f} ms   speedup {ms['fp32'] / ms['int8-all']:.2f}x"
+            f"   (stem kept float: int8-all / int8 = {ms['int8-all'] / ms['int8']:.2f}x)",
             "latency, runner.detect (resize + normalise + graph + decode + NMS):",
             f"  fp32 {det['fp32']['ms']:.4f} ms   int8 {det['int8']['ms']:.4f} ms   "
             f"speedup {det['fp32']['ms'] / det['int8']['ms']:.2f}x",
+            f"  of which numpy: preprocess {1000 * post['pre']['ms']:.1f} us, decode + NMS "
+            f"{1000 * post['decode']['ms']:.1f} us ({len(decode(maps, spec)[0][2])} detections)",
         ]
 
         # regression
@@ -98,7 +129,8 @@ def main() -> int:
         lines.append(
             f"int8 vs fp32: MSE {100 * (r8['candidate'] - r32['candidate']) / r32['candidate']:+.2f} % relative"
         )
-    lines += ["", f"# total {time.perf_counter() - t0:.0f} s"]
+    lines += ["", "# load average at end (1/5/15 min): " + " ".join(f"{v:.2f}" for v in os.getloadavg()),
+              f"# total {time.perf_counter() - t0:.0f} s"]
     text = "\n".join(lines) + "\n"
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(text)

@@ -18,6 +18,7 @@ import numpy as np
 
 from edgecompile.errors import ConfigError, DataError
 from edgecompile.passes.base import FunctionalGraphPass, PassResult
+from edgecompile.passes.float_stems import float_stems
 from edgecompile.targets.base import U8S8, QuantPreset
 
 
@@ -49,6 +50,8 @@ def settings(section, backend: str) -> tuple[str, QuantPreset]:
         over["symmetric_activations"] = section.symmetric_activations
     if section.per_channel != preset.per_channel:
         over["per_channel"] = section.per_channel
+    if section.float_stem_channels is not None and section.float_stem_channels != preset.float_stem_channels:
+        over["float_stem_channels"] = section.float_stem_channels
     if over:
         preset = replace(preset, **over)
         name += " (overridden)"
@@ -105,6 +108,8 @@ class Quantize(FunctionalGraphPass):
         if not 0.0 < self.section.percentile <= 100.0:
             raise ConfigError(f"[passes.quantize] percentile must be in (0, 100], got {self.section.percentile:g}",
                               hint="e.g. 99.99 clips the top 0.01 % of |x|")
+        if (self.section.float_stem_channels or 0) < 0:
+            raise ConfigError("[passes.quantize] float_stem_channels must be 0 or more", hint="0 quantizes every conv")
         if self.section.calib_samples < 1:
             raise ConfigError(f"[passes.quantize] calib_samples must be at least 1, got {self.section.calib_samples}")
 
@@ -215,10 +220,12 @@ class Quantize(FunctionalGraphPass):
         return out, {**notes, "quantized_ops": _quantized_ops(out), **self._exclude_notes()}
 
     def _exclude_notes(self) -> dict:
-        return {"float_nodes": list(self.exclude)} if self.exclude else {}
+        notes = {"float_nodes": list(self.exclude)} if self.exclude else {}
+        stems = float_stems(*self._calibrated[:2]) if self.section.mode == "static" and self._calibrated else []
+        return {**notes, "float_stems": stems} if stems else notes
 
     def _qdq(self, proto, preset: QuantPreset, ranges, exclude):
-        """QDQ graph from calibrated ranges, leaving the `exclude`d nodes in float."""
+        """QDQ graph from calibrated ranges, leaving the `exclude`d nodes (and the preset's float stems) in float."""
         from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
         from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
         from onnxruntime.quantization.quant_utils import update_opset_version
@@ -235,6 +242,7 @@ class Quantize(FunctionalGraphPass):
         act, wt = _qtype(preset.activations), _qtype(preset.weights)
         model = update_opset_version(proto, wt, act)
         op_types = sorted(set(QDQRegistry) | set(QLinearOpsRegistry))
+        exclude = list(exclude) + [n for n in float_stems(proto, preset) if n not in exclude]
         with _quiet_ort_logging():
             quantizer = QDQQuantizer(model, preset.per_channel, False, wt, act, tensors, [], list(exclude), op_types,
                                      {"ActivationSymmetric": preset.symmetric_activations,
@@ -302,7 +310,9 @@ def _calibration_key(proto, batches, section, preset: QuantPreset, exclude) -> s
             h.update(f"{name}:{arr.dtype}:{arr.shape}".encode())
             h.update(arr.tobytes())
     s = section
-    h.update(repr((s.calibrate, s.percentile, s.equalize, s.bias_correction, asdict(preset), sorted(exclude))).encode())
+    kind = {k: v for k, v in asdict(preset).items() if not k.startswith("float_stem")}    # the stems it gives count
+    h.update(repr((s.calibrate, s.percentile, s.equalize, s.bias_correction, kind, sorted(exclude),
+                   float_stems(proto, preset))).encode())
     return h.hexdigest()
 
 

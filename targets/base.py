@@ -33,6 +33,8 @@ class QuantPreset:
     symmetric_activations: bool      # zero-point 0 (int8) / 128 (uint8)
     symmetric_weights: bool = True
     per_channel: bool = True
+    float_stem_channels: int = 0     # convs reading at most this many input channels stay float (0: none) ...
+    float_stem_outputs: int = 8      # ... when they also write at most this many channels (passes/float_stems.py)
 
 
 # ORT/OpenVINO run U8S8: asymmetric uint8 activations, per-channel symmetric int8 weights.

@@ -63,6 +63,7 @@ class QuantizeSection:
     block_size: int | None = None      # weight-only int4/int8 (decoders): block along K; None: 32
     equalize: bool = True              # static: cross-layer equalization before calibrating (passes/equalize.py)
     bias_correction: bool = True       # static: empirical bias correction after (passes/bias_correction.py)
+    float_stem_channels: int | None = None   # static: convs on <= this many input channels stay float; None: preset
 
 
 @dataclass(frozen=True)

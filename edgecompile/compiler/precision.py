@@ -215,8 +215,9 @@ def _search(plan, qpass, rec, fp_bytes, qmodel, bound, feeds, ctx, progress) -> 
         return _metric_drop(plan, rec.metric_before, ctx.evaluator(m))[0]
 
     by_task = _ranks_by_task_metric(plan) and len(groups) <= ps.TASK_SENSITIVITY_MAX_GROUPS
+    task = _metric_drop(plan, 0.0, 0.0)[2] or plan.source.metric      # e.g. map_agreement on unlabelled data
     if by_task:          # regression / detection: rank by the gating metric itself (issue 25)
-        with progress.step("sensitivity", f"{plan.source.metric} per layer group ({len(groups)} groups)"):
+        with progress.step("sensitivity", f"{task} per layer group ({len(groups)} groups)"):
             ranked = ps.task_sensitivity(qpass, groups, metric_drop, ranked)
     key = "metric_drop" if by_task else "added_error"
 
@@ -235,11 +236,11 @@ def _search(plan, qpass, rec, fp_bytes, qmodel, bound, feeds, ctx, progress) -> 
                     "group": ", ".join(by_node[n]["group"]), "step": step_of[n]["step"],
                     "drop_after_step": round(step_of[n]["metric_drop"], 4),
                     "step_latency_cost_ms": round(step_of[n]["latency_cost_ms"], 4)} for n in res["kept"]]
-    method = (f"{plan.source.metric} drop (contract units) with only that layer group quantized, on the "
+    method = (f"{task} drop (contract units) with only that layer group quantized, on the "
               "evaluation data" if by_task else
               f"added relative L2 error per layer group (fp32 vs int8 intermediates, {ps.SENSITIVITY_SAMPLES} samples)")
     if _ranks_by_task_metric(plan) and not by_task:
-        method += f" ({len(groups)} groups: too many to re-measure {plan.source.metric} for each)"
+        method += f" ({len(groups)} groups: too many to re-measure {task} for each)"
     report = {"bound": bound, "method": method + ", greedy float fallback re-measuring the task metric",
               "ranked_by": key,
               "found": res["found"], "sensitivity": [{k: (round(v, 6) if isinstance(v, float) else v)
@@ -253,8 +254,10 @@ def _search(plan, qpass, rec, fp_bytes, qmodel, bound, feeds, ctx, progress) -> 
 def _ranks_by_task_metric(plan) -> bool:
     """Regression and detection metrics rank layers by the metric itself (issue 25); classifiers keep
     the output-error ranking, whose one batched run is cheaper and tracks top-1 well."""
-    if plan.evaluation is None or plan.evaluation.labels is None:      # label-free: agreement/cosine
+    if plan.evaluation is None:
         return False
+    if plan.evaluation.labels is None:      # label-free: agreement; a detector's is mAP against the reference
+        return plan.source.metric in ("map", "map50") and "detection" in plan.evaluation.meta
     from edgecompile.verify.metrics import get_metric
 
     return get_metric(plan.source.metric).kind == "error" or plan.source.metric in ("map", "map50")

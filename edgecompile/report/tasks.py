@@ -21,7 +21,9 @@ def task_sections(report: dict) -> list[Section]:
                             "candidate": acc["candidate"], "reference": acc["reference"]}))
     det = acc.get("detection")
     if det:
-        out.append(Section("detection", "Detection (mAP, per class, examples)", OK, det))
+        title = ("Detection agreement with the reference (mAP against its detections; no labels)"
+                 if det.get("agreement") else "Detection (mAP, per class, examples)")
+        out.append(Section("detection", title, OK, det))
     return out
 
 
@@ -107,15 +109,19 @@ def _html_predictions(sec: Section, report: dict) -> str:
 
 def _html_detection(sec: Section, report: dict) -> str:
     d = sec.data
-    parts = [
+    ag = d.get("agreement")
+    truth = "reference boxes" if ag else "true boxes"
+    parts = [f"<p><b>Agreement, not accuracy:</b> {esc(ag['note'])}; ground truth = {esc(ag['truth'])}, "
+             f"{ag['boxes']} boxes.</p>" if ag else ""]
+    parts.append(
         f"<p>mAP@[.5:.95] <b>{d['map']:.4f}</b> · mAP@.5 <b>{d['map50']:.4f}</b> "
         f"(pycocotools, {d['images']} images; "
         f"reference {d['reference']['map']:.4f} / {d['reference']['map50']:.4f})</p>"
-    ]
+    )
     parts.append(table([{"class": r["class"], "AP@[.5:.95]": f"{r['ap']:.4f}", "AP@.5": f"{r['ap50']:.4f}",
-                          "true boxes": r["gt"]} for r in d["per_class"]]))
+                          truth: r["gt"]} for r in d["per_class"]]))
     if d.get("examples"):
-        parts.append('<p class="legend">dashed: true boxes; solid: predictions (score &ge; '
+        parts.append(f'<p class="legend">dashed: {truth}; solid: predictions (score &ge; '
                      f'{d.get("draw_threshold", 0.3):g})</p><div>')
         parts += [boxes_svg(e, d["classes"]) for e in d["examples"]]
         parts.append("</div>")
@@ -130,9 +136,12 @@ def _md_predictions(d: dict, report: dict) -> list[str]:
 
 
 def _md_detection(d: dict, report: dict) -> list[str]:
-    lines = [f"mAP@[.5:.95] {d['map']:.4f}, mAP@.5 {d['map50']:.4f} on {d['images']} images "
-             f"(reference {d['reference']['map']:.4f} / {d['reference']['map50']:.4f})", "",
-             "| class | AP@[.5:.95] | AP@.5 | true boxes |", "|---|---|---|---|"]
+    ag = d.get("agreement")
+    lines = [f"**Agreement, not accuracy:** {ag['note']}; ground truth = {ag['truth']}, {ag['boxes']} boxes.", ""] \
+        if ag else []
+    lines += [f"mAP@[.5:.95] {d['map']:.4f}, mAP@.5 {d['map50']:.4f} on {d['images']} images "
+              f"(reference {d['reference']['map']:.4f} / {d['reference']['map50']:.4f})", "",
+              f"| class | AP@[.5:.95] | AP@.5 | {'reference' if ag else 'true'} boxes |", "|---|---|---|---|"]
     lines += [f"| {r['class']} | {r['ap']:.4f} | {r['ap50']:.4f} | {r['gt']} |" for r in d["per_class"]]
     return lines
 

@@ -36,89 +36,126 @@ class Detections:
                 for b, c, n, s in zip(self.boxes, self.classes, self.labels, self.scores)]
 
 
+def _taps(n_out: int, n_in: int):
+    """Source indices and weights of a 1-D bilinear resize (pixel centres aligned)."""
+    pos = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+    i0 = np.floor(pos).astype(int)
+    return i0, np.minimum(i0 + 1, n_in - 1), pos - i0
+
+
 def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """HWC float32 bilinear resize (pixel centres aligned, like cv2.INTER_LINEAR without antialias)."""
+    """HWC float32 bilinear resize (pixel centres aligned, like cv2.INTER_LINEAR without antialias).
+
+    Only the source rows and columns the output reads are gathered (and converted to float), so the cost
+    follows the output size, not the input's."""
     h, w = image.shape[:2]
     if (h, w) == (height, width):
         return image.astype(np.float32)
-    ys = np.clip((np.arange(height) + 0.5) * h / height - 0.5, 0, h - 1)
-    xs = np.clip((np.arange(width) + 0.5) * w / width - 0.5, 0, w - 1)
-    y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
-    y1, x1 = np.minimum(y0 + 1, h - 1), np.minimum(x0 + 1, w - 1)
-    wy, wx = (ys - y0)[:, None, None], (xs - x0)[None, :, None]
-    img = image.astype(np.float32)
-    top = img[y0][:, x0] * (1 - wx) + img[y0][:, x1] * wx
-    bot = img[y1][:, x0] * (1 - wx) + img[y1][:, x1] * wx
+    y0, y1, fy = _taps(height, h)
+    x0, x1, fx = _taps(width, w)
+    wy, wx = fy[:, None, None], fx[None, :, None]
+    rows0, rows1 = image[y0], image[y1]
+    top = rows0[:, x0].astype(np.float32) * (1 - wx) + rows0[:, x1].astype(np.float32) * wx
+    bot = rows1[:, x0].astype(np.float32) * (1 - wx) + rows1[:, x1].astype(np.float32) * wx
     return top * (1 - wy) + bot * wy
 
 
-def preprocess(image: np.ndarray, spec: dict) -> np.ndarray:
-    """HWC uint8 RGB of any size -> [1, 3, H, W] float32 as the manifest says."""
+def _normalise(x: np.ndarray, spec: dict) -> np.ndarray:
+    x = x * np.float32(spec.get("scale", 1 / 255))
+    return (x - np.asarray(spec["mean"], np.float32)) / np.asarray(spec["std"], np.float32)
+
+
+def preprocess(image: np.ndarray, spec: dict, _lut: dict | None = None) -> np.ndarray:
+    """HWC uint8 RGB of any size -> [1, 3, H, W] float32 as the manifest says.
+
+    An image already at the input size is normalised through a 256-entry table per channel (the same
+    float32 arithmetic, done once per value instead of once per pixel); `_lut` caches that table."""
     arr = np.asarray(image)
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8 or min(arr.shape[:2]) < 1:
         raise DataError(f"detect() takes an HWC uint8 RGB image, got shape {list(arr.shape)} dtype {arr.dtype}",
                         hint="pass e.g. a numpy array of shape (480, 640, 3) and dtype uint8")
     h, w = spec["input_size"]
-    x = resize_bilinear(arr, h, w) * np.float32(spec.get("scale", 1 / 255))
-    x = (x - np.asarray(spec["mean"], np.float32)) / np.asarray(spec["std"], np.float32)
+    if arr.shape[:2] == (h, w):
+        lut = None if _lut is None else _lut.get("table")
+        if lut is None:
+            lut = np.ascontiguousarray(_normalise(np.arange(256, dtype=np.float32)[:, None], spec).T)   # [3, 256]
+            if _lut is not None:
+                _lut["table"] = lut
+        out = np.empty((1, 3, h, w), np.float32)
+        for c in range(3):
+            np.take(lut[c], arr[:, :, c], out=out[0, c])
+        return out
+    x = _normalise(resize_bilinear(arr, h, w), spec)
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32)
 
 
-def _max3(heat: np.ndarray, k: int) -> np.ndarray:
-    """k x k max filter (stride 1, same size) over the last two axes."""
-    r = k // 2
-    pad = np.pad(heat, [(0, 0)] * (heat.ndim - 2) + [(r, r), (r, r)], constant_values=-np.inf)
-    h, w = heat.shape[-2:]
-    out = np.full_like(heat, -np.inf)
-    for dy in range(k):
-        for dx in range(k):
-            np.maximum(out, pad[..., dy:dy + h, dx:dx + w], out=out)
+def window_max(heat: np.ndarray, k: int) -> np.ndarray:
+    """k x k max filter (stride 1, same size; cells outside the map do not count) over the last two axes,
+    as two 1-D passes of shifted maxima: a handful of vector ops, no padded copy."""
+    out = heat.copy()
+    for axis in (-1, -2):
+        src = out.copy()
+        n = heat.shape[axis]
+        for d in range(1, min(k // 2, n - 1) + 1):
+            lo, hi = [slice(None)] * heat.ndim, [slice(None)] * heat.ndim
+            lo[axis], hi[axis] = slice(0, n - d), slice(d, n)
+            np.maximum(out[tuple(lo)], src[tuple(hi)], out=out[tuple(lo)])
+            np.maximum(out[tuple(hi)], src[tuple(lo)], out=out[tuple(hi)])
     return out
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
-    """Indices kept by greedy non-maximum suppression (highest score first)."""
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, classes: np.ndarray | None = None) -> np.ndarray:
+    """Indices kept by greedy non-maximum suppression, highest score first (ties: lower index first).
+
+    With `classes`, boxes of different classes never suppress each other (class-wise NMS in one pass).
+    One pairwise IoU matrix over the (few) candidates, then a loop over the boxes that overlap another only."""
+    n = len(scores)
+    if n == 0:
+        return np.zeros(0, np.int64)
     order = np.argsort(-scores, kind="stable")
-    keep = []
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    while order.size:
-        i = order[0]
-        keep.append(i)
-        rest = order[1:]
-        iw = np.clip(np.minimum(boxes[i, 2], boxes[rest, 2]) - np.maximum(boxes[i, 0], boxes[rest, 0]), 0, None)
-        ih = np.clip(np.minimum(boxes[i, 3], boxes[rest, 3]) - np.maximum(boxes[i, 1], boxes[rest, 1]), 0, None)
-        inter = iw * ih
-        ov = inter / np.maximum(area[i] + area[rest] - inter, 1e-9)
-        order = rest[ov <= iou]
-    return np.asarray(keep, np.int64)
+    b = boxes[order]
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    iw = np.clip(np.minimum(b[:, None, 2], b[None, :, 2]) - np.maximum(b[:, None, 0], b[None, :, 0]), 0, None)
+    ih = np.clip(np.minimum(b[:, None, 3], b[None, :, 3]) - np.maximum(b[:, None, 1], b[None, :, 1]), 0, None)
+    inter = iw * ih
+    over = ~(inter / np.maximum(area[:, None] + area[None, :] - inter, 1e-9) <= iou)    # a NaN IoU suppresses
+    if classes is not None:
+        c = np.asarray(classes)[order]
+        over &= c[:, None] == c[None, :]
+    over = np.triu(over, 1)                  # row i: the lower-scored boxes that box i would suppress
+    alive = np.ones(n, bool)
+    for i in np.flatnonzero(over.any(axis=1)):   # rows that suppress nothing cannot change the outcome
+        if alive[i]:                         # earlier rows are final by now: greedy order
+            alive &= ~over[i]
+    return order[alive]
 
 
 def decode(maps: np.ndarray, spec: dict) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """CenterNet maps [N, C + 4, h, w] -> per image (boxes [K, 4] in input pixels, classes [K], scores [K])."""
+    """CenterNet maps [N, C + 4, h, w] -> per image (boxes [K, 4] in input pixels, classes [K], scores [K]).
+
+    Peaks are cells above the score threshold that equal their k x k window's maximum (a max-pool test);
+    the top 4 x max_detections of them by score are decoded to boxes and class-wise NMS runs on that set."""
     if spec.get("decode") == "boxes":          # end-to-end detections from an ONNX detector (--annotations)
         return decode_boxes(maps, spec)
     maps = np.asarray(maps, np.float32)
     c = len(spec["classes"])
     stride, unit = spec["stride"], spec["size_unit"]
-    heat = maps[:, :c]
-    peaks = (heat == _max3(heat, spec.get("peak_kernel", 3))) & (heat >= spec["score_threshold"])
     H, W = spec["input_size"]
+    k = spec.get("peak_kernel", 3)
     out = []
     for i in range(len(maps)):
-        cls, ys, xs = np.nonzero(peaks[i])
-        scores = heat[i, cls, ys, xs]
+        heat = maps[i, :c]
+        cls, ys, xs = np.nonzero((heat >= spec["score_threshold"]) & (heat == window_max(heat, k)))
+        scores = heat[cls, ys, xs]
         order = np.argsort(-scores, kind="stable")[: 4 * spec["max_detections"]]
         cls, ys, xs, scores = cls[order], ys[order], xs[order], scores[order]
-        bw, bh = maps[i, c, ys, xs] * unit, maps[i, c + 1, ys, xs] * unit
-        cx, cy = (xs + maps[i, c + 2, ys, xs]) * stride, (ys + maps[i, c + 3, ys, xs]) * stride
-        boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1).astype(np.float32)
-        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, W)
-        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, H)
-        keep = []
-        for k in np.unique(cls):                       # class-wise NMS
-            idx = np.nonzero(cls == k)[0]
-            keep.extend(idx[nms(boxes[idx], scores[idx], spec["nms_iou"])])
-        keep = np.asarray(sorted(keep, key=lambda j: -scores[j]), np.int64)[: spec["max_detections"]]
+        w_, h_, dx, dy = maps[i, c:c + 4][:, ys, xs]
+        bw, bh = w_ * unit, h_ * unit
+        cx, cy = (xs + dx) * stride, (ys + dy) * stride
+        boxes = np.empty((len(scores), 4), np.float32)     # clip, then round to float32: the same either way
+        boxes[:, 0], boxes[:, 2] = np.clip(cx - bw / 2, 0, W), np.clip(cx + bw / 2, 0, W)
+        boxes[:, 1], boxes[:, 3] = np.clip(cy - bh / 2, 0, H), np.clip(cy + bh / 2, 0, H)
+        keep = nms(boxes, scores, spec["nms_iou"], cls)[: spec["max_detections"]]
         out.append((boxes[keep], cls[keep].astype(np.int64), scores[keep].astype(np.float32)))
     return out
 
@@ -129,10 +166,11 @@ class DetectionFrontend:
     def __init__(self, runner, bundle, spec: dict):
         self.runner = runner
         self.spec = spec
+        self._lut: dict = {}             # preprocess's normalisation table, built on first use
 
     def detect(self, image: np.ndarray, score_threshold: float | None = None) -> Detections:
         spec = self.spec
-        x = preprocess(image, spec)
+        x = preprocess(image, spec, self._lut)
         maps = self.runner.run({spec["input"]: x})[spec["output"]]
         boxes, classes, scores = decode(maps, spec)[0]
         if score_threshold is not None:

@@ -238,9 +238,12 @@ def _task_metric(a: Side, b: Side, ds: Dataset, ya: np.ndarray, yb: np.ndarray) 
     classifier = ya.ndim == 2 and ya.shape[1] > 1 and (name in (None, "top1", "top1_agreement"))
     metric = get_metric(name) if name else (METRICS["top1_agreement"] if classifier else METRICS["output_cosine"])
     res: dict = {"metric": metric.name, "kind": metric.kind, "higher_is_better": metric.higher_is_better}
-    if metric.dataset_level and ds.labels is not None and (ds.meta or {}).get("detection"):
+    if metric.dataset_level and (ds.meta or {}).get("detection"):
         from edgecompile.verify.evaluate import compare as score      # mAP of both sides (issue 25)
 
+        if ds.labels is None:           # no boxes: B's mAP against A's detections (agreement)
+            metric = label_free(metric, classifier, detection=True)
+            res["metric"] = metric.name
         e = score(yb, ya, ds, metric, "A")
         res.update(a=e.reference, b=e.candidate, delta=e.delta)
         return res

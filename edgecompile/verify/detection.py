@@ -183,10 +183,22 @@ class MatchTable:
         return np.asarray([self.map(np.bincount(rng.integers(0, n, n), minlength=n)) for _ in range(n_boot)])
 
 
-def evaluate_detections(outputs: np.ndarray, labels: np.ndarray, spec: dict, n_boot: int = 200) -> dict:
-    """pycocotools mAP / mAP@.5 / per-class AP of raw outputs, plus a bootstrap CI of mAP."""
+PSEUDO_TRUTH_SCORE = 0.3       # label-free: reference detections at or above this score are the ground truth
+
+
+def pseudo_truth(reference_out: np.ndarray, spec: dict, threshold: float | None = None) -> list:
+    """Label-free detectors: the reference's detections scoring at least `threshold` (default
+    PSEUDO_TRUTH_SCORE) as ground truth, in ground_truth()'s per-image (boxes, classes) form."""
+    thr = PSEUDO_TRUTH_SCORE if threshold is None else threshold
+    return [(np.asarray(b, np.float64)[s >= thr], np.asarray(c, np.int64)[s >= thr])
+            for b, c, s in decode_outputs(reference_out, spec)]
+
+
+def evaluate_detections(outputs: np.ndarray, labels, spec: dict, n_boot: int = 200) -> dict:
+    """pycocotools mAP / mAP@.5 / per-class AP of raw outputs, plus a bootstrap CI of mAP. `labels`: a
+    [N, B, 5] array, or ground truth already in per-image (boxes, classes) form (pseudo_truth)."""
     dets = decode_outputs(outputs, spec)
-    gts = ground_truth(labels)
+    gts = labels if isinstance(labels, list) else ground_truth(labels)
     res = coco_map(dets, gts, list(spec["classes"]))
     if n_boot:
         boots = MatchTable.build(dets, gts, len(spec["classes"])).bootstrap(n_boot)
@@ -200,7 +212,11 @@ DRAW_THRESHOLD = 0.3
 
 
 def detection_evaluation(candidate_out, reference_out, ds, metric, reference_name: str, evaluation_cls):
-    """An edgecompile.verify.evaluate.Evaluation for `map` / `map50` (the other one reported beside it)."""
+    """An edgecompile.verify.evaluate.Evaluation for `map` / `map50` (the other one reported beside it).
+
+    `map_agreement` / `map50_agreement` (data without labels): the same mAPs, with the reference's
+    detections scoring >= PSEUDO_TRUTH_SCORE as the ground truth -- agreement with the reference, not
+    accuracy (the reference's own value is its mAP against itself, 1.0 unless a class has no box)."""
     from edgecompile.errors import DataError
     from edgecompile.verify.metrics import raw_similarity
 
@@ -208,26 +224,46 @@ def detection_evaluation(candidate_out, reference_out, ds, metric, reference_nam
     if spec is None:
         raise DataError(f"metric {metric.name!r} needs detection data: {ds.identity} carries no decoding spec",
                         hint="evaluate a detection model on its bound split, or pass --annotations gt.json")
-    if ds.labels is None:
+    agree = metric.name.endswith("_agreement")
+    if ds.labels is None and not agree:
         raise DataError(f"metric {metric.name!r} needs ground-truth boxes; {ds.identity} has none",
                         hint="pass labelled data")
-    cand = evaluate_detections(candidate_out, ds.labels, spec)
-    ref = cand if reference_out is candidate_out else _reference_result(reference_out, ds.labels, spec)
-    other = "map50" if metric.name == "map" else "map"
-    ev = evaluation_cls(metric.name, True, "percentage", ref[metric.name], cand[metric.name], len(ds),
-                        cand["ci95"] if metric.name == "map" else cand["ci95_50"],
+    truth = _pseudo_truth(reference_out, spec) if agree else ds.labels
+    cand = evaluate_detections(candidate_out, truth, spec)
+    ref = cand if reference_out is candidate_out else _reference_result(reference_out, truth, spec)
+    base = metric.name.removesuffix("_agreement")
+    other = "map50" if base == "map" else "map"
+    suffix = "_agreement" if agree else ""
+    ev = evaluation_cls(metric.name, True, "percentage", ref[base], cand[base], len(ds),
+                        cand["ci95"] if base == "map" else cand["ci95_50"],
                         raw_similarity(candidate_out, reference_out), reference_name, None)
-    ev.beside = {other: {"reference": ref[other], "candidate": cand[other], "delta": cand[other] - ref[other],
-                         "higher_is_better": True}}
+    ev.beside = {other + suffix: {"reference": ref[other], "candidate": cand[other], "delta": cand[other] - ref[other],
+                                  "higher_is_better": True}}
+    gts = truth if agree else ground_truth(ds.labels)
     ev.detection = {"map": cand["map"], "map50": cand["map50"], "images": cand["images"],
                     "reference": {"map": ref["map"], "map50": ref["map50"]},
                     "per_class": cand["per_class"], "classes": list(spec["classes"]),
                     "draw_threshold": DRAW_THRESHOLD,
-                    "examples": examples(ds, decode_outputs(candidate_out[:EXAMPLES], spec), spec)}
+                    "examples": examples(ds, decode_outputs(candidate_out[:EXAMPLES], spec), spec, gts[:EXAMPLES])}
+    if agree:
+        ev.detection["agreement"] = {
+            "truth": f"the reference's detections with score >= {PSEUDO_TRUTH_SCORE:g} ({reference_name})",
+            "threshold": PSEUDO_TRUTH_SCORE, "boxes": int(sum(len(c) for _, c in truth)),
+            "note": "agreement with the reference model, not accuracy: the data carry no ground-truth boxes"}
     return ev
 
 
-_LAST_REFERENCE: list = []      # (reference array, labels array, result): the pass evaluator reuses one reference
+_LAST_REFERENCE: list = []      # (reference array, labels, result): the pass evaluator reuses one reference
+_LAST_TRUTH: list = []          # (reference array, pseudo truth) likewise
+
+
+def _pseudo_truth(reference_out, spec) -> list:
+    for ref, truth in _LAST_TRUTH:
+        if ref is reference_out:
+            return truth
+    truth = pseudo_truth(reference_out, spec)
+    _LAST_TRUTH[:] = [(reference_out, truth)]
+    return truth
 
 
 def _reference_result(reference_out, labels, spec) -> dict:
@@ -239,8 +275,9 @@ def _reference_result(reference_out, labels, spec) -> dict:
     return res
 
 
-def examples(ds, dets: Dets, spec: dict) -> list[dict]:
-    """The first test images (de-normalised to uint8, PNG base64) with true and predicted boxes."""
+def examples(ds, dets: Dets, spec: dict, gts=None) -> list[dict]:
+    """The first test images (de-normalised to uint8, PNG base64) with true (`gts`, else the labels')
+    and predicted boxes."""
     import base64
 
     if "mean" not in spec or "std" not in spec:        # a third-party detector's normalisation is unknown
@@ -250,7 +287,7 @@ def examples(ds, dets: Dets, spec: dict) -> list[dict]:
     for i, (boxes, cls, scores) in enumerate(dets):
         img = x[i].transpose(1, 2, 0) * np.asarray(spec["std"], np.float32) + np.asarray(spec["mean"], np.float32)
         img = np.clip(img / spec.get("scale", 1 / 255), 0, 255).round().astype(np.uint8)
-        gb, gc = ground_truth(ds.labels[i:i + 1])[0]
+        gb, gc = gts[i] if gts is not None else ground_truth(ds.labels[i:i + 1])[0]
         keep = scores >= DRAW_THRESHOLD
         out.append({"width": int(img.shape[1]), "height": int(img.shape[0]),
                     "png_base64": base64.b64encode(png_bytes(img)).decode(),

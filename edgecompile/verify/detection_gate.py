@@ -6,6 +6,9 @@ tests H0: drop <= max_drop (pt) with a paired bootstrap over images: both sides'
 on the same resamples (edgecompile.verify.detection.MatchTable, equal to pycocotools on the full
 set), the replicate drops are re-centred to the null boundary, and the p-value is the share at
 least as far above it as the observed drop (+1 correction), like edgecompile.verify.gate.bootstrap_p.
+
+On data without boxes the metric is `map_agreement` / `map50_agreement`: the baseline's own detections
+scoring >= PSEUDO_TRUTH_SCORE are the ground truth of both sides (agreement with the baseline, not accuracy).
 """
 from __future__ import annotations
 
@@ -13,20 +16,28 @@ import numpy as np
 
 from edgecompile.verify import gate
 from edgecompile.verify.detection import (
-    MatchTable, coco_map, decode_outputs, ground_truth
+    PSEUDO_TRUTH_SCORE, MatchTable, coco_map, decode_outputs, ground_truth
 )
 
 N_BOOT = 400
 
 
-def _spec(ds):
+def _spec(ds, metric_name: str):
     from edgecompile.errors import DataError
 
     spec = (ds.meta or {}).get("detection")
-    if spec is None or ds.labels is None:
-        raise DataError(f"{ds.identity}: a detection baseline needs labelled data with a decoding spec",
-                        hint="record the baseline on the detector's bound evaluation split")
+    if spec is None or (ds.labels is None and not metric_name.endswith("_agreement")):
+        raise DataError(f"{ds.identity}: a detection baseline on {metric_name} needs labelled data with a "
+                        "decoding spec", hint="record the baseline on the detector's bound evaluation split")
     return spec
+
+
+def _truth(ds, baseline_dets, metric_name: str) -> list:
+    """The ground truth: the labels, or for map_agreement / map50_agreement (data without boxes) the
+    baseline's own detections scoring >= PSEUDO_TRUTH_SCORE -- agreement with the baseline, not accuracy."""
+    if not metric_name.endswith("_agreement"):
+        return ground_truth(ds.labels)
+    return [(b[s >= PSEUDO_TRUTH_SCORE], c[s >= PSEUDO_TRUTH_SCORE]) for b, c, s in baseline_dets]
 
 
 def serialize(dets) -> list[list[list[float]]]:
@@ -43,24 +54,26 @@ def deserialize(rows) -> list:
 
 def baseline_results(out: np.ndarray, ds, metric_name: str) -> tuple[float, list, list[float]]:
     """(metric value, per-image detections, bootstrap ci95) for a baseline."""
-    spec = _spec(ds)
+    spec = _spec(ds, metric_name)
     rounded = deserialize(serialize(decode_outputs(out, spec)))     # exactly what the file will hold
-    gts = ground_truth(ds.labels)
+    gts = _truth(ds, rounded, metric_name)
     res = coco_map(rounded, gts, list(spec["classes"]))
     boots = MatchTable.build(rounded, gts, len(spec["classes"])).bootstrap(N_BOOT)
-    col = 0 if metric_name == "map" else 1
+    base = metric_name.removesuffix("_agreement")
+    col = 0 if base == "map" else 1
     ci = [float(v) for v in np.quantile(boots[:, col], [0.025, 0.975])]
-    return res[metric_name], serialize(rounded), ci
+    return res[base], serialize(rounded), ci
 
 
 def paired_test(base_rows: list, out: np.ndarray, ds, metric_name: str, margin: float,
                 seed: int = 0) -> tuple[float, float, gate.TestResult]:
     """(baseline value, candidate value, TestResult) -- values by pycocotools, the test by bootstrap."""
-    spec = _spec(ds)
+    spec = _spec(ds, metric_name)
     classes = list(spec["classes"])
-    gts = ground_truth(ds.labels)
     base = deserialize(base_rows)
+    gts = _truth(ds, base, metric_name)
     cand_rows = serialize(decode_outputs(out, spec))
+    metric_name = metric_name.removesuffix("_agreement")
     col = 0 if metric_name == "map" else 1
     vb = coco_map(base, gts, classes)[metric_name]
     if cand_rows == base_rows:     # the same detections: the same mAP on every resample, a drop of exactly 0

@@ -2,6 +2,7 @@
 bound split, re-loaded by name without torch and checked by sha256) or a `.npz` given with --data."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from edgecompile.data import Dataset, TensorSpec, load_npz, parse_spec, validate_dataset
@@ -35,6 +36,15 @@ def bound_dataset(identity: str, inputs: list[TensorSpec]) -> Dataset:
     return ds
 
 
+def with_detection_spec(ds: Dataset, bundle: Bundle) -> Dataset:
+    """A detector's data given as a file: its decoding spec (the manifest's front-end) for the mAP metrics
+    (with labels, or without them scored against the baseline's detections)."""
+    frontend = bundle.manifest.get("frontend") or {}
+    if frontend.get("kind") != "detection" or "detection" in ds.meta:
+        return ds
+    return replace(ds, meta={**ds.meta, "detection": frontend}, _sha=None)
+
+
 def text_dataset(spec: str, identity: str, bundle: Bundle) -> Dataset:
     """A text bundle's evaluation texts (`corpus:split`, see compiler.textdata) tokenized again with the
     bundle's own tokenizer and length buckets, as the build did."""
@@ -58,7 +68,7 @@ def bundle_dataset(bundle: Bundle, data: str | Path | None = None) -> Dataset:
     """The data a bundle was evaluated on (its manifest), or `data` (a `.npz`) when given."""
     inputs = _inputs(bundle)
     if data is not None:
-        return load_npz(data, inputs)
+        return with_detection_spec(load_npz(data, inputs), bundle)
     desc = (bundle.manifest.get("data") or {}).get("evaluation")
     if not desc:
         raise DataError(f"{bundle.path}: the bundle records no evaluation data", hint="pass --data FILE.npz")
@@ -78,7 +88,7 @@ def _check_data(base: dict, bundle: Bundle, data) -> tuple[Dataset, bool, list[s
     want = base["data"]
     notes: list[str] = []
     if data is not None:
-        ds = load_npz(data, inputs)
+        ds = with_detection_spec(load_npz(data, inputs), bundle)
         if ds.sha256() != want["sha256"]:
             notes.append(f"--data {Path(data).name} differs from the baseline's data ({want['identity']}); "
                          "baseline and candidate are compared unpaired (weaker test)")

@@ -118,6 +118,10 @@ METRICS: dict[str, Metric] = {
         Metric("output_cosine", True, "similarity", False, _cos),
         Metric("map", True, "percentage", True, _dataset_level, dataset_level=True),      # COCO mAP@[.5:.95]
         Metric("map50", True, "percentage", True, _dataset_level, dataset_level=True),    # COCO mAP@.5
+        # label-free detectors: the same mAPs against the reference's detections (pseudo ground truth):
+        # agreement with the FP32 model, not accuracy (verify/detection.py)
+        Metric("map_agreement", True, "percentage", False, _dataset_level, dataset_level=True),
+        Metric("map50_agreement", True, "percentage", False, _dataset_level, dataset_level=True),
         Metric("output_closeness", True, "percentage", False, _close),
         Metric("retrieval_agreement", True, "percentage", False, _retrieval),
     ]
@@ -132,10 +136,13 @@ def get_metric(name: str) -> Metric:
     return METRICS[name]
 
 
-def label_free(metric: Metric, classifier: bool) -> Metric:
-    """The metric to use when the data carry no labels: agreement with the reference."""
+def label_free(metric: Metric, classifier: bool, detection: bool = False) -> Metric:
+    """The metric to use when the data carry no labels: agreement with the reference. A detector whose
+    data carry a decoding spec (`detection`) keeps mAP, scored against the reference's detections."""
     if not metric.needs_labels:
         return metric
+    if metric.dataset_level and detection:
+        return METRICS[f"{metric.name}_agreement"]
     return METRICS["top1_agreement"] if classifier else METRICS["output_cosine"]
 
 

@@ -123,7 +123,9 @@ def make_baseline(bundle_dir: str | Path, *, data: str | Path | None = None, mea
     if _dataset_level(bundle.manifest.get("metric")):      # mAP: per-image detections (verify/detection_gate)
         from edgecompile.verify import detection_gate
 
-        metric_name = bundle.manifest["metric"]
+        metric_name = bundle.manifest["metric"].removesuffix("_agreement")
+        if ds.labels is None:          # no boxes: later candidates are scored against these detections
+            metric_name += "_agreement"
         value, per_image, ci = detection_gate.baseline_results(out, ds, metric_name)
     else:
         metric_name, scores = per_sample_results(out, ds, bundle.manifest.get("metric", "top1"), classifier)

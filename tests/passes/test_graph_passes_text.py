@@ -146,3 +146,55 @@ def test_static_quantize_without_calibration_data_is_a_data_error():
 
     with pytest.raises(DataError, match="needs calibration data"):
         Quantize(QuantizeSection())(parse(MLP, **mlp_weights()))
+
+
+STEM = """
+<ir_version: 8, opset_import: ["" : 17]>
+cnn (float[N, 3, 8, 8] x) => (float[N, 8, 8, 8] y) <float[8, 3, 3, 3] w1, float[8, 8, 3, 3] w2> {
+    [stem] a = Conv <pads = [1, 1, 1, 1]> (x, w1)
+    r = Relu(a)
+    [body] c = Conv <pads = [1, 1, 1, 1]> (r, w2)
+    y = Relu(c)
+}
+"""
+
+
+@pytest.mark.parametrize("backend, stems, float_convs", [("ort", None, ["stem"]), ("openvino", None, []),
+                                                         ("ort", 0, []), ("openvino", 3, ["stem"])])
+def test_static_quantize_keeps_a_3_channel_stem_float_where_the_preset_says(backend, stems, float_convs):
+    rng = np.random.default_rng(3)
+    w = dict(w1=rng.normal(size=(8, 3, 3, 3)).astype(np.float32) * 0.3,
+             w2=rng.normal(size=(8, 8, 3, 3)).astype(np.float32) * 0.2)
+    calib = Dataset("text-cnn", {"x": rng.random((16, 3, 8, 8)).astype(np.float32)})
+    section = QuantizeSection(calibrate="minmax", float_stem_channels=stems)
+    result = Quantize(section, backend=backend, calibration=calib)(parse(STEM, **w))
+    convs = {n.name: n for n in result.model.graph if n.op_type == "Conv"}
+    assert set(convs) == {"stem", "body"}
+    weight_from_dq = {k: n.inputs[1].producer() is not None and n.inputs[1].producer().op_type == "DequantizeLinear"
+                      for k, n in convs.items()}
+    assert weight_from_dq == {"stem": not float_convs, "body": True}
+    # the stem's output is still quantized, so the body conv reads an integer tensor
+    assert convs["body"].inputs[0].producer().op_type == "DequantizeLinear"
+    assert result.notes.get("float_stems", []) == float_convs
+    assert result.notes["preset"] == backend + ("" if stems is None else " (overridden)")
+    ref = run(parse(STEM, **w), {"x": calib.inputs["x"][:4]})
+    assert np.abs(run(result.model, {"x": calib.inputs["x"][:4]}) - ref).max() < 0.05 * np.abs(ref).max()
+
+
+def test_a_negative_float_stem_channels_is_a_config_error():
+    from edgecompile.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="float_stem_channels"):
+        Quantize(QuantizeSection(float_stem_channels=-1))
+
+
+def test_a_wide_3_channel_stem_stays_quantized_under_the_ort_preset():
+    wide = STEM.replace("float[N, 8, 8, 8] y", "float[N, 16, 8, 8] y").replace(
+        "float[8, 3, 3, 3] w1, float[8, 8, 3, 3] w2", "float[16, 3, 3, 3] w1, float[16, 16, 3, 3] w2")
+    rng = np.random.default_rng(4)
+    w = dict(w1=rng.normal(size=(16, 3, 3, 3)).astype(np.float32) * 0.3,
+             w2=rng.normal(size=(16, 16, 3, 3)).astype(np.float32) * 0.2)
+    calib = Dataset("text-cnn", {"x": rng.random((16, 3, 8, 8)).astype(np.float32)})
+    result = Quantize(QuantizeSection(calibrate="minmax"), backend="ort", calibration=calib)(parse(wide, **w))
+    stem = next(n for n in result.model.graph if n.name == "stem")
+    assert stem.inputs[1].producer().op_type == "DequantizeLinear" and "float_stems" not in result.notes
