@@ -24,13 +24,13 @@ TEXTS = ["A man is playing a guitar.", "Someone plays an instrument on stage.",
          "The Reserve Bank left interest rates unchanged this month.", "Bushfires burned near Sydney."]
 
 
-def _tiny(path, layers: int, hidden: int = 32, seed: int = 0):
+def _tiny(path, layers: int, hidden: int = 32, seed: int = 0, init_range: float = 0.02):
     import torch
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(seed)
     cfg = BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
-                     intermediate_size=2 * hidden, max_position_embeddings=512)
+                     intermediate_size=2 * hidden, max_position_embeddings=512, initializer_range=init_range)
     BertModel(cfg).eval().save_pretrained(path)
     for name in ST_FILES:
         src = MINILM / name
@@ -56,7 +56,9 @@ def _embed(model, texts):
 
 @pytest.fixture(scope="session")
 def teacher4(tmp_path_factory):
-    return _tiny(tmp_path_factory.mktemp("hfd") / "teacher4", layers=4)
+    # wide initial weights: every layer changes the embedding a lot, so dropping two of them matters
+    # (at BERT's 0.02 a random 2-of-4-layer student is already at cosine 0.9998 to its teacher)
+    return _tiny(tmp_path_factory.mktemp("hfd") / "teacher4", layers=4, init_range=0.2)
 
 
 # -- distillation ---------------------------------------------------------------------------------
@@ -68,7 +70,7 @@ def test_layer_map_ends_on_the_teacher_top_layer_and_init_copies_the_mapped_laye
     from edgecompile.errors import ConfigError
 
     assert layer_map(6, 3) == [1, 3, 5] and layer_map(4, 2) == [1, 3] and layer_map(12, 4) == [2, 5, 8, 11]
-    assert layer_map(6, 1) == [5] and layer_map(6, 5) == [0, 1, 2, 4, 5]
+    assert layer_map(6, 1) == [5] and layer_map(6, 5) == [0, 1, 3, 4, 5]
     for bad in (0, 6, 7):
         with pytest.raises(ConfigError):
             layer_map(6, bad)
@@ -87,14 +89,14 @@ def test_distillation_moves_the_student_towards_the_teacher(teacher4, tmp_path):
     from edgecompile.compiler.textdata import split_sentences
 
     texts = split_sentences("train")
-    rec = distill_student(teacher4, 2, tmp_path / "s", steps=12, texts=texts, batch_size=16, lr=2e-3)
+    rec = distill_student(teacher4, 2, tmp_path / "s", steps=12, texts=texts, batch_size=16, lr=1e-3)
     assert rec["layer_map"] == {"student 1": "teacher 2", "student 2": "teacher 4"} and rec["steps"] == 12
     teacher = load_encoder(teacher4)
     evalt = split_sentences("eval")[:64]
     ref = _embed(teacher, evalt)
     before = np.sum(_embed(init_student(teacher, [1, 3]).eval(), evalt) * ref, 1).mean()
     after = np.sum(_embed(load_encoder(tmp_path / "s"), evalt) * ref, 1).mean()
-    assert after > before, (before, after)        # held-out sentences: the student got closer to the teacher
+    assert before < 0.7 and after > before + 0.2, (before, after)    # held-out sentences (measured: 0.56 -> 0.94)
 
 
 def test_distill_cli_writes_a_buildable_student_and_compares_it(teacher4, tmp_path):
@@ -182,7 +184,7 @@ def lora_case(tmp_path_factory):
 
 
 def test_lora_bundle_equals_the_merged_model_and_differs_from_the_base(lora_case, tmp_path):
-    import edgecompile
+    from edgecompile.compiler.hf import _fingerprint
     from edgecompile.runtime import load
 
     base_dir, adapter, base_emb, merged_emb = lora_case
@@ -200,11 +202,10 @@ def test_lora_bundle_equals_the_merged_model_and_differs_from_the_base(lora_case
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         h.update(name.encode() + b"\0" + (adapter / name).read_bytes())
     rec = man["model"]["adapter"]
-    assert rec["sha256"] == h.hexdigest() and rec["r"] == 4 and rec["merged_modules"] == 2 * 5 + 1   # q, v, 3 dense per layer + pooler
+    assert rec["sha256"] == h.hexdigest() and rec["r"] == 4
+    assert rec["merged_modules"] == 2 * 5 + 1         # query, value and 3 dense per layer, + the pooler's dense
     assert json.loads((tmp_path / "b" / "report.json").read_text())["adapter"]["sha256"] == h.hexdigest()
-    plain = edgecompile.build(base_dir, target="cpu", backend="ort", precision="fp32", output=tmp_path / "plain")
-    assert plain.manifest["model"]["fingerprint"] != man["model"]["fingerprint"]
-    assert "adapter" not in plain.manifest["model"]
+    assert man["model"]["fingerprint"] != _fingerprint(base_dir, "feature-extraction")   # the base's
 
 
 def test_lora_bad_adapters_are_one_line_errors(lora_case, tmp_path):
