@@ -62,7 +62,8 @@ def _export_cached(src) -> None:
     meta = json.loads(meta_file.read_text())
     src.inputs = [TensorSpec(n, ("batch", "sequence"), "int64") for n in meta["inputs"]]
     src.parity = meta["parity"]
-    src.adapter = meta.get("adapter") or src.adapter
+    if src.lora is not None:             # merge counts from the export, path and hash of this adapter
+        src.adapter = {**(meta.get("adapter") or {}), **src.lora.record()}
     src.path = entry / "model.onnx"
 
 
