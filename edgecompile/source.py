@@ -77,7 +77,10 @@ class OnnxModelSource:
 ModelSource = TorchModelSource | OnnxModelSource
 
 
-def resolve_source(spec: str | Path, task: str | None = None) -> ModelSource:
+def resolve_source(spec: str | Path, task: str | None = None, *, lora: str | Path | None = None) -> ModelSource:
+    """`lora`: a PEFT LoRA adapter directory, merged into a Hugging Face encoder's weights before export."""
+    if lora is not None:
+        return _with_lora(spec, task, lora)
     text = str(spec)
     path = Path(text)
     if task is not None and not (path / "config.json").is_file():
@@ -119,6 +122,24 @@ def resolve_source(spec: str | Path, task: str | None = None) -> ModelSource:
         )
     raise ModelLoadError(f"{text}: unsupported model file type {path.suffix or '(none)'!r}",
                          hint="pass a .onnx file or a model package directory")
+
+
+def _with_lora(spec, task, lora) -> ModelSource:
+    from edgecompile.compiler.hf import hf_source
+    from edgecompile.errors import ConfigError
+
+    path = Path(str(spec))
+    plain_hf = path.is_dir() and (path / "config.json").is_file() and not (path / "__init__.py").is_file()
+    if plain_hf:
+        from edgecompile.compiler.decoder import is_decoder_dir
+
+        if not is_decoder_dir(path):
+            return hf_source(path, task, lora=lora)
+    src = None if plain_hf else resolve_source(spec, task)
+    if src is None or src.kind != "hf":
+        raise ConfigError(f"--lora applies to Hugging Face encoder/classifier models, not {str(spec)!r}",
+                          hint="pass a Hugging Face model directory (or a package such as models/minilm)")
+    return hf_source(src.directory, src.task, name=src.name, lora=lora)
 
 
 def _import_dir(path: Path):

@@ -23,6 +23,8 @@ from edgecompile.cli.common import Ctx, _load_config, _show_built, emit_json, ve
 @click.option("-c", "--config", "config_path", type=click.Path(), help="TOML config (default: ./edgecompile.toml).")
 @click.option("--task", type=click.Choice(["feature-extraction", "text-classification"]),
               help="Hugging Face model directories: what to export (default: from config.json).")
+@click.option("--lora", type=click.Path(), metavar="ADAPTER_DIR",
+              help="Hugging Face models: merge this PEFT LoRA adapter into the weights before export.")
 @click.option("--strict", is_flag=True, default=None, help="Exit 3 when the requested precision cannot be met.")
 @click.option("--force", is_flag=True, default=None, help="Ship the requested precision regardless.")
 @click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads for measurement and the manifest.")
@@ -68,6 +70,7 @@ def build(
     data,
     config_path,
     task,
+    lora,
     strict,
     force,
     threads,
@@ -104,14 +107,22 @@ def build(
     progress = obj.progress(json_mode)
     bundle = run_build(model, target, output=output, backend=backend, precision=precision, data=data,
                        config=cfg, strict=strict, force=force, threads=threads, progress=progress,
-                       cache=not no_cache, task=task, prune=prune, finetune_epochs=finetune_epochs,
+                       cache=not no_cache, task=task, lora=lora, prune=prune, finetune_epochs=finetune_epochs,
                        distill=distill, tune_trials=tune_trials, tune_timeout=tune_timeout)
     _show_built(obj, bundle, json_mode)
 
 
 @click.command()
-@click.option("--teacher", required=True, help="Teacher model (a models/<name> package or built-in name).")
-@click.option("--student", required=True, help="Student model to train and build (same inputs, same classes).")
+@click.option("--teacher", required=True, help="Teacher model (a models/<name> package, a built-in name, or a "
+              "Hugging Face encoder directory with --student-layers).")
+@click.option("--student", help="Student model to train and build (same inputs, same classes); with "
+              "--student-layers: the Hugging Face directory to write (default: OUTPUT-student, else TEACHER-NL).")
+@click.option("--student-layers", "student_layers", type=int, metavar="N",
+              help="Hugging Face encoders: a student of the teacher's N layers (TinyBERT-style distillation "
+                   "of hidden states, attention maps and pooled outputs on unlabelled text).")
+@click.option("--steps", type=int, help="--student-layers: training steps of 32 texts (default 300).")
+@click.option("--data", type=click.Path(), help="--student-layers: a UTF-8 text file, one unlabelled text per line "
+              "(default: gensim's Lee background sentences, the evaluation ones held out).")
 @click.option("-t", "--target", help="Device profile for the student's bundle. Default: cpu.")
 @click.option("-b", "--backend", help="Engine, where the target allows several.")
 @click.option("-p", "--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8", "auto"]),
@@ -127,12 +138,28 @@ def build(
 @click.option("--json", "json_mode", is_flag=True, help="Print report.json to stdout.")
 @verbosity_options
 @click.pass_obj
-def distill(obj: Ctx, teacher, student, target, backend, precision, output, config_path, epochs, temperature, alpha,
-            features, compare, json_mode):
-    """Train STUDENT against TEACHER (knowledge distillation), then build the student's bundle."""
+def distill(obj: Ctx, teacher, student, student_layers, steps, data, target, backend, precision, output, config_path,
+            epochs, temperature, alpha, features, compare, json_mode):
+    """Train STUDENT against TEACHER (knowledge distillation), then build the student's bundle.
+
+    With --student-layers N (Hugging Face encoders): build an N-layer student from the teacher's layers,
+    distill it on unlabelled text, save it as a Hugging Face directory, build it, and compare it with the
+    teacher's bundle (size, speed, mean cosine, retrieval agreement, Spearman vs human judgements)."""
     from edgecompile.compiler.pipeline import build as run_build
+    from edgecompile.errors import ConfigError
 
     cfg = _load_config(config_path)
+    if student_layers is not None:
+        _distill_layers(obj, cfg, teacher, student, student_layers, steps, data, target, backend, precision, output,
+                        {"--epochs": epochs, "--temperature": temperature, "--alpha": alpha, "--feature": features,
+                         "--compare": compare}, json_mode)
+        return
+    if student is None:
+        raise ConfigError("distill needs --student MODEL or --student-layers N",
+                          hint="--student for torch packages; --student-layers N for Hugging Face encoders")
+    for flag, value in (("--steps", steps), ("--data", data)):
+        if value is not None:
+            raise ConfigError(f"{flag} applies with --student-layers", hint="torch students train for --epochs")
     cfg = cfg.with_overrides({"passes.distill.teacher": teacher, "passes.distill.epochs": epochs,
                               "passes.distill.temperature": temperature, "passes.distill.alpha": alpha,
                               "passes.distill.features": list(features) or None, "passes.distill.compare": compare})
@@ -144,6 +171,30 @@ def distill(obj: Ctx, teacher, student, target, backend, precision, output, conf
         for r in (rep.get("distillation") or {}).get("steps", []):
             if r.get("metric") is not None:
                 click.echo(f"  {r['stage']:<48} {r['metric_name']} {r['metric']:.4f}  params {r['params']}")
+
+
+def _distill_layers(obj: Ctx, cfg, teacher, student, layers, steps, data, target, backend, precision, output,
+                    torch_only: dict, json_mode):
+    from edgecompile.compiler.hf_distill import distill_and_build
+    from edgecompile.errors import ConfigError
+
+    for flag, value in torch_only.items():
+        if value:
+            raise ConfigError(f"{flag} applies to torch students (--student), not with --student-layers",
+                              hint="--student-layers takes --steps and --data")
+    bundle, section = distill_and_build(teacher, layers, student_dir=student, output=output,
+                                        steps=300 if steps is None else steps, data=data, target=target,
+                                        backend=backend, precision=precision, config=cfg,
+                                        progress=obj.progress(json_mode))
+    _show_built(obj, bundle, json_mode)
+    if not json_mode and not obj.quiet:
+        click.echo(f"\nstudent directory: {section['student_dir']}  (layers "
+                   f"{', '.join(section['training']['layer_map'].values())})")
+        rows = section["rows"]
+        widths = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in rows[0]}
+        click.echo("  ".join(k.ljust(w) for k, w in widths.items()))
+        for r in rows:
+            click.echo("  ".join(str(r[k]).ljust(w) for k, w in widths.items()))
 
 
 @click.command()

@@ -29,6 +29,7 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4", "auto")
 class ModelSection:
     source: str | None = None
     task: str | None = None             # Hugging Face directories: feature-extraction | text-classification
+    lora: str | None = None             # Hugging Face directories: a PEFT LoRA adapter merged before export
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,8 @@ class HfModelSource:
     parity: dict | None = None
     frontend: dict | None = None        # written with the tokenizer artifact by write_frontend (pipeline)
     path: Path | None = None            # the exported ONNX (set by hf_source)
+    lora: object = None                 # an edgecompile.compiler.lora.Adapter merged before export
+    adapter: dict | None = None         # its record (path, sha256, r, alpha, targets) for the manifest
     _tokenizer: object = field(default=None, repr=False)
 
     # -- data ------------------------------------------------------------------------------
@@ -170,9 +172,16 @@ def _pooling(directory: Path) -> tuple[str, bool, bool]:
     return modes[0], normalize, True
 
 
-def hf_source(directory: str | Path, task: str | None = None, *, name: str | None = None) -> HfModelSource:
-    """A Hugging Face model directory as a source: exported (or from the cache) and parity-checked."""
+def hf_source(directory: str | Path, task: str | None = None, *, name: str | None = None,
+              lora: str | Path | None = None) -> HfModelSource:
+    """A Hugging Face model directory as a source: exported (or from the cache) and parity-checked.
+    `lora`: a PEFT LoRA adapter directory merged into the weights before export (edgecompile.compiler.lora)."""
     directory = Path(directory)
+    adapter = None
+    if lora is not None:
+        from edgecompile.compiler.lora import read_adapter
+
+        adapter = read_adapter(lora)
     config = _read_json(directory / "config.json", "config.json")
     if not isinstance(config, dict) or "model_type" not in config:
         raise ModelLoadError(f"{directory}/config.json has no model_type", hint="not a transformers model directory")
@@ -212,13 +221,16 @@ def hf_source(directory: str | Path, task: str | None = None, *, name: str | Non
         task=task,
         inputs=[],
         outputs=outputs,
-        fingerprint=_fingerprint(directory, task),
+        fingerprint=_fingerprint(directory, task) if adapter is None else hashlib.sha256(
+            f"{_fingerprint(directory, task)}\0lora\0{adapter.sha256}".encode()).hexdigest(),
         metric=metric,
         pooling=pooling,
         normalize=normalize,
         max_length=max_length,
         class_labels=labels,
         model_type=ORT_MODEL_TYPES.get(config["model_type"], "bert"),
+        lora=adapter,
+        adapter=adapter.record() if adapter is not None else None,
     )
     src.default_evaluation = f"{src.name}:eval"
     src.default_calibration = f"{src.name}:calib"

@@ -52,7 +52,7 @@ def _export_cached(src) -> None:
         tmp.mkdir(parents=True)
         try:
             inputs, parity = _export(src, tmp)
-            (tmp / "meta.json").write_text(json.dumps({"inputs": inputs, "parity": parity}))
+            (tmp / "meta.json").write_text(json.dumps({"inputs": inputs, "parity": parity, "adapter": src.adapter}))
             try:
                 tmp.rename(entry)
             except OSError:          # another process finished first: keep its entry
@@ -62,6 +62,8 @@ def _export_cached(src) -> None:
     meta = json.loads(meta_file.read_text())
     src.inputs = [TensorSpec(n, ("batch", "sequence"), "int64") for n in meta["inputs"]]
     src.parity = meta["parity"]
+    if src.lora is not None:             # merge counts from the export, path and hash of this adapter
+        src.adapter = {**(meta.get("adapter") or {}), **src.lora.record()}
     src.path = entry / "model.onnx"
 
 
@@ -74,6 +76,7 @@ def _code_key() -> str:
     for rel in (
         "compiler/hf.py",
         "compiler/hf_export.py",
+        "compiler/lora.py",
         "compiler/textdata.py",
         "runtime/text.py",
         "verify/metrics.py",
@@ -101,6 +104,10 @@ def _load_torch_model(src):
         msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else exc.__class__.__name__
         raise ModelLoadError(f"{src.directory}: loading the model failed: {msg}",
                              hint="check the directory is a complete save_pretrained output") from None
+    if src.lora is not None:              # the parity check then compares the export with the merged model
+        from edgecompile.compiler.lora import merge_lora
+
+        src.adapter = {**src.lora.record(), **merge_lora(model, src.lora)}
     return model.eval()
 
 

@@ -33,13 +33,14 @@ def build(model: str | Path | None = None, target: str | None = None, *, output:
           config: Config | str | Path | None = None, strict: bool | None = None, force: bool | None = None,
           threads: int | None = None, progress: Progress | None = None, cache: bool = True,
           prune: float | None = None, finetune_epochs: int | None = None, distill: bool | None = None,
-          task: str | None = None, **options: Any) -> Bundle:
+          task: str | None = None, lora: str | Path | None = None, **options: Any) -> Bundle:
     """Build a bundle. Keyword arguments override the config file, which overrides defaults.
 
     `cache=False` neither reads nor writes the build cache (see edgecompile.compiler.buildcache).
     `model` is a path/name or an already resolved `ModelSource` (e.g. a distilled student).
     `prune`, `finetune_epochs`, `distill` set [passes.prune] ratio / finetune_epochs / distill.
     `task` sets [model] task (Hugging Face directories: feature-extraction | text-classification).
+    `lora` sets [model] lora: a PEFT LoRA adapter directory merged into a Hugging Face model before export.
     `options` carries Python-API-only extras for passes (e.g. `finetune=callable`,
     `calibration_data=iterable of feed dicts`); builds with options bypass the build cache,
     since callables cannot be part of a content key. `tune_trials` / `tune_timeout` (minutes)
@@ -51,7 +52,7 @@ def build(model: str | Path | None = None, target: str | None = None, *, output:
     cfg = cfg.with_overrides(
         {
             "model.source": (source.name if source is not None else str(model)) if model is not None else None,
-            "model.task": task, "build.target": target,
+            "model.task": task, "model.lora": str(lora) if lora is not None else None, "build.target": target,
             "build.backend": backend,
             "build.precision": precision,
             "build.strict": strict,

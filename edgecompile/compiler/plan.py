@@ -66,7 +66,8 @@ def make_plan(cfg: Config, *, output: str | Path | None, data: str | Path | None
         raise TargetUnavailableError(f"backend {backend!r} is not available: {avail.reason}",
                                      hint=avail.hint or f"pip install 'edgecompile[{backend}]'")
     target.check_config(cfg)      # e.g. an OpenVINO device this machine does not have
-    source = source if source is not None else resolve_source(cfg.model.source, cfg.model.task)
+    source = source if source is not None else resolve_source(cfg.model.source, cfg.model.task,
+                                                                        lora=cfg.model.lora)
     precision = cfg.build.precision or profile.default_precision
     if data is not None:
         ds_path = str(data)

@@ -23,6 +23,7 @@ def build_report(plan, manifest: dict, measured: dict, records, parity, precisio
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "model": manifest["model"]["name"],
         "model_kind": manifest["model"]["kind"],
+        "adapter": manifest["model"].get("adapter"),
         "target": manifest["target"],
         "backend": manifest["backend"],
         "precision": manifest["precision"],

@@ -297,7 +297,8 @@ def sections(report: dict, bundle_dir: str | Path | None = None) -> list[Section
 
     out.append(Section("passes", "Passes", OK if report.get("passes") else "no passes ran", report.get("passes") or []))
     if report.get("distillation"):
-        out.append(Section("distillation", "Distillation", OK, module_pass_rows(report["distillation"])))
+        dist = report["distillation"]      # torch students: per-step rows; HF layer-dropping: flat rows
+        out.append(Section("distillation", "Distillation", OK, dist.get("rows") or module_pass_rows(dist)))
     if report.get("pruning"):
         out.append(Section("pruning", "Pruning", OK, module_pass_rows(report["pruning"])))
     out.extend(task_sections(report))        # regression scatter, detection boxes (issue 25)
