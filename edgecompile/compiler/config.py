@@ -63,6 +63,8 @@ class QuantizeSection:
     block_size: int | None = None      # weight-only int4/int8 (decoders): block along K; None: 32
     equalize: bool = True              # static: cross-layer equalization before calibrating (passes/equalize.py)
     bias_correction: bool = True       # static: empirical bias correction after (passes/bias_correction.py)
+    smooth_alpha: float = 0.5          # SmoothQuant-style smoothing of LayerNorm outputs read by MatMul/Attention
+                                       # (transformers; passes/smoothquant.py), from calibration data; 0 = off
 
 
 @dataclass(frozen=True)
