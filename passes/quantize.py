@@ -98,7 +98,7 @@ class Quantize(FunctionalGraphPass):
         self.calibration_data = calibration_data   # Python API: an iterable of feeds, preferred when given
         self.threads = threads
         self.progress = progress
-        self._calibrated = None              # (proto, preset, ranges, notes) of the last static run
+        self._calibrated, self.smoothing = None, None   # the last static run (proto, preset, ranges, notes)
         if self.section.mode not in ("static", "dynamic"):
             raise ConfigError(f"the quantize pass runs static or dynamic PTQ, not {self.section.mode!r}",
                               hint="mode 'qat' is handled by the QAT module pass")
@@ -113,8 +113,8 @@ class Quantize(FunctionalGraphPass):
         opts = {"mode": s.mode, "per_channel": s.per_channel}
         if self.exclude:
             opts["exclude"] = list(self.exclude)
-        if s.smooth_alpha:
-            opts["smooth_alpha"] = s.smooth_alpha
+        if self.smoothing:           # after a run: what the smoothing did (the manifest records it)
+            opts["smoothing"] = self.smoothing
         if s.mode == "static":
             opts.update(calibrate=s.calibrate, calib_samples=s.calib_samples, equalize=s.equalize,
                         bias_correction=s.bias_correction)
@@ -134,7 +134,11 @@ class Quantize(FunctionalGraphPass):
         if self.section.mode == "dynamic" and self.backend == "tensorrt":
             raise ConfigError("TensorRT runs static (QDQ) INT8 only, not dynamic quantization",
                               hint="use --quantize static with calibration data")
-        proto, smooth_notes = self._smooth(proto) if self.section.smooth_alpha else (proto, {})
+        if self.section.smooth_alpha:        # transformers: LayerNorm-output outliers into the weights
+            from edgecompile.passes.smoothquant import smooth_proto
+
+            has_data = self.calibration is not None or self.calibration_data is not None
+            proto, self.smoothing = smooth_proto(proto, self._calibration_feeds, self.section.smooth_alpha, has_data)
         with _quiet_ort_logging():
             if self.section.mode == "dynamic":
                 out, notes = self._dynamic(proto, preset)
@@ -142,15 +146,10 @@ class Quantize(FunctionalGraphPass):
                 out, notes = self._static(proto, preset)
         if out is None:
             return PassResult(model.clone(), False, notes)
-        notes = {"mode": self.section.mode, "preset": preset_name, **smooth_notes, **notes}
+        notes = {"mode": self.section.mode, "preset": preset_name, **notes}
+        if self.smoothing:
+            notes["smoothing"] = self.smoothing
         return PassResult(ir.from_proto(out), True, notes)
-
-    def _smooth(self, proto):
-        """Transformers: LayerNorm-output outliers migrated into the weights (passes/smoothquant.py)."""
-        from edgecompile.passes.smoothquant import smooth_proto
-
-        has_data = self.calibration is not None or self.calibration_data is not None
-        return smooth_proto(proto, self._calibration_feeds(proto)[0] if has_data else None, self.section.smooth_alpha)
 
     # -- static -------------------------------------------------------------------------------
     def _calibration_feeds(self, proto):

@@ -146,14 +146,15 @@ class SmoothQuant(FunctionalGraphPass):
         return True
 
 
-def smooth_proto(proto, feeds, alpha: float):
-    """The quantize pass's step: (smoothed ModelProto, notes); unchanged where nothing qualifies or,
-    for dynamic INT8 without calibration data, where no activation ranges can be measured."""
-    smoother = SmoothQuant(feeds, alpha)        # checks alpha even where nothing qualifies
+def smooth_proto(proto, calibration_feeds, alpha: float, has_data: bool):
+    """The quantize pass's step: (ModelProto, notes or None). `calibration_feeds(proto)[0]` gives the
+    feeds; without calibration data (dynamic INT8) nothing can be measured and the graph stays as is."""
+    smoother = SmoothQuant(None, alpha)         # checks alpha even where nothing qualifies
     model = ir.from_proto(proto)
     if not smoothing_groups(model):
-        return proto, {}
-    if feeds is None:
-        return proto, {"smoothing": "skipped: no calibration data to measure activation ranges"}
+        return proto, None
+    if not has_data:
+        return proto, "skipped: no calibration data to measure activation ranges"
+    smoother.feeds = list(calibration_feeds(proto)[0])
     result = smoother(model)
-    return ir.to_proto(result.model), {"smoothing": dict(result.notes)}
+    return ir.to_proto(result.model), dict(result.notes)
