@@ -1,6 +1,7 @@
 """all-MiniLM-L6-v2 (models/minilm) side by side in one run: our text bundles vs raw engines.
 
-    .venv/bin/python bench/transformers.py [--fp32 DIR] [--int8 DIR] [--rounds 7] [--threads 2]
+    .venv/bin/python bench/transformers.py [--fp32 DIR] [--int8 DIR] [--int8-nosmooth DIR] [--rounds 7]
+                                         [--threads 2]
 
 Latency: batch 1, one real text of 120-128 tokens (Lee sentences joined), padded to 128, with
 tokenization included for every candidate: our bundles through `runner.encode([text])`; peers
@@ -9,7 +10,12 @@ where the graph has none. Interleaved rounds (rotating order) so machine-load dr
 Peers, on the plain optimum export (`hf_source(...).path`: the optimum graph + the pooling nodes):
   * raw ORT FP32 (ORT_ENABLE_ALL session optimisations) -- the ratio base;
   * ORT's own transformer optimizer + `quantize_dynamic` (per-channel, MatMul/Attention);
-  * raw OpenVINO, f32 inference hint.
+  * raw OpenVINO, f32 inference hint;
+  * ORT's MatMulNBits, 8-bit weights in blocks of 128 with accuracy_level 4 (activations quantized
+    to int8 per block at run time) on ORT's fused graph (the fused Attention stays FP32): the most
+    accurate INT8 form measured, listed to show its speed.
+Ours: fp32 (fused), int8 (dynamic, SmoothQuant-style smoothing of the LayerNorm outputs, the
+default) and int8 with smoothing off (`smooth_alpha = 0`, the earlier default).
 Accuracy vs raw ORT FP32 on real text: mean/min embedding cosine over the 256 evaluation sentences,
 nearest-neighbour retrieval top-1 agreement over them, and Spearman correlation with the human
 judgements of the 50 Lee documents (each candidate and FP32).
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -115,6 +122,21 @@ def ort_optimized_dynamic(src_path: Path, work: Path) -> Path:
     return out
 
 
+def ort_matmul_nbits8(fused: Path, work: Path, block_size: int = 128) -> Path:
+    """ORT's MatMulNBitsQuantizer, 8 bits, symmetric, accuracy_level 4 (int8 activations per block)."""
+    import logging
+
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.ERROR)
+    q = MatMulNBitsQuantizer(onnx.load(str(fused)), bits=8, block_size=block_size, is_symmetric=True, accuracy_level=4)
+    q.process()
+    out = work / f"ort-nbits8-b{block_size}.onnx"
+    q.model.save_model_to_file(str(out))
+    return out
+
+
 FRESH_OURS = """
 import sys, time
 def hwm():   # peak RSS of this process in KiB (ru_maxrss would carry over the forking parent's peak)
@@ -161,6 +183,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fp32", type=Path, help="our fp32 bundle of models/minilm (default: build it)")
     ap.add_argument("--int8", type=Path, help="our int8 bundle of models/minilm (default: build it)")
+    ap.add_argument("--int8-nosmooth", type=Path, help="our int8 bundle built with smooth_alpha = 0 (default: build)")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--round-seconds", type=float, default=0.5)
     ap.add_argument("--threads", type=int, default=2)
@@ -180,6 +203,7 @@ def main() -> None:
     from edgecompile.verify.textmetrics import nearest_neighbours, spearman_vs_human
 
     t_start = time.perf_counter()
+    load_before = f"{os.getloadavg()[0]:.2f}"
     work = Path(tempfile.mkdtemp(prefix="bench-transformers-"))
     src = resolve_source("models/minilm")
     fp32_dir = args.fp32 or edgecompile.build(src, target="cpu", backend="ort", precision="fp32",
@@ -187,23 +211,32 @@ def main() -> None:
     int8_dir = args.int8 or edgecompile.build(src, target="cpu", backend="ort", precision="int8",
                                               config=Config().with_overrides({"passes.quantize.mode": "dynamic"}),
                                               output=work / "int8").path
+    nosmooth_cfg = Config().with_overrides({"passes.quantize.mode": "dynamic", "passes.quantize.smooth_alpha": 0.0})
+    nosmooth_dir = args.int8_nosmooth or edgecompile.build(src, target="cpu", backend="ort", precision="int8",
+                                                           config=nosmooth_cfg, output=work / "int8-nosmooth").path
     tok = load_tokenizer(src.directory / "tokenizer.json", src.max_length)
     TEXT = long_text(tok)
     n_tokens = len(tok.encode(TEXT).ids)
     names = [s.name for s in src.inputs]
     plain = src.path
     peer_q = ort_optimized_dynamic(plain, work)
+    peer_nbits = ort_matmul_nbits8(work / "ort-optimized.onnx", work)
 
     ours_fp32 = load(fp32_dir, threads=args.threads)
     ours_int8 = load(int8_dir, threads=args.threads)
+    ours_nosmooth = load(nosmooth_dir, threads=args.threads)
     cands = [
         Candidate("raw ORT fp32, plain optimum export", engine_encoder(ort_run(plain, args.threads), tok, names)),
         Candidate(
             "ORT optimizer + quantize_dynamic (per-channel)", engine_encoder(ort_run(peer_q, args.threads), tok, names)
         ),
         Candidate("raw OpenVINO f32, plain optimum export", engine_encoder(ov_run(plain, args.threads), tok, names)),
+        Candidate("ORT fused + MatMulNBits 8-bit b128 acc4", engine_encoder(ort_run(peer_nbits, args.threads), tok,
+                                                                            names)),
         Candidate(f"ours: {fp32_dir.name} ({ours_fp32.bundle.manifest['precision']}, fused)", ours_fp32.encode),
-        Candidate(f"ours: {int8_dir.name} ({ours_int8.bundle.manifest['precision']})", ours_int8.encode),
+        Candidate(f"ours: {int8_dir.name} ({ours_int8.bundle.manifest['precision']}, smoothed)", ours_int8.encode),
+        Candidate(f"ours: {nosmooth_dir.name} ({ours_nosmooth.bundle.manifest['precision']}, smoothing off)",
+                  ours_nosmooth.encode),
     ]
     # accuracy on real text vs raw ORT fp32
     eval_texts = src.texts("eval")
@@ -236,7 +269,8 @@ def main() -> None:
              f"CPU: {cpu.get('model')} ({cpu.get('cores')} cores), threads {args.threads}; "
              + ", ".join(f"{k} {v}" for k, v in tv.items() if k in ("onnxruntime", "openvino", "tokenizers", "onnx")),
              f"model: all-MiniLM-L6-v2 (models/minilm); latency: batch 1, {n_tokens}-token text padded to 128, "
-             f"tokenization included; {args.rounds} interleaved rounds",
+             f"tokenization included; {args.rounds} interleaved rounds; load average {load_before} (start), "
+             f"{os.getloadavg()[0]:.2f} (end)",
              f"accuracy vs raw ORT fp32 on {len(eval_texts)} Lee sentences (cosine, retrieval top-1 agreement) "
              f"and 50 Lee documents (Spearman vs human; fp32 rho {rho_ref:.4f})",
              "",
@@ -252,7 +286,9 @@ def main() -> None:
               f"  raw ORT + tokenizers (same model.onnx):        {1e3 * rt:8.1f} ms  {rrss:7.1f} MiB peak RSS",
               f"  ratio: time {ot / rt:.2f}x, memory {orss / rrss:.2f}x",
               "", "int8 bundle: " + json.dumps({k: ours_int8.bundle.manifest.get(k) for k in ("precision", "backend")})
-              + ", passes " + ", ".join(p["name"] for p in ours_int8.bundle.manifest["passes"])]
+              + ", passes " + ", ".join(p["name"] for p in ours_int8.bundle.manifest["passes"]),
+              "int8 quantize options: " + json.dumps(next(p["options"] for p in ours_int8.bundle.manifest["passes"]
+                                                          if p["name"] == "quantize"))]
     text = "\n".join(lines) + "\n"
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)

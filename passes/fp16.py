@@ -136,14 +136,14 @@ def convert(model, block: set[str], keep_io_fp32: bool = True) -> dict:
     # 2. FP32 islands for blocked ops
     islands = 0
     island_ops = set()
-    for node in [n for n in graph if n.op_type in block]:
-        touched = False
+    for nb, node in enumerate([n for n in graph if n.op_type in block]):
+        touched, tag = False, node.name or f"{node.op_type}_{nb}"   # fused graphs have unnamed nodes
         for i, inp in enumerate(node.inputs):
             if inp is not None and inp.dtype == F16:
-                cast = ir.node("Cast", [inp], {"to": F32.value}, name=f"{node.name}_in{i}_to_fp32")
+                cast = ir.node("Cast", [inp], {"to": F32.value}, name=f"{tag}_in{i}_to_fp32")
                 cast.outputs[0].dtype = F32
                 cast.outputs[0].shape = inp.shape
-                cast.outputs[0].name = f"{node.name}_in{i}_fp32"
+                cast.outputs[0].name = f"{tag}_in{i}_fp32"
                 graph.insert_before(node, cast)
                 node.replace_input_with(i, cast.outputs[0])
                 touched = True
@@ -157,7 +157,7 @@ def convert(model, block: set[str], keep_io_fp32: bool = True) -> dict:
             slots = [k for k, o in enumerate(graph.outputs) if o is out]
             name = out.name
             out.name, out.dtype = f"{name}_fp32", F32
-            cast = ir.node("Cast", [out], {"to": F16.value}, name=f"{node.name}_out{j}_to_fp16")
+            cast = ir.node("Cast", [out], {"to": F16.value}, name=f"{tag}_out{j}_to_fp16")
             half = cast.outputs[0]
             half.name, half.dtype, half.shape = name, F16, out.shape
             graph.insert_after(node, cast)

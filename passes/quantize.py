@@ -19,6 +19,7 @@ import numpy as np
 from edgecompile.errors import ConfigError, DataError
 from edgecompile.passes.base import FunctionalGraphPass, PassResult
 from edgecompile.passes.float_stems import float_stems
+from edgecompile.passes.gemm_rewrite import gemm_to_matmul
 from edgecompile.targets.base import U8S8, QuantPreset
 
 
@@ -101,7 +102,7 @@ class Quantize(FunctionalGraphPass):
         self.calibration_data = calibration_data   # Python API: an iterable of feeds, preferred when given
         self.threads = threads
         self.progress = progress
-        self._calibrated = None              # (proto, preset, ranges, notes) of the last static run
+        self._calibrated, self.smoothing = None, None   # the last static run (proto, preset, ranges, notes)
         if self.section.mode not in ("static", "dynamic"):
             raise ConfigError(f"the quantize pass runs static or dynamic PTQ, not {self.section.mode!r}",
                               hint="mode 'qat' is handled by the QAT module pass")
@@ -118,6 +119,8 @@ class Quantize(FunctionalGraphPass):
         opts = {"mode": s.mode, "per_channel": s.per_channel}
         if self.exclude:
             opts["exclude"] = list(self.exclude)
+        if self.smoothing:           # after a run: what the smoothing did (the manifest records it)
+            opts["smoothing"] = self.smoothing
         if s.mode == "static":
             opts.update(calibrate=s.calibrate, calib_samples=s.calib_samples, equalize=s.equalize,
                         bias_correction=s.bias_correction)
@@ -137,6 +140,11 @@ class Quantize(FunctionalGraphPass):
         if self.section.mode == "dynamic" and self.backend == "tensorrt":
             raise ConfigError("TensorRT runs static (QDQ) INT8 only, not dynamic quantization",
                               hint="use --quantize static with calibration data")
+        if self.section.smooth_alpha:        # transformers: LayerNorm-output outliers into the weights
+            from edgecompile.passes.smoothquant import smooth_proto
+
+            has_data = self.calibration is not None or self.calibration_data is not None
+            proto, self.smoothing = smooth_proto(proto, self._calibration_feeds, self.section.smooth_alpha, has_data)
         with _quiet_ort_logging():
             if self.section.mode == "dynamic":
                 out, notes = self._dynamic(proto, preset)
@@ -145,6 +153,8 @@ class Quantize(FunctionalGraphPass):
         if out is None:
             return PassResult(model.clone(), False, notes)
         notes = {"mode": self.section.mode, "preset": preset_name, **notes}
+        if self.smoothing:
+            notes["smoothing"] = self.smoothing
         return PassResult(ir.from_proto(out), True, notes)
 
     # -- static -------------------------------------------------------------------------------
@@ -355,46 +365,3 @@ def _quantized_ops(proto) -> int:
     dq_out = {o for n in proto.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     return sum(1 for n in proto.graph.node
                if n.op_type in COMPUTE_OPS and len(n.input) > 1 and n.input[1] in dq_out)
-
-
-def gemm_to_matmul(proto):
-    """Rewrite Gemm(A, B[, C]) with a constant B (alpha = beta = 1, no transA) as MatMul(A, B') + C,
-    so dynamic quantization (MatMulInteger) applies to it. Returns (model, count)."""
-    import onnx
-    from onnx import helper, numpy_helper
-
-    inits = {i.name: i for i in proto.graph.initializer}
-    model = onnx.ModelProto()
-    model.CopyFrom(proto)
-    nodes, count = [], 0
-    for node in model.graph.node:
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if (node.op_type != "Gemm" or node.input[1] not in inits or attrs.get("transA", 0)
-                or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
-            nodes.append(node)
-            continue
-        b = numpy_helper.to_array(inits[node.input[1]])
-        if attrs.get("transB", 0):
-            b = np.ascontiguousarray(b.T)
-        b_name = f"{node.input[1]}__matmul_{count}"
-        model.graph.initializer.append(numpy_helper.from_array(b, b_name))
-        has_c = len(node.input) > 2 and node.input[2]
-        mm_out = f"{node.output[0]}__matmul" if has_c else node.output[0]
-        nodes.append(
-            helper.make_node("MatMul", [node.input[0], b_name], [mm_out], name=f"{node.name or 'gemm'}_matmul{count}")
-        )
-        if has_c:
-            nodes.append(
-                helper.make_node(
-                    "Add", [mm_out, node.input[2]], [node.output[0]], name=f"{node.name or 'gemm'}_add{count}"
-                )
-            )
-        count += 1
-    if count:
-        del model.graph.node[:]
-        model.graph.node.extend(nodes)
-        used = {i for n in model.graph.node for i in n.input}
-        keep = [i for i in model.graph.initializer if i.name in used]
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(keep)
-    return model, count

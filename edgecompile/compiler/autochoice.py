@@ -151,7 +151,12 @@ def prepare(plan, model, ctx, pairs, progress) -> tuple[list[Candidate], list[Ro
         sub = dataclasses.replace(plan, backend=name, target=target, precision=prec)
         sub_ctx = dataclasses.replace(ctx, backend=name)
         recs: list = []
-        m, achieved, notes = precision_stage.apply(sub, ir.from_proto(copy.deepcopy(proto)), sub_ctx, recs, progress)
+        graph = ir.from_proto(copy.deepcopy(proto))
+        if plan.source.kind == "hf":        # the backend's own graph passes (plan.graph_passes left them out)
+            from edgecompile.compiler.hf import candidate_graph_passes
+
+            graph = candidate_graph_passes(sub, graph, ctx.evaluator, recs)
+        m, achieved, notes = precision_stage.apply(sub, graph, sub_ctx, recs, progress)
         if achieved != prec and not (prec == "int8" and achieved == "mixed"):   # mixed: int8 with float layers
             skipped.append(Row(name, prec, status="failed", reason=notes.get("reason", f"gave {achieved}")))
             continue

@@ -65,6 +65,8 @@ class QuantizeSection:
     equalize: bool = True              # static: cross-layer equalization before calibrating (passes/equalize.py)
     bias_correction: bool = True       # static: empirical bias correction after (passes/bias_correction.py)
     float_stem_channels: int | None = None   # static: convs on <= this many input channels stay float; None: preset
+    smooth_alpha: float = 0.5          # SmoothQuant-style smoothing of LayerNorm outputs read by MatMul/Attention
+                                       # (transformers; passes/smoothquant.py), from calibration data; 0 = off
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,20 @@ class HfModelSource:
         return self.frontend_spec()
 
 
+def candidate_graph_passes(plan, model, evaluator, records):
+    """`--backend auto` candidates of a Hugging Face encoder: ORT's transformer fusions for the ORT
+    candidate, onnxslim for the others (`plan.graph_passes` runs none before the split)."""
+    from edgecompile.compiler import registry
+    from edgecompile.passes.base import PassManager, default_instruments
+
+    p = registry.get_pass("transformer_fusion")(plan.source.model_type) if plan.backend == "ort" \
+        else registry.get_pass("simplify")()
+    pm = PassManager([p], default_instruments(evaluator))
+    model = pm.run(model)
+    records.extend(pm.records)
+    return model
+
+
 # -- tokenization (shared with the runtime's rules, see edgecompile.runtime.text) ---------------
 
 def load_tokenizer(path: Path, max_length: int):

@@ -144,11 +144,12 @@ def execute(plan: Plan, progress: Progress) -> Bundle:
 
     evaluator = _onnx_evaluator(plan, reference)
     ctx.evaluator = evaluator
-    with progress.step("passes", ", ".join(p.name for p in graph_passes(plan))):
-        pm = PassManager(graph_passes(plan), default_instruments(evaluator))
-        model = pm.run(model)
-        records.extend(pm.records)
-    for r in pm.records:
+    passes = graph_passes(plan)       # none for `auto` on HF encoders: each backend candidate gets its own
+    with progress.step("passes", ", ".join(p.name for p in passes) or "none before the backend candidates"):
+        pm = PassManager(passes, default_instruments(evaluator)) if passes else None
+        model = pm.run(model) if pm else model
+        records.extend(pm.records if pm else [])
+    for r in (pm.records if pm else []):
         metric = "" if r.metric_after is None else f", metric {r.metric_before:.4f} -> {r.metric_after:.4f}"
         progress.debug(f"pass {r.name}: {r.seconds:.2f} s, nodes {r.nodes_before} -> {r.nodes_after}{metric}"
                        + "".join(f"; {k}: {v}" for k, v in r.notes.items() if not isinstance(v, (list, dict))))

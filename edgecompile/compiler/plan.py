@@ -132,6 +132,8 @@ def graph_passes(plan: Plan) -> list:
     export is already folded, and the fusions need the unslimmed subgraph patterns)."""
     if plan.source.kind == "hf" and plan.backend == "ort":
         return [registry.get_pass("transformer_fusion")(plan.source.model_type)]
+    if plan.source.kind == "hf" and plan.backend == "auto":
+        return []       # per candidate (compiler/autochoice.py): the fusions for ORT, onnxslim for the others
     return [registry.get_pass("simplify")()]
 
 

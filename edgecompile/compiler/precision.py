@@ -319,7 +319,7 @@ def summarize(plan, fp32_model, int8_model, record, feeds=None) -> dict:
                             "data": notes.get("calib_data"), **({"percentile": notes["percentile"]}
                                                                  if "percentile" in notes else {})}
                            if notes.get("mode") == "static" else None),
-           "quantized_ops": notes.get("quantized_ops"),
+           "quantized_ops": notes.get("quantized_ops"), "smoothing": notes.get("smoothing"),
            "size_bytes": {"fp32": len(fp_bytes), "int8": len(q_bytes)},
            "size_ratio": len(q_bytes) / len(fp_bytes)}
     drop, unit, metric = _metric_drop(plan, record.metric_before, record.metric_after)
