@@ -11,7 +11,8 @@
 #   scripts/emulated_board.sh stop
 #
 # `start` also starts a tracker at --tracker when none answers there. Timings from this board are
-# qemu's, not an ARM CPU's: the board labels itself emulated and every report says so.
+# qemu's, not an ARM CPU's: the board labels itself emulated and every report says so. The emulated CPU
+# is a Cortex-A76 (the Raspberry Pi 5's; BOARD_CPU=max|cortex-a72|... picks another qemu model).
 # Needs Debian's debootstrap, qemu-user-static and proot (installed with apt-get when run as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,8 +42,10 @@ fake_cpuinfo() {   # qemu-user shows the host's x86 /proc/cpuinfo, which crashes
 
 board() {   # run a command inside the rootfs (arm64 under qemu), the repo mounted at /repo
   [ -f "$BOARD_DIR/cpuinfo" ] || fake_cpuinfo > "$BOARD_DIR/cpuinfo"
+  # QEMU_CPU: qemu-user's default "max" CPU offers SVE, i8mm, bf16..., so engines would pick kernels no
+  # Raspberry Pi 5 runs; emulate its Cortex-A76 (NEON, dotprod, fp16), which the fake cpuinfo names too
   env -i PATH=/opt/board/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
-    LANG=C.UTF-8 EDGECOMPILE_BOARD_EMULATED=1 ${BOARD_ENV:-} \
+    LANG=C.UTF-8 EDGECOMPILE_BOARD_EMULATED=1 QEMU_CPU="${BOARD_CPU:-cortex-a76}" ${BOARD_ENV:-} \
     proot -q qemu-aarch64-static -0 -r "$ROOTFS" -w / -b /dev -b /proc -b /sys -b /etc/resolv.conf \
       -b "$BOARD_DIR/cpuinfo:/proc/cpuinfo" -b "$WHEELS:/wheels" -b "$REPO:/repo" -b /tmp "$@"
 }
