@@ -47,7 +47,11 @@ board() {   # run a command inside the rootfs (arm64 under qemu), the repo mount
   env -i PATH=/opt/board/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
     LANG=C.UTF-8 EDGECOMPILE_BOARD_EMULATED=1 QEMU_CPU="${BOARD_CPU:-cortex-a76}" ${BOARD_ENV:-} \
     proot -q qemu-aarch64-static -0 -r "$ROOTFS" -w / -b /dev -b /proc -b /sys -b /etc/resolv.conf \
-      -b "$BOARD_DIR/cpuinfo:/proc/cpuinfo" -b "$WHEELS:/wheels" -b "$REPO:/repo" -b /tmp "$@"
+      -b "$BOARD_DIR/cpuinfo:/proc/cpuinfo" -b "$WHEELS:/wheels" -b "$REPO:/repo" -b /tmp \
+      /bin/sh -c '"$@"; rc=$?; [ $rc -gt 128 ] && echo "board: $1 killed by signal $((rc - 128))" >&2; exit $rc' \
+      board "$@"
+  # the board's /bin/sh carries the command's status: proot exits 0 when a multi-threaded tracee (python with
+  # ONNX Runtime's threads) dies of a signal, so a segfault on the board used to read as success
 }
 
 need_tools() {
