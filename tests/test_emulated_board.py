@@ -171,13 +171,15 @@ def test_rpi5_bundles_on_the_board_match_the_x86_run(board, rpi5_bundles, tmp_pa
         with edgecompile.runtime.load(bundles[k].path) as r:
             here[k] = r(x)
     scale = float(np.abs(here["ort-fp32"]).max())
-    # fp32: the same float graph, kernels differ (NEON vs AVX2/AVX-512 FMA order) only in rounding: 1e-4 of the
-    # output scale bounds it with margin. int8: integer GEMMs are exact, but a requantize or a float
-    # accumulation that lands on a rounding tie differs by one quantization step, carried to the outputs.
-    for k, tol, agree in (("ort-fp32", 1e-4 * scale, 1.0), ("ort-int8", 0.05 * scale, 0.98)):
+    # fp32: the same float graph, kernels differ (NEON vs AVX2/AVX-512 FMA order) only in rounding; measured
+    # 5e-7 of the output scale (digits, MobileNetV2), so 1e-4 has a wide margin. int8: ORT's integer kernels
+    # differ by arch (aarch64 dotprod vs x86 u8s8, whose 16-bit pair sums can saturate), and a step that
+    # rounds apart in one layer carries on: measured 0 on digits and 5.6 % of the output scale on
+    # MobileNetV2 (48 images, top-1 agreement 100 %), hence 10 % and top-1 agreement as the real check.
+    for k, tol, agree in (("ort-fp32", 1e-4 * scale, 1.0), ("ort-int8", 0.1 * scale, 0.98)):
         np.testing.assert_allclose(on_board[k], here[k], rtol=0, atol=tol, err_msg=f"{name} {k}")
         assert (on_board[k].argmax(1) == here[k].argmax(1)).mean() >= agree, (name, k)
     on_tvm, ref = on_board["tvm-fp32"], here["ort-fp32"][:TVM_SAMPLES[name]]
-    # TVM's own float kernels vs ORT's: same maths, different summation order
+    # TVM's own float kernels vs ORT's: same maths, different summation order (measured 1e-6 of the scale)
     np.testing.assert_allclose(on_tvm, ref, rtol=0, atol=1e-3 * scale, err_msg=f"{name} tvm vs x86 ort")
     assert (on_tvm.argmax(1) == ref.argmax(1)).all(), name
