@@ -4,7 +4,7 @@
 # (edgecompile[runtime,runtime-tvm]: numpy, ONNX Runtime, TVM's aarch64 wheel; no torch) in a venv,
 # serving as an RPC board registered with a tracker on this machine (loopback only).
 #
-#   scripts/emulated_board.sh prepare            # once, ~10-20 min; cached under $BOARD_DIR
+#   scripts/emulated_board.sh prepare            # once, ~20-40 min (40 on 2 loaded cores); cached under $BOARD_DIR
 #   scripts/emulated_board.sh start [--key rpi5] [--tracker 127.0.0.1:9190]
 #   .venv/bin/edgecompile bench OUT --remote 127.0.0.1:9190 --key rpi5     # timings are "emulated"
 #   scripts/emulated_board.sh exec python -c 'import edgecompile'       # a command on the board

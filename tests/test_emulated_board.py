@@ -1,8 +1,8 @@
 """The emulated arm64 board (scripts/emulated_board.sh: Debian arm64 under qemu-user + proot, the slim
 runtime inside, an RPC server registered with a local tracker). Slow: preparing the root filesystem
-takes 10-20 minutes the first time (then it is cached); run with `.venv/bin/python -m pytest -m slow
-tests/test_emulated_board.py`. Needs debootstrap, qemu-user-static and proot (the script installs
-them with apt-get when run as root) and the aarch64 cross-compiler."""
+takes 20-40 minutes the first time (then it is cached; a cached prepare still reinstalls the wheel, 3-4
+min); run with `.venv/bin/python -m pytest -m slow tests/test_emulated_board.py`. Needs debootstrap,
+qemu-user-static and proot (the script installs them with apt-get when run as root) and the aarch64 cross-compiler."""
 from __future__ import annotations
 
 import json
