@@ -4,14 +4,15 @@
 # (edgecompile[runtime,runtime-tvm]: numpy, ONNX Runtime, TVM's aarch64 wheel; no torch) in a venv,
 # serving as an RPC board registered with a tracker on this machine (loopback only).
 #
-#   scripts/emulated_board.sh prepare            # once, ~10-20 min; cached under $BOARD_DIR
+#   scripts/emulated_board.sh prepare            # once, ~20-40 min (40 on 2 loaded cores); cached under $BOARD_DIR
 #   scripts/emulated_board.sh start [--key rpi5] [--tracker 127.0.0.1:9190]
 #   .venv/bin/edgecompile bench OUT --remote 127.0.0.1:9190 --key rpi5     # timings are "emulated"
 #   scripts/emulated_board.sh exec python -c 'import edgecompile'       # a command on the board
 #   scripts/emulated_board.sh stop
 #
 # `start` also starts a tracker at --tracker when none answers there. Timings from this board are
-# qemu's, not an ARM CPU's: the board labels itself emulated and every report says so.
+# qemu's, not an ARM CPU's: the board labels itself emulated and every report says so. The emulated CPU
+# is a Cortex-A76 (the Raspberry Pi 5's; BOARD_CPU=max|cortex-a72|... picks another qemu model).
 # Needs Debian's debootstrap, qemu-user-static and proot (installed with apt-get when run as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,10 +42,16 @@ fake_cpuinfo() {   # qemu-user shows the host's x86 /proc/cpuinfo, which crashes
 
 board() {   # run a command inside the rootfs (arm64 under qemu), the repo mounted at /repo
   [ -f "$BOARD_DIR/cpuinfo" ] || fake_cpuinfo > "$BOARD_DIR/cpuinfo"
+  # QEMU_CPU: qemu-user's default "max" CPU offers SVE, i8mm, bf16..., so engines would pick kernels no
+  # Raspberry Pi 5 runs; emulate its Cortex-A76 (NEON, dotprod, fp16), which the fake cpuinfo names too
   env -i PATH=/opt/board/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
-    LANG=C.UTF-8 EDGECOMPILE_BOARD_EMULATED=1 ${BOARD_ENV:-} \
+    LANG=C.UTF-8 EDGECOMPILE_BOARD_EMULATED=1 QEMU_CPU="${BOARD_CPU:-cortex-a76}" ${BOARD_ENV:-} \
     proot -q qemu-aarch64-static -0 -r "$ROOTFS" -w / -b /dev -b /proc -b /sys -b /etc/resolv.conf \
-      -b "$BOARD_DIR/cpuinfo:/proc/cpuinfo" -b "$WHEELS:/wheels" -b "$REPO:/repo" -b /tmp "$@"
+      -b "$BOARD_DIR/cpuinfo:/proc/cpuinfo" -b "$WHEELS:/wheels" -b "$REPO:/repo" -b /tmp \
+      /bin/sh -c '"$@"; rc=$?; [ $rc -gt 128 ] && echo "board: $1 killed by signal $((rc - 128))" >&2; exit $rc' \
+      board "$@"
+  # the board's /bin/sh carries the command's status: proot exits 0 when a multi-threaded tracee (python with
+  # ONNX Runtime's threads) dies of a signal, so a segfault on the board used to read as success
 }
 
 need_tools() {

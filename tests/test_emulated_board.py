@@ -1,8 +1,8 @@
 """The emulated arm64 board (scripts/emulated_board.sh: Debian arm64 under qemu-user + proot, the slim
 runtime inside, an RPC server registered with a local tracker). Slow: preparing the root filesystem
-takes 10-20 minutes the first time (then it is cached); run with `.venv/bin/python -m pytest -m slow
-tests/test_emulated_board.py`. Needs debootstrap, qemu-user-static and proot (the script installs
-them with apt-get when run as root) and the aarch64 cross-compiler."""
+takes 20-40 minutes the first time (then it is cached; a cached prepare still reinstalls the wheel, 3-4
+min); run with `.venv/bin/python -m pytest -m slow tests/test_emulated_board.py`. Needs debootstrap,
+qemu-user-static and proot (the script installs them with apt-get when run as root) and the aarch64 cross-compiler."""
 from __future__ import annotations
 
 import json
@@ -113,41 +113,73 @@ def test_tuning_through_the_emulated_board(board, tmp_path):
     assert tuning["trials_in_database"] > 0 and tuning["measured_on"]["emulated"] is True
 
 
-@pytest.fixture(scope="module")
-def rpi5_ort_bundles(tmp_path_factory):
-    """The digits ORT bundles for rpi5 (fp32 and QDQ int8): plain ONNX graphs built on this x86 host."""
+# -- issue 27: the same rpi5 bundles on aarch64 (the board) and x86-64 (here) ------------------------
+
+# Samples each model runs on the board: qemu is slow, and untuned TVM code slower still (MobileNetV2 through
+# TVM: seconds per image under qemu). digits' whole test split is small.
+BOARD_SAMPLES = {"digits": None, "mobilenetv2": 48}
+TVM_SAMPLES = {"digits": None, "mobilenetv2": 8}
+
+
+def _on_board(env, jobs: dict, out_dir: Path) -> dict:
+    """Run {name: (bundle dir, inputs .npy, samples)} under the board's slim runtime: {name: outputs}."""
+    code = (
+        "import json, platform, sys, numpy as np\n"
+        "from edgecompile.runtime import load\n"
+        "for name, (path, npy, n) in json.loads(sys.argv[1]).items():\n"
+        "    x = np.load(npy)[:n]\n"
+        "    with load(path) as r:\n"
+        f"        np.save({str(out_dir)!r} + '/' + name + '.npy', r(x))\n"
+        "print(platform.machine())\n"
+    )
+    spec = json.dumps({k: (str(b), str(npy), n) for k, (b, npy, n) in jobs.items()})
+    proc = _script("exec", "/opt/board/bin/python", "-c", code, spec, env=env, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "aarch64"
+    return {k: np.load(out_dir / f"{k}.npy") for k in jobs}
+
+
+@pytest.fixture(scope="module", params=["digits", "mobilenetv2"])
+def rpi5_bundles(request, tmp_path_factory):
+    """A model's rpi5 bundles built on this x86 host: ORT fp32 and QDQ int8 (plain ONNX graphs) and TVM fp32
+    (cross-linked for aarch64), with its test inputs as .npy (cut to BOARD_SAMPLES)."""
     import edgecompile
+    from edgecompile.source import resolve_source
 
-    root = tmp_path_factory.mktemp("board-ort")     # under /tmp, which the board sees
-    return {p: edgecompile.build("models/digits", target="rpi5", backend="ort", precision=p, output=root / p)
-            for p in ("fp32", "int8")}
+    name = request.param
+    root = tmp_path_factory.mktemp(f"board-{name}")     # under /tmp, which the board sees
+    x = resolve_source(f"models/{name}").dataset("test").inputs["input"][:BOARD_SAMPLES[name]]
+    np.save(root / "inputs.npy", x)
+    bundles = {f"{b}-{p}": edgecompile.build(f"models/{name}", target="rpi5", backend=b, precision=p,
+                                             output=root / f"{b}-{p}")
+               for b, p in (("ort", "fp32"), ("ort", "int8"), ("tvm", "fp32"))}
+    return name, bundles, root / "inputs.npy"
 
 
-def test_ort_rpi5_bundles_on_the_board_match_the_x86_run(board, rpi5_ort_bundles, digits_test_npz, tmp_path):
-    """Issue 27: the same ORT bundle under the slim runtime on aarch64 gives the x86 run's outputs."""
+def test_rpi5_bundles_on_the_board_match_the_x86_run(board, rpi5_bundles, tmp_path):
+    """Issue 27: the ORT bundles under the slim runtime on aarch64 give the x86 run's outputs (same graph, NEON
+    vs AVX kernels), and the TVM bundle (which cannot run here) gives the x86 ORT fp32 run's top-1."""
     import edgecompile
 
     _, env = board
-    code = (
-        "import platform, numpy as np\n"
-        "from edgecompile.runtime import load\n"
-        f"x = np.load({str(digits_test_npz)!r})['input']\n"
-        "out = {}\n"
-        f"for p, path in {({p: str(b.path) for p, b in rpi5_ort_bundles.items()})!r}.items():\n"
-        "    with load(path) as r:\n"
-        "        out[p] = r(x)\n"
-        f"np.savez({str(tmp_path / 'board.npz')!r}, **out)\n"
-        "print(platform.machine())\n"
-    )
-    proc = _script("exec", "/opt/board/bin/python", "-c", code, env=env, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip().splitlines()[-1] == "aarch64"
-    on_board = np.load(tmp_path / "board.npz")
-    x = np.load(digits_test_npz)["input"]
-    for p, bundle in rpi5_ort_bundles.items():
-        with edgecompile.runtime.load(bundle.path) as here:
-            want = here(x)
-        # fp32: kernels differ (NEON vs AVX) only in rounding; int8: a requantization step may round apart
-        tol = 1e-4 if p == "fp32" else 0.05 * float(np.abs(want).max())
-        np.testing.assert_allclose(on_board[p], want, rtol=1e-4, atol=tol, err_msg=p)
-        assert (on_board[p].argmax(1) == want.argmax(1)).mean() >= (1.0 if p == "fp32" else 0.99), p
+    name, bundles, npy = rpi5_bundles
+    x = np.load(npy)
+    jobs = {k: (b.path, npy, TVM_SAMPLES[name] if k.startswith("tvm") else None) for k, b in bundles.items()}
+    on_board = _on_board(env, jobs, tmp_path)
+    here = {}
+    for k in ("ort-fp32", "ort-int8"):
+        with edgecompile.runtime.load(bundles[k].path) as r:
+            here[k] = r(x)
+    scale = float(np.abs(here["ort-fp32"]).max())
+    # fp32: the same float graph, kernels differ (NEON vs AVX2/AVX-512 FMA order) only in rounding; measured
+    # 5e-7 of the output scale (digits, MobileNetV2), so 1e-4 has a wide margin. int8: ORT's integer kernels
+    # differ by arch (aarch64 dotprod vs x86 u8s8, whose 16-bit pair sums can saturate), and a step that
+    # rounds apart in one layer carries on: measured 0 on digits and 5.6 % of the output scale on
+    # MobileNetV2 (48 images, top-1 agreement 100 %), hence 10 % and top-1 agreement as the real check.
+    for k, tol, agree in (("ort-fp32", 1e-4 * scale, 1.0), ("ort-int8", 0.1 * scale, 0.98)):
+        np.testing.assert_allclose(on_board[k], here[k], rtol=0, atol=tol, err_msg=f"{name} {k}")
+        assert (on_board[k].argmax(1) == here[k].argmax(1)).mean() >= agree, (name, k)
+    on_tvm, ref = on_board["tvm-fp32"], here["ort-fp32"][:TVM_SAMPLES[name]]
+    # TVM's own float kernels vs ORT's: same maths, different summation order (measured 1e-6 of the scale)
+    np.testing.assert_allclose(on_tvm, ref, rtol=0, atol=1e-3 * scale, err_msg=f"{name} tvm vs x86 ort")
+    assert (on_tvm.argmax(1) == ref.argmax(1)).all(), name
