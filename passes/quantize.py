@@ -18,6 +18,7 @@ import numpy as np
 
 from edgecompile.errors import ConfigError, DataError
 from edgecompile.passes.base import FunctionalGraphPass, PassResult
+from edgecompile.passes.gemm_matmul import gemm_to_matmul
 from edgecompile.targets.base import U8S8, QuantPreset
 
 
@@ -115,7 +116,7 @@ class Quantize(FunctionalGraphPass):
             opts["exclude"] = list(self.exclude)
         if s.mode == "static":
             opts.update(calibrate=s.calibrate, calib_samples=s.calib_samples, equalize=s.equalize,
-                        bias_correction=s.bias_correction)
+                        bias_correction=s.bias_correction, adaround=s.adaround)
             if s.calibrate == "percentile":
                 opts["percentile"] = s.percentile
         return opts
@@ -169,7 +170,7 @@ class Quantize(FunctionalGraphPass):
         key = _calibration_key(proto, batches, self.section, preset, self.exclude)
         hit = _CALIBRATIONS.get(key)
         if hit is not None:          # same graph, data and settings: another backend candidate of `auto`
-            proto, ranges, notes = hit
+            proto, ranges, notes, self._rounding = hit
             notes = {**notes, "calibration_reused": True}
             self.last_ranges = {k: (float(lo), float(hi)) for k, (lo, hi) in ranges.items()}
             self._calibrated = (proto, preset, ranges, notes)
@@ -202,6 +203,9 @@ class Quantize(FunctionalGraphPass):
             notes["percentile"] = self.section.percentile
         if chosen is not None:
             notes["range_search"] = dict(sorted(Counter(chosen.values()).items()))
+        self._rounding = (proto, batches, preset, ranges, dict(notes), dict(steps))   # for adaround() later
+        if self.section.adaround is True:
+            proto, steps["adaround"] = self._learned_rounding(proto, batches, preset, ranges)
         if self.section.bias_correction:
             proto, steps["bias_correction"] = _correct_bias(
                 proto, batches, lambda p: self._qdq(p, preset, ranges, self.exclude)
@@ -210,9 +214,32 @@ class Quantize(FunctionalGraphPass):
         # kept for the report and for tests; plain floats
         self.last_ranges = {k: (float(lo), float(hi)) for k, (lo, hi) in ranges.items()}
         self._calibrated = (proto, preset, ranges, notes)
-        _remember(key, (proto, ranges, notes))
+        _remember(key, (proto, ranges, notes, self._rounding))
         out = self._qdq(proto, preset, ranges, self.exclude)
         return out, {**notes, "quantized_ops": _quantized_ops(out), **self._exclude_notes()}
+
+    def _learned_rounding(self, proto, batches, preset, ranges):
+        from edgecompile.passes.adaround import adaround_proto
+
+        return adaround_proto(proto, batches, lambda p: self._qdq(p, preset, ranges, self.exclude),
+                              per_channel=preset.per_channel, exclude=self.exclude, progress=self.progress)
+
+    def adaround(self) -> PassResult:
+        """The last static run again with learned rounding (before bias correction), same ranges:
+        `adaround = "auto"` runs it when the round-to-nearest result is over the accuracy bound."""
+        import onnx_ir as ir
+
+        proto, batches, preset, ranges, notes, steps = self._rounding
+        with _quiet_ort_logging():
+            proto, steps["adaround"] = self._learned_rounding(proto, batches, preset, ranges)
+            if self.section.bias_correction:
+                proto, steps["bias_correction"] = _correct_bias(
+                    proto, batches, lambda p: self._qdq(p, preset, ranges, self.exclude))
+            notes.update(steps)
+            self._calibrated = (proto, preset, ranges, notes)
+            out = self._qdq(proto, preset, ranges, self.exclude)
+        return PassResult(ir.from_proto(out), True, {"mode": "static", **notes, "quantized_ops": _quantized_ops(out),
+                                                     **self._exclude_notes()})
 
     def _exclude_notes(self) -> dict:
         return {"float_nodes": list(self.exclude)} if self.exclude else {}
@@ -302,7 +329,8 @@ def _calibration_key(proto, batches, section, preset: QuantPreset, exclude) -> s
             h.update(f"{name}:{arr.dtype}:{arr.shape}".encode())
             h.update(arr.tobytes())
     s = section
-    h.update(repr((s.calibrate, s.percentile, s.equalize, s.bias_correction, asdict(preset), sorted(exclude))).encode())
+    h.update(repr((s.calibrate, s.percentile, s.equalize, s.bias_correction, s.adaround is True, asdict(preset),
+                   sorted(exclude))).encode())
     return h.hexdigest()
 
 
@@ -345,46 +373,3 @@ def _quantized_ops(proto) -> int:
     dq_out = {o for n in proto.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     return sum(1 for n in proto.graph.node
                if n.op_type in COMPUTE_OPS and len(n.input) > 1 and n.input[1] in dq_out)
-
-
-def gemm_to_matmul(proto):
-    """Rewrite Gemm(A, B[, C]) with a constant B (alpha = beta = 1, no transA) as MatMul(A, B') + C,
-    so dynamic quantization (MatMulInteger) applies to it. Returns (model, count)."""
-    import onnx
-    from onnx import helper, numpy_helper
-
-    inits = {i.name: i for i in proto.graph.initializer}
-    model = onnx.ModelProto()
-    model.CopyFrom(proto)
-    nodes, count = [], 0
-    for node in model.graph.node:
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if (node.op_type != "Gemm" or node.input[1] not in inits or attrs.get("transA", 0)
-                or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
-            nodes.append(node)
-            continue
-        b = numpy_helper.to_array(inits[node.input[1]])
-        if attrs.get("transB", 0):
-            b = np.ascontiguousarray(b.T)
-        b_name = f"{node.input[1]}__matmul_{count}"
-        model.graph.initializer.append(numpy_helper.from_array(b, b_name))
-        has_c = len(node.input) > 2 and node.input[2]
-        mm_out = f"{node.output[0]}__matmul" if has_c else node.output[0]
-        nodes.append(
-            helper.make_node("MatMul", [node.input[0], b_name], [mm_out], name=f"{node.name or 'gemm'}_matmul{count}")
-        )
-        if has_c:
-            nodes.append(
-                helper.make_node(
-                    "Add", [mm_out, node.input[2]], [node.output[0]], name=f"{node.name or 'gemm'}_add{count}"
-                )
-            )
-        count += 1
-    if count:
-        del model.graph.node[:]
-        model.graph.node.extend(nodes)
-        used = {i for n in model.graph.node for i in n.input}
-        keep = [i for i in model.graph.initializer if i.name in used]
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(keep)
-    return model, count

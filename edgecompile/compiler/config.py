@@ -63,6 +63,8 @@ class QuantizeSection:
     block_size: int | None = None      # weight-only int4/int8 (decoders): block along K; None: 32
     equalize: bool = True              # static: cross-layer equalization before calibrating (passes/equalize.py)
     bias_correction: bool = True       # static: empirical bias correction after (passes/bias_correction.py)
+    # static: learned weight rounding (passes/adaround.py); "auto": only when PTQ is over the accuracy bound
+    adaround: bool | str = _choices("auto", default="auto")
 
 
 @dataclass(frozen=True)
