@@ -31,6 +31,8 @@ from typing import Callable
 import numpy as np
 import onnx_ir as ir
 
+from edgecompile.passes.base import FunctionalGraphPass
+
 OPS = ("Conv", "Gemm", "MatMul")
 ZETA, GAMMA = 1.1, -0.1
 QMAX = 127
@@ -284,3 +286,16 @@ def adaround_proto(proto, batches, qdq, *, per_channel: bool, exclude=(), progre
                  exclude=exclude, progress=progress, **options)
     result = p(ir.from_proto(proto))
     return (ir.to_proto(result.model) if result.modified else proto), p.notes
+
+
+class LearnedRounding(FunctionalGraphPass):
+    """The `adaround = "auto"` step of a build: the quantize pass `qpass` (already run, over the accuracy
+    bound) again with learned rounding and the same ranges; the report's waterfall shows it as a step."""
+
+    name = "adaround"
+
+    def __init__(self, qpass):
+        self.qpass = qpass
+
+    def call(self, model):
+        return self.qpass.adaround()

@@ -100,6 +100,7 @@ class Quantize(FunctionalGraphPass):
         self.threads = threads
         self.progress = progress
         self._calibrated = None              # (proto, preset, ranges, notes) of the last static run
+        self._nearest = None                 # the same before adaround() (round-to-nearest weights)
         if self.section.mode not in ("static", "dynamic"):
             raise ConfigError(f"the quantize pass runs static or dynamic PTQ, not {self.section.mode!r}",
                               hint="mode 'qat' is handled by the QAT module pass")
@@ -230,6 +231,7 @@ class Quantize(FunctionalGraphPass):
         import onnx_ir as ir
 
         proto, batches, preset, ranges, notes, steps = self._rounding
+        self._nearest = self._calibrated
         with _quiet_ort_logging():
             proto, steps["adaround"] = self._learned_rounding(proto, batches, preset, ranges)
             if self.section.bias_correction:
@@ -240,6 +242,12 @@ class Quantize(FunctionalGraphPass):
             out = self._qdq(proto, preset, ranges, self.exclude)
         return PassResult(ir.from_proto(out), True, {"mode": "static", **notes, "quantized_ops": _quantized_ops(out),
                                                      **self._exclude_notes()})
+
+    def keep_nearest(self) -> None:
+        """Undo adaround(): later requantize() calls use the round-to-nearest calibration again (the
+        float fallback: rounding fitted to quantized upstream layers is wrong once they stay float)."""
+        if self._nearest is not None:
+            self._calibrated, self._nearest = self._nearest, None
 
     def _exclude_notes(self) -> dict:
         return {"float_nodes": list(self.exclude)} if self.exclude else {}
