@@ -159,3 +159,14 @@ def test_the_quantizer_lands_exactly_on_the_learned_integers(rounded):
 def test_bad_inputs_option_is_refused():
     with pytest.raises(ValueError, match="inputs"):
         AdaRound(feeds=[], inputs="int8")
+
+
+def test_config_key_takes_auto_true_or_false():
+    from edgecompile.compiler.config import Config
+    from edgecompile.errors import ConfigError
+
+    for value in ("auto", True, False):
+        assert Config().with_overrides({"passes.quantize.adaround": value}).passes.quantize.adaround is not None
+        assert Config().with_overrides({"passes.quantize.adaround": value}).passes.quantize.adaround == value
+    with pytest.raises(ConfigError, match="adaround"):
+        Config().with_overrides({"passes.quantize.adaround": "yes"})
