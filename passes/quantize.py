@@ -205,11 +205,13 @@ class Quantize(FunctionalGraphPass):
         if chosen is not None:
             notes["range_search"] = dict(sorted(Counter(chosen.values()).items()))
         self._rounding = (proto, batches, preset, ranges, dict(notes), dict(steps))   # for adaround() later
+        reference = None
         if self.section.adaround is True:
+            reference = _weights(proto)
             proto, steps["adaround"] = self._learned_rounding(proto, batches, preset, ranges)
         if self.section.bias_correction:
             proto, steps["bias_correction"] = _correct_bias(
-                proto, batches, lambda p: self._qdq(p, preset, ranges, self.exclude)
+                proto, batches, lambda p: self._qdq(p, preset, ranges, self.exclude), reference
             )
         notes.update(steps)
         # kept for the report and for tests; plain floats
@@ -233,10 +235,11 @@ class Quantize(FunctionalGraphPass):
         proto, batches, preset, ranges, notes, steps = self._rounding
         self._nearest = self._calibrated
         with _quiet_ort_logging():
+            reference = _weights(proto)
             proto, steps["adaround"] = self._learned_rounding(proto, batches, preset, ranges)
             if self.section.bias_correction:
                 proto, steps["bias_correction"] = _correct_bias(
-                    proto, batches, lambda p: self._qdq(p, preset, ranges, self.exclude))
+                    proto, batches, lambda p: self._qdq(p, preset, ranges, self.exclude), reference)
             notes.update(steps)
             self._calibrated = (proto, preset, ranges, notes)
             out = self._qdq(proto, preset, ranges, self.exclude)
@@ -359,15 +362,23 @@ def _equalize(proto, batches):
     return (ir.to_proto(result.model) if result.modified else proto), p.notes
 
 
-def _correct_bias(proto, batches, qdq):
-    """Empirical bias correction (passes/bias_correction.py) against `qdq(proto)` with fixed ranges."""
+def _correct_bias(proto, batches, qdq, reference=None):
+    """Empirical bias correction (passes/bias_correction.py) against `qdq(proto)` with fixed ranges;
+    `reference`: the float weights before AdaRound moved them onto the grid."""
     import onnx_ir as ir
 
     from edgecompile.passes.bias_correction import BiasCorrection
 
-    p = BiasCorrection(feeds=batches, quantize=lambda m: ir.from_proto(qdq(ir.to_proto(m))))
+    p = BiasCorrection(feeds=batches, quantize=lambda m: ir.from_proto(qdq(ir.to_proto(m))), reference=reference)
     result = p(ir.from_proto(proto))
     return (ir.to_proto(result.model) if result.modified else proto), p.notes
+
+
+def _weights(proto) -> dict:
+    """{initializer name: array} of the graph's constant weights (before AdaRound moves them)."""
+    from onnx import numpy_helper
+
+    return {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer if len(i.dims) >= 2}
 
 
 def _preset_notes(p: QuantPreset) -> dict:

@@ -170,3 +170,16 @@ def test_config_key_takes_auto_true_or_false():
         assert Config().with_overrides({"passes.quantize.adaround": value}).passes.quantize.adaround == value
     with pytest.raises(ConfigError, match="adaround"):
         Config().with_overrides({"passes.quantize.adaround": "yes"})
+
+
+def test_bias_correction_after_adaround_measures_against_the_original_weights():
+    """AdaRound writes the weights onto the grid, so W_q - W in the rounded graph is 0: bias correction
+    must use the weights from before AdaRound or it silently does nothing (measured: it did, on Fashion)."""
+    from edgecompile.compiler.config import QuantizeSection
+    from edgecompile.passes.quantize import Quantize
+
+    feeds = [{"x": images(64, 3)}, {"x": images(64, 4)}]
+    p = Quantize(QuantizeSection(equalize=False, adaround=True), calibration_data=feeds)
+    notes = p(small_net()).notes
+    assert notes["adaround"]["layers"] >= 1
+    assert notes["bias_correction"]["layers"] >= 3 and notes["bias_correction"]["mean_abs_shift"] > 1e-5
