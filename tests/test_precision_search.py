@@ -138,10 +138,10 @@ def test_digits_int8_within_a_tight_bound(tmp_path):
 
 @pytest.mark.parametrize("adaround", ["auto", False])
 def test_adaround_runs_when_int8_is_over_the_bound_before_the_fallback(fragile, tmp_path, monkeypatch, adaround):
-    """adaround = "auto": round-to-nearest is over the bound, so learned rounding runs (same ranges) and is
-    a waterfall step after quantize (measured: agreement 26 % -> 41 %, still far over the bound); the float
-    fallback then starts from round-to-nearest (fc3's rounding was fitted to the broken fc2 outputs) and
-    finds the same mixed bundle. adaround = false: it does not run at all."""
+    """adaround = "auto": round-to-nearest is over the bound, so learned rounding runs (same ranges). On the
+    fragile MLP the clipped outlier channel is an activation-range problem that rounding cannot fix: it
+    measures no better, is reverted (no waterfall step; the quantize record says why) and the float
+    fallback finds the same mixed bundle. adaround = false: it does not run at all."""
     model, data, _, _ = fragile
     monkeypatch.setattr(precision_stage, "measurably_slower", lambda lat: False)
     cfg = Config().with_overrides({"passes.quantize.max_accuracy_drop": 1.0, "passes.quantize.adaround": adaround})
@@ -153,12 +153,9 @@ def test_adaround_runs_when_int8_is_over_the_bound_before_the_fallback(fragile, 
     search = rep["precision_notes"]["precision_search"]
     assert rep["precision"] == "mixed" and search["steps"][-1]["metric_drop"] <= 1.0
     assert json.loads((bundle.path / "manifest.json").read_text())["float_nodes"][0] == "fc2"
+    assert "adaround" not in names
     if adaround is False:
-        assert "adaround" not in names and "adaround" not in q["notes"]
+        assert "adaround" not in q["notes"]
         return
-    a = rep["passes"][names.index("adaround")]
-    assert names.index("adaround") == names.index("quantize") + 1
-    assert a["metric_before"] == pytest.approx(q["metric_after"])        # it starts from round-to-nearest
-    assert a["metric_after"] > a["metric_before"] + 0.05
-    assert a["notes"]["adaround"]["layers"] + a["notes"]["adaround"]["kept_nearest"] == 3
-    assert rep["quantization"]["metric_int8_graph"] == pytest.approx(a["metric_after"])
+    assert q["notes"]["adaround"]["reverted"].startswith("accuracy drop")
+    assert q["notes"]["adaround"]["layers"] + q["notes"]["adaround"]["kept_nearest"] == 3

@@ -24,10 +24,9 @@ def maybe_adaround(plan, qpass, rec, qmodel, drop_of, bound, ctx, records, progr
     after = drop_of(ada.metric_after)
     if after is None or after >= drop:        # learned rounding measured no better: round-to-nearest stays
         qpass.keep_nearest()
-        notes = dict(rec.notes)
         got = "unmeasured" if after is None else f"{after:.3g}"
-        notes["adaround"] = {**ada.notes.get("adaround", {}), "reverted": f"accuracy drop {got} with learned "
-                             f"rounding, {drop:.3g} with round-to-nearest"}
-        return dataclasses.replace(rec, notes=notes), qmodel
+        rec.notes["adaround"] = {**ada.notes.get("adaround", {}), "reverted": f"accuracy drop {got} with "
+                                 f"learned rounding, {drop:.3g} with round-to-nearest"}   # in the report's record
+        return rec, qmodel
     records.extend(pm.records)
     return dataclasses.replace(rec, metric_after=ada.metric_after, notes=ada.notes), out
