@@ -15,11 +15,15 @@ and the same calibration samples:
   ORT         -- onnxruntime.quantization.quantize_static (QDQ, per-channel, MinMax);
   NNCF        -- nncf.quantize on the OpenVINO model (default preset), run by OpenVINO.
 "ours: min-max only" is the quantize pass as it was before these steps; then range search + bias
-correction; "ours int8" is the default (all three); --waterfall adds range search alone.
+correction; "ours int8" is the default (all three); "+ AdaRound" is that calibration again with learned
+rounding (passes/adaround.py) before bias correction, what `adaround = "auto"` runs when the default
+is over the bound; --waterfall adds range search alone; --levers adds speed levers on the final graph
+(S8S8: int8 activations; per-tensor weights) and the ORT profile's kernel-time share per op type.
 Latency: batch 1, interleaved rounds (edgecompile.verify.bench.interleaved), ratio = ORT FP32 ms / ms.
 
     .venv/bin/python bench/real_models.py [--models mobilenetv2,fashion] [--calib 256] [--threads N]
-                                          [--seconds 8] [--waterfall] [--out bench/results/real_models.txt]
+                                          [--seconds 8] [--waterfall] [--no-adaround] [--levers]
+                                          [--out bench/results/real_models.txt]
 """
 from __future__ import annotations
 
@@ -37,6 +41,12 @@ from quantization import cpu_line, fp32_graph  # noqa: E402  (sibling bench scri
 LINES: list[str] = []
 
 
+def load() -> str:
+    import os
+
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
 def say(text: str = "") -> None:
     print(text, flush=True)
     LINES.append(text)
@@ -50,7 +60,52 @@ def ours(src, model, cal, **section):
 
     p = Quantize(QuantizeSection(calib_samples=len(cal), **section), backend="ort", calibration=cal)
     res = p(model)
+    return ir.to_proto(res.model).SerializeToString(), res.notes, p
+
+
+def with_adaround(p):
+    """The default pass `p` again with learned rounding (passes/adaround.py) on the same calibration:
+    what `adaround = "auto"` runs in a build when round-to-nearest is over the bound."""
+    import onnx_ir as ir
+
+    res = p.adaround()
     return ir.to_proto(res.model).SerializeToString(), res.notes
+
+
+def lever(p, **preset_changes) -> bytes:
+    """The same float graph and ranges as `p`'s last run, QDQ-inserted with another preset (a speed lever)."""
+    from dataclasses import replace
+
+    proto, preset, ranges, _ = p._calibrated
+    return p._qdq(proto, replace(preset, **preset_changes), ranges, ()).SerializeToString()
+
+
+def float_ops(onnx_bytes: bytes, feed: np.ndarray, runs: int = 20) -> str:
+    """ORT profile of `runs` batch-1 calls: the share of kernel time per op type, float ops marked."""
+    import json
+    import os
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        so = ort.SessionOptions()
+        so.enable_profiling = True
+        so.profile_file_prefix = os.path.join(tmp, "prof")
+        s = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
+        name = s.get_inputs()[0].name
+        for _ in range(runs):
+            s.run(None, {name: feed})
+        events = json.loads(Path(s.end_profiling()).read_text())
+    total: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            op = e["args"].get("op_name", "?")
+            total[op] = total.get(op, 0.0) + e["dur"]
+    whole = sum(total.values()) or 1.0
+    quantized = ("QLinear", "QuantizeLinear", "DequantizeLinear", "QGemm", "ConvInteger", "MatMulInteger")
+    parts = [f"{op}{'' if op.startswith(quantized) else ' (float)'} {100 * t / whole:.0f} %"
+             for op, t in sorted(total.items(), key=lambda kv: -kv[1]) if t / whole >= 0.01]
+    return ", ".join(parts)
 
 
 def ort_quantize_static(fp32: bytes, cal) -> bytes:
@@ -131,7 +186,11 @@ def paired_ci(a: np.ndarray, b: np.ndarray, n_boot: int = 1000, seed: int = 0) -
     return float(lo), float(hi)
 
 
-def bench_model(name: str, calib: int, threads, seconds: float, waterfall: bool) -> None:
+ADA = "ours int8 (ORT) + AdaRound"
+
+
+def bench_model(name: str, calib: int, threads, seconds: float, waterfall: bool, adaround: bool = True,
+                levers: bool = False) -> None:
     import onnx_ir as ir
 
     from edgecompile.verify.bench import interleaved
@@ -161,11 +220,24 @@ def bench_model(name: str, calib: int, threads, seconds: float, waterfall: bool)
     final = None
     for label, opts in steps:
         t = time.perf_counter()
-        q, notes = ours(src, model, cal, **opts)
+        q, notes, qpass = ours(src, model, cal, **opts)
         graphs[label] = (ort_fn(q, threads), time.perf_counter() - t, notes)
         if label.startswith("ours int8 (ORT)"):
-            final, final_label = q, label
+            final, final_label, final_pass = q, label, qpass
     graphs["ours int8 (OpenVINO)"] = (ov_compile(final, threads=threads), graphs[final_label][1], {})
+    extra = {}
+    if adaround:
+        t = time.perf_counter()
+        ada, notes = with_adaround(final_pass)
+        secs = graphs[final_label][1] + time.perf_counter() - t
+        graphs[ADA] = (ort_fn(ada, threads), secs, notes)
+        graphs["ours int8 + AdaRound (OpenVINO)"] = (ov_compile(ada, threads=threads), secs, {})
+        final = ada
+    if levers:
+        extra["S8S8 (int8 activations)"] = lever(final_pass, activations="int8")
+        extra["per-tensor weights"] = lever(final_pass, per_channel=False)
+        for label, q in extra.items():
+            graphs[f"lever: {label}"] = (ort_fn(q, threads), 0.0, {})
     t = time.perf_counter()
     graphs["ORT quantize_static"] = (ort_fn(ort_quantize_static(fp32, cal), threads), time.perf_counter() - t, {})
     t = time.perf_counter()
@@ -174,6 +246,13 @@ def bench_model(name: str, calib: int, threads, seconds: float, waterfall: bool)
         notes = graphs[label][2]
         say(f"{label}: {notes.get('quantized_ops')} quantized ops; equalization {notes.get('equalization')}; "
             f"range search {notes.get('range_search')}; bias correction {notes.get('bias_correction')}")
+    if adaround:
+        notes = graphs[ADA][2]
+        say(f"{ADA}: adaround {notes.get('adaround')}; bias correction after it {notes.get('bias_correction')}")
+    if levers:
+        feed1 = np.ascontiguousarray(x[:1])
+        for label, q in [("ours int8 (U8S8, per-channel)", final), *extra.items()]:
+            say(f"ORT profile, {label}: {float_ops(q, feed1)}")
 
     outs = {k: outputs(fn, x) for k, (fn, _, _) in graphs.items()}
     ref = outs["ORT fp32 (reference)"]
@@ -205,7 +284,7 @@ def bench_model(name: str, calib: int, threads, seconds: float, waterfall: bool)
                     f"[{100 * lo:+.2f}, {100 * hi:+.2f}] |")
         row += f" {lat[k]['ms']:.3f} | {base / lat[k]['ms']:.2f}x | {graphs[k][1]:.0f} |"
         say(row)
-    say(f"({name}: {time.perf_counter() - t0:.0f} s in all)")
+    say(f"({name}: {time.perf_counter() - t0:.0f} s in all; load average {load()} at the end)")
     say()
 
 
@@ -216,6 +295,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the engines')")
     ap.add_argument("--seconds", type=float, default=8.0, help="latency budget per model (all graphs)")
     ap.add_argument("--waterfall", action="store_true", help="add our intermediate steps (two more calibrations)")
+    ap.add_argument("--no-adaround", action="store_true", help="leave out the AdaRound rows")
+    ap.add_argument("--levers", action="store_true", help="add speed levers (S8S8, per-tensor) and ORT profiles")
     ap.add_argument("--out", default=None, help="also write the output to this file")
     args = ap.parse_args()
 
@@ -223,10 +304,12 @@ def main() -> None:
 
     say(f"CPU: {cpu_line()}")
     say(f"onnxruntime {version('onnxruntime')}, openvino {version('openvino')}, nncf {version('nncf')}, "
-        f"threads {args.threads or 'engine default'}, batch 1, latency interleaved over 10 rounds")
+        f"threads {args.threads or 'engine default'}, batch 1, latency interleaved over 10 rounds; "
+        f"load average {load()} at the start")
     say()
     for name in [m for m in args.models.split(",") if m]:
-        bench_model(name, args.calib, args.threads, args.seconds, waterfall=args.waterfall)
+        bench_model(name, args.calib, args.threads, args.seconds, waterfall=args.waterfall,
+                    adaround=not args.no_adaround, levers=args.levers)
     if args.out:
         Path(args.out).write_text("\n".join(LINES) + "\n")
 

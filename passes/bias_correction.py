@@ -99,8 +99,11 @@ class BiasCorrection(ir.passes.InPlacePass):
     """Subtract from each Conv/Gemm bias its quantized weights' mean output error on data."""
 
     def __init__(self, *, feeds, quantize: Callable[[ir.Model], ir.Model], min_values: int = 100,
-                 batch_size: int = 32):
+                 batch_size: int = 32, reference: dict | None = None):
         super().__init__()
+        # {weight name: float weight} the error is measured against when the graph's weights are already
+        # moved (AdaRound writes them on the grid: W_q - W would be 0 while W_q - W_original is not)
+        self.reference = reference or {}
         self.feeds = list(feeds)
         self.quantize = quantize
         self.min_values = min_values
@@ -121,7 +124,8 @@ class BiasCorrection(ir.passes.InPlacePass):
             if wq is None or wq.shape != node.inputs[1].const_value.numpy().shape:
                 self.notes["skipped"] += 1
                 continue
-            work.append((node, qn.inputs[0].name, wq - node.inputs[1].const_value.numpy().astype(np.float64)))
+            w = self.reference.get(node.inputs[1].name, node.inputs[1].const_value.numpy())
+            work.append((node, qn.inputs[0].name, wq - np.asarray(w, np.float64)))
         names = sorted({x for _, x, _ in work})
         means, counts = channel_means(qmodel, names, self.feeds, self.batch_size)
         shifts = []

@@ -18,8 +18,9 @@ import numpy as np
 
 from edgecompile.errors import ConfigError, DataError
 from edgecompile.passes.base import FunctionalGraphPass, PassResult
+from edgecompile.passes.calibration_cache import CALIBRATIONS, calibration_key, remember
 from edgecompile.passes.float_stems import float_stems
-from edgecompile.passes.gemm_rewrite import gemm_to_matmul
+from edgecompile.passes.gemm_matmul import gemm_to_matmul
 from edgecompile.targets.base import U8S8, QuantPreset
 
 
@@ -103,6 +104,7 @@ class Quantize(FunctionalGraphPass):
         self.threads = threads
         self.progress = progress
         self._calibrated, self.smoothing = None, None   # the last static run (proto, preset, ranges, notes)
+        self._nearest = None                 # the same before adaround() (round-to-nearest weights)
         if self.section.mode not in ("static", "dynamic"):
             raise ConfigError(f"the quantize pass runs static or dynamic PTQ, not {self.section.mode!r}",
                               hint="mode 'qat' is handled by the QAT module pass")
@@ -123,7 +125,7 @@ class Quantize(FunctionalGraphPass):
             opts["smoothing"] = self.smoothing
         if s.mode == "static":
             opts.update(calibrate=s.calibrate, calib_samples=s.calib_samples, equalize=s.equalize,
-                        bias_correction=s.bias_correction)
+                        bias_correction=s.bias_correction, adaround=s.adaround)
             if s.calibrate == "percentile":
                 opts["percentile"] = s.percentile
         return opts
@@ -181,10 +183,10 @@ class Quantize(FunctionalGraphPass):
         from edgecompile.compiler.calibration import collect_stats, compute_ranges, tensors_to_calibrate
 
         batches, n, identity, whole = self._calibration_feeds(proto)
-        key = _calibration_key(proto, batches, self.section, preset, self.exclude)
-        hit = _CALIBRATIONS.get(key)
+        key = calibration_key(proto, batches, self.section, preset, self.exclude)
+        hit = CALIBRATIONS.get(key)
         if hit is not None:          # same graph, data and settings: another backend candidate of `auto`
-            proto, ranges, notes = hit
+            proto, ranges, notes, self._rounding = hit
             notes = {**notes, "calibration_reused": True}
             self.last_ranges = {k: (float(lo), float(hi)) for k, (lo, hi) in ranges.items()}
             self._calibrated = (proto, preset, ranges, notes)
@@ -217,17 +219,53 @@ class Quantize(FunctionalGraphPass):
             notes["percentile"] = self.section.percentile
         if chosen is not None:
             notes["range_search"] = dict(sorted(Counter(chosen.values()).items()))
+        self._rounding = (proto, batches, preset, ranges, dict(notes), dict(steps))   # for adaround() later
+        reference = None
+        if self.section.adaround is True:
+            reference = _weights(proto)
+            proto, steps["adaround"] = self._learned_rounding(proto, batches, preset, ranges)
         if self.section.bias_correction:
             proto, steps["bias_correction"] = _correct_bias(
-                proto, batches, lambda p: self._qdq(p, preset, ranges, self.exclude)
+                proto, batches, lambda p: self._qdq(p, preset, ranges, self.exclude), reference
             )
         notes.update(steps)
         # kept for the report and for tests; plain floats
         self.last_ranges = {k: (float(lo), float(hi)) for k, (lo, hi) in ranges.items()}
         self._calibrated = (proto, preset, ranges, notes)
-        _remember(key, (proto, ranges, notes))
+        remember(key, (proto, ranges, notes, self._rounding))
         out = self._qdq(proto, preset, ranges, self.exclude)
         return out, {**notes, "quantized_ops": _quantized_ops(out), **self._exclude_notes()}
+
+    def _learned_rounding(self, proto, batches, preset, ranges):
+        from edgecompile.passes.adaround import adaround_proto
+
+        return adaround_proto(proto, batches, lambda p: self._qdq(p, preset, ranges, self.exclude),
+                              per_channel=preset.per_channel, exclude=self.exclude, progress=self.progress)
+
+    def adaround(self) -> PassResult:
+        """The last static run again with learned rounding (before bias correction), same ranges:
+        `adaround = "auto"` runs it when the round-to-nearest result is over the accuracy bound."""
+        import onnx_ir as ir
+
+        proto, batches, preset, ranges, notes, steps = self._rounding
+        self._nearest = self._calibrated
+        with _quiet_ort_logging():
+            reference = _weights(proto)
+            proto, steps["adaround"] = self._learned_rounding(proto, batches, preset, ranges)
+            if self.section.bias_correction:
+                proto, steps["bias_correction"] = _correct_bias(
+                    proto, batches, lambda p: self._qdq(p, preset, ranges, self.exclude), reference)
+            notes.update(steps)
+            self._calibrated = (proto, preset, ranges, notes)
+            out = self._qdq(proto, preset, ranges, self.exclude)
+        return PassResult(ir.from_proto(out), True, {"mode": "static", **notes, "quantized_ops": _quantized_ops(out),
+                                                     **self._exclude_notes()})
+
+    def keep_nearest(self) -> None:
+        """Undo adaround(): later requantize() calls use the round-to-nearest calibration again (the
+        float fallback: rounding fitted to quantized upstream layers is wrong once they stay float)."""
+        if self._nearest is not None:
+            self._calibrated, self._nearest = self._nearest, None
 
     def _exclude_notes(self) -> dict:
         notes = {"float_nodes": list(self.exclude)} if self.exclude else {}
@@ -303,35 +341,6 @@ class Quantize(FunctionalGraphPass):
                      "per_channel": preset.per_channel, "activations": "uint8 (dynamic, per batch)"}
 
 
-# Calibration results (float graph after equalization/bias correction, ranges, notes) by graph +
-# data + settings: the backend candidates of an `auto` build quantize the same graph with the same
-# preset, and calibrating is most of the cost. Small and process-local.
-_CALIBRATIONS: dict[str, tuple] = {}
-_CALIBRATIONS_MAX = 4
-
-
-def _calibration_key(proto, batches, section, preset: QuantPreset, exclude) -> str:
-    import hashlib
-
-    h = hashlib.sha256(proto.SerializeToString(deterministic=True))
-    for b in batches:
-        for name in sorted(b):
-            arr = np.ascontiguousarray(b[name])
-            h.update(f"{name}:{arr.dtype}:{arr.shape}".encode())
-            h.update(arr.tobytes())
-    s = section
-    kind = {k: v for k, v in asdict(preset).items() if not k.startswith("float_stem")}    # the stems it gives count
-    h.update(repr((s.calibrate, s.percentile, s.equalize, s.bias_correction, kind, sorted(exclude),
-                   float_stems(proto, preset))).encode())
-    return h.hexdigest()
-
-
-def _remember(key: str, value: tuple) -> None:
-    _CALIBRATIONS[key] = value
-    while len(_CALIBRATIONS) > _CALIBRATIONS_MAX:
-        _CALIBRATIONS.pop(next(iter(_CALIBRATIONS)))
-
-
 def _equalize(proto, batches):
     """Cross-layer equalization (passes/equalize.py), ReLU6-aware through the calibration data."""
     import onnx_ir as ir
@@ -343,15 +352,23 @@ def _equalize(proto, batches):
     return (ir.to_proto(result.model) if result.modified else proto), p.notes
 
 
-def _correct_bias(proto, batches, qdq):
-    """Empirical bias correction (passes/bias_correction.py) against `qdq(proto)` with fixed ranges."""
+def _correct_bias(proto, batches, qdq, reference=None):
+    """Empirical bias correction (passes/bias_correction.py) against `qdq(proto)` with fixed ranges;
+    `reference`: the float weights before AdaRound moved them onto the grid."""
     import onnx_ir as ir
 
     from edgecompile.passes.bias_correction import BiasCorrection
 
-    p = BiasCorrection(feeds=batches, quantize=lambda m: ir.from_proto(qdq(ir.to_proto(m))))
+    p = BiasCorrection(feeds=batches, quantize=lambda m: ir.from_proto(qdq(ir.to_proto(m))), reference=reference)
     result = p(ir.from_proto(proto))
     return (ir.to_proto(result.model) if result.modified else proto), p.notes
+
+
+def _weights(proto) -> dict:
+    """{initializer name: array} of the graph's constant weights (before AdaRound moves them)."""
+    from onnx import numpy_helper
+
+    return {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer if len(i.dims) >= 2}
 
 
 def _preset_notes(p: QuantPreset) -> dict:

@@ -134,3 +134,28 @@ def test_digits_int8_within_a_tight_bound(tmp_path):
     if rep["precision"] != "fp32":
         assert chosen[0]["accuracy_drop"] <= 0.1
     assert "## Candidates tried" in (tmp_path / "auto" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("adaround", ["auto", False])
+def test_adaround_runs_when_int8_is_over_the_bound_before_the_fallback(fragile, tmp_path, monkeypatch, adaround):
+    """adaround = "auto": round-to-nearest is over the bound, so learned rounding runs (same ranges). On the
+    fragile MLP the clipped outlier channel is an activation-range problem that rounding cannot fix: it
+    measures no better, is reverted (no waterfall step; the quantize record says why) and the float
+    fallback finds the same mixed bundle. adaround = false: it does not run at all."""
+    model, data, _, _ = fragile
+    monkeypatch.setattr(precision_stage, "measurably_slower", lambda lat: False)
+    cfg = Config().with_overrides({"passes.quantize.max_accuracy_drop": 1.0, "passes.quantize.adaround": adaround})
+    bundle = edgecompile.build(model, "cpu", backend="ort", output=tmp_path / "b", precision="int8", data=data,
+                               config=cfg)
+    rep = json.loads((bundle.path / "report.json").read_text())
+    names = [p["name"] for p in rep["passes"]]
+    q = rep["passes"][names.index("quantize")]
+    search = rep["precision_notes"]["precision_search"]
+    assert rep["precision"] == "mixed" and search["steps"][-1]["metric_drop"] <= 1.0
+    assert json.loads((bundle.path / "manifest.json").read_text())["float_nodes"][0] == "fc2"
+    assert "adaround" not in names
+    if adaround is False:
+        assert "adaround" not in q["notes"]
+        return
+    assert q["notes"]["adaround"]["reverted"].startswith("accuracy drop")
+    assert q["notes"]["adaround"]["layers"] + q["notes"]["adaround"]["kept_nearest"] == 3

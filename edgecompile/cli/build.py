@@ -49,6 +49,9 @@ from edgecompile.cli.common import Ctx, _load_config, _show_built, emit_json, ve
               help="Number of calibration samples ([passes.quantize] calib_samples). Default: 256.")
 @click.option("--qat-epochs", "qat_epochs", type=click.IntRange(min=0),
               help="Training epochs for --quantize qat ([passes.quantize] qat_epochs). Default: 3.")
+@click.option("--adaround", type=click.Choice(["auto", "on", "off"]),
+              help="Learned weight rounding for static INT8 ([passes.quantize] adaround): auto = only when the "
+                   "round-to-nearest result is over --max-accuracy-drop. Default: auto.")
 @click.option("--max-accuracy-drop", "max_accuracy_drop", type=click.FloatRange(min=0.0),
               help="Accuracy bound for int8/auto ([passes.quantize] max_accuracy_drop): percentage points for "
                    "top-1/agreement, relative %% for error metrics. Layers are kept in float until it holds.")
@@ -78,6 +81,7 @@ def build(
     calibrate,
     calib_samples,
     qat_epochs,
+    adaround,
     max_accuracy_drop,
     no_cache,
     prune,
@@ -102,6 +106,7 @@ def build(
                               "passes.quantize.block_size": block_size,
                               "passes.quantize.calib_samples": calib_samples,
                               "passes.quantize.qat_epochs": qat_epochs,
+                              "passes.quantize.adaround": {"on": True, "off": False}.get(adaround, adaround),
                               "passes.quantize.max_accuracy_drop": max_accuracy_drop,
                               "tvm.remote": remote, "tvm.remote_key": remote_key, "data.annotations": annotations})
     progress = obj.progress(json_mode)

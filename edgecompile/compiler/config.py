@@ -67,6 +67,8 @@ class QuantizeSection:
     float_stem_channels: int | None = None   # static: convs on <= this many input channels stay float; None: preset
     smooth_alpha: float = 0.5          # SmoothQuant-style smoothing of LayerNorm outputs read by MatMul/Attention
                                        # (transformers; passes/smoothquant.py), from calibration data; 0 = off
+    # static: learned weight rounding (passes/adaround.py); "auto": only when PTQ is over the accuracy bound
+    adaround: bool | str = _choices("auto", default="auto")
 
 
 @dataclass(frozen=True)

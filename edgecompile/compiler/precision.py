@@ -16,6 +16,7 @@ exported graph already carries the QDQ nodes and this stage only checks that (se
 from __future__ import annotations
 
 from edgecompile.compiler import registry
+from edgecompile.compiler.rounding import maybe_adaround
 from edgecompile.errors import CompileError
 
 # INT8 counts as "slower than FP32" only beyond this margin, and only when it lost every
@@ -113,6 +114,9 @@ def int8(plan, model, ctx, records, progress, auto: bool = False):
         why = rec.notes.get("nothing_to_quantize", "the quantize pass changed nothing")
         return model, "fp32", {"reason": f"nothing to quantize: {why}",
                                "quantization": {"mode": qcfg.mode, "nothing_to_quantize": why}}
+    bound = qcfg.max_accuracy_drop if qcfg.max_accuracy_drop is not None else (AUTO_BOUND if auto else None)
+    rec, qmodel = maybe_adaround(plan, qpass, rec, qmodel, lambda m: _metric_drop(plan, rec.metric_before, m)[0],
+                                 bound, ctx, records, progress)
     fp_bytes = ir.to_proto(model).SerializeToString()
     feeds = _latency_feeds(plan, model)
     with progress.step("int8 vs fp32", "size, latency (interleaved), output cosine"):
@@ -128,12 +132,12 @@ def int8(plan, model, ctx, records, progress, auto: bool = False):
         cands[0]["status"] = "not chosen: --force ships the requested precision"
         return qmodel, "int8", notes
 
-    bound = qcfg.max_accuracy_drop if qcfg.max_accuracy_drop is not None else (AUTO_BOUND if auto else None)
     drop = summary.get("metric_drop")
     models = {"fp32": model, "int8": qmodel}
     slow = {"int8": plan.backend == "ort" and measurably_slower(lat)}
     if bound is not None and drop is not None and drop > bound and qcfg.mode in ("static", "dynamic") \
             and ctx.evaluator:
+        qpass.keep_nearest()       # the fallback starts from round-to-nearest (see Quantize.keep_nearest)
         with progress.step("precision search", f"sensitivity + greedy float fallback to {bound:g}"):
             found = _search(plan, qpass, rec, fp_bytes, qmodel, bound, feeds, ctx, progress)
         notes["precision_search"] = found["report"]

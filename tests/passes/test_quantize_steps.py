@@ -7,7 +7,7 @@ import onnx_ir as ir
 import pytest
 
 from edgecompile.compiler.config import QuantizeSection
-from edgecompile.passes import quantize as qmod
+from edgecompile.passes.calibration_cache import CALIBRATIONS
 from edgecompile.passes.quantize import Quantize
 from edgecompile.targets.ort.build import ort_outputs
 
@@ -28,7 +28,7 @@ def top1(proto, ds) -> float:
 
 
 def test_all_steps_run_and_hold_digits_accuracy(digits_fp32, digits_source):
-    qmod._CALIBRATIONS.clear()
+    CALIBRATIONS.clear()
     cal, test = digits_source.dataset("calibration"), digits_source.dataset("test")
     notes, q = quantize(digits_fp32, cal, QuantizeSection(calibrate="search", equalize=True))
     assert notes["calibrate"] == "search" and sum(notes["range_search"].values()) == notes["tensors_calibrated"]
@@ -41,7 +41,7 @@ def test_all_steps_run_and_hold_digits_accuracy(digits_fp32, digits_source):
 
 
 def test_backend_candidates_share_one_calibration(digits_fp32, digits_source, monkeypatch):
-    qmod._CALIBRATIONS.clear()
+    CALIBRATIONS.clear()
     cal = digits_source.dataset("calibration").take(64)
     section = QuantizeSection(calibrate="search", calib_samples=64)
     n1, q1 = quantize(digits_fp32, cal, section, backend="ort")

@@ -1,5 +1,4 @@
-"""Gemm with a constant weight rewritten as MatMul (+ Add), so that dynamic INT8 (MatMulInteger) and
-weight-only quantizers, which match MatMul only, apply to it."""
+"""Gemm -> MatMul(+Add) rewrite, so dynamic quantization (MatMulInteger) applies to Gemm layers."""
 from __future__ import annotations
 
 import numpy as np
