@@ -108,7 +108,9 @@ class TuningDatabase:
         for t in tasks:
             self._note_task(t, found[t.task_name], _flops(estimate_tir_flops, t.dispatched[0]))
         before = self._count()
-        todo = max(0, trials - before)
+        # trials asked before for this graph count as done even where a candidate failed to build or run
+        attempted = sum(int(x.get("trials_run", 0)) for x in self.meta["sessions"])
+        todo = max(0, trials - max(before, attempted))
         session = {"trials_requested": trials, "trials_run": 0, "seconds": 0.0, "stopped": None}
         if todo and not runs_on_host and not remote:
             raise ConfigError(
@@ -184,7 +186,7 @@ class TuningDatabase:
                 db.commit_tuning_record(copy_record(ms, rec, wl))
         seeded = len(db.get_all_tuning_records())
         self.database = db
-        cost_model = ms.cost_model.XGBModel(num_tuning_cores=cores, adaptive_training=True)
+        cost_model = _cost_model(ms, cores)
         session["cost_model_samples"] = self.shared.load_cost_model(cost_model)
         state = _Progress(progress, [t.task_name for t in chosen], budget, t0, deadline, timeout_min)
         hidden = hide_torch_from_workers()
@@ -206,6 +208,7 @@ class TuningDatabase:
                 state.stopped = f"--tune-timeout {timeout_min} min reached after 0 trials"
             else:
                 _tidy_meta_schedule_logger()
+                _import_on_a_shallow_stack("tvm.s_tir.tensor_intrin")
                 ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
                     chosen, str(self.path), num_threads=cores, seed=0)
                 callbacks = [*ms.measure_callback.MeasureCallback.create("default"), state.callback(ms)]
@@ -218,7 +221,7 @@ class TuningDatabase:
         finally:
             seconds = time.perf_counter() - t0
             new = db.get_all_tuning_records()[seeded:]
-            self.shared.commit(new)
+            self.shared.commit(r for r in new if _mean_us(r) is not None and _mean_us(r) < 1e15)   # measured ones
             if state.done:
                 self.shared.save_cost_model(cost_model)
             for t in tasks:
@@ -300,6 +303,41 @@ def _deadline_builder(ms, inner, state: _Progress):
             return inner.build(build_inputs)
 
     return DeadlineBuilder()
+
+
+def _import_on_a_shallow_stack(name: str) -> None:
+    """Import `name` in a fresh thread. TuneContext imports TVM's tensor intrinsics, hundreds of TVMScript
+    functions each of which calls inspect.stack(): that reads every frame's source and scans sys.modules,
+    minutes under a deep stack (a build pipeline, pytest) with torch loaded; a new thread's stack is shallow."""
+    import importlib
+    import threading
+
+    errors = []
+
+    def run():
+        try:
+            importlib.import_module(name)
+        except Exception as exc:   # raised again here, in the caller's thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name=f"import {name}")
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+
+
+def _cost_model(ms, cores: int):
+    """MetaSchedule's XGBoost cost model, except that it does not learn from candidates the deadline skipped."""
+    from tvm.ir.utils import derived_object
+
+    @derived_object
+    class XGBModel(ms.cost_model.XGBModel._cls):
+        def update(self, context, candidates, results):
+            keep = [i for i, r in enumerate(results) if r.error_msg != STOPPED_BY_TIMEOUT]
+            super().update(context, [candidates[i] for i in keep], [results[i] for i in keep])
+
+    return XGBModel(num_tuning_cores=cores, adaptive_training=True)
 
 
 def _mean_us(rec) -> float | None:
