@@ -226,6 +226,8 @@ class TuningDatabase:
                 self.shared.save_cost_model(cost_model)
             for t in tasks:
                 self._note_task(t, valid_records(db, t.dispatched[0]) + found[t.task_name][SEED_RECORDS:], 0)
+                info = self.meta["tasks"][t.task_name]
+                info["error"] = state.errors.get(t.task_name) if not info["trials"] else None
             session["trials_run"] = state.done
             session["seconds"] = seconds
             session["stopped"] = state.stopped
@@ -245,6 +247,7 @@ class _Progress:
         self.t0, self.deadline, self.timeout_min = t0, deadline, timeout_min
         self.done, self.sent, self.stopped = 0, 0, None
         self.best = [None] * len(names)
+        self.errors = {}        # kernel -> the latest build/run error of one of its candidates
 
     def expired(self) -> bool:
         return self.deadline is not None and time.perf_counter() >= self.deadline
@@ -261,12 +264,16 @@ class _Progress:
         n = sum(built)
         self.done += n
         for ok, res in zip(built, runner_results):
+            if ok and res.error_msg is not None:
+                self.errors[self.names[task_id]] = first_line(res.error_msg)[:200]
             if ok and res.error_msg is None and res.run_secs:
                 us = 1e6 * sorted(float(s) for s in res.run_secs)[len(res.run_secs) // 2]
                 self.best[task_id] = us if self.best[task_id] is None else min(us, self.best[task_id])
         if self.progress is not None and n:
             best = self.best[task_id]
-            status = f"best {best:.1f} us" if best is not None else "no valid candidate yet"
+            status = f"best {best:.1f} us" if best is not None else (
+                "no valid candidate yet" + (f" (last error: {self.errors[self.names[task_id]][:80]})"
+                                            if self.names[task_id] in self.errors else ""))
             self.progress.info(f"    tune [{self.done:>4}/{self.budget}] {task_id + 1}/{len(self.names)} "
                                f"{self.names[task_id][:48]}: +{n} trials, {status} "
                                f"({time.perf_counter() - self.t0:.0f} s)")
