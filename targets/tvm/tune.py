@@ -1,10 +1,9 @@
 """MetaSchedule tuning for the TVM backend: one run over all kernels, records and cost model kept in the cache.
 
-Per graph, `<cache>/tvm/db/<key>/edgecompile.json` (key = sha256(graph hash, TVM target dict, TVM version))
-records what was asked and done for it (trials, time, per-kernel status, sessions); builds of the same key are
-serialised with a file lock there. The records themselves live in the target's shared database
-(`targets/tvm/records.py`): keyed by each kernel's workload, so a graph whose kernels were tuned while
-building another network (same conv shapes) finds their records and does not tune them again.
+Per graph, `<cache>/tvm/db/<key>/edgecompile.json` (key = sha256(graph hash, TVM target, TVM version)) records
+what was asked and done (trials, time, kernels, sessions; builds of one key take turns with a file lock). The
+records live in the target's shared database (records.py), keyed by kernel workload: a graph whose kernels
+were tuned for another network (same conv shapes) finds their records and does not tune them again.
 
 A graph's trials are the valid records its kernels have in the shared database. A build asking for N trials
 tunes only what is missing (N - trials), in one MetaSchedule run over all kernels that have no records yet
@@ -245,7 +244,7 @@ class _Progress:
     def __init__(self, progress, names, budget, t0, deadline, timeout_min):
         self.progress, self.names, self.budget = progress, names, budget
         self.t0, self.deadline, self.timeout_min = t0, deadline, timeout_min
-        self.done, self.sent, self.stopped = 0, 0, None
+        self.done, self.sent, self.stopped, self.scheduler, self.end_next = 0, 0, None, None, None
         self.best = [None] * len(names)
         self.errors = {}        # kernel -> the latest build/run error of one of its candidates
 
@@ -253,7 +252,6 @@ class _Progress:
         return self.deadline is not None and time.perf_counter() >= self.deadline
 
     def before_build(self, n: int) -> None:
-        """The scheduler's first round sends a batch per kernel before it measures any: say so meanwhile."""
         self.sent += n
         if self.progress is not None and not self.done:
             self.progress.info(f"    tune: building {n} candidates ({self.sent}/{self.budget} sent in the first round, "
@@ -280,9 +278,17 @@ class _Progress:
         if self.expired():
             if self.stopped is None:
                 self.stopped = f"--tune-timeout {self.timeout_min} min reached after {self.done} trials"
+            # End the other kernels. The one joined stays alive here: the scheduler's clean-up terminates it
+            # after this join (twice fails a check), or its main loop hands it out again: the builder ends it.
             for i, task in enumerate(scheduler.tasks_):
-                if not task.is_terminated:
+                if i != task_id and not task.is_terminated:
                     scheduler.terminate_task(i)
+            self.scheduler, self.end_next = scheduler, task_id
+
+    def end_pending(self) -> None:     # called by the builder past the deadline
+        if self.end_next is not None and not self.scheduler.tasks_[self.end_next].is_terminated:
+            self.scheduler.terminate_task(self.end_next)
+        self.end_next = None
 
     def callback(self, ms):
         from tvm.ir.utils import derived_object
@@ -305,6 +311,7 @@ def _deadline_builder(ms, inner, state: _Progress):
     class DeadlineBuilder(ms.builder.PyBuilder):
         def build(self, build_inputs):
             if state.expired():
+                state.end_pending()       # only ever the kernel these candidates are for: all others ended
                 return [ms.builder.BuilderResult(None, STOPPED_BY_TIMEOUT) for _ in build_inputs]
             state.before_build(len(build_inputs))
             return inner.build(build_inputs)
@@ -313,9 +320,8 @@ def _deadline_builder(ms, inner, state: _Progress):
 
 
 def _import_on_a_shallow_stack(name: str) -> None:
-    """Import `name` in a fresh thread. TuneContext imports TVM's tensor intrinsics, hundreds of TVMScript
-    functions each of which calls inspect.stack(): that reads every frame's source and scans sys.modules,
-    minutes under a deep stack (a build pipeline, pytest) with torch loaded; a new thread's stack is shallow."""
+    """Import `name` in a fresh thread. TuneContext imports TVM's tensor intrinsics: hundreds of TVMScript
+    functions each calling inspect.stack(), slow under a deep stack (a build, pytest); a thread's is shallow."""
     import importlib
     import threading
 
@@ -324,10 +330,10 @@ def _import_on_a_shallow_stack(name: str) -> None:
     def run():
         try:
             importlib.import_module(name)
-        except Exception as exc:   # raised again here, in the caller's thread
+        except Exception as exc:   # raised again in the caller's thread
             errors.append(exc)
 
-    thread = threading.Thread(target=run, name=f"import {name}")
+    thread = threading.Thread(target=run)
     thread.start()
     thread.join()
     if errors:

@@ -131,13 +131,27 @@ def test_the_next_session_starts_from_the_saved_cost_model(tuned, cache, tmp_pat
     assert SharedRecords(records).load_cost_model(grown) > n_saved
 
 
-def test_records_are_committed_under_the_lock(tuned, tmp_path):
+def _records(n: int):
+    """n measured tuning records of a small elementwise kernel (no tuning needed)."""
+    from tvm import te
+    from tvm.s_tir import Schedule
     from tvm.s_tir import meta_schedule as ms
 
-    from edgecompile.targets.tvm.records import SharedRecords
+    a = te.placeholder((64,), name="a")
+    mod = tvm.IRModule({"main": te.create_prim_func([a, te.compute((64,), lambda i: a[i] * 2.0, name="b")])})
+    db = ms.database.MemoryDatabase()
+    wl = db.commit_workload(mod)
+    sch = Schedule(mod)
+    sch.split(sch.get_loops(sch.get_sblock("b"))[0], [None, 8])      # a trace with one instruction: a valid record
+    trace = sch.trace
+    return [ms.database.TuningRecord(trace, wl, run_secs=[1e-6 * (i + 1)], target=tvm.target.Target("llvm"))
+            for i in range(n)]
 
-    source = next((tuned[0] / "tvm" / "records").iterdir())
-    recs = ms.database.JSONDatabase(work_dir=str(source)).get_all_tuning_records()
+
+def test_records_are_committed_under_the_lock(tmp_path):
+    from edgecompile.targets.tvm.records import SharedRecords, valid_records
+
+    recs = _records(3)
     target = SharedRecords(tmp_path)
     done = []
     with open(tmp_path / ".lock", "w") as lock:
@@ -148,5 +162,6 @@ def test_records_are_committed_under_the_lock(tuned, tmp_path):
         assert not done and not (tmp_path / "database_tuning_record.json").exists()
         fcntl.flock(lock, fcntl.LOCK_UN)
     writer.join(60)
-    assert done == [len(recs)]
-    assert len(target.snapshot().get_all_tuning_records()) == len(recs)
+    assert done == [3]
+    target.commit(recs[:1])                          # a second build's commit appends to the first's
+    assert len(valid_records(target.snapshot(), recs[0].workload.mod)) == 4
