@@ -1,12 +1,16 @@
-"""TVM (untuned, tuned with growing budgets, warm database) vs ONNX Runtime, FP32, on this host.
+"""TVM tuned with growing trial budgets vs ONNX Runtime FP32, side by side on this host: the trials -> latency curve.
 
-    .venv/bin/python bench/tvm_vs_ort.py --models resnet18 mobilenetv2 --budgets 64 192 --timeout 20
+    .venv/bin/python bench/tvm_vs_ort.py --models resnet18 mobilenetv2 --minutes 20     # the issue's target run
+    .venv/bin/python bench/tvm_vs_ort.py --models resnet18 --minutes 4                  # a short look
 
-For each model: export once (the same ONNX graph for every candidate), compile TVM untuned, then tune
-with growing trial budgets in a fresh database (each budget tops up the previous one, so the curve is
-cumulative trials -> latency, with the tuning time so far), rebuild from the warm database (timing the
-compile step: no re-tuning), and measure every library and ORT side by side, interleaved A/B/A/B.
-Not part of CI: tuning takes minutes to hours. Uses a private cache dir unless --cache is given.
+For each model: export once (the same ONNX graph for every candidate; ResNet-18 has random weights,
+MobileNetV2 is models/mobilenetv2), compile TVM untuned, then tune in steps of doubling trial budgets
+(each step tops up the records of the previous one: one MetaSchedule run with the gradient task scheduler,
+the cost model warm-started from the previous step) until --minutes of tuning are spent, rebuild from the
+warm database (timed: no trials run), and measure every library and ORT FP32 side by side, interleaved
+A/B/A/B. Prints the curve (cumulative trials, tuning time, p50 latency, ratio to ORT) and writes it with the
+CPU model and load average to bench/results/tvm_vs_ort.txt. A fresh cache is used unless --cache is given;
+the models share it, so the second starts with the first's cost model (and any identical kernels' records).
 """
 from __future__ import annotations
 
@@ -19,8 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+RESULTS = Path(__file__).resolve().parent / "results" / "tvm_vs_ort.txt"
 
-def _median_ms(fn, feeds, rounds: int, seconds: float) -> list[float]:
+
+def _samples_ms(fn, feeds, rounds: int, seconds: float) -> list[float]:
     fn(feeds)
     out = []
     t_end = time.perf_counter() + seconds
@@ -37,7 +43,7 @@ def interleaved(candidates: dict, feeds, rounds: int, round_seconds: float) -> d
     samples = {name: [] for name in candidates}
     for _ in range(rounds):
         for name, fn in candidates.items():
-            samples[name] += _median_ms(fn, feeds, 3, round_seconds)
+            samples[name] += _samples_ms(fn, feeds, 3, round_seconds)
     return {name: float(np.median(v)) for name, v in samples.items()}
 
 
@@ -54,79 +60,106 @@ def export(name: str):
     return model, ir.to_proto(model).SerializeToString(), feeds
 
 
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def bench_model(name, args, cpu, work, out, progress):
+    from edgecompile.data import TensorSpec
+    from edgecompile.targets.ort.run import create_session
+    from edgecompile.targets.tvm.build import compile_library
+    from edgecompile.targets.tvm.run import load_library
+
+    out(f"\n== {name} (batch 1, fp32) ==")
+    model, onnx_bytes, feeds = export(name)
+    specs_in = [TensorSpec(k, tuple(v.shape), v.dtype.name) for k, v in feeds.items()]
+    sess = create_session(onnx_bytes, threads=args.threads)
+    specs_out = [TensorSpec(o.name, (), "float32") for o in sess.get_outputs()]
+    candidates = {"ort fp32": lambda f, s=sess: s.run(None, f)}
+
+    def add(label, lib):
+        candidates[label] = load_library(lib, specs_in, specs_out, args.threads).run
+
+    t0 = time.perf_counter()
+    untuned = compile_library(model, cpu, work / f"{name}-untuned.so", cache=False)
+    out(f"  untuned compile {time.perf_counter() - t0:.1f} s")
+    add("tvm untuned", work / f"{name}-untuned.so")
+    curve, budget, spent = [], args.first, 0.0
+    while spent < 60.0 * args.minutes:
+        lib = work / f"{name}-{budget}.so"
+        meta = compile_library(model, cpu, lib, tune_trials=budget, tune_timeout=args.minutes - spent / 60.0,
+                               progress=progress)
+        tuning = meta["tuning"]
+        spent += tuning["tuning_seconds_now"]
+        label = f"tvm {tuning['trials_in_database']} trials"
+        add(label, lib)
+        curve.append((label, tuning))
+        out(f"  step: {tuning['trials_run_now']} trials run in {tuning['tuning_seconds_now']:.0f} s "
+            f"(cost model warm start: {tuning['cost_model_warm_start']} samples), "
+            f"{tuning['trials_in_database']} in the records" + (f"; {tuning['stopped']}" if tuning["stopped"] else ""))
+        if tuning["trials_run_now"] == 0 or (tuning["stopped"] and "exhausted" in tuning["stopped"]):
+            break
+        budget *= 2
+    t0 = time.perf_counter()
+    warm = compile_library(model, cpu, work / f"{name}-warm.so", progress=progress)   # no --tune: records applied
+    warm_wall = time.perf_counter() - t0
+    add("tvm warm rebuild", work / f"{name}-warm.so")
+    out(f"  measuring {len(candidates)} candidates interleaved ({args.rounds} rounds x {args.round_seconds} s), "
+        f"load average {load_average()}")
+    lat = interleaved(candidates, feeds, args.rounds, args.round_seconds)
+    ort = lat["ort fp32"]
+    out(f"  {'trials':>7} {'tuning s':>9} {'p50 ms':>9} {'vs ORT':>8}")
+    out(f"  {'ORT':>7} {'':>9} {ort:>9.3f} {1.0:>7.2f}x")
+    out(f"  {0:>7} {0:>9.0f} {lat['tvm untuned']:>9.3f} {lat['tvm untuned'] / ort:>7.2f}x  (untuned)")
+    for label, tuning in curve:
+        out(f"  {tuning['trials_in_database']:>7} {tuning['tuning_seconds_total']:>9.0f} {lat[label]:>9.3f} "
+            f"{lat[label] / ort:>7.2f}x")
+    w = warm["tuning"]
+    out(f"  warm-database rebuild: {w['trials_run_now']} trials run, {warm_wall:.1f} s wall (TVM import "
+        f"{warm['timings_s']['import']:.1f} s, compile {warm['timings_s']['compile']:.1f} s, link "
+        f"{warm['timings_s']['link']:.1f} s; untuned compile {untuned['timings_s']['compile']:.1f} s); "
+        f"p50 {lat['tvm warm rebuild']:.3f} ms = {lat['tvm warm rebuild'] / ort:.2f}x ORT")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["resnet18", "mobilenetv2"])
-    ap.add_argument("--budgets", nargs="+", type=int, default=[64, 192],
-                    help="cumulative MetaSchedule trial budgets (each tops up the previous)")
-    ap.add_argument("--timeout", type=float, default=20.0, help="minutes of tuning per model at most")
+    ap.add_argument("--minutes", type=float, default=20.0, help="tuning minutes per model (default 20)")
+    ap.add_argument("--first", type=int, default=64, help="trials of the first step; each next step doubles")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--round-seconds", type=float, default=0.5)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--cache", help="cache dir (default: a fresh temporary one, so tuning starts cold)")
+    ap.add_argument("--out", type=Path, default=RESULTS, help=f"results file (default {RESULTS})")
     args = ap.parse_args(argv)
-    if args.cache:
-        os.environ["EDGECOMPILE_CACHE"] = args.cache
-    else:
-        os.environ["EDGECOMPILE_CACHE"] = tempfile.mkdtemp(prefix="edgecompile-bench-tvm-")
+    os.environ["EDGECOMPILE_CACHE"] = args.cache or tempfile.mkdtemp(prefix="edgecompile-bench-tvm-")
 
-    from edgecompile.data import TensorSpec
-    from edgecompile.runtime.machine import cpu_info
     from edgecompile.progress import Progress
-    from edgecompile.targets.ort.run import create_session
+    from edgecompile.runtime.machine import cpu_info
     from edgecompile.targets.profiles import get_profile
-    from edgecompile.targets.tvm.build import compile_library
-    from edgecompile.targets.tvm.run import load_library
 
-    progress = Progress()
-    cpu = get_profile("cpu")
+    lines = []
+
+    def out(text=""):
+        print(text, flush=True)
+        lines.append(text)
+
     info = cpu_info()
-    print(f"CPU: {info['model']} ({info['cores']} cores; flags {' '.join(info['flags'])}); "
-          f"threads={args.threads or 'default'}; rounds={args.rounds}x{args.round_seconds}s interleaved")
+    out(f"# bench/tvm_vs_ort.py  {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}")
+    out(f"# CPU: {info['model']} ({info['cores']} cores); threads={args.threads or 'default'}; "
+        f"load average at start {load_average()}")
+    out(f"# command: bench/tvm_vs_ort.py {' '.join(argv if argv is not None else sys.argv[1:])}")
+    out("# MetaSchedule: one run over all kernels per step, gradient task scheduler, XGBoost cost model "
+        "warm-started from the previous step; latency p50 at batch 1, interleaved with ORT")
     work = Path(tempfile.mkdtemp(prefix="edgecompile-bench-libs-"))
+    cpu = get_profile("cpu")
     for name in args.models:
-        print(f"\n== {name} ==", flush=True)
-        model, onnx_bytes, feeds = export(name)
-        specs_in = [TensorSpec(k, tuple(v.shape), v.dtype.name) for k, v in feeds.items()]
-        sess = create_session(onnx_bytes, threads=args.threads)
-        out_names = [o.name for o in sess.get_outputs()]
-        specs_out = [TensorSpec(n, (), "float32") for n in out_names]
-        candidates = {"ort": lambda f, s=sess: s.run(None, f)}
-        curve = []
-        untuned = compile_library(model, cpu, work / f"{name}-untuned.so", cache=False)
-        candidates["tvm untuned"] = load_library(work / f"{name}-untuned.so", specs_in, specs_out, args.threads).run
-        spent = 0.0
-        for budget in args.budgets:
-            left = args.timeout - spent / 60.0
-            if left <= 0:
-                print(f"  budget {budget}: skipped, tuning time limit reached")
-                break
-            lib = work / f"{name}-tuned-{budget}.so"
-            meta = compile_library(model, cpu, lib, tune_trials=budget, tune_timeout=left, progress=progress)
-            spent = meta["tuning"]["tuning_seconds_total"]
-            label = f"tvm {meta['tuning']['trials_in_database']} trials"
-            candidates[label] = load_library(lib, specs_in, specs_out, args.threads).run
-            curve.append((label, meta["tuning"]["trials_in_database"], spent, meta["tuning"]["stopped"]))
-        t0 = time.perf_counter()
-        # a rebuild from the warm database: no --tune at all (the database is applied automatically)
-        warm = compile_library(model, cpu, work / f"{name}-warm.so", progress=progress)
-        warm_wall = time.perf_counter() - t0
-        candidates["tvm warm db"] = load_library(work / f"{name}-warm.so", specs_in, specs_out, args.threads).run
-        lat = interleaved(candidates, feeds, args.rounds, args.round_seconds)
-        ort = lat["ort"]
-        print(f"  {'candidate':<22} {'p50 ms':>10} {'vs ORT':>8}")
-        for label, ms in lat.items():
-            print(f"  {label:<22} {ms:>10.3f} {ms / ort:>7.2f}x")
-        print("  trials -> latency curve (cumulative trials, tuning seconds so far):")
-        print(f"    {0:>6} trials  {0:>8.0f} s  {lat['tvm untuned']:.3f} ms (untuned)")
-        for label, trials, secs, stopped in curve:
-            print(
-                f"    {trials:>6} trials  {secs:>8.0f} s  {lat[label]:.3f} ms" + (f"  ({stopped})" if stopped else "")
-            )
-        print(f"  warm database rebuild: trials run {warm['tuning']['trials_run_now']}, TVM compile step "
-              f"{warm['timings_s']['compile']:.1f} s (import {warm['timings_s']['import']:.1f} s, link "
-              f"{warm['timings_s']['link']:.1f} s, wall {warm_wall:.1f} s); untuned compile "
-              f"{untuned['timings_s']['compile']:.1f} s")
+        bench_model(name, args, cpu, work, out, Progress())
+    out(f"\n# load average at end {load_average()}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
     return 0
 
 

@@ -10,7 +10,7 @@ from edgecompile.cli.common import echo_warnings, emit_json, json_option, save_n
 
 remote_options = [
     click.option("--remote", metavar="HOST:PORT",
-                 help="Run on a board behind this TVM RPC tracker (loopback only; TVM bundles)."),
+                 help="Run on a board behind this TVM RPC tracker (loopback only; TVM and ONNX Runtime bundles)."),
     click.option("--key", metavar="KEY", help="The board's key on the tracker (with --remote), e.g. rpi5."),
     click.option("--wait", type=click.FloatRange(min=0), default=30.0, show_default=True,
                  help="Seconds to wait for a board with KEY to register (with --remote)."),

@@ -1,7 +1,7 @@
 """Apache TVM (Relax + MetaSchedule) for x86-64 and AArch64 CPUs.
 
 Build: ONNX -> Relax (`tvm.relax.frontend.onnx`) with a static batch of 1 -> MetaSchedule tuning
-database (kept in the cache, keyed by graph hash and target, reused automatically) -> `tvm.compile`
+records (kept in the cache per target, keyed by kernel workload, reused automatically; see tune.py) -> `tvm.compile`
 through `compile_relax` -> a shared library, cross-linked with aarch64-linux-gnu-gcc for ARM boards.
 
 Run: `targets/tvm/run.py` (what the runtime imports).
@@ -207,9 +207,10 @@ def compile_library(model, profile, out_path: Path, *, tune_trials: int = 0, tun
     """Compile an ONNX model (onnx_ir.Model) for `profile` into the shared library `out_path`.
 
     Writes `out_path` and `out_path.with_suffix('.json')` (the metadata below, read by load_library).
-    Tuning: with `cache=True` the MetaSchedule database for (graph hash, target) in the cache dir is
-    reused; `tune_trials` more than it holds are run (a warm database is not re-tuned), bounded by
-    `tune_timeout` minutes. `cache=False` tunes in a throwaway directory (or not at all).
+    Tuning: with `cache=True` the target's tuning records in the cache dir are reused (those of this
+    graph's kernels, whichever graph they were tuned for); `tune_trials` more than they hold are run (a warm
+    database is not re-tuned), bounded by `tune_timeout` minutes. `cache=False` tunes in a throwaway
+    directory (or not at all).
     `remote` = {"tracker": "HOST:PORT", "key": KEY} measures the kernels on that board (RPC tracker).
     Returns JSON-serialisable metadata: target, cross_compiler, compiled_batch, tuning, files, timings.
     """
@@ -226,7 +227,7 @@ def compile_library(model, profile, out_path: Path, *, tune_trials: int = 0, tun
     t_import = time.perf_counter() - t0
     target = _make_target(tvm, tgt_dict)
     key = tvm_tune.database_key(graph_hash(onnx_bytes), tgt_dict, tvm.__version__)
-    with tvm_tune.open_database(key, cache=cache) as db:
+    with tvm_tune.open_database(key, tgt_dict, tvm.__version__, cache=cache) as db:
         tuning = db.tune(mod, target, tune_trials, tune_timeout, progress, runs_on_host=cc is None
                          and profile.arch == _host_arch(), remote=remote, cross_cc=cc)
         t1 = time.perf_counter()

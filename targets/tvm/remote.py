@@ -292,6 +292,7 @@ def _register_board_info():
 def serve(tracker: str, key: str, *, host: str = "127.0.0.1", port: int = 9090, port_end: int = 9199,
           emulated: bool = False, token: str | None = None, ready=None) -> None:
     """Run an RPC server for this machine, registered with the tracker under `key`, until interrupted.
+    It listens on the first free port in [port, port_end] (both inclusive, as `device serve --port-end` says).
     With `token`, it answers clients' challenges (clients that set EDGECOMPILE_BOARD_TOKEN check them)."""
     parse_address(f"{host}:{port}")
     if port_end < port:
@@ -305,7 +306,8 @@ def serve(tracker: str, key: str, *, host: str = "127.0.0.1", port: int = 9090, 
     if token:
         os.environ[ENV_TOKEN] = token
     try:
-        server = rpc.Server(host, port, port_end, key=key, tracker_addr=(thost, tport), silent=True,
+        # TVM's end is exclusive; ours (--port-end, "last port to try") is inclusive
+        server = rpc.Server(host, port, port_end + 1, key=key, tracker_addr=(thost, tport), silent=True,
                             server_init_callback=_register_board_info)
     except Exception as exc:
         raise RemoteError(f"cannot start an RPC server on {host}:{port}-{port_end} ({first_line(exc)})") from None

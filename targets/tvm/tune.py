@@ -1,22 +1,21 @@
-"""MetaSchedule tuning databases for the TVM backend, kept in the cache and reused.
+"""MetaSchedule tuning for the TVM backend: one run over all kernels, records and cost model kept in the cache.
 
-A database lives in `<cache>/tvm/db/<key>/` where key = sha256(graph hash, TVM target dict, TVM
-version): MetaSchedule's JSON database files plus `edgecompile.json` (trials measured so far, time
-spent, per-task status). A build asking for N trials tunes only what the database lacks
-(N - trials already measured); a warm database is applied without re-tuning. Builds of the same
-key are serialised with a file lock.
+Per graph, `<cache>/tvm/db/<key>/edgecompile.json` (key = sha256(graph hash, TVM target, TVM version)) records
+what was asked and done (trials, time, kernels, sessions; builds of one key take turns with a file lock). The
+records live in the target's shared database (records.py), keyed by kernel workload: a graph whose kernels
+were tuned for another network (same conv shapes) finds their records and does not tune them again.
 
-Tasks are tuned one at a time (largest FLOPs first, round-robin in chunks) rather than in one
-MetaSchedule call, so that (a) progress and `--tune-timeout` are checked between chunks, and (b) a
-task on which MetaSchedule itself fails (it happens, e.g. batch-1 matmuls on TVM 0.27) is recorded
-and skipped instead of aborting the whole tuning run; an untuned task is compiled by TVM's
-default schedule.
+A graph's trials are the valid records its kernels have in the shared database. A build asking for N trials
+tunes only what is missing (N - trials), in one MetaSchedule run over all kernels that have no records yet
+(all kernels, when every one has some) with the gradient task scheduler: after one round over the kernels it
+gives the next trials to the kernel with the largest expected gain (latency slope x weight). The XGBoost cost
+model is loaded from the previous session and saved after this one. `--tune-timeout` is checked after every
+measured batch (and stops the builder from building more); a warm database is applied without tuning.
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import json
 import logging
 import os
@@ -26,14 +25,12 @@ from pathlib import Path
 
 from edgecompile.cache import content_key, subdir
 from edgecompile.errors import ConfigError, first_line
+from edgecompile.targets.tvm.records import SEED_RECORDS, SharedRecords, copy_record, valid_records
+from edgecompile.targets.tvm.workers import builder_runner, hide_torch_from_workers
 
 META_FILE = "edgecompile.json"
-MIN_CHUNK, MAX_CHUNK = 4, 32
-# MetaSchedule's builder/runner timeouts include starting their worker processes; on a loaded
-# 2-core machine that alone can take tens of seconds, so be generous (TVM's default is 30 s).
-BUILD_TIMEOUT_S, RUN_TIMEOUT_S = 120.0, 120.0
-# A board session: upload, load and time one candidate; an emulated board needs minutes.
-REMOTE_SESSION_TIMEOUT_S = 600
+MIN_PER_ITER, MAX_PER_ITER = 4, 32
+STOPPED_BY_TIMEOUT = "not built: --tune-timeout reached"
 
 
 def database_key(graph_sha256: str, target: dict, tvm_version: str) -> str:
@@ -41,7 +38,7 @@ def database_key(graph_sha256: str, target: dict, tvm_version: str) -> str:
 
 
 def trials_in_cache(key: str) -> int:
-    """Trials measured so far in the cached database `key` (0 when there is none); creates nothing."""
+    """Trials measured so far for the graph `key` (0 when there is none); creates nothing."""
     from edgecompile.cache import cache_dir
 
     meta = cache_dir() / "tvm" / "db" / key / META_FILE
@@ -52,32 +49,34 @@ def trials_in_cache(key: str) -> int:
 
 
 @contextlib.contextmanager
-def open_database(key: str, *, cache: bool = True):
-    """A TuningDatabase for `key`, locked for the duration of the block."""
+def open_database(key: str, target: dict, tvm_version: str, *, cache: bool = True):
+    """A TuningDatabase for the graph `key` on `target`, locked for the duration of the block. Without the
+    cache, a throwaway directory holds both the graph's metadata and its records."""
     if cache:
         path = subdir("tvm", "db", key)
         with open(path / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                yield TuningDatabase(key, path, persistent=True)
+                yield TuningDatabase(key, path, SharedRecords.in_cache(target, tvm_version), persistent=True)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
     else:
         with tempfile.TemporaryDirectory(prefix="edgecompile-tvm-db-") as tmp:
-            yield TuningDatabase(key, Path(tmp), persistent=False)
+            (Path(tmp) / "records").mkdir()
+            yield TuningDatabase(key, Path(tmp), SharedRecords(Path(tmp) / "records"), persistent=False)
 
 
 class TuningDatabase:
-    def __init__(self, key: str, path: Path, persistent: bool):
-        from tvm.s_tir import meta_schedule as ms
-
-        self.key = key
-        self.path = path
-        self.persistent = persistent
-        self.database = ms.database.JSONDatabase(work_dir=str(path))
+    def __init__(self, key: str, path: Path, shared: SharedRecords, persistent: bool):
+        self.key, self.path, self.shared, self.persistent = key, path, shared, persistent
+        self.database = None      # what compile_relax looks kernels up in (set by tune)
         meta_file = path / META_FILE
-        self.meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {
-            "key": key, "trials": 0, "tuning_seconds": 0.0, "tasks": {}, "sessions": []}
+        self.meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        self.meta.setdefault("key", key)
+        self.meta.setdefault("tuning_seconds", 0.0)
+        self.meta.setdefault("sessions", [])
+        self.meta["tasks"] = {}        # recounted from the shared records on every build
+        self.meta["trials"] = 0
 
     def _save(self) -> None:
         tmp = self.path / (META_FILE + ".tmp")
@@ -86,17 +85,31 @@ class TuningDatabase:
 
     def tune(self, mod, target, trials: int, timeout_min: float | None, progress, *, runs_on_host: bool,
              remote: dict | None = None, cross_cc: str | None = None) -> dict:
-        """Tune up to `trials` total trials for `mod` on `target` (only what the database lacks).
+        """Tune up to `trials` total trials for `mod` on `target` (only what the records lack).
         `remote` = {"tracker": "HOST:PORT", "key": KEY}: measure kernels on that board through TVM's RPC
         tracker (libraries linked with `cross_cc`) instead of on this host.
-        Returns the manifest's `tuning` record."""
+        Returns the manifest's `tuning` record; `self.database` is then the database to compile with."""
         trials = int(trials or 0)
         if trials < 0:
             raise ConfigError(f"--tune must be >= 0, got {trials}", hint="the number of MetaSchedule trials, e.g. 64")
         if timeout_min is not None and timeout_min <= 0:
             raise ConfigError(f"--tune-timeout must be > 0 minutes, got {timeout_min}")
-        before = int(self.meta["trials"])
-        todo = max(0, trials - before)
+        import tvm
+        from tvm import relax
+        from tvm.s_tir import meta_schedule as ms
+        from tvm.s_tir.analysis import estimate_tir_flops
+
+        logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+        tasks = ms.relax_integration.extract_tasks(_fused(mod, target, tvm, relax), target)
+        tasks = [t for t in tasks if not t.mod.attrs.get("tirx.is_scheduled", False)] if tasks else []
+        self.database = self.shared.snapshot()
+        found = {t.task_name: valid_records(self.database, t.dispatched[0]) for t in tasks}
+        for t in tasks:
+            self._note_task(t, found[t.task_name], _flops(estimate_tir_flops, t.dispatched[0]))
+        before = self._count()
+        # trials asked before for this graph count as done even where a candidate failed to build or run
+        attempted = sum(int(x.get("trials_run", 0)) for x in self.meta["sessions"])
+        todo = max(0, trials - max(before, attempted))
         session = {"trials_requested": trials, "trials_run": 0, "seconds": 0.0, "stopped": None}
         if todo and not runs_on_host and not remote:
             raise ConfigError(
@@ -105,19 +118,24 @@ class TuningDatabase:
                 hint="tune through a board: --remote HOST:PORT --key KEY (see `edgecompile device`), or build "
                 "untuned (drop --tune); a database for this graph and target in the cache is applied automatically",
             )
-        if todo:
+        if todo and not tasks:
+            session["stopped"] = "nothing to tune (no kernels)"
+        elif todo:
             if remote:
                 session["measured_on"] = _board(remote)
-            session = self._tune(mod, target, todo, timeout_min, progress, session, remote, cross_cc)
+            session = self._tune(ms, tasks, found, target, todo, timeout_min, progress, session, remote, cross_cc)
             self.meta["sessions"].append({**session, "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
-            if self.persistent:
-                self._save()
         elif before and progress is not None:
-            progress.info(f"    tuning database {self.key[:12]} has {before} trials: reused, no re-tuning")
-        total = int(self.meta["trials"])
+            reused = sum(1 for t in self.meta["tasks"].values() if t["trials"])
+            progress.info(f"    tuning records for {reused}/{len(tasks)} kernels ({before} trials) in the cache: "
+                          "reused, no re-tuning")
+        if self.persistent:
+            self._save()
+        total = self._count()
         record = {
             "database_key": self.key,
             "database": "cache" if self.persistent else "temporary",   # where: the key names it in the cache
+            "records": self.shared.path.name if self.persistent else None,   # the target's shared records
             "trials_requested": trials,
             "trials_in_database": total,
             "trials_run_now": session["trials_run"],
@@ -125,6 +143,7 @@ class TuningDatabase:
             "tuning_seconds_total": round(float(self.meta["tuning_seconds"]), 2),
             "reused": session["trials_run"] == 0 and total > 0,
             "stopped": session["stopped"],
+            "cost_model_warm_start": session.get("cost_model_samples", 0),
             # the board of the latest session that measured on one (this one's is appended above)
             "measured_on": next((s["measured_on"] for s in reversed(self.meta["sessions"]) if s.get("measured_on")),
                                 None),
@@ -138,99 +157,205 @@ class TuningDatabase:
             )
         return record
 
-    # -- the tuning loop ----------------------------------------------------------------------------
-    def _tune(self, mod, target, budget: int, timeout_min, progress, session: dict, remote: dict | None = None,
-              cross_cc: str | None = None) -> dict:
-        import tvm
-        from tvm import relax
-        from tvm.s_tir import meta_schedule as ms
-        from tvm.s_tir.analysis import estimate_tir_flops
+    def _note_task(self, task, records, flops) -> None:
+        info = self.meta["tasks"].setdefault(task.task_name, {
+            "flops": flops, "weight": int(task.weight), "trials": 0, "best_us": None, "error": None})
+        info["trials"] = len(records)
+        info["best_us"] = _mean_us(records[0]) if records else None
 
-        logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+    def _count(self) -> int:
+        self.meta["trials"] = sum(int(t["trials"]) for t in self.meta["tasks"].values())
+        return self.meta["trials"]
+
+    # -- the tuning run -----------------------------------------------------------------------------------
+    def _tune(self, ms, tasks, found, target, budget: int, timeout_min, progress, session: dict,
+              remote: dict | None = None, cross_cc: str | None = None) -> dict:
         t0 = time.perf_counter()
         deadline = None if timeout_min is None else t0 + 60.0 * timeout_min
-        tasks = ms.relax_integration.extract_tasks(_fused(mod, target, tvm, relax), target)
-        tasks = [t for t in tasks if not t.mod.attrs.get("tirx.is_scheduled", False)] if tasks else []
-        if not tasks:
-            session["stopped"] = "nothing to tune (no kernels)"
-            return session
-        flops = {t.task_name: _flops(estimate_tir_flops, t.dispatched[0]) for t in tasks}
-        tasks.sort(key=lambda t: -flops[t.task_name] * t.weight)
-        chunk = max(MIN_CHUNK, min(MAX_CHUNK, budget // len(tasks)))
+        fresh = [t for t in tasks if not found[t.task_name]]
+        chosen = fresh or tasks            # kernels found in the records are not tuned again while others wait
         cores = max(1, min(os.cpu_count() or 1, int(target.attrs.get("num-cores", 0) or os.cpu_count() or 1)))
-        done = 0
-        hidden = _hide_torch_from_workers()
-        if remote:
-            builder, runner = _remote_builder_runner(ms, remote, cross_cc, cores)
-        else:
-            builder = ms.builder.LocalBuilder(max_workers=cores, timeout_sec=BUILD_TIMEOUT_S)
-            runner = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S)
+        # about half the budget for the scheduler's first round over the kernels, the rest by expected gain
+        per_iter = min(budget, max(MIN_PER_ITER, min(MAX_PER_ITER, budget // (2 * len(chosen)))))
+        # the session's database: the records of these kernels (the search starts from their best)
+        db = ms.database.MemoryDatabase()
+        for t in tasks:
+            wl = db.commit_workload(t.dispatched[0])
+            for rec in found[t.task_name][:SEED_RECORDS]:
+                db.commit_tuning_record(copy_record(ms, rec, wl))
+        seeded = len(db.get_all_tuning_records())
+        self.database = db
+        cost_model = _cost_model(ms, cores)
+        session["cost_model_samples"] = self.shared.load_cost_model(cost_model)
+        state = _Progress(progress, [t.task_name for t in chosen], budget, t0, deadline, timeout_min)
+        hidden = hide_torch_from_workers()
+        builder, runner = builder_runner(ms, remote, cross_cc, cores)
         if progress is not None:
             where = ""
             if remote:
                 board = session.get("measured_on") or {}
                 where = f", measured on board {remote['key']!r}" + (" (emulated)" if board.get("emulated") else "")
-            progress.info(f"    tuning {len(tasks)} kernels, {budget} trials, database {self.key[:12]} "
-                          f"(chunks of {chunk}){where}")
+            skipped = len(tasks) - len(chosen)
+            progress.info(
+                f"    tuning {len(chosen)} kernels" + (f" ({skipped} more found in the cache's records)" if skipped
+                                                       else "")
+                + f", {budget} trials, {per_iter} per batch, gradient task scheduler, cost model "
+                + (f"warm ({session['cost_model_samples']} samples)" if session["cost_model_samples"] else "cold")
+                + f"{where}")
         try:
-            while done < budget:
-                progressed = False
-                for i, task in enumerate(tasks):
-                    if done >= budget:
-                        break
-                    if deadline is not None and time.perf_counter() >= deadline:
-                        session["stopped"] = f"--tune-timeout {timeout_min} min reached after {done} trials"
-                        return session
-                    info = self.meta["tasks"].setdefault(task.task_name, {
-                        "flops": flops[task.task_name], "weight": int(task.weight), "trials": 0,
-                        "best_us": None, "error": None})
-                    if info["error"]:
-                        continue
-                    n = min(chunk, budget - done)
-                    before = len(self.database)
-                    try:
-                        _tidy_meta_schedule_logger()
-                        ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-                            [task], str(self.path), num_threads=cores, seed=0)
-                        ms.tune_tasks(tasks=ctxs, task_weights=weights, work_dir=str(self.path),
-                                      max_trials_global=n, num_trials_per_iter=n, builder=builder,
-                                      runner=runner, database=self.database)
-                    except Exception as exc:   # MetaSchedule failed on this kernel: keep it untuned
-                        info["error"] = first_line(exc)
-                    ran = len(self.database) - before
-                    done += ran
-                    info["trials"] += ran
-                    info["best_us"] = self._best_us(task) or info["best_us"]
-                    self.meta["trials"] += ran
-                    progressed = progressed or ran > 0
-                    elapsed = time.perf_counter() - t0
-                    if progress is not None:
-                        status = f"failed ({info['error'][:60]})" if info["error"] else (
-                            f"best {info['best_us']:.1f} us" if info["best_us"] else "no valid candidate yet")
-                        progress.info(f"    tune [{done:>4}/{budget}] {i + 1}/{len(tasks)} "
-                                      f"{task.task_name[:48]}: +{ran} trials, {status} ({elapsed:.0f} s)")
-                if not progressed:
-                    session["stopped"] = "search space exhausted (no new candidates)"
-                    break
+            if deadline is not None and time.perf_counter() >= deadline:
+                state.stopped = f"--tune-timeout {timeout_min} min reached after 0 trials"
+            else:
+                _tidy_meta_schedule_logger()
+                _import_on_a_shallow_stack("tvm.s_tir.tensor_intrin")
+                ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                    chosen, str(self.path), num_threads=cores, seed=0)
+                callbacks = [*ms.measure_callback.MeasureCallback.create("default"), state.callback(ms)]
+                ms.tune_tasks(tasks=ctxs, task_weights=weights, work_dir=str(self.path),
+                              max_trials_global=budget, num_trials_per_iter=per_iter,
+                              builder=_deadline_builder(ms, builder, state), runner=runner, database=db,
+                              cost_model=cost_model, measure_callbacks=callbacks, task_scheduler="gradient")
+        except Exception as exc:     # MetaSchedule failed: keep what it measured, compile the rest untuned
+            state.stopped = f"MetaSchedule failed after {state.done} trials: {first_line(exc)}"
         finally:
             seconds = time.perf_counter() - t0
-            session["trials_run"] = done
+            new = db.get_all_tuning_records()[seeded:]
+            self.shared.commit(r for r in new if _mean_us(r) is not None and _mean_us(r) < 1e15)   # measured ones
+            if state.done:
+                self.shared.save_cost_model(cost_model)
+            for t in tasks:
+                self._note_task(t, valid_records(db, t.dispatched[0]) + found[t.task_name][SEED_RECORDS:], 0)
+                info = self.meta["tasks"][t.task_name]
+                info["error"] = state.errors.get(t.task_name) if not info["trials"] else None
+            session["trials_run"] = state.done
             session["seconds"] = seconds
+            session["stopped"] = state.stopped
             self.meta["tuning_seconds"] = float(self.meta["tuning_seconds"]) + seconds
             del builder, runner
             hidden.close()
+        if session["stopped"] is None and state.done < budget:
+            session["stopped"] = f"search space exhausted after {state.done} trials (no new candidates)"
         return session
 
-    def _best_us(self, task) -> float | None:
+
+class _Progress:
+    """Counts measured trials, prints a line per batch, ends the run at the deadline."""
+
+    def __init__(self, progress, names, budget, t0, deadline, timeout_min):
+        self.progress, self.names, self.budget = progress, names, budget
+        self.t0, self.deadline, self.timeout_min = t0, deadline, timeout_min
+        self.done, self.sent, self.stopped, self.scheduler, self.end_next = 0, 0, None, None, None
+        self.best = [None] * len(names)
+        self.errors = {}        # kernel -> the latest build/run error of one of its candidates
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.perf_counter() >= self.deadline
+
+    def before_build(self, n: int) -> None:
+        self.sent += n
+        if self.progress is not None and not self.done:
+            self.progress.info(f"    tune: building {n} candidates ({self.sent}/{self.budget} sent in the first round, "
+                               f"{time.perf_counter() - self.t0:.0f} s)")
+
+    def after_batch(self, scheduler, task_id, builder_results, runner_results) -> None:
+        built = [b.error_msg != STOPPED_BY_TIMEOUT for b in builder_results]
+        n = sum(built)
+        self.done += n
+        for ok, res in zip(built, runner_results):
+            if ok and res.error_msg is not None:
+                self.errors[self.names[task_id]] = first_line(res.error_msg)[:200]
+            if ok and res.error_msg is None and res.run_secs:
+                us = 1e6 * sorted(float(s) for s in res.run_secs)[len(res.run_secs) // 2]
+                self.best[task_id] = us if self.best[task_id] is None else min(us, self.best[task_id])
+        if self.progress is not None and n:
+            best = self.best[task_id]
+            status = f"best {best:.1f} us" if best is not None else (
+                "no valid candidate yet" + (f" (last error: {self.errors[self.names[task_id]][:80]})"
+                                            if self.names[task_id] in self.errors else ""))
+            self.progress.info(f"    tune [{self.done:>4}/{self.budget}] {task_id + 1}/{len(self.names)} "
+                               f"{self.names[task_id][:48]}: +{n} trials, {status} "
+                               f"({time.perf_counter() - self.t0:.0f} s)")
+        if self.expired():
+            if self.stopped is None:
+                self.stopped = f"--tune-timeout {self.timeout_min} min reached after {self.done} trials"
+            # End the other kernels. The one joined stays alive here: the scheduler's clean-up terminates it
+            # after this join (twice fails a check), or its main loop hands it out again: the builder ends it.
+            for i, task in enumerate(scheduler.tasks_):
+                if i != task_id and not task.is_terminated:
+                    scheduler.terminate_task(i)
+            self.scheduler, self.end_next = scheduler, task_id
+
+    def end_pending(self) -> None:     # called by the builder past the deadline
+        if self.end_next is not None and not self.scheduler.tasks_[self.end_next].is_terminated:
+            self.scheduler.terminate_task(self.end_next)
+        self.end_next = None
+
+    def callback(self, ms):
+        from tvm.ir.utils import derived_object
+
+        state = self
+
+        @derived_object
+        class ProgressCallback(ms.measure_callback.PyMeasureCallback):
+            def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+                state.after_batch(task_scheduler, task_id, builder_results, runner_results)
+
+        return ProgressCallback()
+
+
+def _deadline_builder(ms, inner, state: _Progress):
+    """The builder, except that past the deadline it builds nothing (the batch comes back as errors)."""
+    from tvm.ir.utils import derived_object
+
+    @derived_object
+    class DeadlineBuilder(ms.builder.PyBuilder):
+        def build(self, build_inputs):
+            if state.expired():
+                state.end_pending()       # only ever the kernel these candidates are for: all others ended
+                return [ms.builder.BuilderResult(None, STOPPED_BY_TIMEOUT) for _ in build_inputs]
+            state.before_build(len(build_inputs))
+            return inner.build(build_inputs)
+
+    return DeadlineBuilder()
+
+
+def _import_on_a_shallow_stack(name: str) -> None:
+    """Import `name` in a fresh thread. TuneContext imports TVM's tensor intrinsics: hundreds of TVMScript
+    functions each calling inspect.stack(), slow under a deep stack (a build, pytest); a thread's is shallow."""
+    import importlib
+    import threading
+
+    errors = []
+
+    def run():
         try:
-            wl = self.database.commit_workload(task.dispatched[0])
-            top = self.database.get_top_k(wl, 1)
-        except Exception:
-            return None
-        if not top or not top[0].run_secs:
-            return None
-        secs = [float(s) for s in top[0].run_secs]
-        return 1e6 * sum(secs) / len(secs)
+            importlib.import_module(name)
+        except Exception as exc:   # raised again in the caller's thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+
+
+def _cost_model(ms, cores: int):
+    """MetaSchedule's XGBoost cost model, except that it does not learn from candidates the deadline skipped."""
+    from tvm.ir.utils import derived_object
+
+    @derived_object
+    class XGBModel(ms.cost_model.XGBModel._cls):
+        def update(self, context, candidates, results):
+            keep = [i for i, r in enumerate(results) if r.error_msg != STOPPED_BY_TIMEOUT]
+            super().update(context, [candidates[i] for i in keep], [results[i] for i in keep])
+
+    return XGBModel(num_tuning_cores=cores, adaptive_training=True)
+
+
+def _mean_us(rec) -> float | None:
+    secs = [float(s) for s in (rec.run_secs or [])]
+    return 1e6 * sum(secs) / len(secs) if secs else None
 
 
 def _tidy_meta_schedule_logger() -> None:
@@ -251,58 +376,6 @@ def _board(remote: dict) -> dict:
     info = board_info(request_board(remote["tracker"], remote["key"], wait=remote.get("wait", 30.0)))
     return {"tracker": remote["tracker"], "key": remote["key"], "arch": info.get("arch"),
             "emulated": bool(info.get("emulated", False))}
-
-
-def export_shared(cc: str | None, mod) -> str:
-    """MetaSchedule builder export (runs in its worker processes): a shared library the board can
-    load as is (TVM's default, a tar of object files, needs a compiler on the board)."""
-    from tvm.support import cc as tvm_cc
-
-    path = os.path.join(tempfile.mkdtemp(prefix="edgecompile-tune-"), "kernel.so")
-    if cc:
-        mod.export_library(path, fcompile=tvm_cc.cross_compiler(cc))
-    else:
-        mod.export_library(path)
-    return path
-
-
-def _remote_builder_runner(ms, remote: dict, cross_cc: str | None, cores: int):
-    from edgecompile.targets.tvm.remote import parse_address
-
-    host, port = parse_address(remote["tracker"])
-    builder = ms.builder.LocalBuilder(max_workers=cores, timeout_sec=BUILD_TIMEOUT_S,
-                                      f_export=functools.partial(export_shared, cross_cc))
-    runner = ms.runner.RPCRunner(
-        rpc_config=ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=remote["key"],
-                                       session_priority=1, session_timeout_sec=REMOTE_SESSION_TIMEOUT_S),
-        evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=0,
-                                                   enable_cpu_cache_flush=False),
-        max_workers=1)
-    return builder, runner
-
-
-def _hide_torch_from_workers() -> contextlib.ExitStack:
-    """MetaSchedule's builder/runner workers are fresh `python -m tvm.exec.popen_worker` processes, and
-    tvm_ffi imports torch whenever it is installed (seconds per worker, for nothing). Put a `torch`
-    that raises ImportError first on the workers' PYTHONPATH while tuning; undone on close()."""
-    stack = contextlib.ExitStack()
-    shim = subdir("tvm", "worker-path")
-    pkg = shim / "torch"
-    pkg.mkdir(exist_ok=True)
-    init = pkg / "__init__.py"
-    if not init.is_file():
-        init.write_text('raise ImportError("torch is hidden from TVM tuning workers by edgecompile")\n')
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = str(shim) + (os.pathsep + old if old else "")
-
-    def restore():
-        if old is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old
-
-    stack.callback(restore)
-    return stack
 
 
 def _fused(mod, target, tvm, relax):

@@ -174,7 +174,7 @@ def test_two_boards_on_distinct_ports_and_a_token_proves_the_board(digits_bundle
                 time.sleep(0.3)
         for key, port, extra in (("plain", ports[0], ()), ("x86b", ports[1], ("--token", "s3cret"))):
             procs.append(_spawn("device", "serve", "--tracker", farm, "--key", key, "--port", port,
-                                "--port-end", port + 1, *extra))     # TVM tries ports [port, port-end)
+                                "--port-end", port, *extra))     # --port-end is the last port tried
         for key, proc in (("plain", procs[1]), ("x86b", procs[2])):
             try:
                 remote.wait_for_board(farm, key, timeout=60)

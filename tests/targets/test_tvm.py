@@ -80,7 +80,8 @@ def test_tuning_database_is_kept_and_reused(digits_onnx, tmp_path):
     cpu = get_profile("cpu")
     first = compile_library(digits_onnx, cpu, tmp_path / "a" / "m.so", tune_trials=4)
     tuning = first["tuning"]
-    assert tuning["trials_run_now"] > 0 and tuning["trials_in_database"] == tuning["trials_run_now"], json.dumps(tuning)
+    # trials in the database: the valid (measured) records; a candidate may fail to build or run
+    assert 0 < tuning["trials_in_database"] <= tuning["trials_run_now"], json.dumps(tuning)
     assert tuning["tasks"] and sum(t["trials"] for t in tuning["tasks"]) == tuning["trials_in_database"]
     assert tuning["database"] == "cache" and tuning["measured_on"] is None
     assert json.loads((tmp_path / "a" / "m.json").read_text())["tuning"]["database_key"] == tuning["database_key"]

@@ -1,0 +1,148 @@
+"""Tuning records shared by every graph compiled for one TVM target, and the cost model that learnt from them.
+
+`<cache>/tvm/records/<key>/`, key = sha256(TVM target dict, TVM version):
+
+- `database_workload.json`, `database_tuning_record.json`: MetaSchedule's JSONDatabase. Records are keyed
+  by the structural hash of each kernel's TIR (its workload), so a conv shape tuned in one network is found
+  when another network with the same shape is built.
+- `cost_model.npz` + `cost_model.json`: the XGBoost cost model's training data (features and costs per
+  workload, plain arrays: no pickle) and its booster after the latest tuning session; loaded before the
+  next session so that it starts with an informed model instead of random guesses.
+- `.lock`: a flock held while a snapshot is read and while a session commits its records, so two builds
+  that tune at once never interleave their lines.
+
+A tuning session works on an in-memory copy of the records of its own kernels and commits what it
+measured at the end (`commit`).
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import tempfile
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from edgecompile.cache import content_key, subdir
+
+COST_DATA, COST_BOOSTER = "cost_model.npz", "cost_model.json"
+COST_MODEL_MAX_SAMPLES = 20_000     # the newest workloads' samples kept for the next session
+SEED_RECORDS = 256                  # per workload, copied into a session (its search starts from the best)
+ALL = 1 << 30
+
+
+def records_key(target: dict, tvm_version: str) -> str:
+    return content_key("tvm-records/v1", target, tvm_version)[:32]
+
+
+class SharedRecords:
+    """The records and cost model of one TVM target (a directory; see the module docstring)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @classmethod
+    def in_cache(cls, target: dict, tvm_version: str) -> SharedRecords:
+        return cls(subdir("tvm", "records", records_key(target, tvm_version)))
+
+    @contextlib.contextmanager
+    def locked(self):
+        with open(self.path / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def snapshot(self):
+        """A JSONDatabase over the records on disk now (read under the lock)."""
+        from tvm.s_tir import meta_schedule as ms
+
+        with self.locked():
+            return ms.database.JSONDatabase(work_dir=str(self.path))
+
+    def commit(self, records) -> int:
+        """Append tuning records (from a session's database) to the shared one; returns how many."""
+        from tvm.s_tir import meta_schedule as ms
+
+        records = list(records)
+        if not records:
+            return 0
+        with self.locked():
+            db = ms.database.JSONDatabase(work_dir=str(self.path))   # re-read: another build may have committed
+            workloads = {}
+            for rec in records:
+                wl = workloads.get(id(rec.workload))
+                if wl is None:
+                    wl = workloads[id(rec.workload)] = db.commit_workload(rec.workload.mod)
+                db.commit_tuning_record(copy_record(ms, rec, wl))
+        return len(records)
+
+    # -- the cost model -----------------------------------------------------------------------------------
+    def load_cost_model(self, model) -> int:
+        """Fill an XGBModel with the saved training data and booster; returns the samples loaded (0: none)."""
+        data_path, booster_path = self.path / COST_DATA, self.path / COST_BOOSTER
+        if not (data_path.is_file() and booster_path.is_file()):
+            return 0
+        import xgboost as xgb
+        from tvm.s_tir.meta_schedule.cost_model.xgb_model import FeatureGroup
+
+        with self.locked():
+            try:
+                with np.load(data_path, allow_pickle=False) as npz:
+                    hashes = [str(h) for h in npz["hashes"]]
+                    groups = OrderedDict()
+                    for i, group_hash in enumerate(hashes):
+                        rows = npz[f"rows{i}"]
+                        feats = np.split(npz[f"feat{i}"], np.cumsum(rows)[:-1]) if len(rows) else []
+                        groups[group_hash] = FeatureGroup(group_hash=group_hash, features=list(feats),
+                                                          costs=npz[f"cost{i}"])
+                booster = xgb.Booster()
+                booster.load_model(str(booster_path))
+            except (OSError, ValueError, KeyError, xgb.core.XGBoostError):
+                return 0      # a damaged file: start cold; the next session's save replaces it
+        model.data = groups
+        model.data_size = sum(len(g.costs) for g in groups.values())
+        model.booster = booster
+        return model.data_size
+
+    def save_cost_model(self, model) -> int:
+        """Save an XGBModel's data (newest workloads first, at most COST_MODEL_MAX_SAMPLES) and booster."""
+        if model.booster is None or not model.data:
+            return 0
+        kept, total = [], 0
+        for group in reversed(list(model.data.values())):
+            if kept and total + len(group.costs) > COST_MODEL_MAX_SAMPLES:
+                break
+            kept.append(group)
+            total += len(group.costs)
+        kept.reverse()
+        arrays = {"hashes": np.array([g.group_hash for g in kept])}
+        for i, group in enumerate(kept):
+            feats = [np.asarray(f, np.float32) for f in group.features]
+            arrays[f"rows{i}"] = np.array([f.shape[0] for f in feats], np.int64)
+            arrays[f"feat{i}"] = np.concatenate(feats) if feats else np.zeros((0, 0), np.float32)
+            arrays[f"cost{i}"] = np.asarray(group.costs, np.float32)
+        with self.locked():
+            fd, tmp = tempfile.mkstemp(dir=self.path, suffix=".npz")
+            os.close(fd)
+            np.savez(tmp, **arrays)
+            tmp_booster = self.path / f".{os.getpid()}-{COST_BOOSTER}"
+            model.booster.save_model(str(tmp_booster))
+            os.replace(tmp, self.path / COST_DATA)
+            os.replace(tmp_booster, self.path / COST_BOOSTER)
+        return total
+
+
+def copy_record(ms, rec, workload):
+    return ms.database.TuningRecord(rec.trace, workload, run_secs=rec.run_secs, target=rec.target,
+                                    args_info=rec.args_info)
+
+
+def valid_records(db, mod) -> list:
+    """The measured (valid) records of the kernel `mod` in `db`, best first; [] when it has none."""
+    if not db.has_workload(mod):
+        return []
+    return list(db.get_top_k(db.commit_workload(mod), ALL))

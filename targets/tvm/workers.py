@@ -1,0 +1,72 @@
+"""The processes MetaSchedule builds and measures kernels in: this host's workers, or a cross-linking
+builder with a board's RPC runner; and a `torch` hidden from those workers."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import tempfile
+
+from edgecompile.cache import subdir
+
+# MetaSchedule's builder/runner timeouts include starting their worker processes; on a loaded
+# 2-core machine that alone can take tens of seconds, so be generous (TVM's default is 30 s).
+BUILD_TIMEOUT_S, RUN_TIMEOUT_S = 120.0, 120.0
+# A board session: upload, load and time one candidate; an emulated board needs minutes.
+REMOTE_SESSION_TIMEOUT_S = 600
+
+
+def export_shared(cc: str | None, mod) -> str:
+    """MetaSchedule builder export (runs in its worker processes): a shared library the board can
+    load as is (TVM's default, a tar of object files, needs a compiler on the board)."""
+    from tvm.support import cc as tvm_cc
+
+    path = os.path.join(tempfile.mkdtemp(prefix="edgecompile-tune-"), "kernel.so")
+    if cc:
+        mod.export_library(path, fcompile=tvm_cc.cross_compiler(cc))
+    else:
+        mod.export_library(path)
+    return path
+
+
+def builder_runner(ms, remote: dict | None, cross_cc: str | None, cores: int):
+    """MetaSchedule's builder and runner: this host's, or a cross-linking builder and the board's RPC runner."""
+    if not remote:
+        return (ms.builder.LocalBuilder(max_workers=cores, timeout_sec=BUILD_TIMEOUT_S),
+                ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S))
+    from edgecompile.targets.tvm.remote import parse_address
+
+    host, port = parse_address(remote["tracker"])
+    builder = ms.builder.LocalBuilder(max_workers=cores, timeout_sec=BUILD_TIMEOUT_S,
+                                      f_export=functools.partial(export_shared, cross_cc))
+    runner = ms.runner.RPCRunner(
+        rpc_config=ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=remote["key"],
+                                       session_priority=1, session_timeout_sec=REMOTE_SESSION_TIMEOUT_S),
+        evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=0,
+                                                   enable_cpu_cache_flush=False),
+        max_workers=1)
+    return builder, runner
+
+
+def hide_torch_from_workers() -> contextlib.ExitStack:
+    """MetaSchedule's builder/runner workers are fresh `python -m tvm.exec.popen_worker` processes, and
+    tvm_ffi imports torch whenever it is installed (seconds per worker, for nothing). Put a `torch`
+    that raises ImportError first on the workers' PYTHONPATH while tuning; undone on close()."""
+    stack = contextlib.ExitStack()
+    shim = subdir("tvm", "worker-path")
+    pkg = shim / "torch"
+    pkg.mkdir(exist_ok=True)
+    init = pkg / "__init__.py"
+    if not init.is_file():
+        init.write_text('raise ImportError("torch is hidden from TVM tuning workers by edgecompile")\n')
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(shim) + (os.pathsep + old if old else "")
+
+    def restore():
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
+
+    stack.callback(restore)
+    return stack
