@@ -159,9 +159,9 @@ cnn (float[N, 3, 8, 8] x) => (float[N, 8, 8, 8] y) <float[8, 3, 3, 3] w1, float[
 """
 
 
-@pytest.mark.parametrize("backend, stems, float_convs", [("ort", None, ["stem"]), ("openvino", None, []),
-                                                         ("ort", 0, []), ("openvino", 3, ["stem"])])
-def test_static_quantize_keeps_a_3_channel_stem_float_where_the_preset_says(backend, stems, float_convs):
+@pytest.mark.parametrize("backend, stems, float_convs", [("ort", None, []), ("openvino", None, []),
+                                                         ("ort", 4, ["stem"]), ("openvino", 3, ["stem"])])
+def test_static_quantize_keeps_a_3_channel_stem_float_where_the_config_says(backend, stems, float_convs):
     rng = np.random.default_rng(3)
     w = dict(w1=rng.normal(size=(8, 3, 3, 3)).astype(np.float32) * 0.3,
              w2=rng.normal(size=(8, 8, 3, 3)).astype(np.float32) * 0.2)
@@ -188,13 +188,14 @@ def test_a_negative_float_stem_channels_is_a_config_error():
         Quantize(QuantizeSection(float_stem_channels=-1))
 
 
-def test_a_wide_3_channel_stem_stays_quantized_under_the_ort_preset():
+def test_a_wide_3_channel_stem_stays_quantized_with_float_stem_channels():
     wide = STEM.replace("float[N, 8, 8, 8] y", "float[N, 16, 8, 8] y").replace(
         "float[8, 3, 3, 3] w1, float[8, 8, 3, 3] w2", "float[16, 3, 3, 3] w1, float[16, 16, 3, 3] w2")
     rng = np.random.default_rng(4)
     w = dict(w1=rng.normal(size=(16, 3, 3, 3)).astype(np.float32) * 0.3,
              w2=rng.normal(size=(16, 16, 3, 3)).astype(np.float32) * 0.2)
     calib = Dataset("text-cnn", {"x": rng.random((16, 3, 8, 8)).astype(np.float32)})
-    result = Quantize(QuantizeSection(calibrate="minmax"), backend="ort", calibration=calib)(parse(wide, **w))
+    result = Quantize(QuantizeSection(calibrate="minmax", float_stem_channels=4), backend="ort",
+                      calibration=calib)(parse(wide, **w))
     stem = next(n for n in result.model.graph if n.name == "stem")
     assert stem.inputs[1].producer().op_type == "DequantizeLinear" and "float_stems" not in result.notes
