@@ -51,7 +51,7 @@ PROFILES: dict[str, DeviceProfile] = {
             description="generic AArch64 with NEON",
             arch="aarch64",
             backends=("tvm", "ort", "auto"),
-            default_backend="tvm",
+            default_backend="auto",                # no board: ort (said so); with --remote: measured there
             tvm_target={"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]},
             cross_compiler=_AARCH64_GCC,
         ),
@@ -60,7 +60,7 @@ PROFILES: dict[str, DeviceProfile] = {
             description="Raspberry Pi 4 (Cortex-A72)",
             arch="aarch64",
             backends=("tvm", "ort", "auto"),
-            default_backend="tvm",
+            default_backend="auto",                # no board: ort (said so); with --remote: measured there
             tvm_target={"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72",
                         "mattr": ["+neon"], "num-cores": 4},
             cross_compiler=_AARCH64_GCC,
@@ -70,7 +70,7 @@ PROFILES: dict[str, DeviceProfile] = {
             description="Raspberry Pi 5 (Cortex-A76)",
             arch="aarch64",
             backends=("tvm", "ort", "auto"),
-            default_backend="tvm",
+            default_backend="auto",                # no board: ort (said so); with --remote: measured there
             tvm_target={"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76",
                         "mattr": ["+neon", "+dotprod", "+fullfp16"], "num-cores": 4},
             cross_compiler=_AARCH64_GCC,

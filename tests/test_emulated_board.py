@@ -54,7 +54,8 @@ def rpi5_bundle(tmp_path_factory):
     import edgecompile
 
     # /tmp is shared with the board (proot binds it), so the board can load the bundle directly
-    return edgecompile.build("models/digits", target="rpi5", output=tmp_path_factory.mktemp("board") / "digits-rpi5")
+    return edgecompile.build("models/digits", target="rpi5", backend="tvm",
+                             output=tmp_path_factory.mktemp("board") / "digits-rpi5")
 
 
 def test_remote_bench_on_the_emulated_board(board, rpi5_bundle, digits_bundle):
@@ -106,7 +107,8 @@ def test_slim_runtime_runs_the_bundles_inside_the_board_without_torch(board, rpi
 
 def test_tuning_through_the_emulated_board(board, tmp_path):
     tracker, _ = board
-    code, out, err = run_cli("build", "models/digits", "--target", KEY, "--tune", 2, "--remote", tracker,
+    code, out, err = run_cli("build", "models/digits", "--target", KEY, "--backend", "tvm", "--tune", 2, "--remote",
+                             tracker,
                              "--key", KEY, "--no-cache", "-o", tmp_path / "tuned", "--json", timeout=3000)
     assert code == 0, err[-3000:]
     tuning = json.loads((tmp_path / "tuned" / "manifest.json").read_text())["backend_options"]["tuning"]

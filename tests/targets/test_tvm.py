@@ -142,8 +142,8 @@ def test_rpi5_bundle_from_the_cli(digits_bundle, digits_source, tmp_path):
     npz = tmp_path / "eval.npz"
     ds = digits_source.dataset("test")
     np.savez(npz, input=ds.inputs["input"][:50], labels=ds.labels[:50])
-    code, out, err = run_cli("build", digits_bundle.path / "model.onnx", "--target", "rpi5", "--data", npz,
-                             "-o", tmp_path / "rpi5")
+    code, out, err = run_cli("build", digits_bundle.path / "model.onnx", "--target", "rpi5", "--backend", "tvm",
+                             "--data", npz, "-o", tmp_path / "rpi5")
     assert code == 0, err
     bundle = edgecompile.Bundle.open(tmp_path / "rpi5")
     m = bundle.manifest
