@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _results import write_results  # noqa: E402  (bench/ is the script's directory on sys.path)
+
 HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
@@ -129,10 +131,7 @@ def main() -> None:
               f"{cmp['mean_cosine_to_teacher']:.4f} (min {cmp['min_cosine_to_teacher']:.4f}), retrieval agreement "
               f"{100 * cmp['retrieval_agreement']:.1f} %, Spearman {cmp['spearman_student']:.4f} vs teacher "
               f"{cmp['spearman_teacher']:.4f} ({cmp['spearman_student'] - cmp['spearman_teacher']:+.4f})"]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    write_results(args.out, lines, echo=True)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from _results import write_results  # before bench/ leaves the import path below
+
 # bench/transformers.py (the issue-22 benchmark) would shadow the transformers package when this script runs
 # from bench/: drop this folder from the import path.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
@@ -369,8 +371,7 @@ def main() -> None:
         f"(saturation {s['saturation_rps']:.0f}), p50 {s['p50']:.2f} ms p99 {s['p99']:.2f} ms, errors {s['errors']}, "
         f"RSS {s['rss_mb_start']:.1f} -> {s['rss_mb_end']:.1f} MB ({s['rss_growth_pct']:+.1f} %, goal <= 10 %)")
     log(f"\nload average at end {os.getloadavg()[0]:.1f}; total {time.time() - t_start:.0f} s")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
+    write_results(args.out, lines)
     print(f"wrote {args.out}")
 
 

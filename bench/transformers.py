@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _results import write_results  # bench/ is still on sys.path here (the script's directory)
+
 HERE = Path(__file__).resolve().parent
 # this file is named like the `transformers` package: keep its directory off the import path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
@@ -289,10 +291,7 @@ def main() -> None:
               + ", passes " + ", ".join(p["name"] for p in ours_int8.bundle.manifest["passes"]),
               "int8 quantize options: " + json.dumps(next(p["options"] for p in ours_int8.bundle.manifest["passes"]
                                                           if p["name"] == "quantize"))]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    write_results(args.out, lines, echo=True)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _results import write_results  # noqa: E402  (bench/ is the script's directory on sys.path)
+
 RESULTS = Path(__file__).resolve().parent / "results" / "tvm_vs_ort.txt"
 
 
@@ -157,8 +159,7 @@ def main(argv=None) -> int:
     for name in args.models:
         bench_model(name, args, cpu, work, out, Progress())
     out(f"\n# load average at end {load_average()}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
+    write_results(args.out, lines)
     print(f"wrote {args.out}")
     return 0
 
