@@ -66,6 +66,8 @@ class DecoderSource:
     default_evaluation: str | None = None
     splits: tuple = ()
     train_split: str | None = None
+    frontend: dict | None = None     # the generation front-end's record is written by the decoder build itself
+    parity: dict | None = None       # checked on greedy tokens by the decoder build, not by the pipeline
 
     def _where(self) -> tuple[str, dict]:
         if self.gguf_file:
