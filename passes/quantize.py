@@ -220,15 +220,8 @@ class Quantize(FunctionalGraphPass):
         if chosen is not None:
             notes["range_search"] = dict(sorted(Counter(chosen.values()).items()))
         self._rounding = (proto, batches, preset, ranges, dict(notes), dict(steps))   # for adaround() later
-        reference = None
-        if self.section.adaround is True:
-            reference = _weights(proto)
-            proto, steps["adaround"] = self._learned_rounding(proto, batches, preset, ranges)
-        if self.section.bias_correction:
-            proto, steps["bias_correction"] = _correct_bias(
-                proto, batches, lambda p: self._qdq(p, preset, ranges, self.exclude), reference
-            )
-        notes.update(steps)
+        proto, last = self._round_and_correct(proto, batches, preset, ranges, learned=self.section.adaround is True)
+        notes.update(steps, **last)
         # kept for the report and for tests; plain floats
         self.last_ranges = {k: (float(lo), float(hi)) for k, (lo, hi) in ranges.items()}
         self._calibrated = (proto, preset, ranges, notes)
@@ -236,11 +229,20 @@ class Quantize(FunctionalGraphPass):
         out = self._qdq(proto, preset, ranges, self.exclude)
         return out, {**notes, "quantized_ops": _quantized_ops(out), **self._exclude_notes()}
 
-    def _learned_rounding(self, proto, batches, preset, ranges):
-        from edgecompile.passes.adaround import adaround_proto
+    def _round_and_correct(self, proto, batches, preset, ranges, learned: bool):
+        """The static run's last steps on calibrated ranges: learned rounding (AdaRound) when `learned`,
+        then bias correction measured against the weights from before rounding moved them."""
+        qdq = lambda p: self._qdq(p, preset, ranges, self.exclude)  # noqa: E731
+        steps, reference = {}, None
+        if learned:
+            from edgecompile.passes.adaround import adaround_proto
 
-        return adaround_proto(proto, batches, lambda p: self._qdq(p, preset, ranges, self.exclude),
-                              per_channel=preset.per_channel, exclude=self.exclude, progress=self.progress)
+            reference = _weights(proto)
+            proto, steps["adaround"] = adaround_proto(proto, batches, qdq, per_channel=preset.per_channel,
+                                                      exclude=self.exclude, progress=self.progress)
+        if self.section.bias_correction:
+            proto, steps["bias_correction"] = _correct_bias(proto, batches, qdq, reference)
+        return proto, steps
 
     def adaround(self) -> PassResult:
         """The last static run again with learned rounding (before bias correction), same ranges:
@@ -250,12 +252,8 @@ class Quantize(FunctionalGraphPass):
         proto, batches, preset, ranges, notes, steps = self._rounding
         self._nearest = self._calibrated
         with _quiet_ort_logging():
-            reference = _weights(proto)
-            proto, steps["adaround"] = self._learned_rounding(proto, batches, preset, ranges)
-            if self.section.bias_correction:
-                proto, steps["bias_correction"] = _correct_bias(
-                    proto, batches, lambda p: self._qdq(p, preset, ranges, self.exclude), reference)
-            notes.update(steps)
+            proto, last = self._round_and_correct(proto, batches, preset, ranges, learned=True)
+            notes = {**notes, **steps, **last}     # the cached calibration's dicts stay as they were
             self._calibrated = (proto, preset, ranges, notes)
             out = self._qdq(proto, preset, ranges, self.exclude)
         return PassResult(ir.from_proto(out), True, {"mode": "static", **notes, "quantized_ops": _quantized_ops(out),
