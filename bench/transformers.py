@@ -202,7 +202,7 @@ def main() -> None:
     from edgecompile.runtime.machine import cpu_info, toolchain_versions
     from edgecompile.runtime import load
     from edgecompile.source import resolve_source
-    from edgecompile.verify.textmetrics import nearest_neighbours, spearman_vs_human
+    from edgecompile.verify.textmetrics import nearest_neighbours, row_cosines, spearman_vs_human
 
     t_start = time.perf_counter()
     load_before = f"{os.getloadavg()[0]:.2f}"
@@ -250,7 +250,7 @@ def main() -> None:
     acc = []
     for c in cands:
         emb = c.encode(eval_texts)
-        cos = np.sum(emb * ref, 1) / (np.linalg.norm(emb, axis=1) * np.linalg.norm(ref, axis=1))
+        cos = row_cosines(emb, ref)
         agree = float(np.mean(nearest_neighbours(emb) == ref_nn))
         rho = spearman_vs_human(c.encode(list(docs)), human)
         acc.append((float(cos.mean()), float(cos.min()), agree, rho))

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 
-from edgecompile.verify.textmetrics import nearest_neighbours, spearman_vs_human
+from edgecompile.verify.textmetrics import retrieval_agreement, row_cosines, spearman_vs_human
 
 
 def speed_text(min_tokens: int = 100) -> str:
@@ -35,11 +34,10 @@ def compare_text_bundles(teacher: str | Path, student: str | Path, *, threads: i
     out: dict = {"eval_sentences": len(texts), "human_documents": len(docs)}
     with load(teacher, threads=threads) as t_run, load(student, threads=threads) as s_run:
         t_emb, s_emb = t_run.encode(texts), s_run.encode(texts)
-        unit = lambda e: e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-30)  # noqa: E731
-        cos = np.sum(unit(t_emb) * unit(s_emb), axis=1)
+        cos = row_cosines(s_emb, t_emb)
         out["mean_cosine_to_teacher"] = float(cos.mean())
         out["min_cosine_to_teacher"] = float(cos.min())
-        out["retrieval_agreement"] = float(np.mean(nearest_neighbours(s_emb) == nearest_neighbours(t_emb)))
+        out["retrieval_agreement"] = float(retrieval_agreement(s_emb, t_emb).mean())
         out["spearman_teacher"] = spearman_vs_human(t_run.encode(list(docs)), human)
         out["spearman_student"] = spearman_vs_human(s_run.encode(list(docs)), human)
         feeds, _ = t_run.frontend.tokenize([text])

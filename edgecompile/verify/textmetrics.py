@@ -10,6 +10,11 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-30)
 
 
+def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row of `a` with the same row of `b`."""
+    return np.sum(_unit(a) * _unit(b), axis=1)
+
+
 def nearest_neighbours(emb: np.ndarray) -> np.ndarray:
     """Index of each row's most cosine-similar other row (itself excluded)."""
     u = _unit(emb)
