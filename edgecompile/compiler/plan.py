@@ -3,7 +3,7 @@ precision, data), the passes it asks for, and the content keys of the build cach
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -80,10 +80,10 @@ def make_plan(cfg: Config, *, output: str | Path | None, data: str | Path | None
         from edgecompile.verify.coco_data import bind_annotations
 
         source, evaluation = bind_annotations(source, evaluation, cfg.data.annotations)
-    frontend = source.frontend or {}
-    if evaluation is not None and frontend.get("kind") == "detection" and "detection" not in evaluation.meta:
-        # a detector's own decoding for data given as a file (no boxes: mAP against the reference's detections)
-        evaluation = replace(evaluation, meta={**evaluation.meta, "detection": frontend}, _sha=None)
+    from edgecompile.verify.gate_data import with_detection_spec
+
+    # a detector's own decoding for data given as a file (no boxes: mAP against the reference's detections)
+    evaluation = with_detection_spec(evaluation, source.frontend)
     train = source.dataset(source.train_split) if source.kind == "torch" and source.train_split else None
     out = Path(output) if output else Path(f"{source.name}-{profile.name}-{backend}-{precision}")
     check_writable(out)

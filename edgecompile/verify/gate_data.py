@@ -36,11 +36,11 @@ def bound_dataset(identity: str, inputs: list[TensorSpec]) -> Dataset:
     return ds
 
 
-def with_detection_spec(ds: Dataset, bundle: Bundle) -> Dataset:
-    """A detector's data given as a file: its decoding spec (the manifest's front-end) for the mAP metrics
-    (with labels, or without them scored against the baseline's detections)."""
-    frontend = bundle.manifest.get("frontend") or {}
-    if frontend.get("kind") != "detection" or "detection" in ds.meta:
+def with_detection_spec(ds: Dataset | None, frontend: dict | None) -> Dataset | None:
+    """A detector's data given as a file: its decoding spec (the model's or bundle's front-end) for the mAP
+    metrics (with labels, or without them scored against the reference's detections)."""
+    frontend = frontend or {}
+    if ds is None or frontend.get("kind") != "detection" or "detection" in ds.meta:
         return ds
     return replace(ds, meta={**ds.meta, "detection": frontend}, _sha=None)
 
@@ -68,7 +68,7 @@ def bundle_dataset(bundle: Bundle, data: str | Path | None = None) -> Dataset:
     """The data a bundle was evaluated on (its manifest), or `data` (a `.npz`) when given."""
     inputs = _inputs(bundle)
     if data is not None:
-        return with_detection_spec(load_npz(data, inputs), bundle)
+        return with_detection_spec(load_npz(data, inputs), bundle.manifest.get("frontend"))
     desc = (bundle.manifest.get("data") or {}).get("evaluation")
     if not desc:
         raise DataError(f"{bundle.path}: the bundle records no evaluation data", hint="pass --data FILE.npz")
@@ -88,7 +88,7 @@ def _check_data(base: dict, bundle: Bundle, data) -> tuple[Dataset, bool, list[s
     want = base["data"]
     notes: list[str] = []
     if data is not None:
-        ds = with_detection_spec(load_npz(data, inputs), bundle)
+        ds = with_detection_spec(load_npz(data, inputs), bundle.manifest.get("frontend"))
         if ds.sha256() != want["sha256"]:
             notes.append(f"--data {Path(data).name} differs from the baseline's data ({want['identity']}); "
                          "baseline and candidate are compared unpaired (weaker test)")
