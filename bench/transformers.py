@@ -15,7 +15,9 @@ Peers, on the plain optimum export (`hf_source(...).path`: the optimum graph + t
     to int8 per block at run time) on ORT's fused graph (the fused Attention stays FP32): the most
     accurate INT8 form measured, listed to show its speed.
 Ours: fp32 (fused), int8 (dynamic, SmoothQuant-style smoothing of the LayerNorm outputs, the
-default) and int8 with smoothing off (`smooth_alpha = 0`, the earlier default).
+default) and int8 with smoothing off (`smooth_alpha = 0`, the earlier default), on ORT; and the
+OpenVINO backend's dynamic int8 (uint8 MatMul weights, activations quantized per group of 32 at run
+time by the CPU plugin).
 Accuracy vs raw ORT FP32 on real text: mean/min embedding cosine over the 256 evaluation sentences,
 nearest-neighbour retrieval top-1 agreement over them, and Spearman correlation with the human
 judgements of the 50 Lee documents (each candidate and FP32).
@@ -186,6 +188,7 @@ def main() -> None:
     ap.add_argument("--fp32", type=Path, help="our fp32 bundle of models/minilm (default: build it)")
     ap.add_argument("--int8", type=Path, help="our int8 bundle of models/minilm (default: build it)")
     ap.add_argument("--int8-nosmooth", type=Path, help="our int8 bundle built with smooth_alpha = 0 (default: build)")
+    ap.add_argument("--int8-ov", type=Path, help="our OpenVINO dynamic int8 bundle (default: build it)")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--round-seconds", type=float, default=0.5)
     ap.add_argument("--threads", type=int, default=2)
@@ -216,6 +219,9 @@ def main() -> None:
     nosmooth_cfg = Config().with_overrides({"passes.quantize.mode": "dynamic", "passes.quantize.smooth_alpha": 0.0})
     nosmooth_dir = args.int8_nosmooth or edgecompile.build(src, target="cpu", backend="ort", precision="int8",
                                                            config=nosmooth_cfg, output=work / "int8-nosmooth").path
+    ov_dir = args.int8_ov or edgecompile.build(src, target="cpu", backend="openvino", precision="int8",
+                                               config=Config().with_overrides({"passes.quantize.mode": "dynamic"}),
+                                               output=work / "int8-ov").path
     tok = load_tokenizer(src.directory / "tokenizer.json", src.max_length)
     TEXT = long_text(tok)
     n_tokens = len(tok.encode(TEXT).ids)
@@ -227,6 +233,7 @@ def main() -> None:
     ours_fp32 = load(fp32_dir, threads=args.threads)
     ours_int8 = load(int8_dir, threads=args.threads)
     ours_nosmooth = load(nosmooth_dir, threads=args.threads)
+    ours_ov = load(ov_dir, threads=args.threads)
     cands = [
         Candidate("raw ORT fp32, plain optimum export", engine_encoder(ort_run(plain, args.threads), tok, names)),
         Candidate(
@@ -239,6 +246,7 @@ def main() -> None:
         Candidate(f"ours: {int8_dir.name} ({ours_int8.bundle.manifest['precision']}, smoothed)", ours_int8.encode),
         Candidate(f"ours: {nosmooth_dir.name} ({ours_nosmooth.bundle.manifest['precision']}, smoothing off)",
                   ours_nosmooth.encode),
+        Candidate(f"ours: {ov_dir.name} (OpenVINO int8 weights, dynamic per-group activations)", ours_ov.encode),
     ]
     # accuracy on real text vs raw ORT fp32
     eval_texts = src.texts("eval")

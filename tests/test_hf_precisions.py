@@ -86,6 +86,32 @@ def test_auto_measures_a_fused_ort_candidate(tiny_dir, tmp_path, monkeypatch):
     assert _cos_min(emb, _torch_embed(tiny_dir, TEXTS)) > 0.9999
 
 
+def test_openvino_dynamic_int8_text_bundle(tiny_dir, tmp_path):
+    """Dynamic INT8 on OpenVINO: MatMul weights stored as uint8 (compressed in the IR, no FakeQuantize), the
+    activations quantized per group by the plugin at run time, the group size recorded and applied."""
+    import openvino  # noqa: F401
+    import edgecompile
+    from edgecompile.compiler.config import Config
+    from edgecompile.runtime import load
+
+    cfg = Config().with_overrides({"passes.quantize.mode": "dynamic", "build.force": True,
+                                   "openvino.dynamic_quantization_group_size": 16})
+    b = edgecompile.build(tiny_dir, target="cpu", backend="openvino", precision="int8", config=cfg,
+                          output=tmp_path / "ov-dyn")
+    q = next(p for p in b.manifest["passes"] if p["name"] == "quantize")
+    assert q["modified"] and q["options"]["mode"] == "dynamic"
+    opts = b.manifest["backend_options"]
+    assert opts["config"]["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == "16"
+    assert opts["applied_at_build"]["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == 16
+    xml = (b.path / "model.xml").read_text()
+    assert "FakeQuantize" not in xml and 'element_type="u8"' in xml
+    fp32 = edgecompile.build(tiny_dir, target="cpu", backend="openvino", precision="fp32", output=tmp_path / "f")
+    assert (b.path / "model.bin").stat().st_size < (fp32.path / "model.bin").stat().st_size
+    with load(b.path) as runner:
+        emb = runner.encode(TEXTS)
+    assert emb.shape == (3, 32) and _cos_min(emb, _torch_embed(tiny_dir, TEXTS)) > 0.99
+
+
 def test_int8_text_bundle_records_the_smoothing(tiny_dir, tmp_path):
     """Dynamic INT8 on ORT smooths the LayerNorm outputs feeding Attention and the first FFN MatMul of
     each layer (2 layers -> 4 groups) from the calibration split, and the manifest says so."""

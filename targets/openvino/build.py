@@ -9,7 +9,10 @@ the device when the runtime loads the bundle, with the precision hint recorded i
 - bf16 -> bf16, only where the device lists BF16 in OPTIMIZATION_CAPABILITIES (asked of the
   plugin on this machine, never guessed from a CPU name).
 - int8 -> the graph arrives as QDQ ONNX; OpenVINO runs the quantized ops in int8 (VNNI/AMX
-  where present) and the rest with an f32 hint, so nothing is silently lowered to bf16.
+  where present) and the rest with an f32 hint, so nothing is silently lowered to bf16. Dynamic mode
+  arrives as int8 weights only (passes/weight_int8.py); the IR keeps them compressed and the plugin
+  quantizes the MatMul inputs per group at run time (`DYNAMIC_QUANTIZATION_GROUP_SIZE`, recorded in
+  the manifest's config and re-applied at load).
 
 The compiled blob (`export_model`) is tied to the build machine's ISA, so the portable IR is
 what the bundle stores; compiling it at load takes milliseconds for our models.
@@ -81,6 +84,10 @@ class OpenVinoTarget(Backend):
         xml = ctx.writer.path(XML_FILE)
         ov.save_model(ov_model, str(xml), compress_to_fp16=False)
         config = compile_config(ctx.precision, ctx.threads, opts.performance_hint, opts.num_streams)
+        fmt = "OpenVINO IR (weights fp32)"
+        if weight_only_int8(model):
+            config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = str(opts.dynamic_quantization_group_size)
+            fmt = "OpenVINO IR (MatMul weights int8, compressed; other weights fp32)"
         try:   # must compile on the device with the settings the runtime will use
             compiled = core().compile_model(core().read_model(str(xml)), device, config)
         except Exception as exc:
@@ -91,7 +98,14 @@ class OpenVinoTarget(Backend):
         return Artifacts(
             files={XML_FILE: "model", BIN_FILE: "weights"},
             backend_options={"device": device, "config": config, "applied_at_build": applied,
-                             "capabilities": capabilities(device), "format": "OpenVINO IR (weights fp32)"})
+                             "capabilities": capabilities(device), "format": fmt})
+
+
+def weight_only_int8(model) -> bool:
+    """Integer weights behind DequantizeLinear and no quantized activations (the quantize pass's dynamic
+    mode for OpenVINO): the activations are quantized by the plugin at run time."""
+    ops = {n.op_type for n in model.graph.all_nodes()}
+    return "DequantizeLinear" in ops and not ops & {"QuantizeLinear", "DynamicQuantizeLinear"}
 
 
 # Tensor element types OpenVINO's ONNX frontend has no CPU kernels for (it aborts the process on some).

@@ -72,7 +72,7 @@ def compiled_properties(compiled) -> dict:
     """What OpenVINO actually chose (the hint as applied, streams, threads, execution devices)."""
     out = {}
     for key in ("INFERENCE_PRECISION_HINT", "PERFORMANCE_HINT", "NUM_STREAMS", "INFERENCE_NUM_THREADS",
-                "EXECUTION_DEVICES"):
+                "EXECUTION_DEVICES", "DYNAMIC_QUANTIZATION_GROUP_SIZE"):
         try:
             value = compiled.get_property(key)
         except Exception:
