@@ -1,8 +1,8 @@
 """Detection example: ShapesNet, a small CenterNet-style detector of coloured shapes (circle,
 square, triangle) on crops of real photos, trained in a couple of minutes on generated data.
 
-Contract: input `input` float32 [N, 3, 64, 64] (RGB / 255, minus mean 0.5, over std 0.25);
-output `maps` float32 [N, 7, 16, 16] (3 class heatmaps, w, h, dx, dy), decoded by the runtime's
+Contract: input `input` float32 [N, 3, 96, 96] (RGB / 255, minus mean 0.5, over std 0.25);
+output `maps` float32 [N, 7, 24, 24] (3 class heatmaps, w, h, dx, dy), decoded by the runtime's
 detection front-end (`runner.detect(image)`, recorded in the manifest). Labels (for evaluation)
 [N, 4, 5]: x1, y1, x2, y2, class per true box in input pixels, rows of -1 pad. Metric: COCO mAP@[.5:.95]
 (`map`, pycocotools) with mAP@.5 beside it. Splits: train 2000 images (seed 0, 7 photos), test 400
@@ -91,13 +91,13 @@ def save_weights(module, path: Path = WEIGHTS) -> Path:
 
 
 def source() -> TorchModelSource:
-    from .data import CLASSES
+    from .data import CLASSES, IMG
 
     spec = frontend_spec()
     return split_source(
         "shapes",
         create=create,
-        inputs=[TensorSpec("input", ("batch", 3, 64, 64), "float32")],
+        inputs=[TensorSpec("input", ("batch", 3, IMG, IMG), "float32")],
         outputs=["maps"],
         load_split=load_split,
         metric="map",
