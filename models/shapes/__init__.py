@@ -1,5 +1,5 @@
 """Detection example: ShapesNet, a small CenterNet-style detector of coloured shapes (circle,
-square, triangle) on crops of real photos, trained in a couple of minutes on generated data.
+square, triangle) on crops of real photos, trained in about ten minutes (2 cores) on generated data.
 
 Contract: input `input` float32 [N, 3, 96, 96] (RGB / 255, minus mean 0.5, over std 0.25);
 output `maps` float32 [N, 7, 24, 24] (3 class heatmaps, w, h, dx, dy), decoded by the runtime's
