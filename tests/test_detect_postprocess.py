@@ -127,7 +127,7 @@ def test_decode_matches_on_dense_overlapping_candidates(shapes, seed):
     rng = np.random.default_rng(seed)
     maps = rng.random((4, 7, 16, 16)).astype(np.float32)
     maps[:, :3] = np.round(maps[:, :3] * 20) / 20       # coarse scores: plateaus and ties
-    maps[:, 3:5] *= 3                                  # boxes up to 48 px on a 64 px image: heavy overlap
+    maps[:, 3:5] *= 3                                  # boxes up to 48 px, centres within 64 px: heavy overlap
     ref = ref_decode(maps, spec)
     suppressed = sum(len(np.nonzero((m[:3] >= 0.05) & (m[:3] == ref_max(m[:3], 3)))[0]) for m in maps)
     assert suppressed > sum(len(r[2]) for r in ref)     # NMS removed some: the loop was exercised

@@ -76,12 +76,14 @@ def test_detect_takes_any_image_size_and_returns_original_pixels(shapes_fp32):
     from edgecompile.runtime.detect import resize_bilinear
     from edgecompile.verify.detection import ground_truth
 
+    from edgecompile.models.shapes.data import IMG
+
     images = shapes.raw_images("test")[:30]
     gts = ground_truth(shapes.load_split("test").labels[:30])
     hits = total = 0
     with load(shapes_fp32.path) as runner:
         for img, (gb, gc) in zip(images, gts):
-            big = np.clip(resize_bilinear(img, 96, 160), 0, 255).round().astype(np.uint8)     # H 1.5x, W 2.5x
+            big = np.clip(resize_bilinear(img, IMG * 3 // 2, IMG * 5 // 2), 0, 255).round().astype(np.uint8)  # H 1.5x
             det = runner.detect(big, score_threshold=0.3)
             assert det.boxes.shape[1] == 4 and len(det.labels) == len(det.scores)
             for b, c in zip(gb * np.array([2.5, 1.5, 2.5, 1.5]), gc):

@@ -17,6 +17,7 @@ def e2e_detector(tmp_path_factory):
     1-based category ids; the first N_IMAGES test images as .npz and their boxes as gt.json."""
     import torch
     from edgecompile.models import shapes
+    from edgecompile.models.shapes.data import IMG
 
     class End2End(torch.nn.Module):
         def __init__(self, net, k=100):
@@ -45,7 +46,7 @@ def e2e_detector(tmp_path_factory):
                              dynamic_shapes=({0: torch.export.Dim("batch")},))
     prog.save(str(d / "det.onnx"))
     np.savez(d / "images.npz", images=x)
-    images = [{"id": 1000 + i, "width": 64, "height": 64} for i in range(N_IMAGES)]
+    images = [{"id": 1000 + i, "width": IMG, "height": IMG} for i in range(N_IMAGES)]
     anns = []
     for i, row in enumerate(ds.labels):
         for x1, y1, x2, y2, c in row[row[:, 4] >= 0]:

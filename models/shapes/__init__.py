@@ -1,8 +1,8 @@
 """Detection example: ShapesNet, a small CenterNet-style detector of coloured shapes (circle,
-square, triangle) on crops of real photos, trained in a couple of minutes on generated data.
+square, triangle) on crops of real photos, trained in about ten minutes (2 cores) on generated data.
 
-Contract: input `input` float32 [N, 3, 64, 64] (RGB / 255, minus mean 0.5, over std 0.25);
-output `maps` float32 [N, 7, 16, 16] (3 class heatmaps, w, h, dx, dy), decoded by the runtime's
+Contract: input `input` float32 [N, 3, 96, 96] (RGB / 255, minus mean 0.5, over std 0.25);
+output `maps` float32 [N, 7, 24, 24] (3 class heatmaps, w, h, dx, dy), decoded by the runtime's
 detection front-end (`runner.detect(image)`, recorded in the manifest). Labels (for evaluation)
 [N, 4, 5]: x1, y1, x2, y2, class per true box in input pixels, rows of -1 pad. Metric: COCO mAP@[.5:.95]
 (`map`, pycocotools) with mAP@.5 beside it. Splits: train 2000 images (seed 0, 7 photos), test 400
@@ -40,9 +40,22 @@ def load_split(split: str) -> Dataset:
     a = _images()
     meta = {"detection": frontend_spec()}
     if split == "calibration":
-        return Dataset("shapes:calibration", {"input": normalise(a["images_train"][:256])}, a["labels_train"][:256],
+        return Dataset("shapes:calibration", {"input": _normalised("calibration")}, a["labels_train"][:256],
                        meta=meta)
-    return Dataset(f"shapes:{split}", {"input": normalise(a[f"images_{split}"])}, a[f"labels_{split}"], meta=meta)
+    x = _normalised(split) if split == "test" else normalise(a[f"images_{split}"])
+    return Dataset(f"shapes:{split}", {"input": x}, a[f"labels_{split}"], meta=meta)
+
+
+def _normalised(split: str) -> np.ndarray:
+    """The calibration / test inputs, normalised once per process (the gate evaluates the test split again
+    and again); each caller gets its own copy, a tenth of the cost of normalising."""
+    if split not in _NORMALISED:
+        a = _images()
+        _NORMALISED[split] = normalise(a["images_train"][:256] if split == "calibration" else a["images_test"])
+    return _NORMALISED[split].copy()
+
+
+_NORMALISED: dict[str, np.ndarray] = {}
 
 
 def raw_images(split: str) -> np.ndarray:
@@ -91,13 +104,13 @@ def save_weights(module, path: Path = WEIGHTS) -> Path:
 
 
 def source() -> TorchModelSource:
-    from .data import CLASSES
+    from .data import CLASSES, IMG
 
     spec = frontend_spec()
     return split_source(
         "shapes",
         create=create,
-        inputs=[TensorSpec("input", ("batch", 3, 64, 64), "float32")],
+        inputs=[TensorSpec("input", ("batch", 3, IMG, IMG), "float32")],
         outputs=["maps"],
         load_split=load_split,
         metric="map",

@@ -18,9 +18,9 @@ TRAIN_PHOTOS = ("rubberwhale1.png", "graf1.png", "smarties.png", "sudoku.png", "
                 "box_in_scene.png")
 TEST_PHOTOS = ("rubberwhale2.png", "graf3.png", "basketball2.png")
 CLASSES = ("circle", "square", "triangle")
-IMG = 64
+IMG = 96
 MAX_BOXES = 4
-MIN_SIZE, MAX_SIZE = 12, 30
+MIN_SIZE, MAX_SIZE = 18, 45
 
 
 def read_png(path: str | Path) -> np.ndarray:

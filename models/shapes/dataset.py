@@ -12,7 +12,7 @@ from .._common import fingerprint
 
 SEED = 0
 N_TRAIN, N_TEST = 2000, 400
-EPOCHS = 16
+EPOCHS = 10
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 _HERE = Path(__file__).resolve().parent
 

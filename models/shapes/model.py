@@ -1,9 +1,11 @@
 """ShapesNet: a small anchor-free single-stage detector in the CenterNet style.
 
-Stride-4 output grid. One tensor `maps` [N, C + 4, H/4, W/4]: per-class centre heatmaps (sigmoid),
-box width/height (in units of SIZE_UNIT pixels) and the sub-cell centre offset. Decoding (peak
+Input [N, 3, 96, 96] (models/shapes/data.py IMG), width 24 (channels 12 / 24 / 48, ~75 M MACs);
+stride-4 output grid (24 x 24). One tensor `maps` [N, C + 4, H/4, W/4]: per-class centre heatmaps
+(sigmoid), box width/height (in units of SIZE_UNIT pixels) and the sub-cell centre offset. Decoding (peak
 picking, boxes, NMS) is the runtime's post-processing step (edgecompile.runtime.detect), recorded in
-the bundle manifest.
+the bundle manifest. The size is chosen for INT8 speed: at 64 x 64 and width 16 (~15 M MACs) ORT's
+per-op overhead dominated and INT8 ran ~1.3x FP32; bench/detector_scaling.py measures the candidates.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import torch
 from torch import nn
 
 STRIDE = 4
+WIDTH = 24
 SIZE_UNIT = 16.0
 
 
@@ -21,18 +24,23 @@ def conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 
 
 class ShapesNet(nn.Module):
-    def __init__(self, num_classes: int = 3, width: int = 16):
+    """`stride` 4 or 8 (output grid = input / stride): each extra stride-2 stage doubles the channels."""
+
+    def __init__(self, num_classes: int = 3, width: int = WIDTH, stride: int = STRIDE):
         super().__init__()
+        if stride not in (4, 8):
+            raise ValueError(f"ShapesNet stride must be 4 or 8, not {stride}")
         self.num_classes = num_classes
-        self.backbone = nn.Sequential(
-            conv(3, width // 2), conv(width // 2, width, 2),          # 64 -> 32
-            conv(width, width), conv(width, 2 * width, 2),            # 32 -> 16
-            conv(2 * width, 2 * width), conv(2 * width, 2 * width),
-            conv(2 * width, 2 * width),
-        )
-        self.head = conv(2 * width, 2 * width)
-        self.heat = nn.Conv2d(2 * width, num_classes, 1)
-        self.box = nn.Conv2d(2 * width, 4, 1)                      # w, h (SIZE_UNIT px), dx, dy (cells)
+        c = 2 * width
+        layers = [conv(3, width // 2), conv(width // 2, width, 2),        # /2
+                  conv(width, width), conv(width, c, 2)]                    # /4
+        if stride == 8:
+            layers += [conv(c, c), conv(c, 2 * c, 2)]                      # /8
+            c *= 2
+        self.backbone = nn.Sequential(*layers, conv(c, c), conv(c, c), conv(c, c))
+        self.head = conv(c, c)
+        self.heat = nn.Conv2d(c, num_classes, 1)
+        self.box = nn.Conv2d(c, 4, 1)                                      # w, h (SIZE_UNIT px), dx, dy (cells)
         nn.init.constant_(self.heat.bias, -math.log((1 - 0.1) / 0.1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
