@@ -33,11 +33,15 @@ def graphs(llama_fp32, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("q")
     src = llama_fp32.path / "model.onnx"
-    out = {"float_zp": tmp / "fz.onnx", "split0": tmp / "s0.onnx", "default": tmp / "d.onnx"}
+    out = {"float_zp": tmp / "fz.onnx", "split0": tmp / "s0.onnx", "fold0": tmp / "f0.onnx", "default": tmp / "d.onnx",
+           "rtn": tmp / "rtn.onnx"}
     infos = {
         "float_zp": quantize_float_zp(src, out["float_zp"], 4, 16, [], split=False),
-        "split0": quantize_float_zp(src, out["split0"], 4, 16, [], accuracy_level=0, correction_dtype="float32"),
+        "split0": quantize_float_zp(src, out["split0"], 4, 16, [], accuracy_level=0, correction_dtype="float32",
+                                    form="split"),
+        "fold0": quantize_float_zp(src, out["fold0"], 4, 16, [], accuracy_level=0, form="fold"),
         "default": quantize(src, out["default"], "weight-only", 4, 16, [], algorithm="minmax-float-zp"),
+        "rtn": quantize(src, out["rtn"], "weight-only", 4, 16, [], algorithm="rtn"),
     }
     return out, infos
 
@@ -69,11 +73,35 @@ def test_split_graph_keeps_float_zero_point_logits_and_greedy_tokens(llama_fp32,
             list(fz.generate_ids(p, max_new_tokens=16, ignore_eos=True))
 
 
-def test_default_int4_is_the_split_with_int8_activations(llama_fp32, graphs):
+def test_fold_graph_is_close_to_the_float_zero_points_in_fewer_nodes(llama_fp32, graphs):
+    """The folded correction (E rounded to 4 bits inside the MatMulNBits, q/k/v and gate/up fused) stays
+    much closer to the float zero points than ORT's RTN (every block rounded again), in fewer nodes."""
+    paths, infos = graphs
+    q = infos["fold0"]
+    assert q["algorithm"] == "minmax-float-zp+fold" and q["correction_form"] == "fold"
+    assert "15 MatMulNBits" in q["correction"] and "fused into 4" in q["correction"]
+    ops = [n.op_type for n in onnx.load(str(paths["fold0"])).graph.node]
+    n_split, n_float = (len(onnx.load(str(paths[k])).graph.node) for k in ("split0", "float_zp"))
+    assert ops.count("MatMulNBits") == 2 * 4 + 1 and ops.count("Split") == 4
+    # 9 inputs (4 a layer + lm_head's): the split adds a BlockSum each + Correction and Add per node (15);
+    # the fold a BlockSum and a Concat each, and fusing q/k/v, gate/up trades 6 nodes for 4 Splits
+    assert (n_split - n_float, len(ops) - n_float) == (9 + 2 * 15, 2 * 9 - 6 + 4)
+    fz, f0, rtn = (_frontend(llama_fp32, paths[k]) for k in ("float_zp", "fold0", "rtn"))
+    agree = 0
+    for p in PROMPTS:
+        ids = fz.encode_prompt(p)
+        a, b, c = fz.logits(ids), f0.logits(ids), rtn.logits(ids)
+        assert 0 < np.abs(b - a).max() < np.abs(c - a).max() / 3
+        agree += list(f0.generate_ids(p, max_new_tokens=16, ignore_eos=True)) == \
+            list(fz.generate_ids(p, max_new_tokens=16, ignore_eos=True))
+    assert agree >= len(PROMPTS) - 1
+
+
+def test_default_int4_is_the_fold_with_int8_activations(llama_fp32, graphs):
     paths, infos = graphs
     q = infos["default"]
-    assert q["algorithm"] == "minmax-float-zp+split" and q["accuracy_level"] == 4 and q["zero_points"] == "uint8"
-    assert "float16" in q["correction"] and q["embedding"] == "GatherBlockQuantized (rtn)"
+    assert q["algorithm"] == "minmax-float-zp+fold" and q["accuracy_level"] == 4 and q["zero_points"] == "uint8"
+    assert q["correction_form"] == "fold" and q["embedding"] == "GatherBlockQuantized (rtn)"
     g = onnx.load(str(paths["default"])).graph
     levels = {a.i for n in g.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "accuracy_level"}
     assert levels == {4}

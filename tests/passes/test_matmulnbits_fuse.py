@@ -19,10 +19,14 @@ g (float[B, S, 64] x) => (float[B, S, 24] y, float[B, S, 8] k_out, float[B, S, 1
   <uint8[24, 4, 8] qw, float[96] qs, uint8[24, 2] qz, float[24] qb, uint8[8, 4, 8] kw, float[32] ks,
    uint8[8, 2] kz, float[8] kb, uint8[16, 4, 8] vw, float[64] vs, uint8[16, 2] vz, float[16] vb,
    uint8[8, 2, 16] ow, float[16] os, uint8[8, 1] oz> {
-    q = com.microsoft.MatMulNBits <K = 64, N = 24, bits = 4, block_size = 16, accuracy_level = 4> (x, qw, qs, qz, "", qb)
-    k_out = com.microsoft.MatMulNBits <K = 64, N = 8, bits = 4, block_size = 16, accuracy_level = 4> (x, kw, ks, kz, "", kb)
-    v_out = com.microsoft.MatMulNBits <K = 64, N = 16, bits = 4, block_size = 16, accuracy_level = 4> (x, vw, vs, vz, "", vb)
-    other = com.microsoft.MatMulNBits <K = 64, N = 8, bits = 4, block_size = 32, accuracy_level = 4> (x, ow, os, oz)
+    q = com.microsoft.MatMulNBits <K = 64, N = 24, bits = 4, block_size = 16, accuracy_level = 4>
+        (x, qw, qs, qz, "", qb)
+    k_out = com.microsoft.MatMulNBits <K = 64, N = 8, bits = 4, block_size = 16, accuracy_level = 4>
+        (x, kw, ks, kz, "", kb)
+    v_out = com.microsoft.MatMulNBits <K = 64, N = 16, bits = 4, block_size = 16, accuracy_level = 4>
+        (x, vw, vs, vz, "", vb)
+    other = com.microsoft.MatMulNBits <K = 64, N = 8, bits = 4, block_size = 32, accuracy_level = 4>
+        (x, ow, os, oz)
     y = Relu(q)
 }
 """
