@@ -173,15 +173,17 @@ def test_int4_weight_only_bundle(llama_dir, tmp_path):
     g = onnx.load(str(b.path / "model.onnx")).graph
     weights = {i.name for i in g.initializer}
     ops = [n.op_type for n in g.node]
-    assert ops.count("MatMulNBits") == 2 * 7 + 1 and ops.count("GatherBlockQuantized") == 1  # 7 per layer + lm_head
-    # the only float MatMuls on constants are the zero-point split's block sums and corrections (1/16 of K)
+    # 7 MatMuls per layer + lm_head, q/k/v and gate/up fused: 4 per layer + lm_head
+    assert ops.count("MatMulNBits") == 2 * 4 + 1 and ops.count("GatherBlockQuantized") == 1
+    # the only float MatMuls on constants are the folded correction's block sums (one per input)
     assert not [
         n.name
         for n in g.node
         if n.op_type in ("MatMul", "Gather") and n.input[1 if n.op_type == "MatMul" else 0] in weights
-        and not n.name.endswith(("/BlockSum", "/Correction"))
+        and not n.name.endswith("/BlockSum")
     ]
-    assert q["algorithm"] == "minmax-float-zp+split" and ops.count("Add") >= 2 * 7 + 1
+    assert q["algorithm"] == "minmax-float-zp+fold" and q["correction_form"] == "fold"
+    assert sum(n.name.endswith("/BlockSum") for n in g.node) == 2 * 4 + 1
     zp_types = {i.name: i.data_type for i in g.initializer}
     assert {zp_types[n.input[3]] for n in g.node if n.op_type == "MatMulNBits"} == {onnx.TensorProto.UINT8}
     rep = json.loads((b.path / "report.json").read_text())
