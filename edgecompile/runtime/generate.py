@@ -16,6 +16,7 @@ length penalty; `stop` strings end the text (the stop string itself is not retur
 """
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 
@@ -46,6 +47,7 @@ class GenerationFrontend:
         self.session = getattr(runner, "session", None)         # ORT: preallocated cache, I/O binding
         self.timings: dict = {}                                  # last call: prefill_ms, step_ms (list)
         self._spare: BoundCache | None = None                    # a finished generation's buffers
+        self._spare_lock = threading.Lock()                      # served requests generate from threads
 
     # -- model calls -------------------------------------------------------------------------------------
     def new_cache(self, batch: int = 1, capacity: int | None = None):
@@ -54,7 +56,8 @@ class GenerationFrontend:
             return FeedCache(self.runner, self.layers, self.kv_heads, self.head_dim, self.kv_dtype,
                              self.has_position_ids)
         capacity = self.context_length if capacity is None else capacity
-        spare, self._spare = self._spare, None
+        with self._spare_lock:
+            spare, self._spare = self._spare, None
         if spare is not None and spare.max_batch >= batch and spare.capacity >= capacity:
             spare.reset()
             return spare
@@ -63,7 +66,8 @@ class GenerationFrontend:
 
     def _release(self, cache) -> None:
         if isinstance(cache, BoundCache) and cache.capacity == self.context_length:
-            self._spare = cache
+            with self._spare_lock:
+                self._spare = cache
 
     def logits(self, ids) -> np.ndarray:
         """Logits [T, V] of a whole token sequence in one call (no cache): perplexity, recompute baselines."""
