@@ -64,7 +64,7 @@ def main() -> None:
     ap.add_argument("--llama-cpp-python", metavar="PYTHON",
                     help="a python whose environment has llama-cpp-python (a throwaway venv, never the set-up): "
                          "adds the llama.cpp row [5] on the same .gguf")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved decode-speed rounds in section 3")
+    ap.add_argument("--rounds", type=int, default=7, help="interleaved decode-speed rounds in sections 3 and 5")
     ap.add_argument("--out", type=Path, help="default bench/results/generation[_int4|_kv].txt")
     args = ap.parse_args()
     if args.out is None:
