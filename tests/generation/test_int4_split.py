@@ -1,7 +1,8 @@
-"""INT4 with GGUF Q4_1's grid on ORT's fast kernels (issue 23): the float-zero-point graph and the same graph
-after the zero-point split (passes/zero_point_split.py) give the same logits and greedy tokens, on the tiny
-random llama the generation tests use (a tiny GPT-2 exports its Conv1D layers as Gemm: only lm_head would
-be a MatMulNBits)."""
+"""INT4 with GGUF Q4_1's grid on ORT's fast kernels (issue 23), on the tiny random llama the generation tests
+use (a tiny GPT-2 exports its Conv1D layers as Gemm: only lm_head would be a MatMulNBits): the float-zero-point
+graph and the same graph after the zero-point split (passes/zero_point_split.py) give the same logits and
+greedy tokens; the fold (passes/zero_point_fold.py + matmulnbits_fuse.py, the default) stays far closer to
+them than ORT's RTN, in fewer nodes."""
 from __future__ import annotations
 
 import sys
