@@ -30,11 +30,14 @@ DEFAULT_CORRECTION_FORM = "fold"
 
 def quantize_float_zp(src: Path, dst: Path, bits: int, block_size: int, exclude: list[str], split: bool = True,
                       accuracy_level: int = SPLIT_ACCURACY_LEVEL,
-                      correction_dtype: str = SPLIT_CORRECTION_DTYPE, form: str = DEFAULT_CORRECTION_FORM) -> dict:
+                      correction_dtype: str = SPLIT_CORRECTION_DTYPE, form: str = DEFAULT_CORRECTION_FORM,
+                      head_bits: int | None = None) -> dict:
     """MatMuls -> MatMulNBits with float zero points (built with ORT's HQQ node writer, its optimisation
     switched off), rewritten to integer zero points + the correction in `form` ("fold" or "split",
     see above) unless `split` is False; the embedding Gather -> GatherBlockQuantized with "rtn" (it
-    takes integer zero points only). `correction_dtype` is the split form's E dtype."""
+    takes integer zero points only). `correction_dtype` is the split form's E dtype. `head_bits` (8): the
+    MatMul producing the logits quantized apart with that many bits (ORT's RTN, integer zero points), as
+    llama.cpp keeps a model's output layer at 8 bits."""
     import onnx
     import onnx_ir as ir
     from onnxruntime.quantization.matmul_nbits_quantizer import (
@@ -42,8 +45,13 @@ def quantize_float_zp(src: Path, dst: Path, bits: int, block_size: int, exclude:
         MatMulNBitsQuantizer,
     )
 
+    head = []
+    if head_bits:
+        from edgecompile.compiler.decoder import lm_head_nodes
+
+        head = [n for n in lm_head_nodes(src)[:1] if n not in exclude]
     q = MatMulNBitsQuantizer(
-        onnx.load(str(src)), nodes_to_exclude=exclude,
+        onnx.load(str(src)), nodes_to_exclude=exclude + head,
         algo_config=HQQWeightOnlyQuantConfig(block_size=block_size, bits=bits, op_types_to_quantize=("MatMul",)),
     )
     q.node_quantizer = _min_max_float_zero(q.algo_config)
@@ -55,6 +63,14 @@ def quantize_float_zp(src: Path, dst: Path, bits: int, block_size: int, exclude:
         proto, correction = _correct(ir.from_proto(proto), form, accuracy_level, correction_dtype)
         info.update(algorithm=f"minmax-float-zp+{form}", accuracy_level=accuracy_level, zero_points="uint8",
                     correction_form=form, correction=correction)
+    if head:
+        others = [n.name for n in proto.graph.node if n.op_type == "MatMul" and n.name not in head]
+        qh = MatMulNBitsQuantizer(proto, bits=head_bits, block_size=block_size, is_symmetric=False, accuracy_level=4,
+                                  nodes_to_exclude=others, op_types_to_quantize=("MatMul",),
+                                  quant_axes=(("MatMul", 0),))
+        qh.process()
+        proto = qh.model.model
+        info["head"] = f"{head[0]}: {head_bits}-bit rtn (integer zero points), accuracy_level 4"
     q2 = MatMulNBitsQuantizer(proto, bits=bits, block_size=block_size, is_symmetric=False,
                               nodes_to_exclude=exclude, op_types_to_quantize=("Gather",),
                               quant_axes=(("Gather", 1),))
