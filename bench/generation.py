@@ -162,9 +162,10 @@ def greedy_parity(args, say, dec, model, tok, fe32, eos) -> None:
 
 
 def make_int4_forms(fp32_onnx: Path, work: Path) -> dict:
-    """name -> (graph, quantization info). The float-zero-point graph is quantized once (the slow part);
-    the corrected forms are the build's rewrite (decoder_int4._correct) applied to it, as decoder.quantize
-    does (there before the embedding's GatherBlockQuantized, which the passes do not touch)."""
+    """name -> (graph, quantization info). The float-zero-point graphs (lm_head at 8 bits as shipped, and at
+    4 bits as before) are quantized once (the slow part); the corrected forms are the build's rewrite
+    (decoder_int4._correct) applied to them, as decoder.quantize does (there before the embedding's
+    GatherBlockQuantized, which the passes do not touch)."""
     import onnx
     import onnx_ir as ir
 
@@ -172,23 +173,24 @@ def make_int4_forms(fp32_onnx: Path, work: Path) -> dict:
     from edgecompile.compiler import decoder_int4 as d4
     from edgecompile.passes.zero_point_fold import ZeroPointFold
 
-    block = dec.DEFAULT_BLOCK_SIZE
-    forms = {}
-    fz = work / "int4-float-zp.onnx"
-    info = dec.quantize(fp32_onnx, fz, "weight-only", 4, block, [], algorithm="minmax-float-zp", split=False)
-    level = d4.SPLIT_ACCURACY_LEVEL
-    for name, form, lvl, dtype in (("int4 shipped", d4.DEFAULT_CORRECTION_FORM, level, d4.SPLIT_CORRECTION_DTYPE),
-                                   ("split (previous shipped)", "split", level, d4.SPLIT_CORRECTION_DTYPE),
-                                   ("split, accuracy_level 0", "split", 0, "float32")):
-        path = work / f"int4-{form}-{lvl}-{dtype}.onnx"
-        proto, correction = d4._correct(ir.load(str(fz)), form, lvl, dtype)
+    block, level, forms = dec.DEFAULT_BLOCK_SIZE, d4.SPLIT_ACCURACY_LEVEL, {}
+    fz = {h: work / f"int4-float-zp-head{h}.onnx" for h in (d4.DEFAULT_HEAD_BITS, 4)}
+    infos = {h: dec.quantize(fp32_onnx, p, "weight-only", 4, block, [], algorithm="minmax-float-zp", split=False,
+                             head_bits=None if h == 4 else h) for h, p in fz.items()}
+    for name, head, form, lvl, dtype in (
+            ("int4 shipped", d4.DEFAULT_HEAD_BITS, d4.DEFAULT_CORRECTION_FORM, level, d4.SPLIT_CORRECTION_DTYPE),
+            ("fold, lm_head 4-bit", 4, "fold", level, "float16"),
+            ("split (previous shipped)", 4, "split", level, d4.SPLIT_CORRECTION_DTYPE),
+            ("split, accuracy_level 0", 4, "split", 0, "float32")):
+        path = work / f"int4-{form}-{lvl}-{dtype}-head{head}.onnx"
+        proto, correction = d4._correct(ir.load(str(fz[head])), form, lvl, dtype)
         onnx.save(proto, str(path))
-        forms[name] = (path, {**info, "algorithm": f"minmax-float-zp+{form}", "accuracy_level": lvl,
+        forms[name] = (path, {**infos[head], "algorithm": f"minmax-float-zp+{form}", "accuracy_level": lvl,
                               "correction_form": form, "correction": correction})
     path = work / "int4-fold-unfused.onnx"                 # the fold alone, q/k/v and gate/up not fused
-    ir.save(ZeroPointFold(accuracy_level=level)(ir.load(str(fz))).model, str(path))
-    forms["fold, unfused"] = (path, {**info, "algorithm": "minmax-float-zp+fold (unfused)", "accuracy_level": level})
-    forms["float zero points, unsplit"] = (fz, info)
+    ir.save(ZeroPointFold(accuracy_level=level)(ir.load(str(fz[4]))).model, str(path))
+    forms["fold, lm_head 4-bit, unfused"] = (path, {**infos[4], "algorithm": "minmax-float-zp+fold (unfused)"})
+    forms["float zero points, unsplit"] = (fz[4], infos[4])
     rtn = work / "int4-rtn.onnx"
     forms["rtn (integer zero points)"] = (rtn, dec.quantize(fp32_onnx, rtn, "weight-only", 4, block, [],
                                                             algorithm="rtn"))
@@ -238,7 +240,7 @@ def int4_section(args, say, dec, model, fp32, int4, bundles, forms, ctx, work) -
             f"{100 * (ppl[k] - ppl['fp32']) / ppl['fp32']:>+7.2f}% {size:>7}")
     say("    per-round step ms: " + "; ".join(f"{k} {' '.join(f'{x:.0f}' for x in v)}" for k, v in steps.items()))
     say(f"    shipped = float zero points (GGUF Q4_1's grid) as uint8 zero points + correction, form "
-        f"{q['correction_form']!r}, accuracy_level {q['accuracy_level']}: {q['correction']}")
+        f"{q['correction_form']!r}, accuracy_level {q['accuracy_level']}: {q['correction']}; {q.get('head')}")
     say("    split (previous shipped) = uint8 zero points + a BlockSum MatMul per input, Correction MatMul (E float16) "
         "and Add per node (passes/zero_point_split.py); the unsplit float zero points run ORT's slow dequantizing "
         "path; rtn re-rounds each block to an integer zero point")
