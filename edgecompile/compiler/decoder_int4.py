@@ -52,8 +52,6 @@ def quantize_float_zp(src: Path, dst: Path, bits: int, block_size: int, exclude:
     head = []
     head_bits = DEFAULT_HEAD_BITS if head_bits == "default" else head_bits
     if head_bits:
-        from edgecompile.compiler.decoder import lm_head_nodes
-
         head = [n for n in lm_head_nodes(src)[:1] if n not in exclude]
     q = MatMulNBitsQuantizer(
         onnx.load(str(src)), nodes_to_exclude=exclude + head,
@@ -82,6 +80,26 @@ def quantize_float_zp(src: Path, dst: Path, bits: int, block_size: int, exclude:
     q2.process()
     q2.model.save_model_to_file(str(dst), use_external_data_format=False)
     return {**info, "embedding": "GatherBlockQuantized (rtn)", "float_nodes": exclude}
+
+
+def lm_head_nodes(model_path: Path) -> list[str]:
+    """The MatMul producing the logits (and the embedding Gather): the most sensitive layers."""
+    import onnx
+
+    proto = onnx.load(str(model_path), load_external_data=False)
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    names = []
+    node = producer.get("logits")
+    while node is not None and node.op_type != "MatMul" and node.input:
+        node = producer.get(node.input[0])
+    if node is not None:
+        names.append(node.name)
+    names += [
+        n.name
+        for n in proto.graph.node
+        if n.op_type == "Gather" and n.input and n.input[0].endswith("embed_tokens.weight")
+    ]
+    return names
 
 
 def _correct(model, form: str, accuracy_level: int, correction_dtype: str):
