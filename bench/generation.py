@@ -2,20 +2,18 @@
 Q4_1 .gguf, dequantized to FP32 by transformers = the reference):
 
 1. FP32 bundle vs transformers `generate`: greedy tokens identical on N prompts x 32 new tokens.
-2. KV cache: one decode step at 256 tokens of context vs recomputing all 257 positions (same bundle).
-3. INT4 weight-only forms vs our FP32 bundle, decode speed measured interleaved (fp32, a, b, ..., fp32, a,
-   b, ...): the shipped one (float zero points = Q4_1's grid, split into integer zero points + an exact
-   correction, accuracy_level 4), the split at accuracy_level 0, the unsplit float zero points, ORT's RTN
-   (integer zero points); decode tokens/s ratio, perplexity delta (same held-apart text), size ratio.
-4. Our runtime vs optimum's ORTModelForCausalLM on the same FP32 export: decode tokens/s.
+2. KV cache: a decode step at 256 tokens of context vs recomputing all 257 positions; the preallocated
+   cache vs the previous ORT-allocated one, interleaved.
+3. INT4 weight-only forms vs our FP32 bundle, decode speed interleaved (fp32, a, b, ..., fp32, a, ...):
+   float zero points (Q4_1's grid) with the correction folded (shipped) or split (previous), RTN, ...;
+   decode tokens/s ratio (wall and thread CPU time), perplexity delta (held-apart text), size ratio.
+4. Our runtime vs optimum's ORTModelForCausalLM on the same FP32 export. 5. llama.cpp (optional).
 
-    python bench/generation.py [--fp32 DIR --int4 DIR] [--prompts 20] [--threads 1] [--only-int4]
+    python bench/generation.py [--fp32 DIR --int4 DIR] [--prompts 20] [--threads 1] [--only-int4 | --only-kv]
 
---only-int4 runs section 3 alone into bench/results/generation_int4.txt (about 3-4 minutes on a quiet
-2-vCPU host once the fp32 bundle exists: pass --fp32 DIR, else it is built first).
-
-Bundles not given are built first (edgecompile.build; the build cache keeps the export and the
-dequantized .gguf). Output: bench/results/generation.txt (with the CPU model).
+--only-kv runs section 2 alone into bench/results/generation_kv.txt (under a minute).
+--only-int4 runs sections 3 (and 5) into bench/results/generation_int4.txt (about 3 minutes on a quiet
+2-vCPU host). Bundles not given are built first (edgecompile.build). Output: bench/results/generation.txt.
 """
 from __future__ import annotations
 
@@ -30,6 +28,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _results import write_results
+from generation_kv import kv_cache_section, median_ms
 
 REPO = Path(__file__).resolve().parent.parent
 # run as a script, bench/ is sys.path[0]: bench/transformers.py would shadow the transformers package
@@ -51,15 +51,6 @@ def gguf_path() -> Path:
     return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def median_ms(fn, n: int) -> float:
-    ts = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(ts))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--fp32", type=Path)
@@ -69,22 +60,22 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="intra-op threads for ORT and torch (1: a shared 2-vCPU host oversubscribes at 2)")
     ap.add_argument("--only-int4", action="store_true", help="run only section 3 (the INT4 forms vs FP32)")
+    ap.add_argument("--only-kv", action="store_true", help="run only section 2 (the KV cache at 256 tokens)")
     ap.add_argument("--llama-cpp-python", metavar="PYTHON",
                     help="a python whose environment has llama-cpp-python (a throwaway venv, never the set-up): "
                          "adds the llama.cpp row [5] on the same .gguf")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved decode-speed rounds in section 3")
-    ap.add_argument("--out", type=Path, help="default bench/results/generation.txt "
-                                              "(generation_int4.txt with --only-int4)")
+    ap.add_argument("--rounds", type=int, default=7, help="interleaved decode-speed rounds in sections 3 and 5")
+    ap.add_argument("--out", type=Path, help="default bench/results/generation[_int4|_kv].txt")
     args = ap.parse_args()
     if args.out is None:
-        args.out = REPO / "bench" / "results" / ("generation_int4.txt" if args.only_int4 else "generation.txt")
+        args.out = REPO / "bench" / "results" / ("generation_int4.txt" if args.only_int4 else
+                                                 "generation_kv.txt" if args.only_kv else "generation.txt")
     lines: list[str] = []
 
     def say(s: str = "") -> None:          # the results file is rewritten as sections finish
         print(s, flush=True)
         lines.append(s)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(lines) + "\n")
+        write_results(args.out, lines)
 
     import torch
 
@@ -103,7 +94,7 @@ def main() -> None:
         edgecompile.build(str(src), output=bundles["fp32"], precision="fp32", threads=args.threads,
                           progress=Progress(quiet=True))
     t0 = time.perf_counter()              # the int4 forms, from the fp32 bundle's graph (see make_int4_forms)
-    int4_forms = make_int4_forms(bundles["fp32"] / "model.onnx", work)
+    int4_forms = {} if args.only_kv else make_int4_forms(bundles["fp32"] / "model.onnx", work)
     int4_seconds = time.perf_counter() - t0
     say(f"# bench/generation.py — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     say(f"CPU: {cpu_model()} ({os.cpu_count()} logical CPUs), threads {args.threads} for ORT and torch")
@@ -124,10 +115,12 @@ def main() -> None:
     ctx = [int(t) for t in rng.integers(100, 30000, size=257)]
     if not args.only_int4:
         parity_and_cache(args, say, dec, model, tok, fe32, eos, ctx)
-    int4_section(args, say, dec, model, fp32, int4, bundles, int4_forms, ctx, work)
-    if not args.only_int4:
+    if not args.only_kv:
+        int4_section(args, say, dec, model, fp32, int4, bundles, int4_forms, ctx, work)
+    if not args.only_int4 and not args.only_kv:
         versus_optimum(args, say, dec, model, bundles, fe32, eos, ctx, work)
-    llama_cpp_section(args, say, src, fp32, int4_forms, ctx)
+    if not args.only_kv:
+        llama_cpp_section(args, say, src, fp32, int4_forms, ctx)
     say()
     say(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     say(f"total bench time {time.perf_counter() - t_all:.0f} s")
@@ -138,7 +131,12 @@ def main() -> None:
 
 
 def parity_and_cache(args, say, dec, model, tok, fe32, eos, ctx) -> None:
-    # 1. greedy parity ---------------------------------------------------------------------------
+    if not args.only_kv:
+        greedy_parity(args, say, dec, model, tok, fe32, eos)
+    kv_cache_section(args, say, fe32, ctx)
+
+
+def greedy_parity(args, say, dec, model, tok, fe32, eos) -> None:
     prompts = dec.PROMPTS[:args.prompts]
     same = 0
     t_hf = t_ours = 0.0
@@ -162,37 +160,37 @@ def parity_and_cache(args, say, dec, model, tok, fe32, eos, ctx) -> None:
     say(f"    wall time for all prompts: transformers {t_hf:.1f} s, ours {t_ours:.1f} s")
     say()
 
-    # 2. KV cache vs recompute -----------------------------------------------------------------------
-    _, past = fe32._forward(np.asarray([ctx[:256]]), fe32._empty_past(1), 0)
-    step = median_ms(lambda: fe32._forward(np.asarray([[ctx[256]]]), past, 256), 15)
-    full = median_ms(lambda: fe32.logits(ctx), 5)
-    say(f"[2] FP32 decode step at 256 tokens of context: KV cache {step:.2f} ms vs full recompute {full:.2f} ms "
-        f"-> {full / step:.1f}x (target >= 5x)")
-    say()
-
 
 def make_int4_forms(fp32_onnx: Path, work: Path) -> dict:
-    """name -> (graph, quantization info). The float-zero-point graph is quantized once (the slow part);
-    the split forms are the build's ZeroPointSplit applied to it, as decoder.quantize does (there before
-    the embedding's GatherBlockQuantized, which the pass does not touch)."""
+    """name -> (graph, quantization info). The float-zero-point graphs (lm_head at 8 bits as shipped, and at
+    4 bits as before) are quantized once (the slow part); the corrected forms are the build's rewrite
+    (decoder_int4._correct) applied to them, as decoder.quantize does (there before the embedding's
+    GatherBlockQuantized, which the passes do not touch)."""
+    import onnx
     import onnx_ir as ir
 
     from edgecompile.compiler import decoder as dec
     from edgecompile.compiler import decoder_int4 as d4
-    from edgecompile.passes.zero_point_split import ZeroPointSplit
+    from edgecompile.passes.zero_point_fold import ZeroPointFold
 
-    block = dec.DEFAULT_BLOCK_SIZE
-    forms = {}
-    fz = work / "int4-float-zp.onnx"
-    info = dec.quantize(fp32_onnx, fz, "weight-only", 4, block, [], algorithm="minmax-float-zp", split=False)
-    for name, level, dtype in (("int4 shipped", d4.SPLIT_ACCURACY_LEVEL, d4.SPLIT_CORRECTION_DTYPE),
-                               ("split, accuracy_level 0", 0, "float32")):
-        path = work / f"int4-split-{level}-{dtype}.onnx"
-        res = ZeroPointSplit(accuracy_level=level, correction_dtype=dtype)(ir.load(str(fz)))
-        ir.save(res.model, str(path))
-        forms[name] = (path, {**info, "algorithm": "minmax-float-zp+split", "accuracy_level": level,
-                              "correction": dtype})
-    forms["float zero points, unsplit"] = (fz, info)
+    block, level, forms = dec.DEFAULT_BLOCK_SIZE, d4.SPLIT_ACCURACY_LEVEL, {}
+    fz = {h: work / f"int4-float-zp-head{h}.onnx" for h in (d4.DEFAULT_HEAD_BITS, 4)}
+    infos = {h: dec.quantize(fp32_onnx, p, "weight-only", 4, block, [], algorithm="minmax-float-zp", split=False,
+                             head_bits=None if h == 4 else h) for h, p in fz.items()}
+    for name, head, form, lvl, dtype in (
+            ("int4 shipped", d4.DEFAULT_HEAD_BITS, d4.DEFAULT_CORRECTION_FORM, level, d4.SPLIT_CORRECTION_DTYPE),
+            ("fold, lm_head 4-bit", 4, "fold", level, "float16"),
+            ("split (previous shipped)", 4, "split", level, d4.SPLIT_CORRECTION_DTYPE),
+            ("split, accuracy_level 0", 4, "split", 0, "float32")):
+        path = work / f"int4-{form}-{lvl}-{dtype}-head{head}.onnx"
+        proto, correction = d4._correct(ir.load(str(fz[head])), form, lvl, dtype)
+        onnx.save(proto, str(path))
+        forms[name] = (path, {**infos[head], "algorithm": f"minmax-float-zp+{form}", "accuracy_level": lvl,
+                              "correction_form": form, "correction": correction})
+    path = work / "int4-fold-unfused.onnx"                 # the fold alone, q/k/v and gate/up not fused
+    ir.save(ZeroPointFold(accuracy_level=level)(ir.load(str(fz[4]))).model, str(path))
+    forms["fold, lm_head 4-bit, unfused"] = (path, {**infos[4], "algorithm": "minmax-float-zp+fold (unfused)"})
+    forms["float zero points, unsplit"] = (fz[4], infos[4])
     rtn = work / "int4-rtn.onnx"
     forms["rtn (integer zero points)"] = (rtn, dec.quantize(fp32_onnx, rtn, "weight-only", 4, block, [],
                                                             algorithm="rtn"))
@@ -217,12 +215,13 @@ def int4_section(args, say, dec, model, fp32, int4, bundles, forms, ctx, work) -
     prompt, n = ctx[:16], 16
     for fe in fes.values():                                            # warm-up
         list(fe.generate_ids(prompt, max_new_tokens=4, ignore_eos=True))
-    steps = {k: [] for k in fes}
+    steps, cpu = {k: [] for k in fes}, {k: [] for k in fes}
     for _ in range(args.rounds):
         for k, fe in fes.items():
-            list(fe.generate_ids(prompt, max_new_tokens=n, ignore_eos=True))
-            steps[k].append(float(np.mean(fe.timings["step_ms"])))
+            wall_ms, cpu_ms = greedy_steps(fe, prompt, n)
+            steps[k].append(wall_ms), cpu[k].append(cpu_ms)
     tps = {k: 1e3 / float(np.median(v)) for k, v in steps.items()}
+    cps = {k: 1e3 / float(np.median(v)) for k, v in cpu.items()}
     windows = dec.eval_windows(fp32.frontend.tokenizer.encode, 4, 256)
     ppl = {k: math.exp(float(np.mean([dec.nll(fe.logits(w), w) for w in windows]))) for k, fe in fes.items()}
     with torch.no_grad():
@@ -232,17 +231,33 @@ def int4_section(args, say, dec, model, fp32, int4, bundles, forms, ctx, work) -
         f"decode tokens/s at batch 1 after a 16-token prompt, median of {args.rounds} interleaved rounds x {n} "
         f"steps; perplexity on {len(windows)}x256 tokens of Python stdlib docstrings (transformers fp32 "
         f"{ppl_torch:.3f}); targets: >= 2x speed, <= +10 % perplexity, <= 0.35x size")
-    say(f"    {'form':<32} {'tokens/s':>8} {'vs fp32':>8} {'perplexity':>10} {'delta':>8} {'size':>7}")
+    say("    (cpu = the same steps in this thread's CPU time, 1 ORT thread: steadier than wall time on a loaded host)")
+    say(f"    {'form':<32} {'tokens/s':>8} {'vs fp32':>8} {'cpu vs fp32':>11} {'perplexity':>10} {'delta':>8} "
+        f"{'size':>7}")
     for k in fes:
         size = f"{sizes[k] / s32:.3f}x" if k in sizes else "1x"
-        say(f"    {k:<32} {tps[k]:>8.1f} {tps[k] / tps['fp32']:>7.2f}x {ppl[k]:>10.3f} "
+        say(f"    {k:<32} {tps[k]:>8.1f} {tps[k] / tps['fp32']:>7.2f}x {cps[k] / cps['fp32']:>10.2f}x {ppl[k]:>10.3f} "
             f"{100 * (ppl[k] - ppl['fp32']) / ppl['fp32']:>+7.2f}% {size:>7}")
     say("    per-round step ms: " + "; ".join(f"{k} {' '.join(f'{x:.0f}' for x in v)}" for k, v in steps.items()))
-    say("    shipped = float zero points (GGUF Q4_1's grid) split into uint8 zero points + the exact block-sum "
-        f"correction (passes/zero_point_split.py), accuracy_level {q['accuracy_level']}, correction "
-        f"{q['correction']}; the unsplit float zero points run ORT's slow dequantizing path; rtn re-rounds "
-        "each block to an integer zero point")
+    say(f"    shipped = float zero points (GGUF Q4_1's grid) as uint8 zero points + correction, form "
+        f"{q['correction_form']!r}, accuracy_level {q['accuracy_level']}: {q['correction']}; {q.get('head')}")
+    say("    split (previous shipped) = uint8 zero points + a BlockSum MatMul per input, Correction MatMul (E float16) "
+        "and Add per node (passes/zero_point_split.py); the unsplit float zero points run ORT's slow dequantizing "
+        "path; rtn re-rounds each block to an integer zero point")
     say()
+
+
+def greedy_steps(fe, prompt, n: int) -> tuple[float, float]:
+    """n greedy decode steps through the front-end's KV cache after `prompt`: mean (wall, thread CPU) ms."""
+    cache = fe.new_cache(1)
+    logits, wall, cpu = cache.forward(np.asarray([prompt])), [], []
+    for _ in range(n):
+        ids = np.asarray([[int(np.argmax(logits[0, -1]))]])
+        t0, c0 = time.perf_counter(), time.thread_time()
+        logits = cache.forward(ids)
+        cpu.append((time.thread_time() - c0) * 1e3), wall.append((time.perf_counter() - t0) * 1e3)
+    fe._release(cache)
+    return float(np.mean(wall)), float(np.mean(cpu))
 
 
 def versus_optimum(args, say, dec, model, bundles, fe32, eos, ctx, work) -> None:
@@ -276,12 +291,9 @@ def versus_optimum(args, say, dec, model, bundles, fe32, eos, ctx, work) -> None
     optimum_run(), ours_run()
     t_opt = median_ms(optimum_run, 3)
     t_our = median_ms(ours_run, 3)
-    say(
-        f"[4] 16-token prompt + {n} new tokens, FP32, same model.onnx: ours {t_our:.0f} ms "
-        f"({n * 1e3 / t_our:.1f} tok/s) "
-        f"vs optimum ORTModelForCausalLM {t_opt:.0f} ms ({n * 1e3 / t_opt:.1f} tok/s) -> {t_opt / t_our:.2f}x "
-        "(target >= 1x)"
-    )
+    say(f"[4] 16-token prompt + {n} new tokens, FP32, same model.onnx: ours {t_our:.0f} ms ({n * 1e3 / t_our:.1f} "
+        f"tok/s) vs optimum ORTModelForCausalLM {t_opt:.0f} ms ({n * 1e3 / t_opt:.1f} tok/s) -> {t_opt / t_our:.2f}x "
+        "(target >= 1x)")
 
 
 LLAMA_CPP_STEPS = """
@@ -310,8 +322,9 @@ def llama_cpp_section(args, say, src, fp32, forms, ctx) -> None:
         return
     from edgecompile.compiler.decoder_build import frontend_for
 
-    fes = {"fp32": fp32.frontend, "int4 shipped": frontend_for(forms["int4 shipped"][0], fp32.bundle.artifact(
-        "tokenizer"), fp32.bundle.manifest["frontend"], args.threads)}
+    fes = {"fp32": fp32.frontend, **{k: frontend_for(forms[k][0], fp32.bundle.artifact("tokenizer"),
+                                                     fp32.bundle.manifest["frontend"], args.threads)
+                                     for k in ("int4 shipped", "split (previous shipped)")}}
     n, ids = 16, ctx[:32]
     steps = {"llama.cpp": [], **{k: [] for k in fes}}
     version = "?"
@@ -328,7 +341,7 @@ def llama_cpp_section(args, say, src, fp32, forms, ctx) -> None:
     say(f"[5] llama.cpp (llama-cpp-python {version}, built from PyPI's sdist, {args.threads} thread(s)) on "
         f"{src.name} vs ours, {n} decode steps after a 16-token prompt, median of {args.rounds} interleaved rounds:")
     for k in steps:
-        say(f"    {k:<14} {tps[k]:>6.1f} tokens/s  ({tps[k] / tps['llama.cpp']:.2f}x llama.cpp); per-round step ms "
+        say(f"    {k:<24} {tps[k]:>6.1f} tokens/s  ({tps[k] / tps['llama.cpp']:.2f}x llama.cpp); per-round step ms "
             + " ".join(f"{x:.0f}" for x in steps[k]))
     say("    (llama.cpp steps are eval() of the given tokens without sampling; ours include the greedy argmax)")
 

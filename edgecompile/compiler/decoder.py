@@ -229,40 +229,20 @@ def kv_layout(model_path: Path) -> dict:
 
 # -- quantization --------------------------------------------------------------------------------------------
 
-def lm_head_nodes(model_path: Path) -> list[str]:
-    """The MatMul producing the logits (and the embedding Gather): the most sensitive layers."""
-    import onnx
-
-    proto = onnx.load(str(model_path), load_external_data=False)
-    producer = {o: n for n in proto.graph.node for o in n.output}
-    names = []
-    node = producer.get("logits")
-    while node is not None and node.op_type != "MatMul" and node.input:
-        node = producer.get(node.input[0])
-    if node is not None:
-        names.append(node.name)
-    names += [
-        n.name
-        for n in proto.graph.node
-        if n.op_type == "Gather" and n.input and n.input[0].endswith("embed_tokens.weight")
-    ]
-    return names
-
-
 def quantize(src: Path, dst: Path, scheme: str, bits: int, block_size: int, exclude: list[str],
-             algorithm: str = "rtn", split: bool = True) -> dict:
+             algorithm: str = "rtn", split: bool = True, **float_zp) -> dict:
     """Weight-only (MatMulNBits/GatherBlockQuantized, asymmetric, blocks along K) or dynamic INT8.
 
     algorithm "minmax-float-zp": GGUF Q4_1's scale-and-minimum form (exact for a model that was already
-    4-bit), run on ORT's integer-zero-point kernels by the exact zero-point split (`split`; see
-    decoder_int4.py). "rtn": ORT's integer zero points (every block rounded again)."""
+    4-bit), run on ORT's integer-zero-point kernels by a zero-point correction (`split`; see
+    decoder_int4.py, `float_zp` its options). "rtn": ORT's integer zero points (every block rounded again)."""
     import onnx
 
     with quiet_libraries():
         if scheme == "weight-only" and algorithm == "minmax-float-zp":
             from edgecompile.compiler.decoder_int4 import quantize_float_zp
 
-            return quantize_float_zp(src, dst, bits, block_size, exclude, split=split)
+            return quantize_float_zp(src, dst, bits, block_size, exclude, split=split, **float_zp)
         if scheme == "weight-only":
             from onnxruntime.quantization.matmul_nbits_quantizer import (
                 MatMulNBitsQuantizer,

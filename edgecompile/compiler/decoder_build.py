@@ -204,7 +204,9 @@ def _choose_quantized(plan, fp32_path, tmp, tok_json, spec, windows, prompts_ids
                       block, bound, threads, progress):
     """Quantize; keep lm_head (+ embedding) in float if over the bound; fp32 if still over (unless --force).
     int8: weight-only 8-bit and dynamic INT8 are both measured; the faster within the bound ships."""
-    sensitive = dec.lm_head_nodes(fp32_path)
+    from edgecompile.compiler.decoder_int4 import lm_head_nodes
+
+    sensitive = lm_head_nodes(fp32_path)
     fp32_tps = quick_decode_tps(frontend_for(fp32_path, tok_json, spec, threads))
     bits = 4 if plan.precision == "int4" else 8
     schemes = ["weight-only"] if bits == 4 else ["weight-only", "dynamic"]

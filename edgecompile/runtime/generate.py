@@ -2,24 +2,28 @@
 
 The bundle's graph takes `input_ids`, `attention_mask`, `position_ids` and the past key/values of
 every layer and returns `logits` and the `present.*` key/values (optimum's
-`text-generation-with-past` layout). The KV cache lives here: the prompt is prefilled in one call,
-then each new token is one call that feeds the previous call's `present.*` back as `past_key_values.*`.
-With ONNX Runtime the presents stay ORT-owned values bound straight to the next call's inputs
-(I/O binding), so the cache is never copied through numpy between steps. The graph concatenates
-past and new key/values, so ORT allocates the grown cache each step (it is not one buffer
-preallocated to the context length).
+`text-generation-with-past` layout). The KV cache lives here (`kv_cache.py`): the prompt is prefilled
+in one call, then each new token is one call. With ONNX Runtime the cache is preallocated to the
+context length up front: per layer two ping-pong buffers for keys and two for values, bound with I/O
+binding as the `past_key_values.*` inputs and `present.*` outputs, so ORT writes the grown cache
+straight into them and no step allocates (the decode step's logits too); beam search reorders the
+buffers in place. Peak memory for the cache is those buffers: 2 x 2 x layers x batch x kv_heads x
+context_length x head_dim elements, committed by the OS as positions are written. A finished
+generation hands its buffers to the next one. Other engines feed and fetch numpy arrays.
 
 Decoding: greedy, sampling (temperature, top-k, top-p, seeded numpy RNG) and beam search with a
 length penalty; `stop` strings end the text (the stop string itself is not returned).
 """
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 
 import numpy as np
 
 from edgecompile.errors import BundleError, DataError
+from edgecompile.runtime.kv_cache import BoundCache, FeedCache
 from edgecompile.runtime.tokenizer import Tokenizer
 
 
@@ -40,54 +44,40 @@ class GenerationFrontend:
         self.kv_dtype = np.dtype(spec.get("kv_dtype", "float32"))
         self.tokenizer = Tokenizer(bundle.artifact("tokenizer"), spec.get("chat_template"),
                                    spec.get("special_tokens"))
-        self.session = getattr(runner, "session", None)         # ORT: use I/O binding
+        self.session = getattr(runner, "session", None)         # ORT: preallocated cache, I/O binding
         self.timings: dict = {}                                  # last call: prefill_ms, step_ms (list)
+        self._spare: BoundCache | None = None                    # a finished generation's buffers
+        self._spare_lock = threading.Lock()                      # served requests generate from threads
 
     # -- model calls -------------------------------------------------------------------------------------
-    def _empty_past(self, batch: int) -> list:
-        z = np.zeros((batch, self.kv_heads, 0, self.head_dim), dtype=self.kv_dtype)
-        return [z for _ in range(2 * len(self.layers))]
+    def new_cache(self, batch: int = 1, capacity: int | None = None):
+        """An empty KV cache for `batch` rows of up to `capacity` positions (default the context length)."""
+        if self.session is None:
+            return FeedCache(self.runner, self.layers, self.kv_heads, self.head_dim, self.kv_dtype,
+                             self.has_position_ids)
+        capacity = self.context_length if capacity is None else capacity
+        with self._spare_lock:
+            spare, self._spare = self._spare, None
+        if spare is not None and spare.max_batch >= batch and spare.capacity >= capacity:
+            spare.reset()
+            return spare
+        return BoundCache(self.session, self.layers, self.kv_heads, self.head_dim, capacity, batch, self.kv_dtype,
+                          self.has_position_ids)
 
-    def _forward(self, ids: np.ndarray, past: list, past_len: int):
-        """One call: ids [B, T] after `past_len` cached positions -> (logits [B, T, V], presents)."""
-        batch, t = ids.shape
-        mask = np.ones((batch, past_len + t), dtype=np.int64)
-        pos = np.broadcast_to(np.arange(past_len, past_len + t, dtype=np.int64), (batch, t))
-        if self.session is not None:
-            b = self.session.io_binding()
-            b.bind_cpu_input("input_ids", np.ascontiguousarray(ids, dtype=np.int64))
-            b.bind_cpu_input("attention_mask", mask)
-            if self.has_position_ids:
-                b.bind_cpu_input("position_ids", np.ascontiguousarray(pos))
-            for (pk, pv, _, _), k, v in zip(self.layers, past[0::2], past[1::2]):
-                for name, val in ((pk, k), (pv, v)):
-                    if isinstance(val, np.ndarray):
-                        b.bind_cpu_input(name, val)
-                    else:
-                        b.bind_ortvalue_input(name, val)
-            b.bind_output("logits", "cpu")
-            for _, _, ok, ov in self.layers:
-                b.bind_output(ok, "cpu")
-                b.bind_output(ov, "cpu")
-            self.session.run_with_iobinding(b)
-            outs = b.get_outputs()
-            return outs[0].numpy(), list(outs[1:])
-        feeds = {"input_ids": ids.astype(np.int64), "attention_mask": mask}
-        if self.has_position_ids:
-            feeds["position_ids"] = np.ascontiguousarray(pos)
-        for (pk, pv, _, _), k, v in zip(self.layers, past[0::2], past[1::2]):
-            feeds[pk], feeds[pv] = k, v
-        out = self.runner.run(feeds)
-        presents = []
-        for _, _, ok, ov in self.layers:
-            presents += [out[ok], out[ov]]
-        return out["logits"], presents
+    def _release(self, cache) -> None:
+        if isinstance(cache, BoundCache) and cache.capacity == self.context_length:
+            with self._spare_lock:
+                self._spare = cache
 
     def logits(self, ids) -> np.ndarray:
         """Logits [T, V] of a whole token sequence in one call (no cache): perplexity, recompute baselines."""
         ids = np.asarray(ids, dtype=np.int64).reshape(1, -1)
         self._check_length(ids.shape[1], 0)
-        return self._forward(ids, self._empty_past(1), 0)[0][0]
+        cache = self.new_cache(1, ids.shape[1])
+        try:
+            return cache.forward(ids)[0]
+        finally:
+            self._release(cache)
 
     # -- prompts --------------------------------------------------------------------------------------------
     def encode_prompt(self, prompt) -> list[int]:
@@ -135,37 +125,45 @@ class GenerationFrontend:
         rng = np.random.default_rng(seed)
         steps: list[float] = []
         self.timings = {"prompt_tokens": len(ids), "step_ms": steps}
-        t0 = time.perf_counter()
-        logits, past = self._forward(np.asarray([ids], dtype=np.int64), self._empty_past(1), 0)
-        self.timings["prefill_ms"] = (time.perf_counter() - t0) * 1e3
-        n = len(ids)
-        for i in range(max_new_tokens):
-            row = logits[0, -1]
-            tok = _sample(row, temperature, top_k, top_p, rng) if do_sample else int(np.argmax(row))
-            self.timings["new_tokens"] = i + 1
-            yield tok
-            if (tok in self.eos_ids and not ignore_eos) or i == max_new_tokens - 1:
-                return
+        cache = self.new_cache(1)
+        try:
             t0 = time.perf_counter()
-            logits, past = self._forward(np.asarray([[tok]], dtype=np.int64), past, n)
-            steps.append((time.perf_counter() - t0) * 1e3)
-            n += 1
+            logits = cache.forward(np.asarray([ids], dtype=np.int64))
+            self.timings["prefill_ms"] = (time.perf_counter() - t0) * 1e3
+            for i in range(max_new_tokens):
+                row = logits[0, -1]
+                tok = _sample(row, temperature, top_k, top_p, rng) if do_sample else int(np.argmax(row))
+                self.timings["new_tokens"] = i + 1
+                yield tok
+                if (tok in self.eos_ids and not ignore_eos) or i == max_new_tokens - 1:
+                    return
+                t0 = time.perf_counter()
+                logits = cache.forward(np.asarray([[tok]], dtype=np.int64))
+                steps.append((time.perf_counter() - t0) * 1e3)
+        finally:
+            self._release(cache)
 
     def _beam(self, ids, max_new_tokens, num_beams, length_penalty) -> list[int]:
+        cache = self.new_cache(num_beams)
+        try:
+            return self._beam_search(cache, ids, max_new_tokens, num_beams, length_penalty)
+        finally:
+            self._release(cache)
+
+    def _beam_search(self, cache, ids, max_new_tokens, num_beams, length_penalty) -> list[int]:
         """Beam search: keep the `num_beams` best partial sequences by summed log-probability; a
         finished sequence (EOS) scores sum / len**length_penalty, len = its number of new tokens."""
         steps: list[float] = []
         self.timings = {"prompt_tokens": len(ids), "step_ms": steps}
         t0 = time.perf_counter()
-        logits, past = self._forward(np.asarray([ids], dtype=np.int64), self._empty_past(1), 0)
+        logits = cache.forward(np.asarray([ids], dtype=np.int64))
         self.timings["prefill_ms"] = (time.perf_counter() - t0) * 1e3
-        past = [np.repeat(_np(p), num_beams, axis=0) for p in past]
+        cache.expand(num_beams)
         logits = np.repeat(logits[:, -1:], num_beams, axis=0)
         scores = np.full(num_beams, -1e9)
         scores[0] = 0.0                     # all beams start identical: expand only the first
         beams: list[list[int]] = [[] for _ in range(num_beams)]
         finished: list[tuple[float, list[int]]] = []
-        n = len(ids)
         for step in range(max_new_tokens):
             logp = _log_softmax(logits[:, -1].astype(np.float64))
             cand = (scores[:, None] + logp).ravel()
@@ -192,12 +190,10 @@ class GenerationFrontend:
             scores = np.asarray(keep_score)
             if step == max_new_tokens - 1:
                 break
-            order = np.asarray(keep_src)
-            past = [_np(p)[order] for p in past]
+            cache.reorder(np.asarray(keep_src))
             t0 = time.perf_counter()
-            logits, past = self._forward(np.asarray(keep_tok, dtype=np.int64)[:, None], past, n)
+            logits = cache.forward(np.asarray(keep_tok, dtype=np.int64)[:, None])
             steps.append((time.perf_counter() - t0) * 1e3)
-            n += 1
         self.timings["new_tokens"] = step + 1
         for s, b in zip(scores, beams):
             if b:
@@ -235,10 +231,6 @@ class GenerationFrontend:
 
     def generate(self, prompt, **kw) -> str:
         return "".join(self.stream(prompt, **kw))
-
-
-def _np(v) -> np.ndarray:
-    return v if isinstance(v, np.ndarray) else v.numpy()
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:

@@ -173,15 +173,20 @@ def test_int4_weight_only_bundle(llama_dir, tmp_path):
     g = onnx.load(str(b.path / "model.onnx")).graph
     weights = {i.name for i in g.initializer}
     ops = [n.op_type for n in g.node]
-    assert ops.count("MatMulNBits") == 2 * 7 + 1 and ops.count("GatherBlockQuantized") == 1  # 7 per layer + lm_head
-    # the only float MatMuls on constants are the zero-point split's block sums and corrections (1/16 of K)
+    # 7 MatMuls per layer + lm_head, q/k/v and gate/up fused: 4 per layer + lm_head
+    assert ops.count("MatMulNBits") == 2 * 4 + 1 and ops.count("GatherBlockQuantized") == 1
+    # the only float MatMuls on constants are the folded correction's block sums (one per input)
     assert not [
         n.name
         for n in g.node
         if n.op_type in ("MatMul", "Gather") and n.input[1 if n.op_type == "MatMul" else 0] in weights
-        and not n.name.endswith(("/BlockSum", "/Correction"))
+        and not n.name.endswith("/BlockSum")
     ]
-    assert q["algorithm"] == "minmax-float-zp+split" and ops.count("Add") >= 2 * 7 + 1
+    assert q["algorithm"] == "minmax-float-zp+fold" and q["correction_form"] == "fold"
+    assert sum(n.name.endswith("/BlockSum") for n in g.node) == 2 * 4            # lm_head: 8-bit RTN, apart
+    bits = {a.i for n in g.node if n.op_type == "MatMulNBits" and "lm_head" in n.name for a in n.attribute
+            if a.name == "bits"}
+    assert bits == {8} and "8-bit" in q["head"]
     zp_types = {i.name: i.data_type for i in g.initializer}
     assert {zp_types[n.input[3]] for n in g.node if n.op_type == "MatMulNBits"} == {onnx.TensorProto.UINT8}
     rep = json.loads((b.path / "report.json").read_text())
@@ -195,13 +200,14 @@ def test_int4_weight_only_bundle(llama_dir, tmp_path):
 
 def test_fallback_keeps_lm_head_in_float(llama_dir, tmp_path, monkeypatch):
     """Over the perplexity bound (default 1 %), int4 is retried with lm_head and the embedding in float
-    ("mixed"). Block 32 on this seeded random model: plain int4 is over 1 %, with lm_head kept under it.
-    Decode speed is taken out of this decision (every candidate measured as fast as fp32): the speed rule
-    has its own test below."""
+    ("mixed"). Block 32 on this seeded random model, lm_head at 4 bits like the rest (the default 8-bit
+    lm_head alone keeps it under 1 %): plain int4 is over 1 %, with lm_head kept under it. Decode speed is
+    taken out of this decision (every candidate measured as fast as fp32): the speed rule has its own test."""
     import edgecompile
-    from edgecompile.compiler import decoder_build
+    from edgecompile.compiler import decoder_build, decoder_int4
 
     monkeypatch.setattr(decoder_build, "quick_decode_tps", lambda fe, n=24: 10.0)
+    monkeypatch.setattr(decoder_int4, "DEFAULT_HEAD_BITS", None)
 
     b = edgecompile.build(str(llama_dir), output=tmp_path / "fb", precision="int4")
     rep = json.loads((b.path / "report.json").read_text())
