@@ -265,6 +265,9 @@ def _onnx_evaluator(plan: Plan, reference: np.ndarray | None):
         out = ort_outputs(ir.to_proto(model).SerializeToString(), ds.batches(64), join=ds.stack_outputs)[0]
         return compare(out, ref, ds, metric, "fp32").candidate
 
+    from edgecompile.verify.metrics import bound_metric
+
+    evaluate_graph.metric = bound_metric(metric, ref)      # the metric actually scored (precision._metric_drop)
     return evaluate_graph
 
 
