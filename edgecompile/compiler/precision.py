@@ -96,6 +96,7 @@ def int8(plan, model, ctx, records, progress, auto: bool = False):
     slower than FP32. Every candidate lands in notes["candidates"]."""
     import onnx_ir as ir
 
+    from edgecompile.compiler.precision_search import search_once
     from edgecompile.passes.base import PassManager, default_instruments
 
     qcfg = plan.config.passes.quantize
@@ -139,7 +140,8 @@ def int8(plan, model, ctx, records, progress, auto: bool = False):
             and ctx.evaluator:
         qpass.keep_nearest()       # the fallback starts from round-to-nearest (see Quantize.keep_nearest)
         with progress.step("precision search", f"sensitivity + greedy float fallback to {bound:g}"):
-            found = _search(plan, qpass, rec, fp_bytes, qmodel, bound, feeds, ctx, progress)
+            found = search_once(qpass, bound, plan.evaluation,
+                                lambda: _search(plan, qpass, rec, fp_bytes, qmodel, bound, feeds, ctx, progress))
         notes["precision_search"] = found["report"]
         if found.get("model") is not None:
             mixed = found["model"]
