@@ -78,7 +78,7 @@ def part1(env: dict, root: Path, fp32: Path) -> None:
     rep = report(out)
     man = json.loads((out / "manifest.json").read_text())
     acc, ag = rep["accuracy"], rep["accuracy"].get("agreement") or {}
-    say(f"build wall time {dt:.0f} s (export stage cached); shipped: backend {man.get('backend')}, precision "
+    say(f"build wall time {dt:.0f} s; shipped: backend {man.get('backend')}, precision "
         f"{man.get('precision')}" + (f", {len(man['float_nodes'])} nodes kept in float" if man.get("float_nodes")
                                      else ""))
     say(f"bound metric {acc['metric']}: {100 * acc['candidate']:.2f} % (reference {100 * acc['reference']:.2f} %, "
