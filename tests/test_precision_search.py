@@ -180,3 +180,28 @@ def test_auto_backend_candidates_share_one_precision_search(fragile, tmp_path, m
     mixed = [c for c in int8 if c["precision"] == "mixed"]
     assert len(mixed) >= 2 and len(calls) == 1                      # ort and openvino: one search
     assert len({round(c["accuracy_drop"], 6) for c in mixed}) == 1 and mixed[0]["accuracy_drop"] <= 1.0
+
+
+def test_the_build_evaluator_scores_each_graph_once(fragile, monkeypatch):
+    """auto's backend candidates hand the evaluator identical graphs (the FP32 graph before quantizing,
+    the same INT8 graph): each distinct graph runs through ORT once per build."""
+    from types import SimpleNamespace
+
+    from edgecompile.compiler import pipeline
+
+    model, data, feeds, labels = fragile
+    ds = Dataset("fragile", {"x": feeds["x"]}, labels=labels)
+    proto = onnx.load(str(model))
+    ref = ort_outputs(proto.SerializeToString(), [feeds])[0]
+    plan = SimpleNamespace(evaluation=ds, source=SimpleNamespace(metric="top1"), classifier=True)
+    import edgecompile.targets.ort.build as ort_build
+
+    runs, real = [], ort_build.ort_outputs
+    monkeypatch.setattr(ort_build, "ort_outputs", lambda *a, **k: runs.append(1) or real(*a, **k))
+    evaluate = pipeline._onnx_evaluator(plan, ref)
+    first = evaluate(ir.from_proto(proto))
+    assert evaluate(ir.from_proto(onnx.load(str(model)))) == first == 1.0 and len(runs) == 1
+    other = onnx.load(str(model))
+    other.graph.initializer[0].raw_data = bytes(len(other.graph.initializer[0].raw_data))   # another graph
+    evaluate(ir.from_proto(other))
+    assert len(runs) == 2
