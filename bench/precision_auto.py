@@ -134,7 +134,7 @@ def main() -> None:
     ap.add_argument("--skip", choices=["1", "2"], help="leave out part 1 or 2")
     a = ap.parse_args()
     t0 = time.time()
-    say(f"# .venv/bin/python bench/precision_auto.py --rounds {a.rounds}   "
+    say(f"# .venv/bin/python bench/precision_auto.py {' '.join(sys.argv[1:])}   "
         f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")
     say(f"CPU: {cpu_line()}")
     say(f"load average {load()} at the start")
