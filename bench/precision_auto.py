@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -118,9 +119,10 @@ def part2(env: dict, root: Path, rounds: int) -> None:
             say(f"  round {r + 1} {k:<4} {times[k][-1]:.1f} s  (load {load()})")
     q = report(root / "int8-auto")
     choice = q.get("backend_choice") or {}
-    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    med = {k: statistics.median(v) for k, v in times.items()}
+    pairs = ", ".join(f"{a / o:.2f}x" for a, o in zip(times["auto"], times["ort"]))
     say(f"median ort {med['ort']:.1f} s, auto {med['auto']:.1f} s: auto / single = {med['auto'] / med['ort']:.2f}x "
-        f"(target <= 1.5x)")
+        f"(per round: {pairs}; target <= 1.5x)")
     if choice:
         say("auto int8 candidates: " + ", ".join(f"{c['backend']}/{c['precision']} {c['status']}"
                                                   for c in choice["candidates"]))
