@@ -13,6 +13,9 @@ from edgecompile.targets.base import QuantPreset
 # preset, and calibrating is most of the cost. Small and process-local.
 CALIBRATIONS: dict[str, tuple] = {}
 CALIBRATIONS_MAX = 4
+# Learned rounding (adaround() of `adaround = "auto"`) on a cached calibration, by the same key: it is
+# the same for every backend candidate and costs minutes on MobileNetV2.
+ROUNDINGS: dict[str, tuple] = {}
 
 
 def calibration_key(proto, batches, section, preset: QuantPreset, exclude) -> str:
@@ -31,7 +34,8 @@ def calibration_key(proto, batches, section, preset: QuantPreset, exclude) -> st
     return h.hexdigest()
 
 
-def remember(key: str, value: tuple) -> None:
-    CALIBRATIONS[key] = value
-    while len(CALIBRATIONS) > CALIBRATIONS_MAX:
-        CALIBRATIONS.pop(next(iter(CALIBRATIONS)))
+def remember(key: str, value: tuple, store: dict | None = None) -> None:
+    store = CALIBRATIONS if store is None else store
+    store[key] = value
+    while len(store) > CALIBRATIONS_MAX:
+        store.pop(next(iter(store)))

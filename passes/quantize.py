@@ -18,7 +18,7 @@ import numpy as np
 
 from edgecompile.errors import ConfigError, DataError
 from edgecompile.passes.base import FunctionalGraphPass, PassResult
-from edgecompile.passes.calibration_cache import CALIBRATIONS, calibration_key, remember
+from edgecompile.passes.calibration_cache import CALIBRATIONS, ROUNDINGS, calibration_key, remember
 from edgecompile.passes.float_stems import float_stems
 from edgecompile.passes.gemm_matmul import gemm_to_matmul
 from edgecompile.targets.base import U8S8, QuantPreset
@@ -105,6 +105,7 @@ class Quantize(FunctionalGraphPass):
         self.progress = progress
         self._calibrated, self.smoothing = None, None   # the last static run (proto, preset, ranges, notes)
         self._nearest = None                 # the same before adaround() (round-to-nearest weights)
+        self._key = None                     # the last static run's calibration key (calibration_cache)
         if self.section.mode not in ("static", "dynamic"):
             raise ConfigError(f"the quantize pass runs static or dynamic PTQ, not {self.section.mode!r}",
                               hint="mode 'qat' is handled by the QAT module pass")
@@ -183,7 +184,7 @@ class Quantize(FunctionalGraphPass):
         from edgecompile.compiler.calibration import collect_stats, compute_ranges, tensors_to_calibrate
 
         batches, n, identity, whole = self._calibration_feeds(proto)
-        key = calibration_key(proto, batches, self.section, preset, self.exclude)
+        key = self._key = calibration_key(proto, batches, self.section, preset, self.exclude)
         hit = CALIBRATIONS.get(key)
         if hit is not None:          # same graph, data and settings: another backend candidate of `auto`
             proto, ranges, notes, self._rounding = hit
@@ -251,8 +252,14 @@ class Quantize(FunctionalGraphPass):
 
         proto, batches, preset, ranges, notes, steps = self._rounding
         self._nearest = self._calibrated
+        hit = ROUNDINGS.get(self._key) if self._key else None
         with _quiet_ort_logging():
-            proto, last = self._round_and_correct(proto, batches, preset, ranges, learned=True)
+            if hit is None:
+                proto, last = self._round_and_correct(proto, batches, preset, ranges, learned=True)
+                if self._key:
+                    remember(self._key, (proto, last), ROUNDINGS)
+            else:                     # another backend candidate of `auto` learned these roundings already
+                proto, last = hit[0], {**hit[1], "adaround_reused": True}
             notes = {**notes, **steps, **last}     # the cached calibration's dicts stay as they were
             self._calibrated = (proto, preset, ranges, notes)
             out = self._qdq(proto, preset, ranges, self.exclude)

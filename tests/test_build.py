@@ -51,7 +51,7 @@ def test_onnx_source_without_labels_uses_agreement(digits_bundle, digits_source,
     npz = tmp_path / "unlabelled.npz"
     np.savez(npz, input=digits_source.dataset("test").inputs["input"][:50])
     rep = edgecompile.build(digits_bundle.path / "model.onnx", backend="ort", output=tmp_path / "b", data=npz).report()
-    assert rep["accuracy"]["metric"] == "top1_agreement" and rep["accuracy"]["candidate"] == 1.0
+    assert rep["accuracy"]["metric"] == "confident_agreement" and rep["accuracy"]["candidate"] == 1.0
 
 
 @pytest.mark.parametrize("arrays, needle", [

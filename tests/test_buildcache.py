@@ -122,11 +122,15 @@ def test_export_key_covers_what_changes_the_graph_only(base_plan, tmp_path):
     same = [_plan(base_plan, tmp_path, **{"build.threads": 1}), _plan(base_plan, tmp_path, **{"build.strict": True}),
             _plan(base_plan, tmp_path, **{"report.formats": ["json"]}),
             _plan(base_plan, tmp_path, **{"build.precision": "int8"}),           # static int8: same FP32 export
+            _plan(base_plan, tmp_path, **{"passes.quantize.max_accuracy_drop": 1.0,     # PTQ settings: the
+                                          "passes.quantize.calibrate": "minmax"}),    # precision stage's
             dataclasses.replace(base_plan, backend="openvino")]                  # same device, another engine
     assert all(export_key(p) == key for p in same)
     different = [_plan(base_plan, tmp_path, **{"passes.prune.ratio": 0.5}),
                  _plan(base_plan, tmp_path, **{"data.evaluation": "digits:test[:100]"}),
                  _plan(base_plan, tmp_path, **{"build.precision": "int8", "passes.quantize.mode": "qat"}),
+                 _plan(base_plan, tmp_path, **{"build.precision": "int8", "passes.quantize.mode": "qat",
+                                               "passes.quantize.calibrate": "minmax"}),     # QAT: the export's
                  dataclasses.replace(base_plan, profile=get_profile("rpi4"), backend="tvm"),
                  dataclasses.replace(base_plan, source=dataclasses.replace(base_plan.source, fingerprint="1" * 64))]
     keys = [export_key(p) for p in different]

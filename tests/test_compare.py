@@ -96,7 +96,7 @@ def test_model_package_against_onnx_and_npz_data(model_onnx, tmp_path):
     node = _corrupt(model_onnx, bad, "features.1.0.weight", scale=3.0)
     res = compare("models/digits", bad, data=npz)
     assert res["a"]["kind"] == "model" and res["data"]["n"] == 40 and not res["data"]["labels"]
-    assert res["task"]["metric"] == "top1_agreement" and res["task"]["b"] < 1.0
+    assert res["task"]["metric"] == "confident_agreement" and res["task"]["b"] < 1.0
     assert res["localization"]["first"]["node"] == node          # torch side exported to ONNX for the search
 
 

@@ -159,3 +159,49 @@ def test_adaround_runs_when_int8_is_over_the_bound_before_the_fallback(fragile, 
         return
     assert q["notes"]["adaround"]["reverted"].startswith("accuracy drop")
     assert q["notes"]["adaround"]["layers"] + q["notes"]["adaround"]["kept_nearest"] == 3
+
+
+def test_auto_backend_candidates_share_one_precision_search(fragile, tmp_path, monkeypatch):
+    """`--backend auto --precision int8` over the bound: every backend candidate quantizes the same graph
+    from the same calibration and scores it with the same evaluator, so the float fallback search runs
+    once and the other candidates reuse its result (same layers in float)."""
+    from edgecompile.compiler.precision_search import SEARCHES
+
+    model, data, _, _ = fragile
+    SEARCHES.clear()
+    monkeypatch.setattr(precision_stage, "measurably_slower", lambda lat: False)
+    calls, search = [], precision_stage._search
+    monkeypatch.setattr(precision_stage, "_search", lambda *a, **k: calls.append(1) or search(*a, **k))
+    cfg = Config().with_overrides({"passes.quantize.max_accuracy_drop": 1.0, "passes.quantize.adaround": False})
+    bundle = edgecompile.build(model, "cpu", backend="auto", output=tmp_path / "auto", precision="int8", data=data,
+                               config=cfg)
+    rep = json.loads((bundle.path / "report.json").read_text())
+    int8 = [c for c in rep["backend_choice"]["candidates"] if c["precision"] in ("int8", "mixed")]
+    mixed = [c for c in int8 if c["precision"] == "mixed"]
+    assert len(mixed) >= 2 and len(calls) == 1                      # ort and openvino: one search
+    assert len({round(c["accuracy_drop"], 6) for c in mixed}) == 1 and mixed[0]["accuracy_drop"] <= 1.0
+
+
+def test_the_build_evaluator_scores_each_graph_once(fragile, monkeypatch):
+    """auto's backend candidates hand the evaluator identical graphs (the FP32 graph before quantizing,
+    the same INT8 graph): each distinct graph runs through ORT once per build."""
+    from types import SimpleNamespace
+
+    from edgecompile.compiler import pipeline
+
+    model, data, feeds, labels = fragile
+    ds = Dataset("fragile", {"x": feeds["x"]}, labels=labels)
+    proto = onnx.load(str(model))
+    ref = ort_outputs(proto.SerializeToString(), [feeds])[0]
+    plan = SimpleNamespace(evaluation=ds, source=SimpleNamespace(metric="top1"), classifier=True)
+    import edgecompile.targets.ort.build as ort_build
+
+    runs, real = [], ort_build.ort_outputs
+    monkeypatch.setattr(ort_build, "ort_outputs", lambda *a, **k: runs.append(1) or real(*a, **k))
+    evaluate = pipeline._onnx_evaluator(plan, ref)
+    first = evaluate(ir.from_proto(proto))
+    assert evaluate(ir.from_proto(onnx.load(str(model)))) == first == 1.0 and len(runs) == 1
+    other = onnx.load(str(model))
+    other.graph.initializer[0].raw_data = bytes(len(other.graph.initializer[0].raw_data))   # another graph
+    evaluate(ir.from_proto(other))
+    assert len(runs) == 2

@@ -177,6 +177,8 @@ def export_key(plan: Plan) -> str:
             for k in keys:
                 cfg[section].pop(k, None)
     qat = plan.precision == "int8" and plan.config.passes.quantize.mode == "qat"
+    if not qat:        # [passes.quantize] reaches the export only through the QAT module pass
+        cfg.get("passes", {}).pop("quantize", None)
     shas = [None if d is None else d.sha256() for d in (plan.evaluation, plan.calibration, plan.train)]
     teacher = plan.config.passes.distill.teacher
     if teacher:                          # the distilled student depends on the teacher's definition too

@@ -96,6 +96,7 @@ def int8(plan, model, ctx, records, progress, auto: bool = False):
     slower than FP32. Every candidate lands in notes["candidates"]."""
     import onnx_ir as ir
 
+    from edgecompile.compiler.precision_search import search_once
     from edgecompile.passes.base import PassManager, default_instruments
 
     qcfg = plan.config.passes.quantize
@@ -115,12 +116,12 @@ def int8(plan, model, ctx, records, progress, auto: bool = False):
         return model, "fp32", {"reason": f"nothing to quantize: {why}",
                                "quantization": {"mode": qcfg.mode, "nothing_to_quantize": why}}
     bound = qcfg.max_accuracy_drop if qcfg.max_accuracy_drop is not None else (AUTO_BOUND if auto else None)
-    rec, qmodel = maybe_adaround(plan, qpass, rec, qmodel, lambda m: _metric_drop(plan, rec.metric_before, m)[0],
+    rec, qmodel = maybe_adaround(plan, qpass, rec, qmodel, lambda m: _metric_drop(plan, rec.metric_before, m, ctx)[0],
                                  bound, ctx, records, progress)
     fp_bytes = ir.to_proto(model).SerializeToString()
     feeds = _latency_feeds(plan, model)
     with progress.step("int8 vs fp32", "size, latency (interleaved), output cosine"):
-        summary = summarize(plan, model, qmodel, rec, feeds=feeds)
+        summary = summarize(plan, model, qmodel, rec, feeds=feeds, ctx=ctx)
     notes = {"quantization": summary}
     lat = summary["latency"]
     cands = [_row("fp32", [], lat["fp32_ms"], lat["fp32_p99_ms"], 1.0, summary["size_bytes"]["fp32"], 0.0, 1.0),
@@ -139,7 +140,8 @@ def int8(plan, model, ctx, records, progress, auto: bool = False):
             and ctx.evaluator:
         qpass.keep_nearest()       # the fallback starts from round-to-nearest (see Quantize.keep_nearest)
         with progress.step("precision search", f"sensitivity + greedy float fallback to {bound:g}"):
-            found = _search(plan, qpass, rec, fp_bytes, qmodel, bound, feeds, ctx, progress)
+            found = search_once(qpass, bound, plan.evaluation,
+                                lambda: _search(plan, qpass, rec, fp_bytes, qmodel, bound, feeds, ctx, progress))
         notes["precision_search"] = found["report"]
         if found.get("model") is not None:
             mixed = found["model"]
@@ -216,10 +218,10 @@ def _search(plan, qpass, rec, fp_bytes, qmodel, bound, feeds, ctx, progress) -> 
     ranked = ps.sensitivity(fp_bytes, q_bytes, groups, data)
 
     def metric_drop(m):
-        return _metric_drop(plan, rec.metric_before, ctx.evaluator(m))[0]
+        return _metric_drop(plan, rec.metric_before, ctx.evaluator(m), ctx)[0]
 
     by_task = _ranks_by_task_metric(plan) and len(groups) <= ps.TASK_SENSITIVITY_MAX_GROUPS
-    task = _metric_drop(plan, 0.0, 0.0)[2] or plan.source.metric      # e.g. map_agreement on unlabelled data
+    task = _metric_drop(plan, 0.0, 0.0, ctx)[2] or plan.source.metric      # e.g. map_agreement on unlabelled data
     if by_task:          # regression / detection: rank by the gating metric itself (issue 25)
         with progress.step("sensitivity", f"{task} per layer group ({len(groups)} groups)"):
             ranked = ps.task_sensitivity(qpass, groups, metric_drop, ranked)
@@ -293,20 +295,22 @@ def _qat(plan, model, ctx, records, progress):
     return model, "int8", {"quantization": summary}
 
 
-def _metric_drop(plan, before, after):
-    """(drop in contract units, unit name, metric name) from the pass record's metric values."""
+def _metric_drop(plan, before, after, ctx=None):
+    """(drop in contract units, unit name, metric name) from the pass record's metric values (scored by
+    ctx.evaluator, whose `metric` names the metric it bound, e.g. top1_agreement for too few confident)."""
     if before is None or after is None or plan.evaluation is None:
         return None, None, None
     from edgecompile.verify.evaluate import choose_metric
 
-    m = choose_metric(plan.source.metric, plan.evaluation, plan.classifier)
+    m = getattr(getattr(ctx, "evaluator", None), "metric", None) or choose_metric(
+        plan.source.metric, plan.evaluation, plan.classifier)
     if m.kind == "error":
         return 100.0 * (after - before) / max(abs(before), 1e-12), "%", m.name
     loss = before - after if m.higher_is_better else after - before
     return 100.0 * loss, "pt", m.name
 
 
-def summarize(plan, fp32_model, int8_model, record, feeds=None) -> dict:
+def summarize(plan, fp32_model, int8_model, record, feeds=None, ctx=None) -> dict:
     """Size ratio, batch-1 latency ratio (ORT, interleaved), output cosine, calibration used."""
     import onnx_ir as ir
 
@@ -326,7 +330,7 @@ def summarize(plan, fp32_model, int8_model, record, feeds=None) -> dict:
            "quantized_ops": notes.get("quantized_ops"), "smoothing": notes.get("smoothing"),
            "size_bytes": {"fp32": len(fp_bytes), "int8": len(q_bytes)},
            "size_ratio": len(q_bytes) / len(fp_bytes)}
-    drop, unit, metric = _metric_drop(plan, record.metric_before, record.metric_after)
+    drop, unit, metric = _metric_drop(plan, record.metric_before, record.metric_after, ctx)
     if drop is not None:
         out.update(metric=metric, metric_fp32_graph=record.metric_before, metric_int8_graph=record.metric_after,
                    metric_drop=drop, metric_drop_unit=unit)

@@ -173,3 +173,31 @@ def fallback(qpass, int8_bytes: bytes, groups_by_node: dict, ranked: list[dict],
         if drop <= bound:
             return {"steps": steps, "found": True, **best}
     return {"steps": steps, "found": False, **(best or {"model": None, "exclude": [], "kept": [], "drop": None})}
+
+
+# The search's result by calibration + bound + evaluation data: an `auto` build's backend candidates
+# quantize the same graph from the same calibration and score it with the same ORT evaluator, so the
+# layers to keep in float are the same for each; the search (a minute or more on MobileNetV2) runs once.
+SEARCHES: dict[tuple, dict] = {}
+SEARCHES_MAX = 4
+
+
+def search_once(qpass, bound: float, evaluation, run) -> dict:
+    """`run()` (precision._search), or the result an earlier candidate's identical search found."""
+    import onnx
+    import onnx_ir as ir
+
+    key = None if qpass._key is None or evaluation is None else (
+        qpass._key, float(bound), evaluation.sha256(), tuple(sorted(qpass.exclude)))
+    hit = SEARCHES.get(key) if key is not None else None
+    if hit is not None:
+        report = {**hit["report"], "reused": "the same search of another backend candidate of this build"}
+        model = None if hit["model"] is None else ir.from_proto(onnx.load_from_string(hit["model"]))
+        return {**hit, "report": report, "model": model}
+    found = run()
+    if key is not None:
+        model = found["model"]
+        SEARCHES[key] = {**found, "model": None if model is None else ir.to_proto(model).SerializeToString()}
+        while len(SEARCHES) > SEARCHES_MAX:
+            SEARCHES.pop(next(iter(SEARCHES)))
+    return found

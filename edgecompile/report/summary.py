@@ -47,6 +47,8 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
                          f"top-1 {100 * ag['top1_agreement']:.2f} %, confident (p>={ag['confident_threshold']:g}, "
                          f"n={ag['confident_samples']}) " + ("n/a" if conf is None else f"{100 * conf:.2f} %")
                          + f", top-5 containment {100 * ag['top5_containment']:.2f} %, mean KL {ag['mean_kl']:.4f}"))
+            if ag.get("bound_reason"):
+                rows.append(("bound metric", f"{ag['bound_metric']}: {ag['bound_reason']}"))
     else:
         rows.append(
             ("accuracy", "not measured (no evaluation data)" if not report.get("skipped") else report["skipped"])

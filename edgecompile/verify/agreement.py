@@ -11,16 +11,26 @@ metric drops without the model having got worse. So beside it we report:
 * ``mean_kl``             -- mean KL(reference softmax || candidate softmax) in nats: how far the
   whole predicted distribution moved, near-ties included, without a threshold.
 
-The accuracy bound (``max_accuracy_drop``) applies to ``top1_agreement`` (the task metric), which
-is the strictest: it is what a user sees change. The others tell whether a drop comes from
-near-ties (confident agreement and top-5 stay high) or from a real degradation.
+The accuracy bound (``max_accuracy_drop``) applies to ``confident_agreement``: a flip between
+near-tied classes on an image the reference itself is unsure about is not a degradation a user can
+see as wrong, and on real photos such images are the majority (pretrained MobileNetV2 on natural
+crops: mean top-1 confidence 0.38), so a top-1 bound would count rounding noise as lost points.
+The confident samples are fixed by the reference alone, so every candidate is scored on the same
+set. When fewer than ``min_confident(n)`` = max(30, 10 % of n) samples are confident, that set is
+too small to bound anything and the bound falls back to ``top1_agreement`` over all samples;
+``bound_choice`` says which metric was bound and why, and the report repeats it. Top-1 agreement,
+top-5 containment and KL are always reported beside the bound metric.
 All rates are fractions (0.005 = 0.5 pt), as every accuracy number in the contract.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 CONFIDENT = 0.5
+MIN_CONFIDENT = 30              # fewer confident samples than max(MIN_CONFIDENT, MIN_CONFIDENT_SHARE * n):
+MIN_CONFIDENT_SHARE = 0.10      # the bound falls back to top-1 agreement on all samples
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -61,6 +71,45 @@ def agreement(candidate: np.ndarray, reference: np.ndarray, *, confident: float 
         "mean_kl": float(s["kl"].mean()),
         "n": int(len(s["agree"])),
     }
+
+
+def confident_mask(reference: np.ndarray, confident: float = CONFIDENT) -> np.ndarray:
+    """The samples whose reference softmax max is at least `confident` (fixed by the reference alone)."""
+    return softmax(reference).max(axis=1) >= confident
+
+
+def min_confident(n: int) -> int:
+    return max(MIN_CONFIDENT, math.ceil(MIN_CONFIDENT_SHARE * n))
+
+
+def bound_choice(reference: np.ndarray, confident: float = CONFIDENT) -> dict:
+    """Which agreement metric the accuracy bound applies to on this reference, and why."""
+    mask = confident_mask(reference, confident)
+    k, n, need = int(mask.sum()), len(mask), min_confident(len(mask))
+    if k >= need:
+        return {"bound_metric": "confident_agreement", "confident_samples": k, "n": n, "min_confident": need,
+                "bound_reason": f"bound on agreement over the {k} of {n} samples where the reference is confident "
+                                f"(p>={confident:g}): flips among near-tied classes the reference itself is unsure "
+                                "about are not counted as losses"}
+    return {"bound_metric": "top1_agreement", "confident_samples": k, "n": n, "min_confident": need,
+            "bound_reason": f"bound on top-1 agreement over all {n} samples: only {k} are confident "
+                            f"(p>={confident:g}), fewer than {need} = max({MIN_CONFIDENT}, "
+                            f"{100 * MIN_CONFIDENT_SHARE:g} % of samples)"}
+
+
+def confident_agree(candidate: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Per-sample top-1 agreement (0/1) on the reference-confident samples only."""
+    cand = np.asarray(candidate).reshape(len(candidate), -1)
+    ref = np.asarray(reference).reshape(len(reference), -1)
+    mask = confident_mask(ref)
+    return (cand[mask].argmax(axis=1) == ref[mask].argmax(axis=1)).astype(np.float64)
+
+
+def gate_samples(reference: np.ndarray) -> tuple[str, np.ndarray | None, str]:
+    """For a gate baseline: (bound metric, indices of the reference-confident samples or None for all, why)."""
+    c = bound_choice(reference)
+    idx = np.flatnonzero(confident_mask(reference)) if c["bound_metric"] == "confident_agreement" else None
+    return c["bound_metric"], idx, c["bound_reason"]
 
 
 def is_classifier_output(out: np.ndarray) -> bool:

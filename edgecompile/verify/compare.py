@@ -26,7 +26,7 @@ from edgecompile.errors import DataError, ModelLoadError
 from edgecompile.verify.localize import (
     DEFAULT_TOLERANCE, LOCALIZE_SAMPLES, _collect, localize, node_errors,
 )
-from edgecompile.verify.metrics import METRICS, get_metric, label_free, raw_similarity
+from edgecompile.verify.metrics import METRICS, bound_metric, get_metric, label_free, raw_similarity
 
 SYNTHETIC_SAMPLES = 64
 
@@ -257,7 +257,7 @@ def _task_metric(a: Side, b: Side, ds: Dataset, ya: np.ndarray, yb: np.ndarray) 
         res["b"] = metric.value(yb, ds.labels)
         res["delta"] = res["b"] - res["a"]
     else:
-        metric = label_free(metric, classifier)
+        metric = bound_metric(label_free(metric, classifier), ya)     # confident_agreement, or its fallback
         res.update(metric=metric.name, kind=metric.kind, higher_is_better=metric.higher_is_better,
                    a=1.0, b=metric.value(yb, ya))
         res["delta"] = res["b"] - res["a"]

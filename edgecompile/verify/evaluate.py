@@ -7,7 +7,8 @@ from typing import Callable, Mapping
 import numpy as np
 
 from edgecompile.data import Dataset
-from edgecompile.verify.metrics import Metric, bootstrap_ci, closeness, get_metric, label_free, raw_similarity
+from edgecompile.verify.metrics import (Metric, bootstrap_ci, bound_metric, closeness, get_metric, label_free,
+                                       raw_similarity)
 
 
 @dataclass
@@ -72,7 +73,10 @@ def choose_metric(name: str, ds: Dataset, classifier: bool) -> Metric:
 
 def compare(candidate_out: np.ndarray, reference_out: np.ndarray, ds: Dataset, metric: Metric,
             reference_name: str) -> Evaluation:
-    """Score candidate and reference outputs on `metric` (labels, or the reference for label-free)."""
+    """Score candidate and reference outputs on `metric` (labels, or the reference for label-free).
+    `confident_agreement` falls back to `top1_agreement` when too few reference samples are confident
+    (verify/agreement.py); `metric` of the result names the metric actually scored."""
+    nominal, metric = metric, bound_metric(metric, reference_out)
     if metric.dataset_level:
         from edgecompile.verify.detection import detection_evaluation
 
@@ -89,16 +93,21 @@ def compare(candidate_out: np.ndarray, reference_out: np.ndarray, ds: Dataset, m
     if metric.name == "output_closeness":
         similarity = {**similarity, "closeness": closeness(candidate_out, reference_out)}
     ev = Evaluation(metric.name, metric.higher_is_better, metric.kind, float(ref_scores.mean()),
-                    float(cand_scores.mean()), len(ds), bootstrap_ci(cand_scores),
+                    float(cand_scores.mean()), len(cand_scores), bootstrap_ci(cand_scores),
                     similarity, reference_name, cand_scores)
     if metric.kind == "error" and metric.needs_labels:
         from edgecompile.verify.task_metrics import regression_beside, regression_scatter
 
         ev.beside = regression_beside(candidate_out, reference_out, ds.labels)
         ev.scatter = regression_scatter(candidate_out, ds.labels)
-    if metric.name in ("top1", "top1_agreement") and is_classifier_output(reference_out) \
+    if metric.name in ("top1", "top1_agreement", "confident_agreement") and is_classifier_output(reference_out) \
             and np.shape(candidate_out) == np.shape(reference_out):
         ev.agreement = agreement(candidate_out, reference_out)
+        if nominal.name == "confident_agreement":        # which agreement metric was bound, and why
+            from edgecompile.verify.agreement import bound_choice
+
+            choice = bound_choice(reference_out)
+            ev.agreement.update(bound_metric=choice["bound_metric"], bound_reason=choice["bound_reason"])
     return ev
 
 

@@ -92,7 +92,7 @@ def _check_data(base: dict, bundle: Bundle, data) -> tuple[Dataset, bool, list[s
         if ds.sha256() != want["sha256"]:
             notes.append(f"--data {Path(data).name} differs from the baseline's data ({want['identity']}); "
                          "baseline and candidate are compared unpaired (weaker test)")
-            if base["metric"]["name"] in ("top1_agreement", "retrieval_agreement"):
+            if base["metric"]["name"] in ("top1_agreement", "confident_agreement", "retrieval_agreement"):
                 raise DataError("the baseline scored agreement with its own predictions, which needs the same data",
                                 hint="check on the baseline's data, or record a baseline on labelled data")
             return ds, False, notes

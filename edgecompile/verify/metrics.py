@@ -34,6 +34,12 @@ def _agree(out, ref):
     )
 
 
+def _confident(out, ref):
+    from edgecompile.verify.agreement import confident_agree
+
+    return confident_agree(out, ref)
+
+
 def _sq(out, labels):
     d = np.asarray(out, np.float64).reshape(len(out), -1) - np.asarray(labels, np.float64).reshape(len(out), -1)
     return np.mean(d * d, axis=1)
@@ -113,6 +119,8 @@ METRICS: dict[str, Metric] = {
     m.name: m for m in [
         Metric("top1", True, "percentage", True, _top1),
         Metric("top1_agreement", True, "percentage", False, _agree),
+        # unlabelled classifiers' bound: agreement on the reference-confident samples (verify/agreement.py)
+        Metric("confident_agreement", True, "percentage", False, _confident),
         Metric("mse", False, "error", True, _sq),
         Metric("mae", False, "error", True, _abs),
         Metric("output_cosine", True, "similarity", False, _cos),
@@ -137,13 +145,25 @@ def get_metric(name: str) -> Metric:
 
 
 def label_free(metric: Metric, classifier: bool, detection: bool = False) -> Metric:
-    """The metric to use when the data carry no labels: agreement with the reference. A detector whose
-    data carry a decoding spec (`detection`) keeps mAP, scored against the reference's detections."""
+    """The metric to use when the data carry no labels: agreement with the reference. A classifier's
+    is `confident_agreement` (see `bound_metric` for its fallback); a detector whose data carry a
+    decoding spec (`detection`) keeps mAP, scored against the reference's detections."""
+    if metric.name == "top1_agreement" and classifier:
+        return METRICS["confident_agreement"]
     if not metric.needs_labels:
         return metric
     if metric.dataset_level and detection:
         return METRICS[f"{metric.name}_agreement"]
-    return METRICS["top1_agreement"] if classifier else METRICS["output_cosine"]
+    return METRICS["confident_agreement"] if classifier else METRICS["output_cosine"]
+
+
+def bound_metric(metric: Metric, reference: np.ndarray) -> Metric:
+    """`confident_agreement`, or `top1_agreement` when too few reference samples are confident."""
+    if metric.name != "confident_agreement":
+        return metric
+    from edgecompile.verify.agreement import bound_choice
+
+    return METRICS[bound_choice(reference)["bound_metric"]]
 
 
 def bootstrap_ci(per_sample: np.ndarray, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> list[float]:

@@ -23,6 +23,7 @@ from edgecompile.runtime.bundle import Bundle, read_json
 from edgecompile.data import Dataset
 from edgecompile.errors import ConfigError, DataError
 from edgecompile.verify.gate_data import _check_data, _inputs, bound_dataset, bundle_dataset  # noqa: F401
+from edgecompile.verify.agreement import gate_samples, is_classifier_output
 from edgecompile.verify.latency_check import _check_latency, _latency
 
 BASELINE_KIND = "edgecompile-baseline"
@@ -117,6 +118,7 @@ def make_baseline(bundle_dir: str | Path, *, data: str | Path | None = None, mea
     bundle = Bundle.open(bundle_dir)
     ds = bundle_dataset(bundle, data)
     classifier = _classifier(bundle.manifest)
+    confident = why = None
     with load(bundle.path, threads=threads) as runner:
         out = outputs_of(runner, ds)
         lat = _latency(runner, _first(ds)) if measure_latency else None
@@ -129,7 +131,10 @@ def make_baseline(bundle_dir: str | Path, *, data: str | Path | None = None, mea
         value, per_image, ci = detection_gate.baseline_results(out, ds, metric_name)
     else:
         metric_name, scores = per_sample_results(out, ds, bundle.manifest.get("metric", "top1"), classifier)
-        value, per_image, ci = float(scores.mean()), None, bootstrap_ci(scores)
+        if metric_name == "top1_agreement" and is_classifier_output(out):    # bound on confident samples
+            metric_name, confident, why = gate_samples(out)                  # (verify/agreement.py)
+        kept = scores if confident is None else scores[confident]
+        value, per_image, ci = float(kept.mean()), None, bootstrap_ci(kept)
     metric = METRICS[metric_name]
     binary = per_image is None and bool(np.isin(scores, (0.0, 1.0)).all()) and metric.kind == "percentage"
     return {
@@ -142,7 +147,10 @@ def make_baseline(bundle_dir: str | Path, *, data: str | Path | None = None, mea
                    "backend": bundle.backend, "precision": bundle.manifest.get("precision")},
         "data": {**ds.describe(), "path": str(Path(data).resolve()) if data is not None else None},
         "metric": {"name": metric.name, "kind": metric.kind, "higher_is_better": metric.higher_is_better,
-                   "binary": binary, "classifier": classifier, "value": value, "n": len(ds), "ci95": ci},
+                   "binary": binary, "classifier": classifier, "value": value, "ci95": ci,
+                   "n": len(ds) if confident is None else len(confident),
+                   **({"confident": confident.tolist()} if confident is not None else {}),
+                   **({"bound_reason": why} if why else {})},
         "per_sample": per_image if per_image is not None else (
             [int(v) for v in scores] if binary else [float(v) for v in scores]),
         "predictions": _predictions(out, metric_name).tolist() if classifier else None,
@@ -283,11 +291,16 @@ def check(bundle_dir: str | Path, baseline: str | Path | dict, *, max_drop: floa
     with load(bundle.path, threads=threads) as runner:
         out = outputs_of(runner, ds)
         metric_name, scores = per_sample_results(out, ds, bm["name"], classifier, preds)
+        if bm["name"] == "confident_agreement" and metric_name == "top1_agreement":
+            metric_name = bm["name"]            # agreement restricted to the baseline's confident samples
         if metric_name != bm["name"]:
             raise DataError(f"the data give metric {metric_name}, the baseline used {bm['name']}",
                             hint="check on data of the same kind (with or without labels) as the baseline")
         latency = _check_latency(base, bundle, runner, _first(ds), max_latency_ratio, threads, latency_rounds, alpha)
     base_scores = np.asarray(base["per_sample"], np.float64)
+    if bm.get("confident") is not None:     # confident_agreement: the samples the baseline was confident on
+        idx = np.asarray(bm["confident"], np.int64)
+        base_scores, scores = base_scores[idx], scores[idx]
     margin = max_drop / 100.0          # pt -> fraction; relative % -> fraction of the baseline mean
     relative = bm["kind"] == "error"
     binary = bool(bm.get("binary"))
@@ -336,24 +349,9 @@ def _check_dataset_level(bundle, base, ds, paired, notes, max_drop, max_latency_
         out = outputs_of(runner, ds)
         latency = _check_latency(base, bundle, runner, _first(ds), max_latency_ratio, threads, latency_rounds, alpha)
     vb, vc, test = detection_gate.paired_test(base["per_sample"], out, ds, bm["name"], max_drop / 100.0)
-    res = CheckResult(
-        str(bundle.path),
-        bundle.bundle_id,
-        base,
-        bm["name"],
-        bm["kind"],
-        True,
-        vb,
-        vc,
-        len(ds),
-        True,
-        max_drop,
-        test,
-        latency,
-        fingerprints(out, False).get("rounded_sha256") == base.get("fingerprints", {}).get("rounded_sha256"),
-        notes,
-        alpha=alpha,
-    )
+    fp_match = fingerprints(out, False).get("rounded_sha256") == base.get("fingerprints", {}).get("rounded_sha256")
+    res = CheckResult(str(bundle.path), bundle.bundle_id, base, bm["name"], bm["kind"], True, vb, vc, len(ds), True,
+                      max_drop, test, latency, fp_match, notes, alpha=alpha)
     if res.accuracy_failed:
         res.failures.append(_accuracy_reason(res))
     if res.latency_failed:

@@ -154,10 +154,10 @@ def test_onnx_bundle_needs_its_data_file_and_label_free_agreement(regressed_bund
     with np.load(digits_test_npz) as z:
         np.savez(unlabeled, input=z["input"])
     ref = make_baseline(digits_bundle.path, data=unlabeled, measure_latency=False)
-    assert ref["metric"]["name"] == "top1_agreement" and ref["metric"]["value"] == 1.0
+    assert ref["metric"]["name"] == "confident_agreement" and ref["metric"]["value"] == 1.0
     assert check(digits_bundle.path, ref).ok
     r = check(regressed_bundle.path, ref)
-    assert not r.ok and r.metric == "top1_agreement" and r.candidate_value < 0.95
+    assert not r.ok and r.metric == "confident_agreement" and r.candidate_value < 0.95
 
 
 def test_baseline_and_check_import_no_torch(digits_bundle, digits_baseline, tmp_path):

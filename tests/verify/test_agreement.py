@@ -51,3 +51,65 @@ def test_no_confident_sample_gives_none_not_a_number():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="differ in shape"):
         per_sample(np.zeros((2, 3)), np.zeros((2, 4)))
+
+
+# -- the bound for unlabelled classifiers: confident agreement, with a fallback (issue 21) -------------
+
+def _near_tie_set(n_confident: int, n_ties: int):
+    """Reference logits: `n_confident` samples sure of class 0 (p ~ 0.98), `n_ties` samples split between
+    classes 0 and 1 (p ~ 0.49 each); the candidate flips every near tie to class 1."""
+    conf = np.tile([5.0, 0.0, 0.0, 0.0], (n_confident, 1))
+    ties = np.tile([0.05, 0.0, -3.0, -3.0], (n_ties, 1))
+    ref = np.concatenate([conf, ties])
+    cand = ref + np.array([0.0, 0.1, 0.0, 0.0])
+    return ref, cand
+
+
+def _score(cand, ref):
+    from edgecompile.data import Dataset
+    from edgecompile.verify.evaluate import choose_metric, compare
+
+    ds = Dataset("synthetic", {"x": ref.astype(np.float32)})
+    return compare(cand, ref, ds, choose_metric("top1", ds, classifier=True), "fp32")
+
+
+def test_near_tie_flips_lower_top1_a_lot_but_the_bound_holds():
+    ref, cand = _near_tie_set(40, 60)
+    ev = _score(cand, ref)
+    assert ev.agreement["top1_agreement"] == pytest.approx(0.40)         # 60 % of the samples flipped
+    assert ev.metric == "confident_agreement" and ev.candidate == 1.0 and ev.n == 40
+    assert ev.drop() == 0.0                                               # within any bound
+    assert ev.agreement["bound_metric"] == "confident_agreement"
+    assert "40 of 100" in ev.agreement["bound_reason"]
+
+
+def test_flips_on_confident_samples_fail_the_bound():
+    ref, cand = _near_tie_set(40, 60)
+    cand[:4] = [0.0, 5.0, 0.0, 0.0]                                       # 4 of 40 confident samples flipped
+    ev = _score(cand, ref)
+    assert ev.metric == "confident_agreement" and ev.candidate == pytest.approx(0.9)
+    assert ev.drop() == pytest.approx(10.0) and ev.drop() > 1.0
+
+
+def test_too_few_confident_samples_bound_top1_agreement():
+    # 29 confident of 100 (< max(30, 10)): top-1 agreement over all samples is bound, and the report says so
+    ref, cand = _near_tie_set(29, 71)
+    ev = _score(cand, ref)
+    assert ev.metric == "top1_agreement" and ev.candidate == pytest.approx(0.29) and ev.n == 100
+    assert ev.drop() == pytest.approx(71.0)
+    assert ev.agreement["bound_metric"] == "top1_agreement" and "fewer than 30" in ev.agreement["bound_reason"]
+    # with 1,000 samples the floor is 10 %: 99 confident are too few, 100 are enough
+    from edgecompile.verify.agreement import bound_choice
+
+    assert bound_choice(_near_tie_set(99, 901)[0])["bound_metric"] == "top1_agreement"
+    assert bound_choice(_near_tie_set(100, 900)[0])["bound_metric"] == "confident_agreement"
+
+
+def test_labelled_classifiers_keep_top1_on_labels():
+    from edgecompile.data import Dataset
+    from edgecompile.verify.evaluate import choose_metric, compare
+
+    ref, cand = _near_tie_set(40, 60)
+    ds = Dataset("synthetic", {"x": ref.astype(np.float32)}, labels=np.zeros(100, np.int64))
+    ev = compare(cand, ref, ds, choose_metric("top1", ds, classifier=True), "fp32")
+    assert ev.metric == "top1" and ev.candidate == pytest.approx(0.40) and "bound_metric" not in ev.agreement
