@@ -330,7 +330,9 @@ class Quantize(FunctionalGraphPass):
         self._calibrated = (proto, preset)
         proto, rewritten = gemm_to_matmul(proto)
         if self.backend == "openvino":      # int8 weights; OpenVINO quantizes activations per group at run time
-            return _openvino_dynamic(proto, self.exclude, rewritten)
+            from edgecompile.passes.weight_int8 import openvino_dynamic
+
+            return openvino_dynamic(proto, self.exclude, rewritten)
         if not any(n.op_type in DYNAMIC_OPS for n in proto.graph.node):
             return None, {"nothing_to_quantize": "dynamic PTQ quantizes MatMul/Gemm/Attention/LSTM; "
                                                  "the graph has none (use --quantize static for conv nets)"}
@@ -346,19 +348,6 @@ class Quantize(FunctionalGraphPass):
             return None, {"nothing_to_quantize": "no MatMul with a constant weight to quantize dynamically"}
         return out, {"quantized_ops": n, "gemm_rewritten": rewritten, "weights": preset.weights,
                      "per_channel": preset.per_channel, "activations": "uint8 (dynamic, per batch)"}
-
-
-def _openvino_dynamic(proto, exclude, rewritten: int):
-    import onnx_ir as ir
-
-    from edgecompile.passes.weight_int8 import WeightOnlyInt8
-
-    res = WeightOnlyInt8(exclude=exclude)(ir.from_proto(proto))
-    if not res.modified:
-        return None, {"nothing_to_quantize": "no MatMul/Gemm with a constant 2-D weight to quantize dynamically"}
-    return ir.to_proto(res.model), {"quantized_ops": res.notes["quantized_matmuls"], "gemm_rewritten": rewritten,
-                                    "weights": "uint8 per output channel (DequantizeLinear)",
-                                    "activations": "int8, quantized per group at run time by OpenVINO"}
 
 
 def _equalize(proto, batches):

@@ -70,6 +70,16 @@ class WeightOnlyInt8(FunctionalGraphPass):
         graph.insert_before(min((u.node for u in out.uses()), key=lambda n: order[id(n)]), dq)
 
 
+def openvino_dynamic(proto, exclude, rewritten: int):
+    """The quantize pass's dynamic mode for OpenVINO: (ModelProto or None, notes)."""
+    res = WeightOnlyInt8(exclude=exclude)(ir.from_proto(proto))
+    if not res.modified:
+        return None, {"nothing_to_quantize": "no MatMul/Gemm with a constant 2-D weight to quantize dynamically"}
+    return ir.to_proto(res.model), {"quantized_ops": res.notes["quantized_matmuls"], "gemm_rewritten": rewritten,
+                                    "weights": "uint8 per output channel (DequantizeLinear)",
+                                    "activations": "int8, quantized per group at run time by OpenVINO"}
+
+
 def quantize_columns(w: np.ndarray, symmetric: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """W [K, N] -> (integers [K, N], scale [N], zero point [N]) per column; exact for a zero column."""
     if symmetric:
