@@ -26,6 +26,7 @@ from pathlib import Path
 from edgecompile.cache import content_key, subdir
 from edgecompile.errors import ConfigError, first_line
 from edgecompile.targets.tvm.records import SEED_RECORDS, SharedRecords, copy_record, valid_records
+from edgecompile.targets.tvm.startup import import_tensor_intrinsics, search_strategy
 from edgecompile.targets.tvm.workers import builder_runner, hide_torch_from_workers
 
 META_FILE = "edgecompile.json"
@@ -207,9 +208,9 @@ class TuningDatabase:
                 state.stopped = f"--tune-timeout {timeout_min} min reached after 0 trials"
             else:
                 _tidy_meta_schedule_logger()
-                _import_on_a_shallow_stack("tvm.s_tir.tensor_intrin")
+                import_tensor_intrinsics()
                 ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-                    chosen, str(self.path), num_threads=cores, seed=0)
+                    chosen, str(self.path), strategy=search_strategy(ms, per_iter), num_threads=cores, seed=0)
                 callbacks = [*ms.measure_callback.MeasureCallback.create("default"), state.callback(ms)]
                 ms.tune_tasks(tasks=ctxs, task_weights=weights, work_dir=str(self.path),
                               max_trials_global=budget, num_trials_per_iter=per_iter,
@@ -317,27 +318,6 @@ def _deadline_builder(ms, inner, state: _Progress):
             return inner.build(build_inputs)
 
     return DeadlineBuilder()
-
-
-def _import_on_a_shallow_stack(name: str) -> None:
-    """Import `name` in a fresh thread. TuneContext imports TVM's tensor intrinsics: hundreds of TVMScript
-    functions each calling inspect.stack(), slow under a deep stack (a build, pytest); a thread's is shallow."""
-    import importlib
-    import threading
-
-    errors = []
-
-    def run():
-        try:
-            importlib.import_module(name)
-        except Exception as exc:   # raised again in the caller's thread
-            errors.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
 
 
 def _cost_model(ms, cores: int):

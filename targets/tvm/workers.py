@@ -8,6 +8,7 @@ import os
 import tempfile
 
 from edgecompile.cache import subdir
+from edgecompile.targets.tvm.startup import import_tensor_intrinsics
 
 # MetaSchedule's builder/runner timeouts include starting their worker processes; on a loaded
 # 2-core machine that alone can take tens of seconds, so be generous (TVM's default is 30 s).
@@ -30,14 +31,17 @@ def export_shared(cc: str | None, mod) -> str:
 
 
 def builder_runner(ms, remote: dict | None, cross_cc: str | None, cores: int):
-    """MetaSchedule's builder and runner: this host's, or a cross-linking builder and the board's RPC runner."""
+    """MetaSchedule's builder and runner: this host's, or a cross-linking builder and the board's RPC runner.
+    The builder's workers (fresh ones every batch) import TVM's tensor intrinsics the cheap way first."""
     if not remote:
-        return (ms.builder.LocalBuilder(max_workers=cores, timeout_sec=BUILD_TIMEOUT_S),
+        return (ms.builder.LocalBuilder(max_workers=cores, timeout_sec=BUILD_TIMEOUT_S,
+                                        initializer=import_tensor_intrinsics),
                 ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S))
     from edgecompile.targets.tvm.remote import parse_address
 
     host, port = parse_address(remote["tracker"])
     builder = ms.builder.LocalBuilder(max_workers=cores, timeout_sec=BUILD_TIMEOUT_S,
+                                      initializer=import_tensor_intrinsics,
                                       f_export=functools.partial(export_shared, cross_cc))
     runner = ms.runner.RPCRunner(
         rpc_config=ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=remote["key"],
