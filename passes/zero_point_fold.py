@@ -21,7 +21,9 @@ import numpy as np
 import onnx_ir as ir
 
 from edgecompile.passes.base import InPlaceGraphPass, PassResult
-from edgecompile.passes.zero_point_split import ZeroPointSplit, _initializer, _unique, _unsupported, pack_zero_points
+from edgecompile.passes.zero_point_split import (
+    ZeroPointSplit, _initializer, _unique, float_zero_point_nodes, pack_zero_points,
+)
 
 
 class ZeroPointFold(InPlaceGraphPass):
@@ -41,15 +43,7 @@ class ZeroPointFold(InPlaceGraphPass):
         split = ZeroPointSplit(accuracy_level=self.accuracy_level)
         split_sums: dict[tuple, ir.Value] = {}
         folded, fallback, skipped = [], [], {}
-        for node in list(graph):
-            if node.op_type != "MatMulNBits" or node.domain != "com.microsoft":
-                continue
-            why = _unsupported(node)
-            if why == "integer zero points":
-                continue
-            if why:
-                skipped[node.name] = why
-                continue
+        for node in float_zero_point_nodes(graph, skipped):
             k, block = node.attributes["K"].as_int(), node.attributes["block_size"].as_int()
             if k % block:
                 split._rewrite(graph, node, split_sums)

