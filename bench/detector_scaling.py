@@ -31,20 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
+from tasks import cpu_model  # bench/ is the script's directory on sys.path
+
 RESULTS = Path(__file__).resolve().parent / "results" / "detector_scaling.txt"
 # (input size, width, output stride); the first is the 64x64 detector the issue started from
 CONFIGS = [(64, 16, 4), (96, 16, 4), (96, 24, 4), (96, 32, 4), (128, 16, 8)]
 QUICK = [(64, 16, 4), (96, 24, 4), (128, 16, 8)]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def calibration(size: int, n: int = 64) -> np.ndarray:

@@ -11,7 +11,7 @@ import onnx
 import onnx_ir as ir
 import pytest
 from onnx import numpy_helper
-from test_zero_point_split import graph, run, weights
+from test_zero_point_split import graph, graph_with_twin, run, weights
 
 from edgecompile.passes.zero_point_fold import ZeroPointFold, pack_rows, quantize_blocks
 
@@ -107,12 +107,7 @@ def test_integer_zero_points_are_left_alone_and_accuracy_level_is_set():
 
 
 def test_nodes_reading_one_input_share_the_widened_input():
-    proto, _, _ = graph(64, 24, 4, 16)
-    mm = proto.graph.node[0]
-    twin = onnx.helper.make_node("MatMulNBits", list(mm.input), ["h2"], domain="com.microsoft", name="twin")
-    twin.attribute.extend(mm.attribute)
-    proto.graph.node.insert(1, twin)
-    proto.graph.output.append(onnx.helper.make_tensor_value_info("h2", onnx.TensorProto.FLOAT, ["B", "S", 24]))
+    proto = graph_with_twin()
     res, out = fold(proto)
     assert res.notes == {"folded": 2, "widened_inputs": 1}
     assert [n.op_type for n in out.graph.node] == ["MatMul", "Concat", "MatMulNBits", "MatMulNBits", "Relu"]

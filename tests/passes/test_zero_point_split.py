@@ -129,13 +129,19 @@ def test_accuracy_level_and_float16_correction_options():
         ZeroPointSplit(correction_dtype="bfloat16")
 
 
-def test_nodes_reading_one_input_share_its_block_sums():
+def graph_with_twin():
+    """`graph(64, 24, 4, 16)` plus a second MatMulNBits ("twin", output h2, a graph output) on the same input."""
     proto, _, _ = graph(64, 24, 4, 16)
     mm = proto.graph.node[0]
     twin = onnx.helper.make_node("MatMulNBits", list(mm.input), ["h2"], domain="com.microsoft", name="twin")
     twin.attribute.extend(mm.attribute)
     proto.graph.node.insert(1, twin)
     proto.graph.output.append(onnx.helper.make_tensor_value_info("h2", onnx.TensorProto.FLOAT, ["B", "S", 24]))
+    return proto
+
+
+def test_nodes_reading_one_input_share_its_block_sums():
+    proto = graph_with_twin()
     res, out = split(proto)
     assert res.notes == {"split": 2, "block_sums": 1}
     assert [o.name for o in out.graph.output] == ["y", "h2"]           # a graph output keeps its name too
