@@ -72,12 +72,10 @@ class SharedRecords:
             return 0
         with self.locked():
             db = ms.database.JSONDatabase(work_dir=str(self.path))   # re-read: another build may have committed
-            workloads = {}
             for rec in records:
-                wl = workloads.get(id(rec.workload))
-                if wl is None:
-                    wl = workloads[id(rec.workload)] = db.commit_workload(rec.workload.mod)
-                db.commit_tuning_record(copy_record(ms, rec, wl))
+                # commit_workload finds the kernel by structural equality (a Python id() of the FFI wrapper is
+                # not a key: each `rec.workload` is a new wrapper and ids are reused once one is freed)
+                db.commit_tuning_record(copy_record(ms, rec, db.commit_workload(rec.workload.mod)))
         return len(records)
 
     # -- the cost model -----------------------------------------------------------------------------------

@@ -131,13 +131,13 @@ def test_the_next_session_starts_from_the_saved_cost_model(tuned, cache, tmp_pat
     assert SharedRecords(records).load_cost_model(grown) > n_saved
 
 
-def _records(n: int):
+def _records(n: int, size: int = 64):
     """n measured tuning records of a small elementwise kernel (no tuning needed)."""
     from tvm import te
     from tvm.s_tir import Schedule
     from tvm.s_tir import meta_schedule as ms
 
-    a = te.placeholder((64,), name="a")
+    a = te.placeholder((size,), name="a")
     mod = tvm.IRModule({"main": te.create_prim_func([a, te.compute((64,), lambda i: a[i] * 2.0, name="b")])})
     db = ms.database.MemoryDatabase()
     wl = db.commit_workload(mod)
@@ -165,3 +165,23 @@ def test_records_are_committed_under_the_lock(tmp_path):
     assert done == [3]
     target.commit(recs[:1])                          # a second build's commit appends to the first's
     assert len(valid_records(target.snapshot(), recs[0].workload.mod)) == 4
+
+
+def test_records_of_several_kernels_keep_their_own_workloads(tmp_path):
+    """One commit with the records of two kernels, interleaved, as a session hands them over: after a reload
+    each kernel finds its own records. (The commit once keyed kernels by id() of short-lived FFI wrappers,
+    which CPython reuses; whether that misfiled records depended on the allocator, so this checks the
+    result, not the old failure.)"""
+    from edgecompile.targets.tvm.records import SharedRecords, valid_records
+
+    from tvm.s_tir import meta_schedule as ms
+
+    a, b = _records(3, 64), _records(2, 32)
+    session = ms.database.MemoryDatabase()         # as a tuning session hands them over
+    for rec in (a[0], b[0], a[1], b[1], a[2]):
+        session.commit_tuning_record(ms.database.TuningRecord(
+            rec.trace, session.commit_workload(rec.workload.mod), run_secs=rec.run_secs, target=rec.target))
+    target = SharedRecords(tmp_path)
+    assert target.commit(session.get_all_tuning_records()) == 5
+    db = target.snapshot()
+    assert len(valid_records(db, a[0].workload.mod)) == 3 and len(valid_records(db, b[0].workload.mod)) == 2
