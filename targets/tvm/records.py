@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecompile.cache import content_key, subdir
+from edgecompile.errors import CompileError, first_line
 
 COST_DATA, COST_BOOSTER = "cost_model.npz", "cost_model.json"
 COST_MODEL_MAX_SAMPLES = 20_000     # the newest workloads' samples kept for the next session
@@ -61,7 +62,15 @@ class SharedRecords:
         from tvm.s_tir import meta_schedule as ms
 
         with self.locked():
+            return self._read(ms)
+
+    def _read(self, ms):
+        try:
             return ms.database.JSONDatabase(work_dir=str(self.path))
+        except Exception as exc:
+            raise CompileError(f"the shared TVM tuning records in {self.path} cannot be read ({first_line(exc)})",
+                               hint=f"delete {self.path} (records written by edgecompile before its workload fix "
+                                    "can be unreadable) and tune again") from None
 
     def commit(self, records) -> int:
         """Append tuning records (from a session's database) to the shared one; returns how many."""
@@ -71,7 +80,7 @@ class SharedRecords:
         if not records:
             return 0
         with self.locked():
-            db = ms.database.JSONDatabase(work_dir=str(self.path))   # re-read: another build may have committed
+            db = self._read(ms)                     # re-read: another build may have committed
             for rec in records:
                 # commit_workload finds the kernel by structural equality (a Python id() of the FFI wrapper is
                 # not a key: each `rec.workload` is a new wrapper and ids are reused once one is freed)

@@ -185,3 +185,18 @@ def test_records_of_several_kernels_keep_their_own_workloads(tmp_path):
     assert target.commit(session.get_all_tuning_records()) == 5
     db = target.snapshot()
     assert len(valid_records(db, a[0].workload.mod)) == 3 and len(valid_records(db, b[0].workload.mod)) == 2
+
+
+def test_unreadable_shared_records_are_a_clear_error(tmp_path):
+    """Records TVM cannot load (here: a record pointing at a kernel the workload file lacks) are a one-line
+    CompileError naming the directory to delete, not a TVM traceback."""
+    from edgecompile.errors import CompileError
+    from edgecompile.targets.tvm.records import SharedRecords
+
+    target = SharedRecords(tmp_path)
+    target.commit(_records(1))
+    line = (tmp_path / "database_tuning_record.json").read_text().splitlines()[0]
+    (tmp_path / "database_tuning_record.json").write_text(line.replace("[0,", "[7,", 1) + "\n")
+    with pytest.raises(CompileError, match="cannot be read") as err:
+        target.snapshot()
+    assert str(tmp_path) in err.value.hint
