@@ -68,6 +68,18 @@ class PassRecord:
         return d
 
 
+def add_initializer(graph: ir.Graph, name: str, array) -> ir.Value:
+    """Register the numpy `array` as a new initializer of `graph` named `name` (`name_1`, `name_2`, ...
+    when that is taken) and return its value."""
+    i, base = 1, name
+    while name in graph.initializers:
+        name, i = f"{base}_{i}", i + 1
+    value = ir.Value(name=name, const_value=ir.tensor(array, name=name), shape=ir.Shape(array.shape),
+                     type=ir.TensorType(ir.DataType.from_numpy(array.dtype)))
+    graph.register_initializer(value)
+    return value
+
+
 def graph_stats(model) -> tuple[int, int]:
     """(node count, serialized size in bytes) of an onnx_ir model."""
     proto = ir.to_proto(model)

@@ -13,8 +13,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from edgecompile.passes.base import InPlaceGraphPass, PassResult
-from edgecompile.passes.zero_point_split import _initializer
+from edgecompile.passes.base import InPlaceGraphPass, PassResult, add_initializer
 
 
 class MatMulNBitsFuse(InPlaceGraphPass):
@@ -64,7 +63,7 @@ def _fuse(graph: ir.Graph, nodes: list[ir.Node], opset: int) -> None:
         arrays = [v.const_value.numpy() for v in vals]                # per column: row-major in N
         arr = np.concatenate([a.reshape(n_, -1) for a, n_ in zip(arrays, ns)], axis=0)
         arr = arr.reshape((-1, *arrays[0].shape[1:])) if arrays[0].ndim > 1 else arr.ravel()
-        stacked.append(_initializer(graph, f"{vals[0].name}_fused", arr))
+        stacked.append(add_initializer(graph, f"{vals[0].name}_fused", arr))
     wq, scales, zp, bias = stacked
     inputs = [first.inputs[0], wq, scales, zp] + ([None, bias] if bias is not None else [])
     while inputs and inputs[-1] is None:
@@ -74,7 +73,7 @@ def _fuse(graph: ir.Graph, nodes: list[ir.Node], opset: int) -> None:
     fused.outputs[0].name = f"{first.outputs[0].name}_fused"
     sizes = np.asarray(ns, np.int64)
     if opset >= 13:
-        split_sizes = _initializer(graph, f"{first.name}_split_sizes", sizes)
+        split_sizes = add_initializer(graph, f"{first.name}_split_sizes", sizes)
         split = ir.Node("", "Split", [fused.outputs[0], split_sizes], [ir.AttrInt64("axis", -1)],
                         num_outputs=len(nodes), name=f"{first.name}/Split")
     else:

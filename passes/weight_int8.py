@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from edgecompile.passes.base import FunctionalGraphPass, PassResult
+from edgecompile.passes.base import FunctionalGraphPass, PassResult, add_initializer
 
 
 class WeightOnlyInt8(FunctionalGraphPass):
@@ -58,7 +58,7 @@ class WeightOnlyInt8(FunctionalGraphPass):
         q, scale, zero = quantize_columns(w, self.symmetric)
         name = value.name
         graph.initializers.pop(name)          # (not renamed: its tensor may be shared with the input proto)
-        q_v, s_v, z_v = (_initializer(graph, f"{name}_{tag}", a)
+        q_v, s_v, z_v = (add_initializer(graph, f"{name}_{tag}", a)
                          for tag, a in (("quantized", q), ("scale", scale), ("zero_point", zero)))
         dq = ir.Node("", "DequantizeLinear", [q_v, s_v, z_v], [ir.AttrInt64("axis", 1)],
                      name=f"{name}/WeightDequantize")
@@ -98,13 +98,3 @@ def quantize_columns(w: np.ndarray, symmetric: bool) -> tuple[np.ndarray, np.nda
 def _quantizable(value: ir.Value) -> bool:
     cv = value.const_value
     return cv is not None and value.dtype == ir.DataType.FLOAT and len(cv.shape) == 2 and not value.is_graph_output()
-
-
-def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    i, base = 1, name
-    while name in graph.initializers:
-        name, i = f"{base}_{i}", i + 1
-    v = ir.Value(name=name, const_value=ir.tensor(array, name=name), shape=ir.Shape(array.shape),
-                 type=ir.TensorType(ir.DataType.from_numpy(array.dtype)))
-    graph.register_initializer(v)
-    return v

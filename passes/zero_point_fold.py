@@ -20,9 +20,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from edgecompile.passes.base import InPlaceGraphPass, PassResult
+from edgecompile.passes.base import InPlaceGraphPass, PassResult, add_initializer
 from edgecompile.passes.zero_point_split import (
-    ZeroPointSplit, _initializer, _unique, float_zero_point_nodes, pack_zero_points,
+    ZeroPointSplit, block_indicator, float_zero_point_nodes, pack_zero_points,
 )
 
 
@@ -75,7 +75,7 @@ class ZeroPointFold(InPlaceGraphPass):
         new_zp = pack_zero_points(np.concatenate([z, ez], axis=1).astype(np.uint8), bits)
         for i, (old, arr, suffix) in enumerate(((wq, packed, "folded"), (s_value, new_scales, "folded"),
                                                 (zp_value, new_zp, "uint8_folded")), start=1):
-            node.replace_input_with(i, _initializer(graph, f"{old.name}_{suffix}", arr))
+            node.replace_input_with(i, add_initializer(graph, f"{old.name}_{suffix}", arr))
             if not old.uses() and old.is_initializer() and not old.is_graph_output():
                 graph.initializers.pop(old.name)
         node.attributes["K"] = ir.AttrInt64("K", k + extra_blocks * block)
@@ -85,9 +85,8 @@ class ZeroPointFold(InPlaceGraphPass):
         key = (id(x), k, block)
         if key not in widened:
             x_dtype = np.float16 if x.dtype == ir.DataType.FLOAT16 else np.float32
-            ind = np.zeros((k, extra_blocks * block), x_dtype)
-            ind[np.arange(k), np.arange(k) // block] = 1
-            ind_value = _initializer(graph, _unique(graph, f"{x.name}_block_indicator_{k}x{ind.shape[1]}"), ind)
+            ind = block_indicator(k, block, x_dtype, columns=extra_blocks * block)
+            ind_value = add_initializer(graph, f"{x.name}_block_indicator_{k}x{ind.shape[1]}", ind)
             s_node = ir.Node("", "MatMul", [x, ind_value], name=f"{node.name}/BlockSum")
             s_node.outputs[0].name = f"{x.name}_block_sums_{block}"
             cat = ir.Node("", "Concat", [x, s_node.outputs[0]], [ir.AttrInt64("axis", -1)],

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from edgecompile.passes.base import InPlaceGraphPass, PassResult
+from edgecompile.passes.base import InPlaceGraphPass, PassResult, add_initializer
 
 FLOATS = (ir.DataType.FLOAT, ir.DataType.FLOAT16)
 CORRECTION_DTYPES = ("float32", "float16")
@@ -64,7 +64,7 @@ class ZeroPointSplit(InPlaceGraphPass):
         x_dtype = np.float16 if x.dtype == ir.DataType.FLOAT16 else np.float32
         store = np.float16 if self.correction_dtype == "float16" else x_dtype
 
-        new_zp = _initializer(graph, f"{zp_value.name}_uint8", pack_zero_points(z, bits))
+        new_zp = add_initializer(graph, f"{zp_value.name}_uint8", pack_zero_points(z, bits))
         node.replace_input_with(3, new_zp)
         if not zp_value.uses() and zp_value.is_initializer() and not zp_value.is_graph_output():
             graph.initializers.pop(zp_value.name)
@@ -73,13 +73,13 @@ class ZeroPointSplit(InPlaceGraphPass):
 
         key = (id(x), k, block)
         if key not in sums:
-            ind = _initializer(graph, _unique(graph, f"{x.name}_block_indicator_{k}x{n_blocks}"),
-                               block_indicator(k, block, x_dtype))
+            ind = add_initializer(graph, f"{x.name}_block_indicator_{k}x{n_blocks}",
+                                  block_indicator(k, block, x_dtype))
             s_node = ir.Node("", "MatMul", [x, ind], name=f"{node.name}/BlockSum")
             s_node.outputs[0].name = f"{x.name}_block_sums_{block}"
             graph.insert_before(node, s_node)
             sums[key] = s_node.outputs[0]
-        e_value = _initializer(graph, f"{node.name}_zp_correction", e.astype(store))
+        e_value = add_initializer(graph, f"{node.name}_zp_correction", e.astype(store))
         extra = []
         if store != x_dtype:
             cast = ir.Node("", "Cast", [e_value], [ir.AttrInt64("to", ir.DataType.from_numpy(np.dtype(x_dtype)))],
@@ -143,24 +143,9 @@ def pack_zero_points(z: np.ndarray, bits: int) -> np.ndarray:
     return (padded[:, 0::2] | (padded[:, 1::2] << 4)).astype(np.uint8)
 
 
-def block_indicator(k: int, block: int, dtype) -> np.ndarray:
-    """[K, ceil(K/B)] with a 1 where row i belongs to block i // B: X @ it sums X block by block."""
-    out = np.zeros((k, -(-k // block)), dtype)
+def block_indicator(k: int, block: int, dtype, columns: int | None = None) -> np.ndarray:
+    """[K, ceil(K/B)] with a 1 where row i belongs to block i // B: X @ it sums X block by block
+    (`columns`: that many columns, the ones past ceil(K/B) all zero)."""
+    out = np.zeros((k, -(-k // block) if columns is None else columns), dtype)
     out[np.arange(k), np.arange(k) // block] = 1
     return out
-
-
-def _unique(graph: ir.Graph, name: str) -> str:
-    taken = set(graph.initializers)
-    i, base = 1, name
-    while name in taken:
-        name, i = f"{base}_{i}", i + 1
-    return name
-
-
-def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    name = _unique(graph, name)
-    value = ir.Value(name=name, const_value=ir.tensor(array, name=name), shape=ir.Shape(array.shape),
-                     type=ir.TensorType(ir.DataType.from_numpy(array.dtype)))
-    graph.register_initializer(value)
-    return value

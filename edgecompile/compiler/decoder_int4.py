@@ -51,10 +51,11 @@ def quantize_float_zp(src: Path, dst: Path, bits: int, block_size: int, exclude:
 
     head = []
     head_bits = DEFAULT_HEAD_BITS if head_bits == "default" else head_bits
+    model = onnx.load(str(src))
     if head_bits:
-        head = [n for n in lm_head_nodes(src)[:1] if n not in exclude]
+        head = [n for n in lm_head_nodes(model)[:1] if n not in exclude]
     q = MatMulNBitsQuantizer(
-        onnx.load(str(src)), nodes_to_exclude=exclude + head,
+        model, nodes_to_exclude=exclude + head,
         algo_config=HQQWeightOnlyQuantConfig(block_size=block_size, bits=bits, op_types_to_quantize=("MatMul",)),
     )
     q.node_quantizer = _min_max_float_zero(q.algo_config)
@@ -82,11 +83,12 @@ def quantize_float_zp(src: Path, dst: Path, bits: int, block_size: int, exclude:
     return {**info, "embedding": "GatherBlockQuantized (rtn)", "float_nodes": exclude}
 
 
-def lm_head_nodes(model_path: Path) -> list[str]:
-    """The MatMul producing the logits (and the embedding Gather): the most sensitive layers."""
+def lm_head_nodes(model) -> list[str]:
+    """The MatMul producing the logits (and the embedding Gather): the most sensitive layers. `model`: a
+    loaded ModelProto, or a path (read without its external data)."""
     import onnx
 
-    proto = onnx.load(str(model_path), load_external_data=False)
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model), load_external_data=False)
     producer = {o: n for n in proto.graph.node for o in n.output}
     names = []
     node = producer.get("logits")
