@@ -179,7 +179,6 @@ def fallback(qpass, int8_bytes: bytes, groups_by_node: dict, ranked: list[dict],
 # quantize the same graph from the same calibration and score it with the same ORT evaluator, so the
 # layers to keep in float are the same for each; the search (a minute or more on MobileNetV2) runs once.
 SEARCHES: dict[tuple, dict] = {}
-SEARCHES_MAX = 4
 
 
 def search_once(qpass, bound: float, evaluation, run) -> dict:
@@ -196,8 +195,9 @@ def search_once(qpass, bound: float, evaluation, run) -> dict:
         return {**hit, "report": report, "model": model}
     found = run()
     if key is not None:
+        from edgecompile.passes.calibration_cache import remember
+
         model = found["model"]
-        SEARCHES[key] = {**found, "model": None if model is None else ir.to_proto(model).SerializeToString()}
-        while len(SEARCHES) > SEARCHES_MAX:
-            SEARCHES.pop(next(iter(SEARCHES)))
+        remember(key, {**found, "model": None if model is None else ir.to_proto(model).SerializeToString()},
+                 SEARCHES)
     return found

@@ -84,7 +84,10 @@ def min_confident(n: int) -> int:
 
 def bound_choice(reference: np.ndarray, confident: float = CONFIDENT) -> dict:
     """Which agreement metric the accuracy bound applies to on this reference, and why."""
-    mask = confident_mask(reference, confident)
+    return _choice(confident_mask(reference, confident), confident)
+
+
+def _choice(mask: np.ndarray, confident: float) -> dict:
     k, n, need = int(mask.sum()), len(mask), min_confident(len(mask))
     if k >= need:
         return {"bound_metric": "confident_agreement", "confident_samples": k, "n": n, "min_confident": need,
@@ -107,8 +110,9 @@ def confident_agree(candidate: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 def gate_samples(reference: np.ndarray) -> tuple[str, np.ndarray | None, str]:
     """For a gate baseline: (bound metric, indices of the reference-confident samples or None for all, why)."""
-    c = bound_choice(reference)
-    idx = np.flatnonzero(confident_mask(reference)) if c["bound_metric"] == "confident_agreement" else None
+    mask = confident_mask(reference)
+    c = _choice(mask, CONFIDENT)
+    idx = np.flatnonzero(mask) if c["bound_metric"] == "confident_agreement" else None
     return c["bound_metric"], idx, c["bound_reason"]
 
 

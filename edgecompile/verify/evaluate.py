@@ -7,7 +7,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from edgecompile.data import Dataset
-from edgecompile.verify.metrics import (Metric, bootstrap_ci, bound_metric, closeness, get_metric, label_free,
+from edgecompile.verify.metrics import (METRICS, Metric, bootstrap_ci, closeness, get_metric, label_free,
                                        raw_similarity)
 
 
@@ -76,7 +76,12 @@ def compare(candidate_out: np.ndarray, reference_out: np.ndarray, ds: Dataset, m
     """Score candidate and reference outputs on `metric` (labels, or the reference for label-free).
     `confident_agreement` falls back to `top1_agreement` when too few reference samples are confident
     (verify/agreement.py); `metric` of the result names the metric actually scored."""
-    nominal, metric = metric, bound_metric(metric, reference_out)
+    choice = None
+    if metric.name == "confident_agreement":         # which agreement metric is bound here, and why
+        from edgecompile.verify.agreement import bound_choice
+
+        choice = bound_choice(reference_out)
+        metric = METRICS[choice["bound_metric"]]
     if metric.dataset_level:
         from edgecompile.verify.detection import detection_evaluation
 
@@ -103,10 +108,7 @@ def compare(candidate_out: np.ndarray, reference_out: np.ndarray, ds: Dataset, m
     if metric.name in ("top1", "top1_agreement", "confident_agreement") and is_classifier_output(reference_out) \
             and np.shape(candidate_out) == np.shape(reference_out):
         ev.agreement = agreement(candidate_out, reference_out)
-        if nominal.name == "confident_agreement":        # which agreement metric was bound, and why
-            from edgecompile.verify.agreement import bound_choice
-
-            choice = bound_choice(reference_out)
+        if choice is not None:
             ev.agreement.update(bound_metric=choice["bound_metric"], bound_reason=choice["bound_reason"])
     return ev
 
