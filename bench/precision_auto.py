@@ -28,19 +28,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import Lines, load_average  # noqa: E402
 from quantization import cpu_line  # noqa: E402  (sibling bench script)
 
-LINES: list[str] = []
+LINES = say = Lines()      # say(text): print the line and keep it for the results file
 MODEL = "models/mobilenetv2"
-
-
-def say(text: str = "") -> None:
-    print(text, flush=True)
-    LINES.append(text)
-
-
-def load() -> str:
-    return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def build(args: list[str], env: dict, out: Path) -> float:
@@ -116,7 +108,7 @@ def part2(env: dict, root: Path, rounds: int) -> None:
     for r in range(rounds):
         for k in (("ort", "auto") if r % 2 == 0 else ("auto", "ort")):
             times[k].append(build(kinds[k], env, root / f"int8-{k}"))
-            say(f"  round {r + 1} {k:<4} {times[k][-1]:.1f} s  (load {load()})")
+            say(f"  round {r + 1} {k:<4} {times[k][-1]:.1f} s  (load {load_average()})")
     q = report(root / "int8-auto")
     choice = q.get("backend_choice") or {}
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -139,7 +131,7 @@ def main() -> None:
     say(f"# .venv/bin/python bench/precision_auto.py {' '.join(sys.argv[1:])}   "
         f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")
     say(f"CPU: {cpu_line()}")
-    say(f"load average {load()} at the start")
+    say(f"load average {load_average()} at the start")
     with tempfile.TemporaryDirectory(prefix="ec-bench-auto-") as tmp:
         root = Path(tmp)
         env = {**os.environ, "EDGECOMPILE_CACHE": str(root / "cache")}
@@ -150,7 +142,7 @@ def main() -> None:
             part1(env, root, root / "fp32")
         if a.skip != "2":
             part2(env, root, a.rounds)
-    say(f"({time.time() - t0:.0f} s in all; load average {load()} at the end)")
+    say(f"({time.time() - t0:.0f} s in all; load average {load_average()} at the end)")
     Path(a.out).write_text("\n".join(LINES) + "\n")
 
 

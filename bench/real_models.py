@@ -36,20 +36,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import Lines, load_average  # noqa: E402
 from quantization import cpu_line, fp32_graph  # noqa: E402  (sibling bench script)
 
-LINES: list[str] = []
-
-
-def load() -> str:
-    import os
-
-    return " ".join(f"{v:.2f}" for v in os.getloadavg())
-
-
-def say(text: str = "") -> None:
-    print(text, flush=True)
-    LINES.append(text)
+LINES = say = Lines()      # say(text): print the line and keep it for the results file
 
 
 def ours(src, model, cal, **section):
@@ -284,7 +274,7 @@ def bench_model(name: str, calib: int, threads, seconds: float, waterfall: bool,
                     f"[{100 * lo:+.2f}, {100 * hi:+.2f}] |")
         row += f" {lat[k]['ms']:.3f} | {base / lat[k]['ms']:.2f}x | {graphs[k][1]:.0f} |"
         say(row)
-    say(f"({name}: {time.perf_counter() - t0:.0f} s in all; load average {load()} at the end)")
+    say(f"({name}: {time.perf_counter() - t0:.0f} s in all; load average {load_average()} at the end)")
     say()
 
 
@@ -305,7 +295,7 @@ def main() -> None:
     say(f"CPU: {cpu_line()}")
     say(f"onnxruntime {version('onnxruntime')}, openvino {version('openvino')}, nncf {version('nncf')}, "
         f"threads {args.threads or 'engine default'}, batch 1, latency interleaved over 10 rounds; "
-        f"load average {load()} at the start")
+        f"load average {load_average()} at the start")
     say()
     for name in [m for m in args.models.split(",") if m]:
         bench_model(name, args.calib, args.threads, args.seconds, waterfall=args.waterfall,

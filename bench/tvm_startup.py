@@ -19,13 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from _results import write_results  # noqa: E402  (bench/ is the script's directory on sys.path)
+from _results import Lines, load_average, write_results  # noqa: E402  (bench/ is the script's directory on sys.path)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "tvm_startup.txt"
 
-
-def load_average() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def child(model_name: str, trials: int) -> dict:
@@ -84,12 +81,7 @@ def main(argv=None) -> int:
 
     from edgecompile.runtime.machine import cpu_info
 
-    lines = []
-
-    def out(text=""):
-        print(text, flush=True)
-        lines.append(text)
-
+    out = Lines()
     info = cpu_info()
     out(f"# bench/tvm_startup.py  {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}")
     out(f"# CPU: {info['model']} ({info['cores']} cores); load average at start {load_average()}")
@@ -106,7 +98,7 @@ def main(argv=None) -> int:
             out(f"  {name:<9} {label:<9} {r['kernels']:>7} {first:>13} {r['step_s']:>7.1f} {r['trials']:>6}  "
                 f"{load}" + (f"  ({r['stopped']})" if r["stopped"] else ""))
     out(f"# load average at end {load_average()}")
-    write_results(args.out, lines)
+    write_results(args.out, out)
     print(f"wrote {args.out}")
     return 0
 

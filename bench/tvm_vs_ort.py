@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _results import write_results  # noqa: E402  (bench/ is the script's directory on sys.path)
+from _results import Lines, load_average, write_results  # noqa: E402  (bench/ is the script's directory on sys.path)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "tvm_vs_ort.txt"
 
@@ -61,10 +61,6 @@ def export(name: str):
     feeds = {k: v[:1] for k, v in next(ds.batches(1)).items()}
     return model, ir.to_proto(model).SerializeToString(), feeds
 
-
-def load_average() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
 
 
 def bench_model(name, args, cpu, work, out, progress):
@@ -141,12 +137,7 @@ def main(argv=None) -> int:
     from edgecompile.runtime.machine import cpu_info
     from edgecompile.targets.profiles import get_profile
 
-    lines = []
-
-    def out(text=""):
-        print(text, flush=True)
-        lines.append(text)
-
+    out = Lines()
     info = cpu_info()
     out(f"# bench/tvm_vs_ort.py  {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}")
     out(f"# CPU: {info['model']} ({info['cores']} cores); threads={args.threads or 'default'}; "
@@ -159,7 +150,7 @@ def main(argv=None) -> int:
     for name in args.models:
         bench_model(name, args, cpu, work, out, Progress())
     out(f"\n# load average at end {load_average()}")
-    write_results(args.out, lines)
+    write_results(args.out, out)
     print(f"wrote {args.out}")
     return 0
 
