@@ -80,6 +80,16 @@ def add_initializer(graph: ir.Graph, name: str, array) -> ir.Value:
     return value
 
 
+def for_quantizers(model: ir.Model) -> ir.Model:
+    """A copy of `model` as ONNX Runtime's quantizers need it: tensor-valued Constant nodes become
+    initializers (a quantizer takes a Constant node's output for an activation with no calibrated
+    range, an initializer for a weight), and every node has a name (nodes are excluded by name)."""
+    from onnx_ir.passes.common import LiftConstantsToInitializersPass, NameFixPass
+
+    model = LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model.clone()).model
+    return NameFixPass()(model).model
+
+
 def graph_stats(model) -> tuple[int, int]:
     """(node count, serialized size in bytes) of an onnx_ir model."""
     proto = ir.to_proto(model)

@@ -17,7 +17,7 @@ from dataclasses import asdict, replace
 import numpy as np
 
 from edgecompile.errors import ConfigError, DataError
-from edgecompile.passes.base import FunctionalGraphPass, PassResult
+from edgecompile.passes.base import FunctionalGraphPass, PassResult, for_quantizers
 from edgecompile.passes.calibration_cache import CALIBRATIONS, ROUNDINGS, calibration_key, remember
 from edgecompile.passes.float_stems import float_stems
 from edgecompile.passes.gemm_matmul import gemm_to_matmul
@@ -135,7 +135,7 @@ class Quantize(FunctionalGraphPass):
         import onnx
         import onnx_ir as ir
 
-        proto = onnx.shape_inference.infer_shapes(ir.to_proto(model))
+        proto = onnx.shape_inference.infer_shapes(ir.to_proto(for_quantizers(model)))
         if not _count(proto, COMPUTE_OPS):
             return PassResult(model.clone(), False, {"nothing_to_quantize":
                               f"the graph has no {'/'.join(COMPUTE_OPS)} op; kept FP32"})
@@ -199,8 +199,9 @@ class Quantize(FunctionalGraphPass):
         op_types = sorted(set(QDQRegistry) | set(QLinearOpsRegistry))
         names = tensors_to_calibrate(proto, op_types)
         method = self.section.calibrate
+        nonfinite: set[str] = set()
         stats = collect_stats(proto, names, batches, histograms=method != "minmax",
-                              threads=self.threads, progress=self.progress, whole=whole)
+                              threads=self.threads, progress=self.progress, whole=whole, nonfinite=nonfinite)
         chosen = None
         if method == "search":       # per tensor: the candidate with the smallest quantization MSE
             from edgecompile.compiler.range_search import search_ranges
@@ -216,6 +217,8 @@ class Quantize(FunctionalGraphPass):
                       if (lo, hi) != (min(stats[k].lo, 0.0), max(stats[k].hi, 0.0)))
         notes = {"calibrate": method, "calib_samples": n, "calib_data": identity,
                  "tensors_calibrated": len(ranges), "ranges_clipped": clipped, **_preset_notes(preset)}
+        if nonfinite:                # no INT8 range: these tensors and the ops touching them stay float
+            notes["float_nonfinite"] = sorted(nonfinite)
         if method == "percentile":
             notes["percentile"] = self.section.percentile
         if chosen is not None:
@@ -284,6 +287,8 @@ class Quantize(FunctionalGraphPass):
         from onnxruntime.quantization.quant_utils import update_opset_version
         from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
+        from edgecompile.compiler.calibration import unranged_nodes
+
         enum = {
             "minmax": CalibrationMethod.MinMax,
             "entropy": CalibrationMethod.Entropy,
@@ -295,7 +300,8 @@ class Quantize(FunctionalGraphPass):
         act, wt = _qtype(preset.activations), _qtype(preset.weights)
         model = update_opset_version(proto, wt, act)
         op_types = sorted(set(QDQRegistry) | set(QLinearOpsRegistry))
-        exclude = list(exclude) + [n for n in float_stems(proto, preset) if n not in exclude]
+        exclude = [*exclude, *(n for n in float_stems(proto, preset) + unranged_nodes(proto, ranges, op_types)
+                               if n not in exclude)]
         with _quiet_ort_logging():
             quantizer = QDQQuantizer(model, preset.per_channel, False, wt, act, tensors, [], list(exclude), op_types,
                                      {"ActivationSymmetric": preset.symmetric_activations,

@@ -161,3 +161,22 @@ def test_per_node_errors_are_the_per_layer_table(digits_bundle, model_onnx, tmp_
     table = per_layer_error(model_onnx.read_bytes(), bad.read_bytes(), ds)
     assert [r["node"] for r in table] == names and table[0]["snr_db"] is None     # identical: no finite SNR
     assert per_layer_error(b"not onnx", bad.read_bytes(), ds) is None              # diagnostics never break a build
+
+
+def test_tensor_error_compares_finite_entries_and_flags_mismatched_infinities():
+    """An attention-mask bias of -inf (MPNet's, or any masked softmax) is the same -inf on both sides:
+    the error is that of the finite entries, with no NaN and no RuntimeWarning; a tensor that is
+    infinite on one side only is infinitely wrong."""
+    import warnings
+
+    from edgecompile.verify.localize import tensor_error
+
+    ref = np.array([[-np.inf, 1.0, 2.0], [3.0, -np.inf, 4.0]], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same = tensor_error(ref, ref.copy())
+        near = tensor_error(ref, ref + np.array([[0, 0, 0.1], [0, 0, 0]], np.float32))
+        wrong = tensor_error(ref, np.where(np.isinf(ref), 5.0, ref).astype(np.float32))
+    assert same["rel_error"] == 0.0 and same["cosine"] == pytest.approx(1.0)
+    assert near["rel_error"] == pytest.approx(0.1 / np.linalg.norm([1.0, 2.0, 3.0, 4.0]), rel=1e-5)
+    assert wrong["rel_error"] == float("inf")

@@ -160,6 +160,15 @@ def tensors_to_calibrate(proto, op_types: Iterable[str]) -> list[str]:
     return list(seen)
 
 
+def unranged_nodes(proto, ranges: Mapping, op_types) -> list[str]:
+    """Nodes of `op_types` with a float activation input or output that has no range in `ranges`
+    (it took a non-finite value in calibration): the QDQ quantizer needs a range for every one, so
+    these nodes stay float."""
+    need = set(tensors_to_calibrate(proto, op_types))
+    return [n.name for n in proto.graph.node if n.op_type in op_types
+            and any(t in need and t not in ranges for t in (*n.input, *n.output))]
+
+
 def _augmented(proto, names: Sequence[str]) -> bytes:
     import onnx
 
@@ -190,7 +199,10 @@ def _samples(batch: dict, whole: frozenset) -> int:
 
 def collect_stats(proto, names: Sequence[str], batches: list[dict[str, np.ndarray]], *, histograms: bool,
                   batch_size: int = 32, threads: int | None = None, progress=None,
-                  whole: frozenset = frozenset()) -> dict[str, TensorStats]:
+                  whole: frozenset = frozenset(), nonfinite: set | None = None) -> dict[str, TensorStats]:
+    """Range (and |x| histogram) statistics per tensor. A tensor that takes an infinite or NaN value
+    on the calibration data (e.g. an attention-mask bias filled with -inf) has no INT8 range: it is
+    left out of the result, so it stays float, and its name goes into `nonfinite` when given."""
     from edgecompile.targets.ort.run import create_session
 
     sess = create_session(_augmented(proto, names), threads=threads, level="disable")
@@ -209,16 +221,23 @@ def collect_stats(proto, names: Sequence[str], batches: list[dict[str, np.ndarra
         for feeds in it:
             yield dict(zip(out_names, sess.run(out_names, feeds)))
 
+    bad: set[str] = set()
     for outs in runs("calibration (ranges)"):             # pass 1: range
         for name, arr in outs.items():
-            if arr.size == 0:
+            if arr.size == 0 or name in bad:
                 continue
             lo, hi = float(arr.min()), float(arr.max())
+            if not (np.isfinite(lo) and np.isfinite(hi)):
+                bad.add(name)
+                stats.pop(name, None)
+                continue
             s = stats.get(name)
             if s is None:
                 stats[name] = TensorStats(lo, hi)
             else:
                 s.lo, s.hi = min(s.lo, lo), max(s.hi, hi)
+    if nonfinite is not None:
+        nonfinite.update(bad)
     if histograms:                                        # pass 2: |x| histogram on the final range
         for s in stats.values():
             s.hist = np.zeros(HIST_BINS, np.int64)

@@ -121,9 +121,16 @@ def _run_exposed(g: _Graph, tensors: list[str], ds: Dataset) -> dict[str, np.nda
 def tensor_error(ref: np.ndarray, x: np.ndarray) -> dict | None:
     if ref.shape != x.shape:
         return None
-    sim = raw_similarity(x, ref)
-    r = np.asarray(ref, np.float64).reshape(-1)
-    d = np.asarray(x, np.float64).reshape(-1) - r
+    r, a = np.asarray(ref, np.float64).reshape(-1), np.asarray(x, np.float64).reshape(-1)
+    finite = np.isfinite(r) & np.isfinite(a)
+    if not finite.all():       # e.g. an attention-mask bias of -inf: compare the finite entries only
+        same = (r == a) | (np.isnan(r) & np.isnan(a))
+        if not (finite | same).all():          # one side non-finite where the other is not
+            return {"cosine": float("nan"), "max_abs": float("inf"), "mean_abs": float("inf"),
+                    "snr_db": float("-inf"), "rel_error": float("inf")}
+        r, a = r[finite], a[finite]
+    sim = raw_similarity(a, r)
+    d = a - r
     sim["rel_error"] = float(np.linalg.norm(d) / max(np.linalg.norm(r), 1e-12))
     return sim
 
