@@ -233,6 +233,25 @@ def test_bad_hf_inputs_are_one_line_errors(tiny_embed_dir, tmp_path, capfd):
     out, err = capfd.readouterr()
     assert "code ran at load" not in out + err
 
+    other = tmp_path / "other-tokenizer"           # a tokenizer whose ids run past the embedding table
+    shutil.copytree(tiny_embed_dir, other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["vocab_size"] = 1000
+    (other / "config.json").write_text(json.dumps(cfg))
+    rc, out, err = run_cli("build", other, "-o", tmp_path / "w")
+    assert rc == 1 and "token ids up to 30" in err and "vocab_size is 1000" in err and "Traceback" not in err
+
+
+def test_text_front_end_makes_position_ids_for_right_padded_texts(tiny_embed_bundle):
+    """GPT-2-style exports take position_ids: each text's tokens at 0..k-1, the padding after them."""
+    from edgecompile.runtime import load
+    from edgecompile.runtime.text import tokenize
+
+    tok = load(tiny_embed_bundle.path).frontend.tokenizer
+    feeds, _ = tokenize(tok, ["short", "a somewhat longer text"], ["input_ids", "position_ids"], [8, 16], 16)
+    assert feeds["position_ids"].shape == feeds["input_ids"].shape == (2, 8)
+    assert (feeds["position_ids"] == np.arange(8)).all()
+
 
 @pytest.mark.slow
 def test_minilm_fp32_bundle_spearman_and_retrieval(tmp_path_factory):

@@ -250,8 +250,30 @@ def hf_source(directory: str | Path, task: str | None = None, *, name: str | Non
     src.default_calibration = f"{src.name}:calib"
     from edgecompile.compiler.hf_export import _export_cached
 
+    _check_vocabulary(src, config)
     _export_cached(src)
+    unmakeable = [s.name for s in src.inputs if s.name not in TEXT_INPUTS]
+    if unmakeable:
+        raise ConfigError(f"{directory}: the {task} export takes inputs {unmakeable} that text alone cannot make",
+                          hint=f"text bundles feed {', '.join(TEXT_INPUTS)}; export this model yourself and "
+                               "build the ONNX file with --data")
     return src
+
+
+TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")   # what runtime.text.tokenize makes
+
+
+def _check_vocabulary(src: HfModelSource, config: dict) -> None:
+    """A tokenizer whose ids run past the embedding table belongs to another model: ONNX Runtime would
+    stop on the first such token with an out-of-bounds Gather."""
+    size = config.get("vocab_size")
+    if not isinstance(size, int) or size <= 0:
+        return
+    top = max(src.tokenizer().get_vocab(with_added_tokens=True).values(), default=-1)
+    if top >= size:
+        raise ModelLoadError(f"{src.directory}: tokenizer.json has token ids up to {top}, but config.json's "
+                             f"vocab_size is {size}: the tokenizer is not this model's",
+                             hint="save the model's own tokenizer with it (AutoTokenizer.save_pretrained)")
 
 
 # -- export + parity ------------------------------------------------------------------------------

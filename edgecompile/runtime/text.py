@@ -104,13 +104,15 @@ def tokenize(tokenizer, texts: list[str], input_names: list[str], buckets: list[
     length = next((b for b in sorted(buckets) if longest <= b), max_length)
     n = len(encs)
     arrays = {"input_ids": np.zeros((n, length), np.int64), "attention_mask": np.zeros((n, length), np.int64),
-              "token_type_ids": np.zeros((n, length), np.int64)}
+              "token_type_ids": np.zeros((n, length), np.int64),
+              # right padding: each text's tokens sit at positions 0..k-1 (GPT-2-style exports take them)
+              "position_ids": np.broadcast_to(np.arange(length, dtype=np.int64), (n, length)).copy()}
     for i, e in enumerate(encs):
         k = len(e.ids)
         arrays["input_ids"][i, :k] = e.ids
         arrays["attention_mask"][i, :k] = e.attention_mask
         arrays["token_type_ids"][i, :k] = e.type_ids
-    missing = [n for n in input_names if n not in arrays]
+    missing = [name for name in input_names if name not in arrays]
     if missing:
         raise BundleError(f"text front-end cannot make model inputs {missing}", hint="rebuild the bundle")
     return {name: arrays[name] for name in input_names}, truncated
