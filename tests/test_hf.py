@@ -217,6 +217,8 @@ def test_bad_hf_inputs_are_one_line_errors(tiny_embed_dir, tmp_path, capfd):
     assert rc == 2 and "--task applies to Hugging Face model directories" in err and "Traceback" not in err
     rc, out, err = run_cli("build", tiny_embed_dir, "--task", "summarization", "-o", tmp_path / "z")
     assert rc == 2 and "Invalid value for '--task'" in err
+    rc, out, err = run_cli("build", tiny_embed_dir, "--task", "text-classification", "-o", tmp_path / "v")
+    assert rc == 2 and "no sequence-classification head" in err and "Traceback" not in err
     pickled = tmp_path / "pickled"
     shutil.copytree(tiny_embed_dir, pickled)
     (pickled / "model.safetensors").unlink()

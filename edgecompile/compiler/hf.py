@@ -211,6 +211,10 @@ def hf_source(directory: str | Path, task: str | None = None, *, name: str | Non
     task = task or default_task
     if task not in TASKS:
         raise ConfigError(f"unsupported --task {task!r}", hint=f"one of: {', '.join(TASKS)}")
+    if task == "text-classification" and archs and default_task != task:
+        raise ConfigError(f"{directory} holds {', '.join(archs)}, with no sequence-classification head: "
+                          "--task text-classification would export a randomly initialised one",
+                          hint="fine-tune a classification head first, or use --task feature-extraction")
     st_cfg = directory / "sentence_bert_config.json"
     max_length = (
         int(_read_json(st_cfg, "sentence_bert_config.json").get("max_seq_length", 512))
