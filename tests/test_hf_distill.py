@@ -84,6 +84,24 @@ def test_layer_map_ends_on_the_teacher_top_layer_and_init_copies_the_mapped_laye
     assert torch.equal(student.embeddings.word_embeddings.weight, teacher.embeddings.word_embeddings.weight)
 
 
+def test_distilbert_teacher_layers_under_its_own_config_names(tmp_path):
+    """DistilBERT's config says n_layers (transformers maps num_hidden_layers to it): the layer count is
+    read and the student keeps the teacher's chosen layers under `transformer.layer.N`."""
+    import torch
+    from transformers import DistilBertConfig, DistilBertModel
+
+    from edgecompile.compiler.hf_distill import init_student, teacher_layers
+
+    torch.manual_seed(0)
+    cfg = DistilBertConfig(vocab_size=30522, dim=32, n_layers=3, n_heads=4, hidden_dim=64)
+    teacher = DistilBertModel(cfg).eval()
+    teacher.save_pretrained(tmp_path / "distil")
+    assert teacher_layers(tmp_path / "distil") == 3
+    student = init_student(teacher, [0, 2])
+    assert student.config.n_layers == 2
+    assert torch.equal(student.transformer.layer[1].ffn.lin1.weight, teacher.transformer.layer[2].ffn.lin1.weight)
+
+
 def test_distillation_moves_the_student_towards_the_teacher(teacher4, tmp_path):
     from edgecompile.compiler.hf_distill import distill_student, init_student, load_encoder
     from edgecompile.compiler.textdata import split_sentences

@@ -112,6 +112,17 @@ def load_encoder(directory: Path):
     return model.eval()
 
 
+def teacher_layers(directory: Path) -> int:
+    """The encoder's layer count, under whichever name its config uses (DistilBERT: n_layers)."""
+    cfg = json.loads((directory / "config.json").read_text())
+    if "num_hidden_layers" in cfg:
+        return int(cfg["num_hidden_layers"])
+    from transformers import AutoConfig
+
+    alias = getattr(AutoConfig.for_model(cfg["model_type"]), "attribute_map", {}).get("num_hidden_layers")
+    return int(cfg[alias])
+
+
 def init_student(teacher, layers: list[int]):
     """A copy of `teacher` keeping only `layers` (0-based), with the teacher's weights."""
     cfg = copy.deepcopy(teacher.config)
@@ -286,7 +297,7 @@ def distill_and_build(teacher: str, n_layers: int, *, student_dir: str | Path | 
     progress = progress or Progress(quiet=True)
     tdir, tname = teacher_directory(teacher)
     try:
-        n_teacher = int(json.loads((tdir / "config.json").read_text())["num_hidden_layers"])
+        n_teacher = teacher_layers(tdir)
     except (OSError, ValueError, KeyError, TypeError):
         raise ModelLoadError(f"{tdir}/config.json has no num_hidden_layers",
                              hint="--student-layers distills transformer encoders (BERT-like)") from None
