@@ -200,13 +200,14 @@ class AdaRound(ir.passes.InPlacePass):
 
     def _collect(self, model, layers: list[Layer], names: list[str], plan: dict) -> dict:
         """{layer index: (N, groups, K) patches} of the tensors `names` (one per layer) run by `model`."""
-        from edgecompile.compiler.calibration import _augmented, rebatch
+        from edgecompile.compiler.calibration import _augmented, model_batches
         from edgecompile.targets.ort.run import create_session
 
-        sess = create_session(_augmented(ir.to_proto(model), sorted(set(names))), level="disable")
+        proto = ir.to_proto(model)
+        sess = create_session(_augmented(proto, sorted(set(names))), level="disable")
         parts: dict[int, list] = {lay.index: [] for lay in layers}
         seen = 0
-        for batch in rebatch(self.feeds, self.batch_size):
+        for batch in model_batches(proto, self.feeds, self.batch_size):
             n = len(next(iter(batch.values())))
             if seen >= self.max_images:
                 break

@@ -47,13 +47,14 @@ def _layers(graph) -> list:
 
 def channel_means(model: ir.Model, names: list[str], feeds, batch_size: int = 32) -> tuple[dict, dict]:
     """({tensor: per-channel mean (axis 1)}, {tensor: values per channel}) over the feeds."""
-    from edgecompile.compiler.calibration import _augmented, rebatch
+    from edgecompile.compiler.calibration import _augmented, model_batches
     from edgecompile.targets.ort.run import create_session
 
-    sess = create_session(_augmented(ir.to_proto(model), names), level="disable")
+    proto = ir.to_proto(model)
+    sess = create_session(_augmented(proto, names), level="disable")
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
-    for batch in rebatch(list(feeds), batch_size):
+    for batch in model_batches(proto, feeds, batch_size):
         for name, arr in zip(names, sess.run(names, batch)):
             flat = np.moveaxis(arr, 1, 0).reshape(arr.shape[1], -1).astype(np.float64)
             sums[name] = sums.get(name, 0.0) + flat.sum(axis=1)

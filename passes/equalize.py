@@ -213,12 +213,13 @@ def channel_maxima(model: ir.Model, names: list[str], feeds, batch_size: int = 3
     """Per-channel (axis 1) maxima of the named tensors over the feeds, by ONNX Runtime."""
     if not names:
         return {}
-    from edgecompile.compiler.calibration import _augmented, rebatch
+    from edgecompile.compiler.calibration import _augmented, model_batches
     from edgecompile.targets.ort.run import create_session
 
-    sess = create_session(_augmented(ir.to_proto(model), names), level="disable")
+    proto = ir.to_proto(model)
+    sess = create_session(_augmented(proto, names), level="disable")
     out: dict[str, np.ndarray] = {}
-    for batch in rebatch(list(feeds), batch_size):
+    for batch in model_batches(proto, feeds, batch_size):
         for name, arr in zip(names, sess.run(names, batch)):
             m = np.moveaxis(arr, 1, 0).reshape(arr.shape[1], -1).max(axis=1).astype(np.float64)
             out[name] = m if name not in out else np.maximum(out[name], m)

@@ -67,8 +67,10 @@ def channel_maxima(model, values, feeds) -> dict[str, np.ndarray]:
     so = ort.SessionOptions()
     so.log_severity_level = 3
     sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    from edgecompile.compiler.calibration import fixed_batch, model_batches
+
     maxima: dict[str, np.ndarray] = {}
-    for feed in feeds:
+    for feed in model_batches(proto, feeds, 32) if fixed_batch(proto) else feeds:   # feeds may differ in length
         res = sess.run(names, feed)
         for name, arr in zip(names, res):
             m = np.abs(arr.reshape(-1, arr.shape[-1])).max(0)

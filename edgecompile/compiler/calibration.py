@@ -141,6 +141,28 @@ def rebatch(batches: list[dict[str, np.ndarray]], size: int,
         yield {**fixed, **{k: v[i:i + size] for k, v in joined.items()}}
 
 
+def fixed_batch(proto, whole: frozenset = frozenset()) -> int | None:
+    """The static first dimension of the model's batched inputs (an export with batch fixed at N), else None."""
+    dims = {sp.shape[0] for sp in graph_input_specs(proto) if sp.name not in whole and sp.shape}
+    return next((d for d in dims if isinstance(d, int)), None)
+
+
+def model_batches(proto, feeds, size: int, whole: frozenset = frozenset()) -> Iterator[dict[str, np.ndarray]]:
+    """`rebatch` for an ONNX Runtime session of `proto`: batches of `size` samples, or of exactly the
+    model's fixed batch N when its export fixed one (the last batch filled up with the first samples
+    of that batch again, so every sample is seen and none is invented)."""
+    feeds = list(feeds)
+    n_fixed = fixed_batch(proto, whole)
+    if n_fixed is None:
+        yield from rebatch(feeds, size, whole)
+        return
+    for batch in rebatch(feeds, n_fixed, whole):
+        n = _samples(batch, whole)
+        if n < n_fixed:
+            batch = {k: v if k in whole else np.take(v, np.arange(n_fixed) % n, axis=0) for k, v in batch.items()}
+        yield batch
+
+
 # -- statistics ----------------------------------------------------------------------------------
 
 def tensors_to_calibrate(proto, op_types: Iterable[str]) -> list[str]:
@@ -209,13 +231,12 @@ def collect_stats(proto, names: Sequence[str], batches: list[dict[str, np.ndarra
     out_names = list(names)
     stats: dict[str, TensorStats] = {}
 
-    if any(sp.shape[:1] == (1,) and sp.name not in whole for sp in graph_input_specs(proto)):
-        batch_size = 1                                    # a fixed batch of 1: samples go one by one
+    batch_size = fixed_batch(proto, whole) or batch_size      # an export with a fixed batch gets exactly that
     n = sum(_samples(b, whole) for b in batches)
     total = -(-n // batch_size)
 
     def runs(label: str):
-        it = rebatch(batches, batch_size, whole)
+        it = model_batches(proto, batches, batch_size, whole)
         if progress is not None:
             it = progress.iterate(it, total, label)
         for feeds in it:

@@ -264,3 +264,36 @@ def test_static_leaves_non_finite_tensors_float_and_quantizes_constant_node_weig
     out = ort_outputs(q.SerializeToString(), [{"x": x}])[0]
     # x's tiny values round to 0 in INT8, where Log gives -inf instead of a large negative: only roughly equal
     assert np.isfinite(out).all() and cosine(out, ref) > 0.9
+
+
+FIXED_BATCH = """
+<ir_version: 9, opset_import: ["" : 18]>
+g (float[4, 3, 8, 8] x) => (float[4, 4] y) {
+    c1 = Conv <pads = [1, 1, 1, 1]> (x, w1, b1)
+    r1 = Relu (c1)
+    c2 = Conv <pads = [1, 1, 1, 1]> (r1, w2, b2)
+    r2 = Relu (c2)
+    p = GlobalAveragePool (r2)
+    y = Flatten (p)
+}
+"""
+
+
+def test_an_export_with_a_fixed_batch_is_calibrated_in_batches_of_exactly_that_size():
+    """Every calibration step (equalization, ranges, bias correction) runs ONNX Runtime on batches of
+    the model's own fixed batch (4 here); 6 samples make one full batch and one filled up with its
+    own samples again (4, 5, 4, 5)."""
+    from edgecompile.compiler.calibration import model_batches
+
+    rng = np.random.default_rng(0)
+    model = onnx.parser.parse_model(FIXED_BATCH)
+    for name, shape in (("w1", (8, 3, 3, 3)), ("b1", (8,)), ("w2", (4, 8, 3, 3)), ("b2", (4,))):
+        model.graph.initializer.append(numpy_helper.from_array(rng.normal(size=shape).astype(np.float32), name))
+    x = rng.normal(size=(6, 3, 8, 8)).astype(np.float32)
+    batches = list(model_batches(model, [{"x": x[:5]}, {"x": x[5:]}], 32))
+    assert [b["x"].shape[0] for b in batches] == [4, 4]
+    assert np.array_equal(batches[1]["x"], x[[4, 5, 4, 5]])
+    _, result, q = run(model, QuantizeSection(), calibration_data=[{"x": x}])
+    assert result.notes["quantized_ops"] == 2 and result.notes["bias_correction"]["layers"] == 2
+    out = ort_outputs(q.SerializeToString(), [{"x": x[:4]}])[0]
+    assert cosine(out, ort_outputs(model.SerializeToString(), [{"x": x[:4]}])[0]) > 0.99
