@@ -5,7 +5,8 @@ unsure (two classes within a hair of each other) a tiny numeric change flips the
 metric drops without the model having got worse. So beside it we report:
 
 * ``confident_agreement`` -- top-1 agreement on the samples where the reference's softmax max is
-  at least ``CONFIDENT`` (0.5): the images whose answer is well defined;
+  at least ``CONFIDENT`` (0.5): the images whose answer is well defined (a graph that ends in Softmax
+  gives probabilities, which are taken as they are, not put through a second softmax);
 * ``top5_containment``    -- the fraction of samples whose reference top-1 class is among the
   candidate's top-5;
 * ``mean_kl``             -- mean KL(reference softmax || candidate softmax) in nats: how far the
@@ -40,13 +41,30 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def is_probabilities(x: np.ndarray) -> bool:
+    """Rows that are already a distribution (a graph ending in Softmax): non-negative, summing to 1."""
+    z = np.asarray(x, np.float64).reshape(len(x), -1)
+    return bool(len(z)) and bool((z >= 0).all()) and bool(np.allclose(z.sum(axis=1), 1.0, atol=1e-3))
+
+
+def distributions(candidate: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(reference, candidate) class distributions: the outputs themselves when the reference's are
+    probabilities (the candidate's clipped at 0 and renormalised: INT8 rounding moves their sums),
+    else their softmax (logits, or log-probabilities)."""
+    if not is_probabilities(reference):
+        return softmax(reference), softmax(candidate)
+    p = np.asarray(reference, np.float64).reshape(len(reference), -1)
+    q = np.maximum(np.asarray(candidate, np.float64).reshape(len(candidate), -1), 0.0)
+    return p / p.sum(axis=1, keepdims=True), q / np.maximum(q.sum(axis=1, keepdims=True), 1e-300)
+
+
 def per_sample(candidate: np.ndarray, reference: np.ndarray, k: int = 5) -> dict[str, np.ndarray]:
     """Per-sample arrays: agree (0/1), top-k containment (0/1), KL (nats), reference confidence."""
     cand = np.asarray(candidate).reshape(len(candidate), -1)
     ref = np.asarray(reference).reshape(len(reference), -1)
     if cand.shape != ref.shape:
         raise ValueError(f"candidate {cand.shape} and reference {ref.shape} outputs differ in shape")
-    p, q = softmax(ref), softmax(cand)
+    p, q = distributions(cand, ref)
     ref_top = p.argmax(axis=1)
     k = min(k, cand.shape[1])
     topk = np.argpartition(-cand, k - 1, axis=1)[:, :k]
@@ -75,7 +93,7 @@ def agreement(candidate: np.ndarray, reference: np.ndarray, *, confident: float 
 
 def confident_mask(reference: np.ndarray, confident: float = CONFIDENT) -> np.ndarray:
     """The samples whose reference softmax max is at least `confident` (fixed by the reference alone)."""
-    return softmax(reference).max(axis=1) >= confident
+    return distributions(reference, reference)[0].max(axis=1) >= confident
 
 
 def min_confident(n: int) -> int:

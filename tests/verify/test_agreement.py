@@ -113,3 +113,22 @@ def test_labelled_classifiers_keep_top1_on_labels():
     ds = Dataset("synthetic", {"x": ref.astype(np.float32)}, labels=np.zeros(100, np.int64))
     ev = compare(cand, ref, ds, choose_metric("top1", ds, classifier=True), "fp32")
     assert ev.metric == "top1" and ev.candidate == pytest.approx(0.40) and "bound_metric" not in ev.agreement
+
+
+def test_a_graph_ending_in_softmax_is_scored_on_its_own_probabilities():
+    """Probabilities put through a second softmax are nearly uniform over 1000 classes (max ~0.003), so
+    no sample would count as confident; they are taken as they are, and an INT8 candidate whose rows
+    no longer sum to exactly 1 is renormalised, not re-softmaxed."""
+    from edgecompile.verify.agreement import confident_mask
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(200, 1000))
+    logits[:100, 7] += 30                                     # half the samples: sure of class 7
+    probs = softmax(logits)
+    assert confident_mask(probs).sum() == 100 == confident_mask(logits).sum()
+    cand = np.round(probs * 256) / 256                        # coarse rounding: sums move off 1
+    cand[:10, 7], cand[:10, 8] = 0.0, 1.0                     # 10 confident samples flip to class 8
+    r = agreement(cand, probs)
+    assert r["confident_samples"] == 100 and r["confident_agreement"] == pytest.approx(0.9)
+    s = per_sample(probs, probs)
+    assert s["kl"] == pytest.approx(np.zeros(200), abs=1e-12) and s["confidence"][:100].min() > 0.99
