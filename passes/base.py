@@ -81,12 +81,27 @@ def add_initializer(graph: ir.Graph, name: str, array) -> ir.Value:
 
 
 def for_quantizers(model: ir.Model) -> ir.Model:
-    """A copy of `model` as ONNX Runtime's quantizers need it: tensor-valued Constant nodes become
-    initializers (a quantizer takes a Constant node's output for an activation with no calibrated
-    range, an initializer for a weight), and every node has a name (nodes are excluded by name)."""
+    """A copy of `model` as ONNX Runtime's quantizers need it: at opset 13 or later (per-channel
+    Q/DQ's `axis` came with 13; older exports are converted by onnx's version converter), tensor-valued
+    Constant nodes as initializers (a quantizer takes a Constant node's output for an activation with no
+    calibrated range, an initializer for a weight), and every node named (nodes are excluded by name)."""
     from onnx_ir.passes.common import LiftConstantsToInitializersPass, NameFixPass
 
-    model = LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model.clone()).model
+    if model.opset_imports.get("", 13) < 13:
+        import onnx.version_converter
+
+        try:
+            model = ir.from_proto(onnx.version_converter.convert_version(ir.to_proto(model), 13))
+        except Exception as exc:      # the converter has no adapter for one of the graph's ops
+            from edgecompile.errors import PassError
+
+            raise PassError(f"INT8 needs opset 13 or later and converting this opset-{model.opset_imports['']} "
+                            f"graph failed: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc}",
+                            hint="re-export the model at opset 13 or later (torch.onnx.export(..., opset_version=17))"
+                            ) from None
+    else:
+        model = model.clone()
+    model = LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model).model
     return NameFixPass()(model).model
 
 

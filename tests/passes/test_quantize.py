@@ -297,3 +297,20 @@ def test_an_export_with_a_fixed_batch_is_calibrated_in_batches_of_exactly_that_s
     assert result.notes["quantized_ops"] == 2 and result.notes["bias_correction"]["layers"] == 2
     out = ort_outputs(q.SerializeToString(), [{"x": x[:4]}])[0]
     assert cosine(out, ort_outputs(model.SerializeToString(), [{"x": x[:4]}])[0]) > 0.99
+
+
+def test_an_opset_11_export_is_converted_for_per_channel_int8():
+    """Per-channel Q/DQ needs DequantizeLinear's `axis` (opset 13); an opset-11 export is converted
+    first instead of producing a graph ONNX Runtime rejects."""
+    model = onnx.parser.parse_model(FIXED_BATCH.replace('"" : 18', '"" : 11').replace("ir_version: 9", "ir_version: 6")
+                                    .replace("float[4, 3, 8, 8] x", "float[N, 3, 8, 8] x")
+                                    .replace("float[4, 4] y", "float[N, 4] y"))
+    rng = np.random.default_rng(1)
+    for name, shape in (("w1", (8, 3, 3, 3)), ("b1", (8,)), ("w2", (4, 8, 3, 3)), ("b2", (4,))):
+        model.graph.initializer.append(numpy_helper.from_array(rng.normal(size=shape).astype(np.float32), name))
+    x = rng.normal(size=(32, 3, 8, 8)).astype(np.float32)
+    _, result, q = run(model, QuantizeSection(), calibration_data=[{"x": x}])
+    assert next(o.version for o in q.opset_import if o.domain in ("", "ai.onnx")) >= 13
+    assert [len(s) for s in weight_scales(q)] == [8, 4]                  # per output channel
+    out = ort_outputs(q.SerializeToString(), [{"x": x}])[0]
+    assert cosine(out, ort_outputs(model.SerializeToString(), [{"x": x}])[0]) > 0.99
