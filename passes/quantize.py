@@ -19,6 +19,7 @@ import numpy as np
 from edgecompile.errors import ConfigError, DataError
 from edgecompile.passes.base import FunctionalGraphPass, PassResult
 from edgecompile.passes.calibration_cache import CALIBRATIONS, ROUNDINGS, calibration_key, remember
+from edgecompile.passes.float_outputs import float_output_names, float_outputs_proto
 from edgecompile.passes.float_stems import float_stems
 from edgecompile.passes.gemm_matmul import gemm_to_matmul
 from edgecompile.targets.base import U8S8, QuantPreset
@@ -192,7 +193,7 @@ class Quantize(FunctionalGraphPass):
             self.last_ranges = {k: (float(lo), float(hi)) for k, (lo, hi) in ranges.items()}
             self._calibrated = (proto, preset, ranges, notes)
             out = self._qdq(proto, preset, ranges, self.exclude)
-            return out, {**notes, "quantized_ops": _quantized_ops(out), **self._exclude_notes()}
+            return out, {**notes, **_op_notes(out), **self._exclude_notes()}
         steps = {}
         if self.section.equalize:
             proto, steps["equalization"] = _equalize(proto, batches)
@@ -228,7 +229,7 @@ class Quantize(FunctionalGraphPass):
         self._calibrated = (proto, preset, ranges, notes)
         remember(key, (proto, ranges, notes, self._rounding))
         out = self._qdq(proto, preset, ranges, self.exclude)
-        return out, {**notes, "quantized_ops": _quantized_ops(out), **self._exclude_notes()}
+        return out, {**notes, **_op_notes(out), **self._exclude_notes()}
 
     def _round_and_correct(self, proto, batches, preset, ranges, learned: bool):
         """The static run's last steps on calibrated ranges: learned rounding (AdaRound) when `learned`,
@@ -263,7 +264,7 @@ class Quantize(FunctionalGraphPass):
             notes = {**notes, **steps, **last}     # the cached calibration's dicts stay as they were
             self._calibrated = (proto, preset, ranges, notes)
             out = self._qdq(proto, preset, ranges, self.exclude)
-        return PassResult(ir.from_proto(out), True, {"mode": "static", **notes, "quantized_ops": _quantized_ops(out),
+        return PassResult(ir.from_proto(out), True, {"mode": "static", **notes, **_op_notes(out),
                                                      **self._exclude_notes()})
 
     def keep_nearest(self) -> None:
@@ -300,7 +301,7 @@ class Quantize(FunctionalGraphPass):
             quantizer = QDQQuantizer(model, preset.per_channel, False, wt, act, tensors, [], list(exclude), op_types,
                                      {"ActivationSymmetric": preset.symmetric_activations,
                                       "WeightSymmetric": preset.symmetric_weights})
-            return quantizer.quantize_model()
+            return float_outputs_proto(quantizer.quantize_model())   # no Q/DQ on graph outputs (logits)
 
     def requantize(self, exclude) -> PassResult:
         """The last static run's calibration, re-applied with other nodes kept in float: a fallback
@@ -319,7 +320,7 @@ class Quantize(FunctionalGraphPass):
         proto, preset, ranges, notes = self._calibrated
         self.exclude = tuple(exclude)
         out = self._qdq(proto, preset, ranges, self.exclude)
-        return PassResult(ir.from_proto(out), True, {"mode": "static", **notes, "quantized_ops": _quantized_ops(out),
+        return PassResult(ir.from_proto(out), True, {"mode": "static", **notes, **_op_notes(out),
                                                      **self._exclude_notes()})
 
     # -- dynamic ------------------------------------------------------------------------------
@@ -384,6 +385,11 @@ def _preset_notes(p: QuantPreset) -> dict:
     d = asdict(p)
     return {"activations": d["activations"], "weights": d["weights"], "per_channel": d["per_channel"],
             "symmetric_activations": d["symmetric_activations"]}
+
+
+def _op_notes(proto) -> dict:
+    floats = float_output_names(proto)          # graph outputs not behind a DequantizeLinear
+    return {"quantized_ops": _quantized_ops(proto), **({"float_outputs": floats} if floats else {})}
 
 
 def _quantized_ops(proto) -> int:
