@@ -10,7 +10,11 @@ the outputs are what the integer op computed. NNCF does the same: it places no q
 
 Only a pair whose DequantizeLinear output is a graph output read by no node, and whose QuantizeLinear reads
 a value computed by a node (not a graph input or constant) and feeds only that DequantizeLinear, is removed;
-the computed value takes the output's name, so the model's interface does not change.
+the computed value takes the output's name, so the model's interface does not change. The pair can also
+stand for an activation: ORT drops a Relu or Clip whose output it quantizes, the pair's range doing the
+clamping. So the pass compares with the float graph the QDQ graph was made from (`reference`): the pair goes
+where the op feeding it is the one that computes the output there (same op type, and same name when both
+have one); a dropped Relu comes back as a float Relu in the pair's place; any other difference keeps the pair.
 """
 from __future__ import annotations
 
@@ -33,34 +37,50 @@ def _removable(out: ir.Value) -> tuple[ir.Node, ir.Node] | None:
     return q, dq
 
 
+def _same_op(a: ir.Node, b: ir.Node | None) -> bool:
+    return b is not None and a.op_type == b.op_type and (not a.name or not b.name or a.name == b.name)
+
+
 class FloatOutputs(InPlaceGraphPass):
     """Remove the Q/DQ pair on each graph output: outputs in float, every op still quantized."""
 
     name = "float-outputs"
+
+    def __init__(self, reference: ir.Model):
+        self.reference = {v.name: v.producer() for v in reference.graph.outputs}   # output -> float producer
 
     def call(self, model: ir.Model) -> PassResult:
         graph = model.graph
         done = []
         for i, out in enumerate(list(graph.outputs)):
             pair = _removable(out)
-            if pair is None:
+            made_by = self.reference.get(out.name)
+            if pair is None or made_by is None:
                 continue
             q, dq = pair
             x, name = q.inputs[0], out.name
-            if x.type is None:
-                x.type = out.type
-            if x.shape is None:
-                x.shape = out.shape
-            graph.outputs[i] = x
+            if _same_op(x.producer(), made_by):
+                result = x
+            elif made_by.op_type == "Relu" and _same_op(x.producer(), made_by.inputs[0].producer()):
+                relu = ir.Node("", "Relu", [x], name=made_by.name)      # the activation ORT folded into the pair
+                graph.insert_after(dq, relu)
+                result = relu.outputs[0]
+            else:
+                continue
+            if result.type is None:
+                result.type = out.type
+            if result.shape is None:
+                result.shape = out.shape
+            graph.outputs[i] = result
             graph.remove([dq, q], safe=True)
-            x.name = name
+            result.name = name
             done.append(name)
         return PassResult(model, modified=bool(done), notes={"float_outputs": done} if done else {})
 
 
-def float_outputs_proto(proto):
-    """FloatOutputs on an ONNX ModelProto (the quantize pass works on protos)."""
-    result = FloatOutputs()(ir.from_proto(proto))
+def float_outputs_proto(proto, reference):
+    """FloatOutputs on ONNX ModelProtos (the quantize pass works on protos): `proto` made from `reference`."""
+    result = FloatOutputs(ir.from_proto(reference))(ir.from_proto(proto))
     return ir.to_proto(result.model) if result.modified else proto
 
 

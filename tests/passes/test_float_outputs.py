@@ -27,6 +27,17 @@ g (float[N, 4] x) => (float[N, 3] y) <float s = {0.1}, uint8 z = {128}, int8[4, 
 """
 
 
+FLOAT = HEAD + """
+g (float[N, 4] x) => (float[N, 3] y) <float[4, 3] w> {
+    y = MatMul(x, w)
+}
+"""
+
+
+def reference() -> ir.Model:
+    return parse(FLOAT, w=np.zeros((4, 3), np.float32))
+
+
 def parse(text: str, **inits) -> ir.Model:
     proto = onnx.parser.parse_model(text)
     for name, value in inits.items():
@@ -45,7 +56,7 @@ def wq(seed=0):
 
 def test_before_expected_the_output_pair_goes_the_input_pairs_stay():
     model = parse(QDQ_OUT, wq=wq())
-    result = FloatOutputs()(model)
+    result = FloatOutputs(reference())(model)
     assert result.modified and result.notes == {"float_outputs": ["y"]}
     out = ir.to_proto(result.model)
     onnx.checker.check_model(out, full_check=True)
@@ -61,6 +72,7 @@ def test_before_expected_the_output_pair_goes_the_input_pairs_stay():
 
 
 def test_an_output_that_a_node_also_reads_or_a_graph_input_is_left_alone():
+    """(and one the float graph computes with another op: the pair may stand for it)"""
     read_twice = QDQ_OUT.replace("=> (float[N, 3] y)", "=> (float[N, 3] y, float[N, 3] r)").replace(
         "y = DequantizeLinear(hq, s, z)\n", "y = DequantizeLinear(hq, s, z)\n    r = Relu(y)\n")
     passthrough = HEAD + """
@@ -70,9 +82,39 @@ g (float[N, 4] x) => (float[N, 4] y) <float s = {0.1}, uint8 z = {128}> {
 }
 """
     for text, inits in ((read_twice, {"wq": wq()}), (passthrough, {})):
-        result = FloatOutputs()(parse(text, **inits))
+        result = FloatOutputs(reference())(parse(text, **inits))
         assert not result.modified and result.notes == {}
         assert [n.op_type for n in result.model.graph].count("QuantizeLinear") == 2 - (text is passthrough)
+    softplus = parse(FLOAT.replace("y = MatMul(x, w)", "h = MatMul(x, w)\n    y = Softplus(h)"),
+                     w=np.zeros((4, 3), np.float32))
+    result = FloatOutputs(softplus)(parse(QDQ_OUT, wq=wq()))
+    assert not result.modified and [n.op_type for n in result.model.graph].count("QuantizeLinear") == 2
+
+
+CONV_RELU = HEAD + """
+cnn (float[N, 3, 8, 8] x) => (float[N, 8, 8, 8] y) <float[8, 3, 3, 3] w1, float[8, 8, 3, 3] w2> {
+    [stem] a = Conv <pads = [1, 1, 1, 1]> (x, w1)
+    r = Relu(a)
+    [body] c = Conv <pads = [1, 1, 1, 1]> (r, w2)
+    y = Relu(c)
+}
+"""
+
+
+def test_a_relu_the_quantizer_folded_into_the_output_pair_comes_back_in_float():
+    rng = np.random.default_rng(3)
+    w = dict(w1=rng.normal(size=(8, 3, 3, 3)).astype(np.float32) * 0.3,
+             w2=rng.normal(size=(8, 8, 3, 3)).astype(np.float32) * 0.2)
+    calib = Dataset("float-outputs-cnn", {"x": rng.random((16, 3, 8, 8)).astype(np.float32)})
+    section = QuantizeSection(calibrate="minmax", equalize=False, bias_correction=False)
+    result = Quantize(section, backend="ort", calibration=calib)(parse(CONV_RELU, **w))
+    graph = result.model.graph
+    last = graph.outputs[0].producer()
+    assert graph.outputs[0].name == "y" and last.op_type == "Relu" and last.inputs[0].producer().name == "body"
+    assert [n.inputs[1].producer().op_type for n in graph if n.op_type == "Conv"] == ["DequantizeLinear"] * 2
+    x = calib.inputs["x"][:4]
+    out, ref = run(result.model, {"x": x})[0], run(parse(CONV_RELU, **w), {"x": x})[0]
+    assert out.min() == 0.0 and np.abs(out - ref).max() < 0.05 * np.abs(ref).max()
 
 
 MLP = HEAD + """
