@@ -203,12 +203,13 @@ class Quantize(FunctionalGraphPass):
         stats = collect_stats(proto, names, batches, histograms=method != "minmax",
                               threads=self.threads, progress=self.progress, whole=whole)
         chosen = None
-        if method == "search":       # per tensor: the candidate with the smallest quantization MSE
-            from edgecompile.compiler.range_search import search_ranges
+        if method == "search":       # per-tensor MSE or per-sample mean extremes, the closer to FP32 at the outputs
+            from edgecompile.compiler.range_search import choose_ranges
 
-            ranges, chosen = search_ranges(stats, unsigned_activations=preset.activations == "uint8",
-                                           symmetric=preset.symmetric_activations,
-                                           keep=tuple(o.name for o in proto.graph.output))
+            ranges, chosen, steps["range_choice"] = choose_ranges(
+                stats, proto, batches, lambda r: self._qdq(proto, preset, r, self.exclude), whole=whole,
+                unsigned_activations=preset.activations == "uint8", symmetric=preset.symmetric_activations,
+                keep=tuple(o.name for o in proto.graph.output))
         else:
             ranges = compute_ranges(stats, method, percentile=self.section.percentile,
                                     unsigned_activations=preset.activations == "uint8",
@@ -301,7 +302,7 @@ class Quantize(FunctionalGraphPass):
             quantizer = QDQQuantizer(model, preset.per_channel, False, wt, act, tensors, [], list(exclude), op_types,
                                      {"ActivationSymmetric": preset.symmetric_activations,
                                       "WeightSymmetric": preset.symmetric_weights})
-            return float_outputs_proto(quantizer.quantize_model())   # no Q/DQ on graph outputs (logits)
+            return float_outputs_proto(quantizer.quantize_model(), proto)   # no Q/DQ on graph outputs
 
     def requantize(self, exclude) -> PassResult:
         """The last static run's calibration, re-applied with other nodes kept in float: a fallback

@@ -177,6 +177,23 @@ class TensorStats:
     lo: float
     hi: float
     hist: np.ndarray | None = None       # counts of |x| on [0, absmax] in HIST_BINS bins
+    lo_sum: float = 0.0                  # sums of each sample's own min and max (the per-sample mean extremes)
+    hi_sum: float = 0.0
+    samples: int = 0
+
+    def add_samples(self, arr: np.ndarray, n: int) -> None:
+        """Add the per-sample extremes of `arr`, whose first axis holds `n` samples (else it is one sample)."""
+        per = arr.reshape(n, -1) if arr.ndim and arr.shape[0] == n else arr.reshape(1, -1)
+        self.lo_sum += float(per.min(axis=1).sum())
+        self.hi_sum += float(per.max(axis=1).sum())
+        self.samples += len(per)
+
+    @property
+    def sample_mean_range(self) -> tuple[float, float]:
+        """(mean over samples of each one's min, same of max), 0 included; the min-max range without samples."""
+        if not self.samples:
+            return min(self.lo, 0.0), max(self.hi, 0.0)
+        return min(self.lo_sum / self.samples, 0.0), max(self.hi_sum / self.samples, 0.0)
 
     @property
     def absmax(self) -> float:
@@ -207,22 +224,23 @@ def collect_stats(proto, names: Sequence[str], batches: list[dict[str, np.ndarra
         if progress is not None:
             it = progress.iterate(it, total, label)
         for feeds in it:
-            yield dict(zip(out_names, sess.run(out_names, feeds)))
+            yield _samples(feeds, whole), dict(zip(out_names, sess.run(out_names, feeds)))
 
-    for outs in runs("calibration (ranges)"):             # pass 1: range
+    for n_feed, outs in runs("calibration (ranges)"):     # pass 1: range, and each sample's extremes
         for name, arr in outs.items():
             if arr.size == 0:
                 continue
             lo, hi = float(arr.min()), float(arr.max())
             s = stats.get(name)
             if s is None:
-                stats[name] = TensorStats(lo, hi)
+                s = stats[name] = TensorStats(lo, hi)
             else:
                 s.lo, s.hi = min(s.lo, lo), max(s.hi, hi)
+            s.add_samples(arr, n_feed)
     if histograms:                                        # pass 2: |x| histogram on the final range
         for s in stats.values():
             s.hist = np.zeros(HIST_BINS, np.int64)
-        for outs in runs("calibration (histograms)"):
+        for _, outs in runs("calibration (histograms)"):
             for name, arr in outs.items():
                 s = stats.get(name)
                 if s is None or s.absmax == 0:
