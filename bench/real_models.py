@@ -235,7 +235,7 @@ def bench_model(name: str, calib: int, threads, seconds: float, waterfall: bool,
     for label, _ in steps[1:]:
         notes = graphs[label][2]
         say(f"{label}: {notes.get('quantized_ops')} quantized ops; float outputs {notes.get('float_outputs')}; "
-            f"equalization {notes.get('equalization')}; range choice {notes.get('range_choice')}; "
+            f"equalization {notes.get('equalization')}; "
             f"range search {notes.get('range_search')}; bias correction {notes.get('bias_correction')}")
     if adaround:
         notes = graphs[ADA][2]

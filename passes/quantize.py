@@ -200,16 +200,15 @@ class Quantize(FunctionalGraphPass):
         op_types = sorted(set(QDQRegistry) | set(QLinearOpsRegistry))
         names = tensors_to_calibrate(proto, op_types)
         method = self.section.calibrate
-        stats = collect_stats(proto, names, batches, histograms=method != "minmax",
+        stats = collect_stats(proto, names, batches, histograms=method not in ("minmax", "sample-mean"),
                               threads=self.threads, progress=self.progress, whole=whole)
         chosen = None
-        if method == "search":       # per-tensor MSE or per-sample mean extremes, the closer to FP32 at the outputs
-            from edgecompile.compiler.range_search import choose_ranges
+        if method == "search":       # per tensor: the candidate with the smallest quantization MSE
+            from edgecompile.compiler.range_search import search_ranges
 
-            ranges, chosen, steps["range_choice"] = choose_ranges(
-                stats, proto, batches, lambda r: self._qdq(proto, preset, r, self.exclude), whole=whole,
-                unsigned_activations=preset.activations == "uint8", symmetric=preset.symmetric_activations,
-                keep=tuple(o.name for o in proto.graph.output))
+            ranges, chosen = search_ranges(stats, unsigned_activations=preset.activations == "uint8",
+                                           symmetric=preset.symmetric_activations,
+                                           keep=tuple(o.name for o in proto.graph.output))
         else:
             ranges = compute_ranges(stats, method, percentile=self.section.percentile,
                                     unsigned_activations=preset.activations == "uint8",
@@ -291,6 +290,7 @@ class Quantize(FunctionalGraphPass):
             "entropy": CalibrationMethod.Entropy,
             "percentile": CalibrationMethod.Percentile,
             "search": CalibrationMethod.Percentile,
+            "sample-mean": CalibrationMethod.MinMax,
         }[self.section.calibrate]
         tensors = TensorsData(enum, {k: TensorData(lowest=np.array(lo, np.float32), highest=np.array(hi, np.float32))
                                      for k, (lo, hi) in ranges.items()})

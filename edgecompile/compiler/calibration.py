@@ -10,7 +10,8 @@ Entropy). Here each method is a few lines of numpy on the same statistics, so it
 * ``entropy``    -- clip |x| at the threshold whose quantized histogram has the smallest KL
                     divergence from the original (the TensorRT-style calibration);
 * ``search``     -- per tensor, the candidate (min-max, percentiles, entropy) with the smallest
-                    expected quantization MSE (edgecompile.compiler.range_search).
+                    expected quantization MSE (edgecompile.compiler.range_search);
+* ``sample-mean`` -- the mean over samples of each sample's own min and max (NNCF's default estimator).
 
 Statistics come from one or two passes of ONNX Runtime over the calibration feeds with every
 tensor to calibrate exposed as a graph output: pass 1 gathers min/max, pass 2 (histogram methods
@@ -26,7 +27,7 @@ import numpy as np
 from edgecompile.compiler.thresholds import entropy_threshold, percentile_threshold
 from edgecompile.errors import DataError
 
-METHODS = ("minmax", "entropy", "percentile", "search")
+METHODS = ("minmax", "entropy", "percentile", "search", "sample-mean")
 HIST_BINS = 2048
 FLOAT_TYPES = (1, 10)            # onnx.TensorProto.FLOAT, FLOAT16
 
@@ -262,6 +263,10 @@ def compute_ranges(stats: Mapping[str, TensorStats], method: str, *, percentile:
         from edgecompile.compiler.range_search import search_ranges
 
         return search_ranges(stats, unsigned_activations=unsigned_activations, symmetric=symmetric, keep=keep)[0]
+    if method == "sample-mean":
+        from edgecompile.compiler.range_search import sample_mean_ranges
+
+        return sample_mean_ranges(stats, keep)
     ranges = {}
     for name, s in stats.items():
         lo, hi = min(s.lo, 0.0), max(s.hi, 0.0)

@@ -8,14 +8,11 @@ rounding noise of the values inside (step^2 / 12 each) plus the squared clipping
 everywhere) is wrong for some tensors in every network: min-max wastes resolution on rare
 outliers, entropy clips tensors whose tails carry the signal (e.g. the logits).
 
-Per-tensor MSE on the histogram pooled over all calibration samples is not the whole story either: a few
-samples' outliers set the pooled tail, and the MSE-optimal threshold keeps them, at the cost of resolution
-for every other sample. The per-sample mean extremes (each sample's own min and max, averaged: the
-estimator of NNCF's default and of moving-average observers) follow the typical sample instead. Which of
-the two range sets is better is a property of the network, so `choose_ranges` measures it: both QDQ
-graphs run on the calibration feeds, and the one whose outputs are closer to FP32 (normalized MSE summed
-over the float outputs) wins. On pretrained MobileNetV2 (after equalization and bias correction) the
-per-sample ranges halve the logits' KL on held-out calibration crops (bench/results/int8_vs_nncf_analysis.txt).
+Per-tensor MSE on the histogram pooled over all calibration samples keeps the rare samples' outliers.
+`sample_mean_ranges` is the other common estimator (NNCF's default, moving-average observers): each
+sample's own min and max, averaged (calibrate = "sample-mean"). Which is better depends on the data; on
+pretrained MobileNetV2 it helps on the 480 evaluation crops but loses top-1 on a by-photo split of the
+calibration crops (bench/results/int8_vs_nncf.txt), so "search" stays the default.
 """
 from __future__ import annotations
 
@@ -85,40 +82,3 @@ def sample_mean_ranges(stats: Mapping[str, object], keep: tuple[str, ...] = ()) 
     """{tensor: per-sample mean extremes} (TensorStats.sample_mean_range); the `keep` tensors keep min-max."""
     return {name: (min(s.lo, 0.0), max(s.hi, 0.0)) if name in keep else s.sample_mean_range
             for name, s in stats.items()}
-
-
-def run_outputs(proto, batches, whole: frozenset = frozenset()) -> list[list[np.ndarray]]:
-    """Per batch of 32 samples, the graph's outputs under ORT (as it will run the graph)."""
-    from edgecompile.compiler.calibration import rebatch
-    from edgecompile.targets.ort.run import create_session
-
-    sess = create_session(proto.SerializeToString())
-    return [sess.run(None, feeds) for feeds in rebatch(batches, 32, whole)]
-
-
-def output_error(reference: list[list[np.ndarray]], outputs: list[list[np.ndarray]]) -> float:
-    """Sum over the float outputs of mean((q - f)^2) / var(f) between run_outputs() results (0 = identical)."""
-    total = 0.0
-    for i in range(len(reference[0])):
-        f = np.concatenate([np.asarray(b[i], np.float64).ravel() for b in reference])
-        if f.dtype.kind != "f" or np.asarray(reference[0][i]).dtype.kind != "f" or f.var() == 0:
-            continue
-        q = np.concatenate([np.asarray(b[i], np.float64).ravel() for b in outputs])
-        total += float(np.mean((q - f) ** 2) / f.var())
-    return total
-
-
-def choose_ranges(stats: Mapping[str, object], fp32_proto, batches, qdq, *, unsigned_activations: bool = True,
-                  symmetric: bool = False, keep: tuple[str, ...] = (), whole: frozenset = frozenset()):
-    """({tensor: (lo, hi)}, {tensor: candidate}, notes): the per-tensor MSE search's ranges or the per-sample
-    mean extremes, whichever makes `qdq(ranges)` (the QDQ ModelProto) closer to `fp32_proto` at the outputs."""
-    searched, chosen = search_ranges(stats, unsigned_activations=unsigned_activations, symmetric=symmetric, keep=keep)
-    sampled = sample_mean_ranges(stats, keep)
-    if not any(s.samples for s in stats.values()):
-        return searched, chosen, {"chosen": "per-tensor-mse"}
-    reference = run_outputs(fp32_proto, batches, whole)
-    errors = {name: round(output_error(reference, run_outputs(qdq(r), batches, whole)), 6)
-              for name, r in (("per-tensor-mse", searched), ("per-sample-mean", sampled))}
-    if errors["per-sample-mean"] < errors["per-tensor-mse"]:
-        return sampled, {k: "per-sample-mean" for k in sampled}, {"chosen": "per-sample-mean", "output_nmse": errors}
-    return searched, chosen, {"chosen": "per-tensor-mse", "output_nmse": errors}

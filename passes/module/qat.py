@@ -194,7 +194,7 @@ def calibrate(module, wrappers, ds, method: str, percentile: float, unsigned: bo
 
     names = {w: f"layer{i}" for i, w in enumerate(wrappers)}
     stats = {n: TensorStats(np.inf, -np.inf) for n in names.values()}
-    want_hist = method != "minmax"
+    want_hist = method not in ("minmax", "sample-mean")
     phase = {"hist": False}
 
     def hook(w, args):
@@ -206,6 +206,7 @@ def calibrate(module, wrappers, ds, method: str, percentile: float, unsigned: bo
                 s.hist = h if s.hist is None else s.hist + h
         else:
             s.lo, s.hi = min(s.lo, float(x.min())), max(s.hi, float(x.max()))
+            s.add_samples(x.numpy(), len(x) if x.ndim else 1)      # for calibrate = "sample-mean"
 
     handles = [w.register_forward_pre_hook(hook) for w in wrappers]
     try:

@@ -1,6 +1,6 @@
 """Per-sample mean extremes (TensorStats.add_samples / sample_mean_range, collected in calibration's first pass) and
-choose_ranges: the static quantize pass keeps whichever range set, per-tensor MSE or per-sample mean extremes,
-puts the QDQ graph's outputs closer to FP32's; a graph where each one wins."""
+calibrate = "sample-mean": the rare outlier samples that set min-max (and that the MSE search keeps) do not set
+the range; each sample's own extremes, averaged, do."""
 from __future__ import annotations
 
 import numpy as np
@@ -68,23 +68,32 @@ def outlier_data(n: int = 200) -> Dataset:
     return Dataset("range-choice-outliers", {"x": x})
 
 
-@pytest.mark.parametrize("outlier_weight, winner", [(0.0, "per-sample-mean"), (1.0, "per-tensor-mse")])
-def test_the_range_set_closer_to_fp32_at_the_outputs_wins(outlier_weight, winner):
+def r_top(result) -> float:
+    """The top of the quantized range of `r` (uint8 from zero: 255 steps)."""
+    q = next(n for n in result.model.graph if n.op_type == "QuantizeLinear" and n.inputs[0].name == "r")
+    assert int(q.inputs[2].const_value.numpy()) == 0
+    return 255 * float(q.inputs[1].const_value.numpy())
+
+
+def test_sample_mean_ranges_follow_the_typical_sample_search_keeps_the_outliers():
     data = outlier_data()
-    section = QuantizeSection(calibrate="search", equalize=False, bias_correction=False)
-    result = Quantize(section, backend="ort", calibration=data)(outlier_model(outlier_weight))
-    choice = result.notes["range_choice"]
-    errors = choice["output_nmse"]
-    assert choice["chosen"] == winner and errors[winner] < min(errors.values()) * 1.0001
-    assert ("per-sample-mean" in result.notes["range_search"]) == (winner == "per-sample-mean")
-    # the rare outlier channel sets r's min-max (20); the per-sample mean max is the typical sample's
     x = data.inputs["x"]
     r = np.maximum(x @ outlier_model(0.0).graph.initializers["w1"].const_value.numpy(), 0)
     typical = float(r.reshape(len(r), -1).max(axis=1).mean())
-    q = next(n for n in result.model.graph if n.op_type == "QuantizeLinear" and n.inputs[0].name == "r")
-    assert int(q.inputs[2].const_value.numpy()) == 0          # r >= 0: uint8 from zero, the top is 255 steps
-    top = 255 * float(q.inputs[1].const_value.numpy())
-    if winner == "per-sample-mean":
-        assert top == pytest.approx(typical, rel=0.02) and top < 10
-    else:
-        assert top > 10                  # the output needs channel 0's 20s: the searched range keeps them
+    found = {}
+    for method in ("sample-mean", "search"):
+        section = QuantizeSection(calibrate=method, equalize=False, bias_correction=False)
+        result = Quantize(section, backend="ort", calibration=data)(outlier_model(0.0))
+        found[method] = (r_top(result), result.notes)
+    top, notes = found["sample-mean"]
+    assert top == pytest.approx(typical, rel=0.02) and top < 10 and notes["calibrate"] == "sample-mean"
+    assert found["search"][0] > 10                 # the MSE search keeps the 20s of the outlier samples
+    assert notes["float_outputs"] == ["y"] and notes["ranges_clipped"] >= 1
+
+
+def test_sample_mean_is_a_calibration_method():
+    from edgecompile.compiler.calibration import compute_ranges
+
+    s = TensorStats(-10.0, 20.0)
+    s.add_samples(np.array([[-1.0, 2.0], [-3.0, 20.0], [-10.0, 1.0]]), 3)
+    assert compute_ranges({"t": s, "y": s}, "sample-mean", keep=("y",)) == {"t": (-14 / 3, 23 / 3), "y": (-10.0, 20.0)}
