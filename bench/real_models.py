@@ -234,7 +234,8 @@ def bench_model(name: str, calib: int, threads, seconds: float, waterfall: bool,
     graphs["NNCF (OpenVINO)"] = (nncf_quantize(fp32, cal, threads), time.perf_counter() - t, {})
     for label, _ in steps[1:]:
         notes = graphs[label][2]
-        say(f"{label}: {notes.get('quantized_ops')} quantized ops; equalization {notes.get('equalization')}; "
+        say(f"{label}: {notes.get('quantized_ops')} quantized ops; float outputs {notes.get('float_outputs')}; "
+            f"equalization {notes.get('equalization')}; "
             f"range search {notes.get('range_search')}; bias correction {notes.get('bias_correction')}")
     if adaround:
         notes = graphs[ADA][2]

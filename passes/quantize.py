@@ -12,57 +12,24 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from contextlib import contextmanager
-from dataclasses import asdict, replace
+from dataclasses import asdict
 
 import numpy as np
 
 from edgecompile.errors import ConfigError, DataError
 from edgecompile.passes.base import FunctionalGraphPass, PassResult, for_quantizers
 from edgecompile.passes.calibration_cache import CALIBRATIONS, ROUNDINGS, calibration_key, remember
+from edgecompile.passes.float_outputs import float_output_names, float_outputs_proto
 from edgecompile.passes.float_stems import float_stems
 from edgecompile.passes.gemm_matmul import gemm_to_matmul
-from edgecompile.targets.base import U8S8, QuantPreset
+from edgecompile.passes.quant_preset import backend_preset, preset_for, settings  # noqa: F401  (public here too)
+from edgecompile.targets.base import QuantPreset
 
-
-def backend_preset(backend: str) -> QuantPreset:
-    """The preset the backend declares (`Backend.quant_preset`, the contract's table); U8S8 for unknown names."""
-    from edgecompile.compiler import registry
-
-    return registry.get_target(backend).quant_preset if backend in registry.target_names() else U8S8
 
 # Ops whose presence makes quantization worthwhile (they carry the weights and the FLOPs).
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Attention", "LSTM")
 DYNAMIC_OPS = ("MatMul", "Attention", "LSTM")       # Gemm is rewritten to MatMul(+Add) first
 
-
-def preset_for(backend: str) -> tuple[str, QuantPreset]:
-    return backend, backend_preset(backend)
-
-
-def settings(section, backend: str) -> tuple[str, QuantPreset]:
-    """The backend's preset with the config's explicit overrides applied."""
-    name, preset = preset_for(backend)
-    over = {}
-    if section.activations is not None:
-        over["activations"] = section.activations
-    if section.weights is not None:
-        over["weights"] = section.weights
-        over["symmetric_weights"] = section.weights == "int8"
-    if section.symmetric_activations is not None:
-        over["symmetric_activations"] = section.symmetric_activations
-    if section.per_channel != preset.per_channel:
-        over["per_channel"] = section.per_channel
-    if section.float_stem_channels is not None and section.float_stem_channels != preset.float_stem_channels:
-        over["float_stem_channels"] = section.float_stem_channels
-    if over:
-        preset = replace(preset, **over)
-        name += " (overridden)"
-    base = backend_preset(backend)
-    needs_symmetric = base.symmetric_activations and base.activations == "int8"
-    if needs_symmetric and not (preset.symmetric_activations and preset.activations == "int8"):
-        raise ConfigError(f"backend {backend!r} needs symmetric int8 activations (zero-point 0)",
-                          hint=f"drop the [passes.quantize] activations/symmetric_activations overrides for {backend}")
-    return name, preset
 
 
 @contextmanager
@@ -192,7 +159,7 @@ class Quantize(FunctionalGraphPass):
             self.last_ranges = {k: (float(lo), float(hi)) for k, (lo, hi) in ranges.items()}
             self._calibrated = (proto, preset, ranges, notes)
             out = self._qdq(proto, preset, ranges, self.exclude)
-            return out, {**notes, "quantized_ops": _quantized_ops(out), **self._exclude_notes()}
+            return out, {**notes, **_op_notes(out), **self._exclude_notes()}
         steps = {}
         if self.section.equalize:
             proto, steps["equalization"] = _equalize(proto, batches)
@@ -200,7 +167,7 @@ class Quantize(FunctionalGraphPass):
         names = tensors_to_calibrate(proto, op_types)
         method = self.section.calibrate
         nonfinite: set[str] = set()
-        stats = collect_stats(proto, names, batches, histograms=method != "minmax",
+        stats = collect_stats(proto, names, batches, histograms=method not in ("minmax", "sample-mean"),
                               threads=self.threads, progress=self.progress, whole=whole, nonfinite=nonfinite)
         chosen = None
         if method == "search":       # per tensor: the candidate with the smallest quantization MSE
@@ -231,7 +198,7 @@ class Quantize(FunctionalGraphPass):
         self._calibrated = (proto, preset, ranges, notes)
         remember(key, (proto, ranges, notes, self._rounding))
         out = self._qdq(proto, preset, ranges, self.exclude)
-        return out, {**notes, "quantized_ops": _quantized_ops(out), **self._exclude_notes()}
+        return out, {**notes, **_op_notes(out), **self._exclude_notes()}
 
     def _round_and_correct(self, proto, batches, preset, ranges, learned: bool):
         """The static run's last steps on calibrated ranges: learned rounding (AdaRound) when `learned`,
@@ -266,7 +233,7 @@ class Quantize(FunctionalGraphPass):
             notes = {**notes, **steps, **last}     # the cached calibration's dicts stay as they were
             self._calibrated = (proto, preset, ranges, notes)
             out = self._qdq(proto, preset, ranges, self.exclude)
-        return PassResult(ir.from_proto(out), True, {"mode": "static", **notes, "quantized_ops": _quantized_ops(out),
+        return PassResult(ir.from_proto(out), True, {"mode": "static", **notes, **_op_notes(out),
                                                      **self._exclude_notes()})
 
     def keep_nearest(self) -> None:
@@ -294,6 +261,7 @@ class Quantize(FunctionalGraphPass):
             "entropy": CalibrationMethod.Entropy,
             "percentile": CalibrationMethod.Percentile,
             "search": CalibrationMethod.Percentile,
+            "sample-mean": CalibrationMethod.MinMax,
         }[self.section.calibrate]
         tensors = TensorsData(enum, {k: TensorData(lowest=np.array(lo, np.float32), highest=np.array(hi, np.float32))
                                      for k, (lo, hi) in ranges.items()})
@@ -306,7 +274,7 @@ class Quantize(FunctionalGraphPass):
             quantizer = QDQQuantizer(model, preset.per_channel, False, wt, act, tensors, [], list(exclude), op_types,
                                      {"ActivationSymmetric": preset.symmetric_activations,
                                       "WeightSymmetric": preset.symmetric_weights})
-            return quantizer.quantize_model()
+            return float_outputs_proto(quantizer.quantize_model(), proto)   # no Q/DQ on graph outputs
 
     def requantize(self, exclude) -> PassResult:
         """The last static run's calibration, re-applied with other nodes kept in float: a fallback
@@ -325,7 +293,7 @@ class Quantize(FunctionalGraphPass):
         proto, preset, ranges, notes = self._calibrated
         self.exclude = tuple(exclude)
         out = self._qdq(proto, preset, ranges, self.exclude)
-        return PassResult(ir.from_proto(out), True, {"mode": "static", **notes, "quantized_ops": _quantized_ops(out),
+        return PassResult(ir.from_proto(out), True, {"mode": "static", **notes, **_op_notes(out),
                                                      **self._exclude_notes()})
 
     # -- dynamic ------------------------------------------------------------------------------
@@ -390,6 +358,11 @@ def _preset_notes(p: QuantPreset) -> dict:
     d = asdict(p)
     return {"activations": d["activations"], "weights": d["weights"], "per_channel": d["per_channel"],
             "symmetric_activations": d["symmetric_activations"]}
+
+
+def _op_notes(proto) -> dict:
+    floats = float_output_names(proto)          # graph outputs not behind a DequantizeLinear
+    return {"quantized_ops": _quantized_ops(proto), **({"float_outputs": floats} if floats else {})}
 
 
 def _quantized_ops(proto) -> int:

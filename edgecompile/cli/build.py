@@ -42,9 +42,10 @@ from edgecompile.cli.common import Ctx, _load_config, _show_built, emit_json, ve
 @click.option("--key", "remote_key", metavar="KEY", help="TVM: the board's key on the --remote tracker, e.g. rpi5.")
 @click.option("--quantize", "quantize", type=click.Choice(["static", "dynamic", "qat"]),
               help="INT8 mode for --precision int8 ([passes.quantize] mode). Default: static.")
-@click.option("--calibrate", type=click.Choice(["minmax", "entropy", "percentile", "search"]),
+@click.option("--calibrate", type=click.Choice(["minmax", "entropy", "percentile", "search", "sample-mean"]),
               help="Calibration method for static INT8 ([passes.quantize] calibrate): search = per-tensor MSE "
-                   "choice among min-max/percentile/entropy. Default: search.")
+                   "choice among min-max/percentile/entropy; sample-mean = mean of each sample's min/max. "
+                   "Default: search.")
 @click.option("--calib-samples", type=click.IntRange(min=1),
               help="Number of calibration samples ([passes.quantize] calib_samples). Default: 256.")
 @click.option("--qat-epochs", "qat_epochs", type=click.IntRange(min=0),

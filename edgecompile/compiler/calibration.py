@@ -10,7 +10,8 @@ Entropy). Here each method is a few lines of numpy on the same statistics, so it
 * ``entropy``    -- clip |x| at the threshold whose quantized histogram has the smallest KL
                     divergence from the original (the TensorRT-style calibration);
 * ``search``     -- per tensor, the candidate (min-max, percentiles, entropy) with the smallest
-                    expected quantization MSE (edgecompile.compiler.range_search).
+                    expected quantization MSE (edgecompile.compiler.range_search);
+* ``sample-mean`` -- the mean over samples of each sample's own min and max (NNCF's default estimator).
 
 Statistics come from one or two passes of ONNX Runtime over the calibration feeds with every
 tensor to calibrate exposed as a graph output: pass 1 gathers min/max, pass 2 (histogram methods
@@ -26,7 +27,7 @@ import numpy as np
 from edgecompile.compiler.thresholds import entropy_threshold, percentile_threshold
 from edgecompile.errors import DataError
 
-METHODS = ("minmax", "entropy", "percentile", "search")
+METHODS = ("minmax", "entropy", "percentile", "search", "sample-mean")
 HIST_BINS = 2048
 FLOAT_TYPES = (1, 10)            # onnx.TensorProto.FLOAT, FLOAT16
 
@@ -208,6 +209,23 @@ class TensorStats:
     lo: float
     hi: float
     hist: np.ndarray | None = None       # counts of |x| on [0, absmax] in HIST_BINS bins
+    lo_sum: float = 0.0                  # sums of each sample's own min and max (the per-sample mean extremes)
+    hi_sum: float = 0.0
+    samples: int = 0
+
+    def add_samples(self, arr: np.ndarray, n: int) -> None:
+        """Add the per-sample extremes of `arr`, whose first axis holds `n` samples (else it is one sample)."""
+        per = arr.reshape(n, -1) if arr.ndim and arr.shape[0] == n else arr.reshape(1, -1)
+        self.lo_sum += float(per.min(axis=1).sum())
+        self.hi_sum += float(per.max(axis=1).sum())
+        self.samples += len(per)
+
+    @property
+    def sample_mean_range(self) -> tuple[float, float]:
+        """(mean over samples of each one's min, same of max), 0 included; the min-max range without samples."""
+        if not self.samples:
+            return min(self.lo, 0.0), max(self.hi, 0.0)
+        return min(self.lo_sum / self.samples, 0.0), max(self.hi_sum / self.samples, 0.0)
 
     @property
     def absmax(self) -> float:
@@ -240,10 +258,10 @@ def collect_stats(proto, names: Sequence[str], batches: list[dict[str, np.ndarra
         if progress is not None:
             it = progress.iterate(it, total, label)
         for feeds in it:
-            yield dict(zip(out_names, sess.run(out_names, feeds)))
+            yield _samples(feeds, whole), dict(zip(out_names, sess.run(out_names, feeds)))
 
     bad: set[str] = set()
-    for outs in runs("calibration (ranges)"):             # pass 1: range
+    for n_feed, outs in runs("calibration (ranges)"):     # pass 1: range, and each sample's extremes
         for name, arr in outs.items():
             if arr.size == 0 or name in bad:
                 continue
@@ -254,15 +272,16 @@ def collect_stats(proto, names: Sequence[str], batches: list[dict[str, np.ndarra
                 continue
             s = stats.get(name)
             if s is None:
-                stats[name] = TensorStats(lo, hi)
+                s = stats[name] = TensorStats(lo, hi)
             else:
                 s.lo, s.hi = min(s.lo, lo), max(s.hi, hi)
+            s.add_samples(arr, n_feed)
     if nonfinite is not None:
         nonfinite.update(bad)
     if histograms:                                        # pass 2: |x| histogram on the final range
         for s in stats.values():
             s.hist = np.zeros(HIST_BINS, np.int64)
-        for outs in runs("calibration (histograms)"):
+        for _, outs in runs("calibration (histograms)"):
             for name, arr in outs.items():
                 s = stats.get(name)
                 if s is None or s.absmax == 0:
@@ -284,6 +303,10 @@ def compute_ranges(stats: Mapping[str, TensorStats], method: str, *, percentile:
         from edgecompile.compiler.range_search import search_ranges
 
         return search_ranges(stats, unsigned_activations=unsigned_activations, symmetric=symmetric, keep=keep)[0]
+    if method == "sample-mean":
+        from edgecompile.compiler.range_search import sample_mean_ranges
+
+        return sample_mean_ranges(stats, keep)
     ranges = {}
     for name, s in stats.items():
         lo, hi = min(s.lo, 0.0), max(s.hi, 0.0)

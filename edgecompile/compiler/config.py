@@ -52,7 +52,7 @@ class DataSection:
 @dataclass(frozen=True)
 class QuantizeSection:
     mode: str = _choices("static", "dynamic", "qat", default="static")
-    calibrate: str = _choices("minmax", "entropy", "percentile", "search", default="search")
+    calibrate: str = _choices("minmax", "entropy", "percentile", "search", "sample-mean", default="search")
     calib_samples: int = 256
     percentile: float = 99.99          # for calibrate = "percentile": clip |x| at this percentile
     per_channel: bool = True

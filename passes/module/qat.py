@@ -11,7 +11,7 @@ Steps:
    the exported graph carries, exactly as PTQ sees it after export.
 2. Every Conv1d/2d and Linear is wrapped in a `FakeQuantized` module: its input is fake-quantized
    per tensor with the target's activation preset (uint8 asymmetric for ORT/OpenVINO, int8
-   symmetric for TensorRT -- `passes.quantize.settings`), its weight per output channel
+   symmetric for TensorRT -- `passes.quant_preset.settings`), its weight per output channel
    (symmetric int8, scale = max|w| / 127).
 3. Activation ranges are initialised by the PTQ calibrator (`edgecompile.compiler.calibration
    .compute_ranges`, same method/percentile/sample count as `[passes.quantize]`) on statistics of
@@ -194,7 +194,7 @@ def calibrate(module, wrappers, ds, method: str, percentile: float, unsigned: bo
 
     names = {w: f"layer{i}" for i, w in enumerate(wrappers)}
     stats = {n: TensorStats(np.inf, -np.inf) for n in names.values()}
-    want_hist = method != "minmax"
+    want_hist = method not in ("minmax", "sample-mean")
     phase = {"hist": False}
 
     def hook(w, args):
@@ -206,6 +206,7 @@ def calibrate(module, wrappers, ds, method: str, percentile: float, unsigned: bo
                 s.hist = h if s.hist is None else s.hist + h
         else:
             s.lo, s.hi = min(s.lo, float(x.min())), max(s.hi, float(x.max()))
+            s.add_samples(x.numpy(), len(x) if x.ndim else 1)      # for calibrate = "sample-mean"
 
     handles = [w.register_forward_pre_hook(hook) for w in wrappers]
     try:
@@ -270,7 +271,8 @@ class QuantizationAwareTraining(ModulePass):
 
     def __call__(self, module, ctx: PassContext) -> ModuleResult:
         _torch()   # fails early with a clear error when torch is missing
-        from edgecompile.passes.quantize import _preset_notes, settings
+        from edgecompile.passes.quant_preset import settings
+        from edgecompile.passes.quantize import _preset_notes
         from edgecompile.compiler.training import deterministic, train_classifier
 
         s = self.section

@@ -116,8 +116,10 @@ def test_calibration_method_changes_the_initial_ranges(digits_source, base_modul
         sec = QuantizeSection(mode="qat", qat_epochs=0, calibrate=method, percentile=99.0)
         return QuantizationAwareTraining(sec)(copy.deepcopy(base_module), _ctx(digits_source)).notes["ranges"]
 
-    mm, pc = ranges("minmax"), ranges("percentile")
+    mm, pc, sm = ranges("minmax"), ranges("percentile"), ranges("sample-mean")
     assert all(pc[k][1] <= mm[k][1] for k in mm) and any(pc[k][1] < mm[k][1] for k in mm)
+    # each sample's own max, averaged: below the one largest sample's in the hidden layers
+    assert all(sm[k][1] <= mm[k][1] for k in mm) and any(sm[k][1] < 0.95 * mm[k][1] for k in mm)
 
 
 def test_qat_needs_training_data_or_a_train_step(digits_source, base_module):
