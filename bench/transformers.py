@@ -16,7 +16,7 @@ Peers, on the plain optimum export (`hf_source(...).path`: the optimum graph + t
     accurate INT8 form measured, listed to show its speed.
 Ours: fp32 (fused), int8 (dynamic, SmoothQuant-style smoothing of the LayerNorm outputs, the
 default) and int8 with smoothing off (`smooth_alpha = 0`, the earlier default), on ORT; and the
-OpenVINO backend's dynamic int8 (uint8 MatMul weights, activations quantized per group of 32 at run
+OpenVINO backend's dynamic int8 (uint8 MatMul weights, activations quantized per group of 64 (the default) at run
 time by the CPU plugin).
 Accuracy vs raw ORT FP32 on real text: mean/min embedding cosine over the 256 evaluation sentences,
 nearest-neighbour retrieval top-1 agreement over them, and Spearman correlation with the human

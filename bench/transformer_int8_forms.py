@@ -1,0 +1,150 @@
+"""Why no INT8 form of all-MiniLM-L6-v2 is both >= 2x raw ORT FP32 and >= 98 % retrieval agreement here
+(issue 22's target): two measurements on the same model and text, in one run.
+
+A. ONNX Runtime dynamic INT8 (per-tensor activations quantized at run time, per-channel int8 weights, the
+   default SmoothQuant-style smoothing), on our fused FP32 graph: all MatMul/Attention quantized, then
+   each group of layers kept FP32 in turn (QKV Attention, attention output, FFN in, FFN out) and each of
+   the 6 encoder layers kept FP32 in turn. Accuracy only (mean/min cosine, retrieval top-1 agreement to
+   the FP32 graph on the 256 Lee evaluation sentences): it shows which layers carry the error.
+B. OpenVINO's dynamic INT8 (our `--backend openvino --quantize dynamic` bundle: uint8 MatMul weights,
+   activations quantized per group of G input channels at run time by the CPU plugin) for group sizes
+   G = 0 (weight-only), 32 (the default), 64, 128, 384 (one group per token row of a 384-wide layer):
+   accuracy as in A (each sentence encoded alone, no padding) and batch-1 latency on one 126-token
+   text padded to 128, interleaved with raw ORT FP32 on the plain optimum export (the issue's base).
+
+    .venv/bin/python bench/transformer_int8_forms.py [--fp32 DIR] [--int8-ov DIR] [--rounds 5]
+
+Bundles default to builds of models/minilm (served from the build cache when present). About 4 minutes.
+Writes bench/results/transformer_int8_forms.txt.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _results import Lines, load_average, write_results  # bench/ is on sys.path (the script's directory)
+
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]   # keep `transformers` importable
+
+
+class Engine:
+    def __init__(self, run):
+        self.run = run                 # interleaved_latency's calling convention: run(feeds)
+
+
+def accuracy(emb, ref) -> str:
+    from edgecompile.verify.textmetrics import nearest_neighbours, row_cosines
+
+    c = row_cosines(emb, ref)
+    agree = float((nearest_neighbours(emb) == nearest_neighbours(ref)).mean())
+    return f"cos mean {c.mean():.5f}  min {c.min():.5f}  retrieval {100 * agree:5.1f} %"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--fp32", type=Path, help="our fp32 bundle of models/minilm (default: build it)")
+    ap.add_argument("--int8-ov", type=Path, help="our OpenVINO dynamic int8 bundle (default: build it)")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--round-seconds", type=float, default=0.5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "transformer_int8_forms.txt")
+    args = ap.parse_args()
+
+    import tempfile
+
+    import onnx
+    import onnx_ir as ir
+    import onnxruntime as ort
+    import openvino as ov
+
+    import edgecompile
+    from edgecompile.compiler.autochoice import interleaved_latency
+    from edgecompile.compiler.config import Config, QuantizeSection
+    from edgecompile.compiler.textdata import corpus_split
+    from edgecompile.passes.quantize import Quantize
+    from edgecompile.runtime.machine import cpu_info
+    from edgecompile.source import resolve_source
+
+    out = Lines()
+    t0 = time.perf_counter()
+    out(f"# bench/transformer_int8_forms.py  ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")
+    cpu = cpu_info()
+    out(f"CPU: {cpu.get('model')} ({cpu.get('cores')} logical CPUs), threads {args.threads}; "
+        f"onnxruntime {ort.__version__}, openvino {ov.__version__}; load average {load_average()} at the start")
+    work = Path(tempfile.mkdtemp(prefix="bench-int8-forms-"))
+    src = resolve_source("models/minilm")
+    fp32_dir = args.fp32 or edgecompile.build(src, target="cpu", backend="ort", precision="fp32",
+                                              output=work / "fp32").path
+    ov_dir = args.int8_ov or edgecompile.build(src, target="cpu", backend="openvino", precision="int8",
+                                               config=Config().with_overrides({"passes.quantize.mode": "dynamic"}),
+                                               output=work / "int8-ov").path
+    texts = corpus_split("lee", "eval")
+    ev, cal = src.dataset("eval"), src.dataset("calib")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.log_severity_level = args.threads, 3
+
+    def ort_embed(proto) -> np.ndarray:
+        s = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        names = {i.name for i in s.get_inputs()}
+        return np.concatenate([s.run(None, {k: v for k, v in b.items() if k in names})[0] for b in ev.batches(32)])
+
+    fused = onnx.load(str(fp32_dir / "model.onnx"))
+    ref = ort_embed(fused)
+    out("\n## A. ONNX Runtime dynamic INT8 (per-tensor activations), layers kept FP32 in turn; "
+        "accuracy vs the FP32 graph, 256 sentences in batches of 32")
+    nodes = [n.name for n in fused.graph.node if n.op_type in ("MatMul", "Attention")]
+    groups = {"none (all quantized)": [],
+              "QKV (fused Attention)": [n for n in nodes if n.startswith("Attention")],
+              "attention output dense": [n for n in nodes if "attention/output" in n],
+              "FFN in (intermediate)": [n for n in nodes if "intermediate" in n],
+              "FFN out (output dense)": [n for n in nodes if "/output/dense" in n and "attention" not in n]}
+    groups.update({f"encoder layer {i}": [n for n in nodes if f"layer.{i}/" in n or n == f"Attention_{i}"]
+                   for i in range(6)})
+    for label, keep in groups.items():
+        q = Quantize(QuantizeSection(mode="dynamic"), keep, backend="ort", calibration=cal)(ir.from_proto(fused))
+        out(f"  kept FP32: {label:24s} ({len(keep):2d} ops)  " + accuracy(ort_embed(ir.to_proto(q.model)), ref))
+
+    out("\n## B. OpenVINO dynamic INT8, activation group size G; accuracy (each sentence alone) vs ORT FP32 on "
+        "our FP32 graph; latency batch 1, 128 tokens, vs raw ORT FP32 on the plain optimum export")
+    tok = src.tokenizer()
+    one_by_one = []
+    for t in texts:
+        ids = np.array([tok.encode(t).ids], np.int64)
+        one_by_one.append({"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)})
+    s_fused = ort.InferenceSession(fused.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    ref1 = np.concatenate([s_fused.run(None, f)[0] for f in one_by_one])
+    ids = tok.encode(" ".join(texts[:12])).ids[:127] + [102]
+    ids = np.array([ids + [0] * (128 - len(ids))], np.int64)
+    lat_feeds = {"input_ids": ids, "attention_mask": (ids > 0).astype(np.int64), "token_type_ids": np.zeros_like(ids)}
+    raw = ort.InferenceSession(str(src.path), so, providers=["CPUExecutionProvider"])
+    raw_names = {i.name for i in raw.get_inputs()}
+    cands = {"raw ORT fp32": Engine(lambda f: raw.run(None, {k: v for k, v in f.items() if k in raw_names}))}
+    core = ov.Core()
+    model = core.read_model(str(ov_dir / "model.xml"))
+    rows = []
+    for g in (0, 32, 64, 128, 384):
+        cfg = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": args.threads,
+               "DYNAMIC_QUANTIZATION_GROUP_SIZE": g}
+        req = core.compile_model(model, "CPU", cfg).create_infer_request()
+        emb = np.concatenate([next(iter(req.infer(f).values())).copy() for f in one_by_one])
+        rows.append((g, accuracy(emb, ref1)))
+        cands[f"G={g}"] = Engine(lambda f, r=req: r.infer(f))
+    samples = interleaved_latency(list(cands.values()), lat_feeds, rounds=args.rounds, round_seconds=args.round_seconds)
+    lat = {name: float(np.median(v)) for name, v in zip(cands, samples)}
+    base = lat["raw ORT fp32"]
+    out(f"  raw ORT fp32: p50 {base:.2f} ms")
+    for g, acc in rows:
+        name = "weight-only" if g == 0 else f"G={g}"
+        out(f"  OpenVINO {name:12s} p50 {lat[f'G={g}']:6.2f} ms  {base / lat[f'G={g}']:4.2f}x raw fp32  {acc}")
+    out(f"\n({time.perf_counter() - t0:.0f} s in all; load average {load_average()} at the end)")
+    write_results(args.out, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
