@@ -73,9 +73,9 @@ rm -f "$stamp"     # a run that fails part-way leaves no stamp, whatever an earl
 [ -x .venv/bin/python ] || "$PY" -m venv .venv || die "could not create .venv with $PY"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 # pip's own output (errors included) goes to stderr; only one known-noisy line is dropped. With
-# pipefail, the pipeline's status is pip's.
+# pipefail, the pipeline's status is pip's (sed itself exits 0).
 pip_install() {
-  .venv/bin/python -m pip install -q "$@" 2>&1 | { grep -v "is ignored" || true; } >&2
+  .venv/bin/python -m pip install -q "$@" 2>&1 | sed "/is ignored/d" >&2
 }
 pip_install --upgrade "pip>=23" "setuptools>=77" wheel || die "pip could not upgrade pip/setuptools/wheel (see above)"
 pip_install -c scripts/constraints.txt "torch==2.13.0" || die "pip could not install torch==2.13.0 (see above)"

@@ -71,7 +71,7 @@ need_tools() {
 wheels() {   # aarch64 wheels, downloaded on the host (the board installs with --no-index)
   mkdir -p "$WHEELS"
   rm -f "$WHEELS"/edgecompile-*.whl
-  "$HOST_PY" -m pip wheel -q --no-deps -w "$WHEELS" "$REPO" 2>&1 | { grep -v "is ignored" || true; } >&2
+  "$HOST_PY" -m pip wheel -q --no-deps -w "$WHEELS" "$REPO" 2>&1 | sed "/is ignored/d" >&2
   ls "$WHEELS"/edgecompile-*.whl >/dev/null 2>&1 || die "building the edgecompile wheel failed"
   local req=$WHEELS/requirements.txt
   "$HOST_PY" - "$REPO/pyproject.toml" > "$req" <<'EOF'
@@ -85,7 +85,7 @@ EOF
   log "downloading aarch64 wheels: $(tr '\n' ' ' < "$req")"
   "$HOST_PY" -m pip download -q -d "$WHEELS" --only-binary=:all: --python-version 3.11 \
     --platform manylinux2014_aarch64 --platform manylinux_2_17_aarch64 --platform manylinux_2_27_aarch64 \
-    --platform manylinux_2_28_aarch64 -r "$req" 2>&1 | { grep -v "is ignored" || true; } >&2
+    --platform manylinux_2_28_aarch64 -r "$req" 2>&1 | sed "/is ignored/d" >&2
   cp "$req" "$BOARD_DIR/.wheels-ok"
 }
 
