@@ -93,10 +93,10 @@ def for_quantizers(model: ir.Model) -> ir.Model:
         try:
             model = ir.from_proto(onnx.version_converter.convert_version(ir.to_proto(model), 13))
         except Exception as exc:      # the converter has no adapter for one of the graph's ops
-            from edgecompile.errors import PassError
+            from edgecompile.errors import PassError, first_line
 
             raise PassError(f"INT8 needs opset 13 or later and converting this opset-{model.opset_imports['']} "
-                            f"graph failed: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc}",
+                            f"graph failed: {first_line(exc, 200)}",
                             hint="re-export the model at opset 13 or later (torch.onnx.export(..., opset_version=17))"
                             ) from None
     else:

@@ -204,6 +204,12 @@ def _augmented(proto, names: Sequence[str]) -> bytes:
     return model.SerializeToString()
 
 
+def sample_extremes(arr: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each sample's own minimum and maximum: `arr`'s first axis holds `n` samples, else it is one sample."""
+    per = arr.reshape(n, -1) if arr.ndim and arr.shape[0] == n else arr.reshape(1, -1)
+    return per.min(axis=1), per.max(axis=1)
+
+
 @dataclass
 class TensorStats:
     lo: float
@@ -214,11 +220,16 @@ class TensorStats:
     samples: int = 0
 
     def add_samples(self, arr: np.ndarray, n: int) -> None:
-        """Add the per-sample extremes of `arr`, whose first axis holds `n` samples (else it is one sample)."""
-        per = arr.reshape(n, -1) if arr.ndim and arr.shape[0] == n else arr.reshape(1, -1)
-        self.lo_sum += float(per.min(axis=1).sum())
-        self.hi_sum += float(per.max(axis=1).sum())
-        self.samples += len(per)
+        """Add `arr`, whose first axis holds `n` samples (else it is one sample), to the range and to the
+        per-sample extremes."""
+        self.add_extremes(*sample_extremes(arr, n))
+
+    def add_extremes(self, mins: np.ndarray, maxs: np.ndarray) -> None:
+        """Add samples given by their own minima and maxima (`sample_extremes`)."""
+        self.lo, self.hi = min(self.lo, float(mins.min())), max(self.hi, float(maxs.max()))
+        self.lo_sum += float(mins.sum())
+        self.hi_sum += float(maxs.sum())
+        self.samples += len(mins)
 
     @property
     def sample_mean_range(self) -> tuple[float, float]:
@@ -265,17 +276,13 @@ def collect_stats(proto, names: Sequence[str], batches: list[dict[str, np.ndarra
         for name, arr in outs.items():
             if arr.size == 0 or name in bad:
                 continue
-            lo, hi = float(arr.min()), float(arr.max())
+            mins, maxs = sample_extremes(arr, n_feed)       # one scan: the range and each sample's extremes
+            lo, hi = float(mins.min()), float(maxs.max())
             if not (np.isfinite(lo) and np.isfinite(hi)):
                 bad.add(name)
                 stats.pop(name, None)
                 continue
-            s = stats.get(name)
-            if s is None:
-                s = stats[name] = TensorStats(lo, hi)
-            else:
-                s.lo, s.hi = min(s.lo, lo), max(s.hi, hi)
-            s.add_samples(arr, n_feed)
+            stats.setdefault(name, TensorStats(lo, hi)).add_extremes(mins, maxs)
     if nonfinite is not None:
         nonfinite.update(bad)
     if histograms:                                        # pass 2: |x| histogram on the final range

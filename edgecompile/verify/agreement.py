@@ -47,15 +47,20 @@ def is_probabilities(x: np.ndarray) -> bool:
     return bool(len(z)) and bool((z >= 0).all()) and bool(np.allclose(z.sum(axis=1), 1.0, atol=1e-3))
 
 
+def _distribution(x: np.ndarray, probabilities: bool) -> np.ndarray:
+    """Class distributions of output rows: the rows themselves when they are `probabilities` (clipped at
+    0 and renormalised: INT8 rounding moves their sums), else their softmax (logits, log-probabilities)."""
+    if not probabilities:
+        return softmax(x)
+    q = np.maximum(np.asarray(x, np.float64).reshape(len(x), -1), 0.0)
+    return q / np.maximum(q.sum(axis=1, keepdims=True), 1e-300)
+
+
 def distributions(candidate: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(reference, candidate) class distributions: the outputs themselves when the reference's are
-    probabilities (the candidate's clipped at 0 and renormalised: INT8 rounding moves their sums),
-    else their softmax (logits, or log-probabilities)."""
-    if not is_probabilities(reference):
-        return softmax(reference), softmax(candidate)
-    p = np.asarray(reference, np.float64).reshape(len(reference), -1)
-    q = np.maximum(np.asarray(candidate, np.float64).reshape(len(candidate), -1), 0.0)
-    return p / p.sum(axis=1, keepdims=True), q / np.maximum(q.sum(axis=1, keepdims=True), 1e-300)
+    """(reference, candidate) class distributions, both read the way the reference's outputs are:
+    probabilities as they are, anything else through softmax."""
+    probabilities = is_probabilities(reference)
+    return _distribution(reference, probabilities), _distribution(candidate, probabilities)
 
 
 def per_sample(candidate: np.ndarray, reference: np.ndarray, k: int = 5) -> dict[str, np.ndarray]:
@@ -93,7 +98,7 @@ def agreement(candidate: np.ndarray, reference: np.ndarray, *, confident: float 
 
 def confident_mask(reference: np.ndarray, confident: float = CONFIDENT) -> np.ndarray:
     """The samples whose reference softmax max is at least `confident` (fixed by the reference alone)."""
-    return distributions(reference, reference)[0].max(axis=1) >= confident
+    return _distribution(reference, is_probabilities(reference)).max(axis=1) >= confident
 
 
 def min_confident(n: int) -> int:

@@ -205,8 +205,7 @@ def calibrate(module, wrappers, ds, method: str, percentile: float, unsigned: bo
                 h, _ = np.histogram(x.abs().numpy(), bins=HIST_BINS, range=(0.0, s.absmax))
                 s.hist = h if s.hist is None else s.hist + h
         else:
-            s.lo, s.hi = min(s.lo, float(x.min())), max(s.hi, float(x.max()))
-            s.add_samples(x.numpy(), len(x) if x.ndim else 1)      # for calibrate = "sample-mean"
+            s.add_samples(x.numpy(), len(x) if x.ndim else 1)      # the range, and for calibrate = "sample-mean"
 
     handles = [w.register_forward_pre_hook(hook) for w in wrappers]
     try:
