@@ -184,7 +184,7 @@ class Quantize(FunctionalGraphPass):
                       if (lo, hi) != (min(stats[k].lo, 0.0), max(stats[k].hi, 0.0)))
         notes = {"calibrate": method, "calib_samples": n, "calib_data": identity,
                  "tensors_calibrated": len(ranges), "ranges_clipped": clipped, **_preset_notes(preset)}
-        if nonfinite:                # no INT8 range: these tensors and the ops touching them stay float
+        if nonfinite:   # inf/NaN or a float32-min fill: no INT8 range, these tensors and their ops stay float
             notes["float_nonfinite"] = sorted(nonfinite)
         if method == "percentile":
             notes["percentile"] = self.section.percentile

@@ -248,12 +248,18 @@ def _samples(batch: dict, whole: frozenset) -> int:
     return sizes[0] if sizes else 1
 
 
+# |x| at or above this is a fill value (finfo(float32).min/max masks), never a quantizable signal
+SENTINEL = 1e30
+
+
 def collect_stats(proto, names: Sequence[str], batches: list[dict[str, np.ndarray]], *, histograms: bool,
                   batch_size: int = 32, threads: int | None = None, progress=None,
                   whole: frozenset = frozenset(), nonfinite: set | None = None) -> dict[str, TensorStats]:
     """Range (and |x| histogram) statistics per tensor. A tensor that takes an infinite or NaN value
-    on the calibration data (e.g. an attention-mask bias filled with -inf) has no INT8 range: it is
-    left out of the result, so it stays float, and its name goes into `nonfinite` when given."""
+    on the calibration data (e.g. an attention-mask bias filled with -inf), or a sentinel of float32's
+    own magnitude (the same bias filled with finfo(float32).min, as optimum's BERT exports do), has
+    no INT8 range: a step of 1e36 would flatten every real value to zero. It is left out of the
+    result, so it stays float, and its name goes into `nonfinite` when given."""
     from edgecompile.targets.ort.run import create_session
 
     sess = create_session(_augmented(proto, names), threads=threads, level="disable")
@@ -278,7 +284,7 @@ def collect_stats(proto, names: Sequence[str], batches: list[dict[str, np.ndarra
                 continue
             mins, maxs = sample_extremes(arr, n_feed)       # one scan: the range and each sample's extremes
             lo, hi = float(mins.min()), float(maxs.max())
-            if not (np.isfinite(lo) and np.isfinite(hi)):
+            if not (abs(lo) < SENTINEL and abs(hi) < SENTINEL):     # also catches inf and NaN
                 bad.add(name)
                 stats.pop(name, None)
                 continue
