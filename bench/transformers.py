@@ -10,14 +10,16 @@ where the graph has none. Interleaved rounds (rotating order) so machine-load dr
 Peers, on the plain optimum export (`hf_source(...).path`: the optimum graph + the pooling nodes):
   * raw ORT FP32 (ORT_ENABLE_ALL session optimisations) -- the ratio base;
   * ORT's own transformer optimizer + `quantize_dynamic` (per-channel, MatMul/Attention);
-  * raw OpenVINO, f32 inference hint;
+  * raw OpenVINO, f32 inference hint, and with the CPU plugin's default hint where that differs (bf16
+    on CPUs with native bf16: AMX, AVX512-BF16);
   * ORT's MatMulNBits, 8-bit weights in blocks of 128 with accuracy_level 4 (activations quantized
     to int8 per block at run time) on ORT's fused graph (the fused Attention stays FP32): the most
     accurate INT8 form measured, listed to show its speed.
 Ours: fp32 (fused), int8 (dynamic, SmoothQuant-style smoothing of the LayerNorm outputs, the
 default) and int8 with smoothing off (`smooth_alpha = 0`, the earlier default), on ORT; and the
 OpenVINO backend's dynamic int8 (uint8 MatMul weights, activations quantized per group of 64 (the default) at run
-time by the CPU plugin).
+time by the CPU plugin; the float ops in bf16 where that measured faster at build time, else f32), and where
+the CPU runs bf16 natively, our OpenVINO bf16 bundle (what `--precision auto` picks on such CPUs).
 Accuracy vs raw ORT FP32 on real text: mean/min embedding cosine over the 256 evaluation sentences,
 nearest-neighbour retrieval top-1 agreement over them, and Spearman correlation with the human
 judgements of the 50 Lee documents (each candidate and FP32).
@@ -99,12 +101,21 @@ def ort_run(path, threads):
     return lambda feeds: s.run(None, feeds)[0]
 
 
-def ov_run(path, threads):
+def ov_run(path, threads, hint: str | None = "f32"):
+    """Raw OpenVINO on `path`; hint None: the CPU plugin's own default (bf16 where the CPU has it natively)."""
     import openvino as ov
 
-    cfg = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads}
+    cfg = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
+    if hint:
+        cfg["INFERENCE_PRECISION_HINT"] = hint
     req = ov.Core().compile_model(str(path), "CPU", cfg).create_infer_request()
     return lambda feeds: next(iter(req.infer(feeds).values()))
+
+
+def ov_default_hint() -> str:
+    import openvino as ov
+
+    return ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").to_string()
 
 
 def ort_optimized_dynamic(src_path: Path, work: Path) -> Path:
@@ -189,6 +200,7 @@ def main() -> None:
     ap.add_argument("--int8", type=Path, help="our int8 bundle of models/minilm (default: build it)")
     ap.add_argument("--int8-nosmooth", type=Path, help="our int8 bundle built with smooth_alpha = 0 (default: build)")
     ap.add_argument("--int8-ov", type=Path, help="our OpenVINO dynamic int8 bundle (default: build it)")
+    ap.add_argument("--bf16-ov", type=Path, help="our OpenVINO bf16 bundle (default: built where the CPU has bf16)")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--round-seconds", type=float, default=0.5)
     ap.add_argument("--threads", type=int, default=2)
@@ -222,6 +234,10 @@ def main() -> None:
     ov_dir = args.int8_ov or edgecompile.build(src, target="cpu", backend="openvino", precision="int8",
                                                config=Config().with_overrides({"passes.quantize.mode": "dynamic"}),
                                                output=work / "int8-ov").path
+    from edgecompile.targets.openvino.run import supports_bf16
+
+    bf16_dir = args.bf16_ov or (edgecompile.build(src, target="cpu", backend="openvino", precision="bf16",
+                                                  output=work / "bf16-ov").path if supports_bf16("CPU") else None)
     tok = load_tokenizer(src.directory / "tokenizer.json", src.max_length)
     TEXT = long_text(tok)
     n_tokens = len(tok.encode(TEXT).ids)
@@ -240,14 +256,19 @@ def main() -> None:
             "ORT optimizer + quantize_dynamic (per-channel)", engine_encoder(ort_run(peer_q, args.threads), tok, names)
         ),
         Candidate("raw OpenVINO f32, plain optimum export", engine_encoder(ov_run(plain, args.threads), tok, names)),
+        *([Candidate(f"raw OpenVINO default hint ({ov_default_hint()}), plain export",
+                     engine_encoder(ov_run(plain, args.threads, None), tok, names))]
+          if ov_default_hint() != "f32" else []),
         Candidate("ORT fused + MatMulNBits 8-bit b128 acc4", engine_encoder(ort_run(peer_nbits, args.threads), tok,
                                                                             names)),
         Candidate(f"ours: {fp32_dir.name} ({ours_fp32.bundle.manifest['precision']}, fused)", ours_fp32.encode),
         Candidate(f"ours: {int8_dir.name} ({ours_int8.bundle.manifest['precision']}, smoothed)", ours_int8.encode),
         Candidate(f"ours: {nosmooth_dir.name} ({ours_nosmooth.bundle.manifest['precision']}, smoothing off)",
                   ours_nosmooth.encode),
-        Candidate(f"ours: {ov_dir.name} (OpenVINO int8 weights, dynamic per-group activations)", ours_ov.encode),
+        Candidate(f"ours: {ov_dir.name} (OpenVINO int8, dynamic, float ops {ov_float_ops(ours_ov)})", ours_ov.encode),
     ]
+    if bf16_dir is not None:
+        cands.append(Candidate(f"ours: {bf16_dir.name} (OpenVINO bf16)", load(bf16_dir, threads=args.threads).encode))
     # accuracy on real text vs raw ORT fp32
     eval_texts = src.texts("eval")
     docs, human = lee_similarity()
@@ -299,7 +320,14 @@ def main() -> None:
               + ", passes " + ", ".join(p["name"] for p in ours_int8.bundle.manifest["passes"]),
               "int8 quantize options: " + json.dumps(next(p["options"] for p in ours_int8.bundle.manifest["passes"]
                                                           if p["name"] == "quantize"))]
+    execution = (ours_ov.bundle.manifest.get("backend_options") or {}).get("execution") or {}
+    lines.append("OpenVINO int8 bundle, float ops: " + execution.get("float_ops", "f32"))
     write_results(args.out, lines, echo=True)
+
+
+def ov_float_ops(runner) -> str:
+    """bf16 or f32: what the OpenVINO int8 bundle runs its float ops in (measured and recorded at build)."""
+    return runner.bundle.manifest["backend_options"]["config"].get("INFERENCE_PRECISION_HINT", "f32")
 
 
 if __name__ == "__main__":

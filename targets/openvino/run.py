@@ -136,7 +136,8 @@ def load(bundle, *, threads: int | None = None, validate: bool = True, progress=
     except TargetUnavailableError as exc:
         raise BundleError(f"{bundle.path}: {exc.message}", hint=exc.hint) from None
     if config.get("INFERENCE_PRECISION_HINT") == "bf16" and not supports_bf16(device):
-        warnings.warn(f"bundle {bundle.path} was built for bf16, but OpenVINO on this {device} has no bf16: "
+        what = "" if bundle.manifest.get("precision") == "bf16" else "its float ops in "
+        warnings.warn(f"bundle {bundle.path} was built to run {what}bf16, but OpenVINO on this {device} has no bf16: "
                       "it runs in f32 here (slower than measured at build time)", RuntimeWarning, stacklevel=3)
         config["INFERENCE_PRECISION_HINT"] = "f32"
     model = core().read_model(str(bundle.artifact("model")), str(bundle.artifact("weights")))

@@ -134,10 +134,57 @@ def _has_quantize():
 
 @pytest.mark.skipif(not _has_quantize(), reason="the quantize pass (int8 QDQ) is not in this tree yet")
 def test_int8_reads_the_qdq_graph_and_keeps_the_rest_f32(digits_onnx, tmp_path):
-    b = _build(digits_onnx, tmp_path / "int8", precision="int8", force=True)
+    cfg = Config().with_overrides({"openvino.int8_float_hint": "f32"})
+    b = _build(digits_onnx, tmp_path / "int8", precision="int8", force=True, config=cfg)
+    assert "execution" not in b.manifest["backend_options"]      # pinned: nothing measured
     assert b.manifest["precision"] == "int8" and "int8" in ovb.OpenVinoTarget().precisions
     assert b.manifest["backend_options"]["config"]["INFERENCE_PRECISION_HINT"] == "f32"
     xml = (b.path / "model.xml").read_text()
     assert "FakeQuantize" in xml or 'element_type="u8"' in xml or 'element_type="i8"' in xml
     acc = b.report()["accuracy"]
     assert acc["n"] == 360 and acc["delta"] is not None
+
+
+@pytest.mark.skipif(not _has_quantize(), reason="the quantize pass (int8 QDQ) is not in this tree yet")
+def test_int8_float_ops_hint_is_measured_where_bf16_is_native(digits_onnx, tmp_path):
+    """`int8_float_hint = "auto"` (the default): on a CPU where OpenVINO runs bf16 natively, the INT8 graph is
+    compiled both ways and the hint kept is the one the recorded measurement favours; elsewhere f32, with
+    nothing measured. The report says which."""
+    b = _build(digits_onnx, tmp_path / "int8", precision="int8", force=True)
+    opts = b.manifest["backend_options"]
+    hint = opts["config"]["INFERENCE_PRECISION_HINT"]
+    assert opts["applied_at_build"]["INFERENCE_PRECISION_HINT"] == hint
+    if not ovt.supports_bf16("CPU"):
+        assert hint == "f32" and "execution" not in opts
+        return
+    note = opts["execution"]["float_ops"]
+    assert note.startswith(hint) and "measured here" in note and "cosine" in note
+    assert note in (b.path / "report.md").read_text()
+
+
+def test_int8_bf16_float_ops_when_pinned(digits_onnx, x_test, tmp_path):
+    """`int8_float_hint = "bf16"`: bf16 for the float ops without measuring, where the CPU has it; a one-line
+    build error where it does not."""
+    cfg = Config().with_overrides({"openvino.int8_float_hint": "bf16"})
+    if not ovt.supports_bf16("CPU"):
+        toml = tmp_path / "ec.toml"
+        toml.write_text('[openvino]\nint8_float_hint = "bf16"\n')
+        code, out, err = run_cli("build", digits_onnx[0], "--backend", "openvino", "-p", "int8", "--force",
+                                 "--data", digits_onnx[1], "-c", toml, "-o", tmp_path / "b")
+        assert code != 0 and "int8_float_hint" in err and "Traceback" not in out + err
+        assert not (tmp_path / "b").exists()
+        return
+    b = _build(digits_onnx, tmp_path / "int8", precision="int8", force=True, config=cfg)
+    assert b.manifest["backend_options"]["applied_at_build"]["INFERENCE_PRECISION_HINT"] == "bf16"
+    assert b.manifest["backend_options"]["execution"]["float_ops"].startswith("bf16")
+    ref = _outputs(_build(digits_onnx, tmp_path / "f32", precision="int8", force=True,
+                          config=Config().with_overrides({"openvino.int8_float_hint": "f32"})).path, x_test)
+    got = _outputs(b.path, x_test)
+    diff = float(np.abs(np.asarray(got) - np.asarray(ref)).max())
+    assert 0 < diff < 0.5                     # the float ops really ran in bf16, and stayed close
+
+
+def test_bf16_for_float_ops_needs_speed_and_agreement():
+    assert ovb.prefer_bf16(f32_ms=3.4, bf16_ms=3.0, cosine=0.9998)
+    assert not ovb.prefer_bf16(f32_ms=3.1, bf16_ms=3.0, cosine=0.99999)     # under 5 % faster
+    assert not ovb.prefer_bf16(f32_ms=6.0, bf16_ms=3.0, cosine=0.999)       # outputs moved too far
