@@ -70,12 +70,17 @@ def load(path: str | Path, *, threads: int | None = None, verify: bool = True, v
          progress=None, trusted_keys=None) -> Runner:
     """Open a bundle directory, verify it, and return a Runner for its backend.
 
+    Verification hashes every artifact, except one that a record in the user's cache shows unchanged
+    (device, inode, size, mtime, ctime) since it last matched its sha256 (edgecompile/runtime/verified.py;
+    EDGECOMPILE_REVERIFY=1 re-hashes everything).
+
     `trusted_keys` (paths of Ed25519 public keys from `edgecompile keygen`, or key objects; default: the
     EDGECOMPILE_TRUSTED_KEYS environment variable, paths separated by os.pathsep): when any are given, an
     unsigned bundle or one signed by another key is refused before its artifacts are opened by an engine."""
     from edgecompile.runtime.signing import trusted_from_env
+    from edgecompile.runtime.verified import reverify_forced
 
-    bundle = Bundle.open(path, verify=verify)
+    bundle = Bundle.open(path, verify=verify, reuse_hashes=not reverify_forced())
     keys = list(trusted_keys) if trusted_keys is not None else trusted_from_env()
     if keys:
         bundle.check_signature(keys)

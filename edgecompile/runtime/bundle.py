@@ -74,7 +74,9 @@ class Bundle:
 
     # -- reading ---------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | Path, verify: bool = True) -> "Bundle":
+    def open(cls, path: str | Path, verify: bool = True, reuse_hashes: bool = False) -> "Bundle":
+        """`reuse_hashes`: skip re-hashing an artifact that a record in the user's cache shows unchanged since
+        it last matched (runtime/verified.py; `runtime.load` only). The link rules are checked regardless."""
         path = Path(path)
         mpath = path / MANIFEST
         if not path.is_dir():
@@ -90,7 +92,7 @@ class Bundle:
             raise BundleError(f"{mpath}: cannot read the manifest ({exc.strerror})", hint=HINT) from None
         bundle = cls(path, check_manifest(parse_limited(raw, mpath), mpath), raw)
         if verify:
-            bundle.verify()                 # link rules + sha256 of every artifact
+            bundle.verify(reuse_hashes=reuse_hashes)   # link rules + sha256 of every artifact
             bundle.check_external_data()    # then what the (now trusted) ONNX artifacts refer to
         else:                               # inspecting, never running: links only, artifacts not parsed
             bundle.check_links()
@@ -138,19 +140,28 @@ class Bundle:
 
         return check_signature(self.path, self.raw, trusted_keys)
 
-    def verify(self) -> list[str]:
+    def verify(self, reuse_hashes: bool = False) -> list[str]:
         """Check every listed artifact (link rules, sha256); returns the checked names."""
+        from edgecompile.runtime.verified import Records
+
+        records = Records(self.path) if reuse_hashes else None
         checked = []
         for rel, info in sorted(self.manifest["artifacts"].items()):
             fd = _open_inside(self.path, rel)
             with os.fdopen(fd, "rb") as f:
-                h = hashlib.sha256()
-                while block := f.read(1 << 20):
-                    h.update(block)
-            if h.hexdigest() != info["sha256"]:
+                st = os.fstat(f.fileno())
+                if records is not None and records.matches(rel, info["sha256"], st):
+                    checked.append(rel)
+                    continue
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+            if digest != info["sha256"]:
                 raise BundleError(f"{self.path}: artifact {rel!r} fails its sha256 check (tampered or corrupted)",
                                   hint="rebuild the bundle or restore the original file")
+            if records is not None:
+                records.hashed(rel, digest, st)
             checked.append(rel)
+        if records is not None:
+            records.save(checked)
         return checked
 
     def _safe(self, rel: str) -> Path:
