@@ -9,6 +9,8 @@ Activation/weight types follow the backend's preset (`Backend.quant_preset`, the
 """
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 from collections import Counter
 from contextlib import contextmanager
@@ -64,6 +66,8 @@ class Quantize(FunctionalGraphPass):
         from edgecompile.compiler.config import QuantizeSection
 
         self.section = section or QuantizeSection()
+        if self.section.mode == "auto":      # a build resolves it from the model's inputs (compiler/plan.py)
+            self.section = dataclasses.replace(self.section, mode="static")
         self.exclude = tuple(exclude)        # node names kept in float (the precision search's fallback)
         self.backend = backend               # whose preset (Backend.quant_preset) the QDQ graph follows
         self.calibration = calibration       # edgecompile.data.Dataset | None

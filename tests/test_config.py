@@ -51,3 +51,17 @@ def test_invalid_toml(tmp_path):
     p.write_text("[build\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         Config.from_file(p)
+
+
+def test_quantize_mode_auto_resolves_from_the_inputs_and_backend():
+    from edgecompile.compiler.config import QuantizeSection, resolve_quantize_mode
+
+    assert QuantizeSection().mode == "auto"
+    tokens = ["int64", "int64", "int64"]
+    assert resolve_quantize_mode("auto", tokens, "ort") == "dynamic"
+    assert resolve_quantize_mode("auto", tokens, "auto") == "dynamic"
+    assert resolve_quantize_mode("auto", tokens, "tensorrt") == "static"     # QDQ INT8 only
+    assert resolve_quantize_mode("auto", ["float32"], "ort") == "static"
+    assert resolve_quantize_mode("auto", ["int64", "float32"], "openvino") == "static"
+    assert resolve_quantize_mode("auto", [], "ort") == "static"
+    assert resolve_quantize_mode("static", tokens, "ort") == "static"        # an explicit mode is kept

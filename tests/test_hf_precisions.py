@@ -125,3 +125,19 @@ def test_int8_text_bundle_records_the_smoothing(tiny_dir, tmp_path):
     assert q["options"]["smoothing"]["alpha"] == 0.5
     assert q["options"]["smoothing"]["smoothed"] == 4 and q["options"]["smoothing"]["mul_inserted"] == 4
     assert "Mul" in _ops(b) and "QAttention" in _ops(b)
+
+
+def test_int8_of_a_text_model_is_dynamic_unless_asked(tiny_dir, tmp_path):
+    """`--precision int8` with no --quantize on a token-id model: dynamic INT8 (the mode the build resolved
+    is the one the manifest records); an explicit `--quantize static` is kept."""
+    import edgecompile
+    from edgecompile.compiler.config import Config
+
+    b = edgecompile.build(tiny_dir, target="cpu", backend="ort", precision="int8", force=True,
+                          output=tmp_path / "auto")
+    q = next(p for p in b.manifest["passes"] if p["name"] == "quantize")
+    assert q["options"]["mode"] == "dynamic"
+    b = edgecompile.build(tiny_dir, target="cpu", backend="ort", precision="int8", force=True,
+                          config=Config().with_overrides({"passes.quantize.mode": "static"}), output=tmp_path / "s")
+    q = next(p for p in b.manifest["passes"] if p["name"] == "quantize")
+    assert q["options"]["mode"] == "static"

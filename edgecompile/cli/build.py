@@ -41,7 +41,8 @@ from edgecompile.cli.common import Ctx, _load_config, _show_built, emit_json, ve
               "on it; --backend auto measures the candidates on it.")
 @click.option("--key", "remote_key", metavar="KEY", help="TVM: the board's key on the --remote tracker, e.g. rpi5.")
 @click.option("--quantize", "quantize", type=click.Choice(["static", "dynamic", "qat"]),
-              help="INT8 mode for --precision int8 ([passes.quantize] mode). Default: static.")
+              help="INT8 mode for --precision int8 ([passes.quantize] mode). Default: dynamic for models whose "
+                   "inputs are all integer token ids (transformers), else static.")
 @click.option("--calibrate", type=click.Choice(["minmax", "entropy", "percentile", "search", "sample-mean"]),
               help="Calibration method for static INT8 ([passes.quantize] calibrate): search = per-tensor MSE "
                    "choice among min-max/percentile/entropy; sample-mean = mean of each sample's min/max. "
