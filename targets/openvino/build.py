@@ -97,7 +97,8 @@ class OpenVinoTarget(Backend):
             raise CompileError(f"OpenVINO cannot compile the model for {device}: {first_line(exc)}",
                                hint="try --backend ort, or another [openvino] device") from None
         execution = None
-        if ctx.precision in ("int8", "mixed") and opts.int8_float_hint != "f32":
+        # int8 only: a "mixed" graph keeps layers in float for accuracy, so they keep f32 too
+        if ctx.precision == "int8" and opts.int8_float_hint != "f32":
             compiled, config, execution = choose_float_hint(compiled, xml, device, config, ctx,
                                                             forced=opts.int8_float_hint == "bf16")
         applied = compiled_properties(compiled)
