@@ -25,3 +25,13 @@ def write_results(path: Path, lines: list[str], *, echo: bool = False) -> str:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(text)
     return text
+
+
+def require(module: str, extra: str = "bench") -> None:
+    """Exit with one line when a peer package the bench runs is not installed."""
+    import importlib.util
+    import sys
+
+    if importlib.util.find_spec(module) is None:
+        sys.exit(f"{Path(sys.argv[0]).name} runs {module} as a peer, which is not installed: "
+                 f".venv/bin/pip install -e '.[{extra}]'")

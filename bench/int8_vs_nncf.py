@@ -27,7 +27,7 @@ from unittest import mock
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import Lines, load_average  # noqa: E402
+from _results import Lines, load_average, require  # noqa: E402
 from quantization import cpu_line, fp32_graph  # noqa: E402
 from real_models import ort_fn, outputs, ov_compile  # noqa: E402
 
@@ -178,6 +178,7 @@ def main() -> None:
     ap.add_argument("--no-folds", action="store_true", help="skip the calibration 2-fold split (saves ~2 min)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    require("nncf")
     t0 = time.perf_counter()
     say(f"CPU: {cpu_line()}; load average {load_average()} at the start")
     src, model = fp32_graph("mobilenetv2")

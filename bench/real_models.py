@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import Lines, load_average  # noqa: E402
+from _results import Lines, load_average, require  # noqa: E402
 from quantization import cpu_line, fp32_graph  # noqa: E402  (sibling bench script)
 
 LINES = say = Lines()      # say(text): print the line and keep it for the results file
@@ -290,6 +290,7 @@ def main() -> None:
     ap.add_argument("--levers", action="store_true", help="add speed levers (S8S8, per-tensor) and ORT profiles")
     ap.add_argument("--out", default=None, help="also write the output to this file")
     args = ap.parse_args()
+    require("nncf")
 
     from importlib.metadata import version
 
