@@ -8,9 +8,11 @@ A. ONNX Runtime dynamic INT8 (per-tensor activations quantized at run time, per-
    the FP32 graph on the 256 Lee evaluation sentences): it shows which layers carry the error.
 B. OpenVINO's dynamic INT8 (our `--backend openvino --quantize dynamic` bundle: uint8 MatMul weights,
    activations quantized per group of G input channels at run time by the CPU plugin) for group sizes
-   G = 0 (weight-only), 32 (the default), 64, 128, 384 (one group per token row of a 384-wide layer):
+   G = 0 (weight-only), 32, 64 (the default), 128, 384 (one group per token row of a 384-wide layer):
    accuracy as in A (each sentence encoded alone, no padding) and batch-1 latency on one 126-token
    text padded to 128, interleaved with raw ORT FP32 on the plain optimum export (the issue's base).
+C. Where OpenVINO runs bf16 natively: static INT8 (ours and NNCF's) and our dynamic INT8, with the f32 and
+   the bf16 hint, against bf16 on the FP32 graph (needs nncf: `.venv/bin/pip install -e '.[bench]'`).
 
     .venv/bin/python bench/transformer_int8_forms.py [--fp32 DIR] [--int8-ov DIR] [--rounds 5]
 
@@ -141,9 +143,64 @@ def main() -> int:
     for g, acc in rows:
         name = "weight-only" if g == 0 else f"G={g}"
         out(f"  OpenVINO {name:12s} p50 {lat[f'G={g}']:6.2f} ms  {base / lat[f'G={g}']:4.2f}x raw fp32  {acc}")
+    section_c(out, src, cal, ov_dir, one_by_one, ref1, lat_feeds, cands["raw ORT fp32"], work, args)
     out(f"\n({time.perf_counter() - t0:.0f} s in all; load average {load_average()} at the end)")
     write_results(args.out, out)
     return 0
+
+
+def section_c(out, src, cal, ov_dir, one_by_one, ref1, lat_feeds, raw_engine, work, args) -> None:
+    """C. Static INT8 on OpenVINO (ours: `--quantize static --force`; NNCF's, model_type TRANSFORMER) against
+    bf16 and our dynamic INT8, each with the f32 and the bf16 hint: whether any INT8 form beats bf16 on a
+    CPU that runs bf16 natively."""
+    import importlib.util
+
+    import openvino as ov
+
+    import edgecompile
+    from edgecompile.compiler.autochoice import interleaved_latency
+    from edgecompile.compiler.config import Config
+    from edgecompile.targets.openvino.run import supports_bf16
+
+    out("\n## C. Static INT8 on OpenVINO vs bf16; accuracy and latency as in B")
+    if not supports_bf16("CPU"):
+        out("  skipped: OpenVINO runs no native bf16 on this CPU")
+        return
+    if importlib.util.find_spec("nncf") is None:
+        out("  skipped: nncf is not installed (.venv/bin/pip install -e '.[bench]')")
+        return
+    import logging
+
+    import nncf
+
+    logging.getLogger("nncf").setLevel(logging.ERROR)
+    core = ov.Core()
+    plain = core.read_model(str(src.path))
+    calib = nncf.Dataset([dict(f) for f in cal.batches(1)])
+    theirs = nncf.quantize(plain, calib, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(cal))
+    static_cfg = Config().with_overrides({"passes.quantize.mode": "static", "build.force": True})
+    ours = edgecompile.build(src, target="cpu", backend="openvino", precision="int8", config=static_cfg,
+                             output=work / "int8-ov-static").path
+    models = {"bf16 (the FP32 graph)": (plain, ("bf16",)),
+              "ours static INT8": (core.read_model(str(ours / "model.xml")), ("f32", "bf16")),
+              "NNCF static INT8": (theirs, ("f32", "bf16")),
+              "ours dynamic INT8": (core.read_model(str(ov_dir / "model.xml")), ("f32", "bf16"))}
+    cands, rows = {"raw ORT fp32": raw_engine}, []
+    for label, (model, hints) in models.items():
+        for hint in hints:
+            cfg = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint,
+                   "INFERENCE_NUM_THREADS": args.threads, "DYNAMIC_QUANTIZATION_GROUP_SIZE": 64}
+            req = core.compile_model(model, "CPU", cfg).create_infer_request()
+            emb = np.concatenate([next(iter(req.infer(f).values())).copy() for f in one_by_one])
+            name = f"{label}, {hint} hint"
+            rows.append((name, accuracy(emb, ref1)))
+            cands[name] = Engine(lambda f, r=req: r.infer(f))
+    samples = interleaved_latency(list(cands.values()), lat_feeds, rounds=args.rounds, round_seconds=args.round_seconds)
+    lat = {name: float(np.median(v)) for name, v in zip(cands, samples)}
+    base = lat["raw ORT fp32"]
+    out(f"  raw ORT fp32: p50 {base:.2f} ms")
+    for name, acc in rows:
+        out(f"  {name:34s} p50 {lat[name]:6.2f} ms  {base / lat[name]:4.2f}x raw fp32  {acc}")
 
 
 if __name__ == "__main__":
