@@ -10,7 +10,6 @@ Activation/weight types follow the backend's preset (`Backend.quant_preset`, the
 from __future__ import annotations
 
 import dataclasses
-
 import logging
 from collections import Counter
 from contextlib import contextmanager

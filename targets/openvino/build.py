@@ -92,14 +92,15 @@ class OpenVinoTarget(Backend):
             config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = str(opts.dynamic_quantization_group_size)
             fmt = "OpenVINO IR (MatMul weights int8, compressed; other weights fp32)"
         try:   # must compile on the device with the settings the runtime will use
-            compiled = core().compile_model(core().read_model(str(xml)), device, config)
+            saved = core().read_model(str(xml))      # the IR as the bundle stores it
+            compiled = core().compile_model(saved, device, config)
         except Exception as exc:
             raise CompileError(f"OpenVINO cannot compile the model for {device}: {first_line(exc)}",
                                hint="try --backend ort, or another [openvino] device") from None
         execution = None
         # int8 only: a "mixed" graph keeps layers in float for accuracy, so they keep f32 too
         if ctx.precision == "int8" and opts.int8_float_hint != "f32":
-            compiled, config, execution = choose_float_hint(compiled, xml, device, config, ctx,
+            compiled, config, execution = choose_float_hint(compiled, saved, device, config, ctx,
                                                             forced=opts.int8_float_hint == "bf16")
         applied = compiled_properties(compiled)
         del compiled
@@ -120,13 +121,14 @@ def prefer_bf16(f32_ms: float, bf16_ms: float, cosine: float) -> bool:
     return f32_ms >= BF16_MIN_GAIN * bf16_ms and cosine >= BF16_MIN_COSINE
 
 
-def choose_float_hint(compiled, xml, device: str, config: dict, ctx, *, forced: bool):
+def choose_float_hint(compiled, saved, device: str, config: dict, ctx, *, forced: bool):
     """The hint for what an INT8 graph leaves in float (attention, normalisation, the MatMuls of dynamic
     mode): measured, never assumed. Where OpenVINO runs bf16 natively (AMX, AVX512-BF16), the model is
     compiled both ways; bf16 is kept when it is >= 5 % faster on a calibration sample and its outputs
     agree with the f32-hinted ones (cosine >= 0.9995 per output and sample, up to 16 samples: well inside
     the error INT8 itself adds, e.g. 0.9992-0.9996 for MiniLM).
     `[openvino] int8_float_hint = "bf16"` skips the checks, "f32" skips the measurement.
+    `saved`: the IR read back from the bundle, as `compiled` was compiled from it.
     Returns (compiled, config, execution note or None)."""
     if not supports_bf16(device):
         if forced:
@@ -136,7 +138,7 @@ def choose_float_hint(compiled, xml, device: str, config: dict, ctx, *, forced: 
     data = ctx.calibration if ctx.calibration is not None else ctx.evaluation
     bf_config = {**config, "INFERENCE_PRECISION_HINT": "bf16"}
     try:
-        bf = core().compile_model(core().read_model(str(xml)), device, bf_config)
+        bf = core().compile_model(saved, device, bf_config)
     except Exception as exc:
         if forced:
             raise CompileError(f"OpenVINO cannot compile the model with bf16 for {device}: {first_line(exc)}",
@@ -147,6 +149,7 @@ def choose_float_hint(compiled, xml, device: str, config: dict, ctx, *, forced: 
     if data is None or not len(data):
         return compiled, config, {"float_ops": "f32 (no sample data to measure bf16 on)"}
     from edgecompile.verify.bench import interleaved
+    from edgecompile.verify.textmetrics import row_cosines
 
     feeds = [dict(f) for _, f in zip(range(16), data.batches(1))]
     req = {"f32": compiled.create_infer_request(), "bf16": bf.create_infer_request()}
@@ -156,7 +159,7 @@ def choose_float_hint(compiled, xml, device: str, config: dict, ctx, *, forced: 
         timed = interleaved({k: (lambda r=r: r.infer(feeds[0])) for k, r in req.items()}, rounds=6, seconds=1.2)
     except Exception as exc:    # noqa: BLE001  (the evaluation that follows runs the f32 form and reports)
         return compiled, config, {"float_ops": f"f32 (bf16 could not be measured here: {first_line(exc)})"}
-    cosine = min((float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
+    cosine = min((float(row_cosines(a[None], b[None])[0])
                   for fa, fb in zip(outs["f32"], outs["bf16"]) for a, b in zip(fa, fb) if a.size), default=1.0)
     f32_ms, bf_ms = timed["f32"]["ms"], timed["bf16"]["ms"]
     measured = f"{bf_ms:.2f} ms vs {f32_ms:.2f} ms in f32, outputs cosine {cosine:.6f} to f32"
