@@ -47,6 +47,22 @@ def accuracy(emb, ref) -> str:
     return f"cos mean {c.mean():.5f}  min {c.min():.5f}  retrieval {100 * agree:5.1f} %"
 
 
+def ov_form(core, model, cfg, one_by_one, ref1) -> tuple[str, Engine]:
+    """`model` compiled by OpenVINO with `cfg`: its accuracy line (each sentence encoded alone, against `ref1`)
+    and its engine for the latency rounds."""
+    req = core.compile_model(model, "CPU", cfg).create_infer_request()
+    emb = np.concatenate([next(iter(req.infer(f).values())).copy() for f in one_by_one])
+    return accuracy(emb, ref1), Engine(req.infer)
+
+
+def p50s(cands: dict, lat_feeds, args) -> dict[str, float]:
+    """Median latency (ms) of each engine in `cands`, all in the same interleaved rounds."""
+    from edgecompile.compiler.autochoice import interleaved_latency
+
+    samples = interleaved_latency(list(cands.values()), lat_feeds, rounds=args.rounds, round_seconds=args.round_seconds)
+    return {name: float(np.median(v)) for name, v in zip(cands, samples)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fp32", type=Path, help="our fp32 bundle of models/minilm (default: build it)")
@@ -65,7 +81,6 @@ def main() -> int:
     import openvino as ov
 
     import edgecompile
-    from edgecompile.compiler.autochoice import interleaved_latency
     from edgecompile.compiler.config import Config, QuantizeSection
     from edgecompile.compiler.textdata import corpus_split
     from edgecompile.passes.quantize import Quantize
@@ -132,12 +147,9 @@ def main() -> int:
     for g in (0, 32, 64, 128, 384):
         cfg = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": args.threads,
                "DYNAMIC_QUANTIZATION_GROUP_SIZE": g}
-        req = core.compile_model(model, "CPU", cfg).create_infer_request()
-        emb = np.concatenate([next(iter(req.infer(f).values())).copy() for f in one_by_one])
-        rows.append((g, accuracy(emb, ref1)))
-        cands[f"G={g}"] = Engine(lambda f, r=req: r.infer(f))
-    samples = interleaved_latency(list(cands.values()), lat_feeds, rounds=args.rounds, round_seconds=args.round_seconds)
-    lat = {name: float(np.median(v)) for name, v in zip(cands, samples)}
+        acc, cands[f"G={g}"] = ov_form(core, model, cfg, one_by_one, ref1)
+        rows.append((g, acc))
+    lat = p50s(cands, lat_feeds, args)
     base = lat["raw ORT fp32"]
     out(f"  raw ORT fp32: p50 {base:.2f} ms")
     for g, acc in rows:
@@ -158,7 +170,6 @@ def section_c(out, src, cal, ov_dir, one_by_one, ref1, lat_feeds, raw_engine, wo
     import openvino as ov
 
     import edgecompile
-    from edgecompile.compiler.autochoice import interleaved_latency
     from edgecompile.compiler.config import Config
     from edgecompile.targets.openvino.run import supports_bf16
 
@@ -190,13 +201,10 @@ def section_c(out, src, cal, ov_dir, one_by_one, ref1, lat_feeds, raw_engine, wo
         for hint in hints:
             cfg = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint,
                    "INFERENCE_NUM_THREADS": args.threads, "DYNAMIC_QUANTIZATION_GROUP_SIZE": 64}
-            req = core.compile_model(model, "CPU", cfg).create_infer_request()
-            emb = np.concatenate([next(iter(req.infer(f).values())).copy() for f in one_by_one])
             name = f"{label}, {hint} hint"
-            rows.append((name, accuracy(emb, ref1)))
-            cands[name] = Engine(lambda f, r=req: r.infer(f))
-    samples = interleaved_latency(list(cands.values()), lat_feeds, rounds=args.rounds, round_seconds=args.round_seconds)
-    lat = {name: float(np.median(v)) for name, v in zip(cands, samples)}
+            acc, cands[name] = ov_form(core, model, cfg, one_by_one, ref1)
+            rows.append((name, acc))
+    lat = p50s(cands, lat_feeds, args)
     base = lat["raw ORT fp32"]
     out(f"  raw ORT fp32: p50 {base:.2f} ms")
     for name, acc in rows:

@@ -246,6 +246,7 @@ def main() -> None:
     peer_q = ort_optimized_dynamic(plain, work)
     peer_nbits = ort_matmul_nbits8(work / "ort-optimized.onnx", work)
 
+    default_hint = ov_default_hint()
     ours_fp32 = load(fp32_dir, threads=args.threads)
     ours_int8 = load(int8_dir, threads=args.threads)
     ours_nosmooth = load(nosmooth_dir, threads=args.threads)
@@ -256,9 +257,9 @@ def main() -> None:
             "ORT optimizer + quantize_dynamic (per-channel)", engine_encoder(ort_run(peer_q, args.threads), tok, names)
         ),
         Candidate("raw OpenVINO f32, plain optimum export", engine_encoder(ov_run(plain, args.threads), tok, names)),
-        *([Candidate(f"raw OpenVINO default hint ({ov_default_hint()}), plain export",
+        *([Candidate(f"raw OpenVINO default hint ({default_hint}), plain export",
                      engine_encoder(ov_run(plain, args.threads, None), tok, names))]
-          if ov_default_hint() != "f32" else []),
+          if default_hint != "f32" else []),
         Candidate("ORT fused + MatMulNBits 8-bit b128 acc4", engine_encoder(ort_run(peer_nbits, args.threads), tok,
                                                                             names)),
         Candidate(f"ours: {fp32_dir.name} ({ours_fp32.bundle.manifest['precision']}, fused)", ours_fp32.encode),
