@@ -1,6 +1,7 @@
 """all-MiniLM-L6-v2 (models/minilm) side by side in one run: our text bundles vs raw engines.
 
-    .venv/bin/python bench/transformers.py [--fp32 DIR] [--int8 DIR] [--int8-nosmooth DIR] [--rounds 7]
+    .venv/bin/python bench/transformers.py [--fp32 DIR] [--int8 DIR] [--int8-nosmooth DIR] [--int8-ov DIR]
+                                         [--int8-ov-f32 DIR] [--int8-ov-static DIR] [--bf16-ov DIR] [--rounds 7]
                                          [--threads 2]
 
 Latency: batch 1, one real text of 120-128 tokens (Lee sentences joined), padded to 128, with
@@ -19,7 +20,10 @@ Ours: fp32 (fused), int8 (dynamic, SmoothQuant-style smoothing of the LayerNorm 
 default) and int8 with smoothing off (`smooth_alpha = 0`, the earlier default), on ORT; and the
 OpenVINO backend's dynamic int8 (uint8 MatMul weights, activations quantized per group of 64 (the default) at run
 time by the CPU plugin; the float ops in bf16 where that measured faster at build time, else f32), and where
-the CPU runs bf16 natively, our OpenVINO bf16 bundle (what `--precision auto` picks on such CPUs).
+the CPU runs bf16 natively, our OpenVINO bf16 bundle (what `--precision auto` picks on such CPUs). Under the bf16
+hint OpenVINO quantizes no activations, so there the dynamic bundle is also built with the f32 hint (int8
+activations per group); and OpenVINO static INT8 (Q/DQ on the MatMul inputs, `--force`: shipped whatever its
+accuracy).
 Accuracy vs raw ORT FP32 on real text: mean/min embedding cosine over the 256 evaluation sentences,
 nearest-neighbour retrieval top-1 agreement over them, and Spearman correlation with the human
 judgements of the 50 Lee documents (each candidate and FP32).
@@ -200,6 +204,9 @@ def main() -> None:
     ap.add_argument("--int8", type=Path, help="our int8 bundle of models/minilm (default: build it)")
     ap.add_argument("--int8-nosmooth", type=Path, help="our int8 bundle built with smooth_alpha = 0 (default: build)")
     ap.add_argument("--int8-ov", type=Path, help="our OpenVINO dynamic int8 bundle (default: build it)")
+    ap.add_argument("--int8-ov-f32", type=Path, help="the same with [openvino] int8_float_hint = f32 (default: "
+                                                      "built where the CPU has bf16)")
+    ap.add_argument("--int8-ov-static", type=Path, help="our OpenVINO static int8 bundle (default: build it, --force)")
     ap.add_argument("--bf16-ov", type=Path, help="our OpenVINO bf16 bundle (default: built where the CPU has bf16)")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--round-seconds", type=float, default=0.5)
@@ -236,6 +243,16 @@ def main() -> None:
                                                output=work / "int8-ov").path
     from edgecompile.targets.openvino.run import supports_bf16
 
+    # where the CPU runs bf16 natively, the dynamic bundle's auto hint runs bf16 MatMuls on int8 weights (no
+    # activation is quantized then): the f32-hinted one is the dynamic INT8 that quantizes its activations
+    ov_f32_dir = args.int8_ov_f32 or (edgecompile.build(
+        src, target="cpu", backend="openvino", precision="int8", output=work / "int8-ov-f32",
+        config=Config().with_overrides({"passes.quantize.mode": "dynamic", "openvino.int8_float_hint": "f32"})).path
+        if supports_bf16("CPU") else None)
+    # static INT8 (Q/DQ on the MatMul inputs, the default for token-id models), shipped whatever its accuracy
+    ov_static_dir = args.int8_ov_static or edgecompile.build(
+        src, target="cpu", backend="openvino", precision="int8", output=work / "int8-ov-static",
+        config=Config().with_overrides({"passes.quantize.mode": "static", "build.force": True})).path
     bf16_dir = args.bf16_ov or (edgecompile.build(src, target="cpu", backend="openvino", precision="bf16",
                                                   output=work / "bf16-ov").path if supports_bf16("CPU") else None)
     tok = load_tokenizer(src.directory / "tokenizer.json", src.max_length)
@@ -266,8 +283,12 @@ def main() -> None:
         Candidate(f"ours: {int8_dir.name} ({ours_int8.bundle.manifest['precision']}, smoothed)", ours_int8.encode),
         Candidate(f"ours: {nosmooth_dir.name} ({ours_nosmooth.bundle.manifest['precision']}, smoothing off)",
                   ours_nosmooth.encode),
-        Candidate(f"ours: {ov_dir.name} (OpenVINO int8, dynamic, float ops {ov_float_ops(ours_ov)})", ours_ov.encode),
+        Candidate(f"ours: {ov_dir.name} (OpenVINO {ov_form(ours_ov)})", ours_ov.encode),
     ]
+    for d in (ov_f32_dir, ov_static_dir):
+        if d is not None:
+            r = load(d, threads=args.threads)
+            cands.append(Candidate(f"ours: {d.name} (OpenVINO {ov_form(r)})", r.encode))
     if bf16_dir is not None:
         cands.append(Candidate(f"ours: {bf16_dir.name} (OpenVINO bf16)", load(bf16_dir, threads=args.threads).encode))
     # accuracy on real text vs raw ORT fp32
@@ -323,12 +344,21 @@ def main() -> None:
                                                           if p["name"] == "quantize"))]
     execution = (ours_ov.bundle.manifest.get("backend_options") or {}).get("execution") or {}
     lines.append("OpenVINO int8 bundle, float ops: " + execution.get("float_ops", "f32"))
+    if execution.get("activations"):
+        lines.append("OpenVINO int8 bundle, activations: " + execution["activations"])
     write_results(args.out, lines, echo=True)
 
 
-def ov_float_ops(runner) -> str:
-    """bf16 or f32: what the OpenVINO int8 bundle runs its float ops in (measured and recorded at build)."""
-    return runner.bundle.manifest["backend_options"]["config"].get("INFERENCE_PRECISION_HINT", "f32")
+def ov_form(runner) -> str:
+    """What an OpenVINO int8 bundle runs: static Q/DQ or int8 weights, and its activations (recorded at build)."""
+    m = runner.bundle.manifest
+    quant = next(p["options"] for p in m["passes"] if p["name"] == "quantize")
+    hint = m["backend_options"]["config"].get("INFERENCE_PRECISION_HINT", "f32")
+    if quant["mode"] == "static":
+        return f"static int8, {quant.get('ops', 'all')} ops, float ops {hint}"
+    if (m["backend_options"].get("execution") or {}).get("activations"):
+        return "int8 weights, bf16 activations"
+    return f"int8 weights, dynamic int8 activations, float ops {hint}"
 
 
 if __name__ == "__main__":

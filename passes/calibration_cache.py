@@ -29,7 +29,7 @@ def calibration_key(proto, batches, section, preset: QuantPreset, exclude) -> st
             h.update(arr.tobytes())
     s = section
     kind = {k: v for k, v in asdict(preset).items() if not k.startswith("float_stem")}    # the stems it gives count
-    h.update(repr((s.calibrate, s.percentile, s.equalize, s.bias_correction, s.adaround is True, kind,
+    h.update(repr((s.ops, s.calibrate, s.percentile, s.equalize, s.bias_correction, s.adaround is True, kind,
                    sorted(exclude), float_stems(proto, preset))).encode())
     return h.hexdigest()
 

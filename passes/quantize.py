@@ -30,6 +30,7 @@ from edgecompile.targets.base import QuantPreset
 # Ops whose presence makes quantization worthwhile (they carry the weights and the FLOPs).
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Attention", "LSTM")
 DYNAMIC_OPS = ("MatMul", "Attention", "LSTM")       # Gemm is rewritten to MatMul(+Add) first
+MATMUL_OPS = ("MatMul", "Gemm")                     # [passes.quantize] ops = "matmul": static QDQ on these only
 
 
 
@@ -67,6 +68,11 @@ class Quantize(FunctionalGraphPass):
         self.section = section or QuantizeSection()
         if self.section.mode == "auto":      # a build resolves it from the model's inputs (compiler/plan.py)
             self.section = dataclasses.replace(self.section, mode="static")
+        if self.section.ops == "auto":       # the same
+            self.section = dataclasses.replace(self.section, ops="all")
+        if self.section.smooth_alpha is None:
+            matmul_only = self.section.mode == "static" and self.section.ops == "matmul"
+            self.section = dataclasses.replace(self.section, smooth_alpha=0.95 if matmul_only else 0.5)
         self.exclude = tuple(exclude)        # node names kept in float (the precision search's fallback)
         self.backend = backend               # whose preset (Backend.quant_preset) the QDQ graph follows
         self.calibration = calibration       # edgecompile.data.Dataset | None
@@ -95,7 +101,7 @@ class Quantize(FunctionalGraphPass):
         if self.smoothing:           # after a run: what the smoothing did (the manifest records it)
             opts["smoothing"] = self.smoothing
         if s.mode == "static":
-            opts.update(calibrate=s.calibrate, calib_samples=s.calib_samples, equalize=s.equalize,
+            opts.update(ops=s.ops, calibrate=s.calibrate, calib_samples=s.calib_samples, equalize=s.equalize,
                         bias_correction=s.bias_correction, adaround=s.adaround)
             if s.calibrate == "percentile":
                 opts["percentile"] = s.percentile
@@ -117,7 +123,9 @@ class Quantize(FunctionalGraphPass):
             from edgecompile.passes.smoothquant import smooth_proto
 
             has_data = self.calibration is not None or self.calibration_data is not None
-            proto, self.smoothing = smooth_proto(proto, self._calibration_feeds, self.section.smooth_alpha, has_data)
+            every = self.section.mode == "static" and self.section.ops == "matmul"
+            proto, self.smoothing = smooth_proto(proto, self._calibration_feeds, self.section.smooth_alpha, has_data,
+                                                 every)
         with _quiet_ort_logging():
             if self.section.mode == "dynamic":
                 out, notes = self._dynamic(proto, preset)
@@ -149,8 +157,6 @@ class Quantize(FunctionalGraphPass):
                              "use --quantize dynamic, or pass calibration_data= in the Python API")
 
     def _static(self, proto, preset: QuantPreset):
-        from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
-
         from edgecompile.compiler.calibration import collect_stats, compute_ranges, tensors_to_calibrate
 
         batches, n, identity, whole = self._calibration_feeds(proto)
@@ -166,8 +172,7 @@ class Quantize(FunctionalGraphPass):
         steps = {}
         if self.section.equalize:
             proto, steps["equalization"] = _equalize(proto, batches)
-        op_types = sorted(set(QDQRegistry) | set(QLinearOpsRegistry))
-        names = tensors_to_calibrate(proto, op_types)
+        names = tensors_to_calibrate(proto, self._op_types())
         method = self.section.calibrate
         nonfinite: set[str] = set()
         stats = collect_stats(proto, names, batches, histograms=method not in ("minmax", "sample-mean"),
@@ -255,7 +260,6 @@ class Quantize(FunctionalGraphPass):
         from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
         from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
         from onnxruntime.quantization.quant_utils import update_opset_version
-        from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
         from edgecompile.compiler.calibration import unranged_nodes
 
@@ -270,14 +274,27 @@ class Quantize(FunctionalGraphPass):
                                      for k, (lo, hi) in ranges.items()})
         act, wt = _qtype(preset.activations), _qtype(preset.weights)
         model = update_opset_version(proto, wt, act)
-        op_types = sorted(set(QDQRegistry) | set(QLinearOpsRegistry))
+        op_types = self._op_types()
         exclude = [*exclude, *(n for n in float_stems(proto, preset) + unranged_nodes(proto, ranges, op_types)
                                if n not in exclude)]
         with _quiet_ort_logging():
             quantizer = QDQQuantizer(model, preset.per_channel, False, wt, act, tensors, [], list(exclude), op_types,
                                      {"ActivationSymmetric": preset.symmetric_activations,
-                                      "WeightSymmetric": preset.symmetric_weights})
+                                      "WeightSymmetric": preset.symmetric_weights, **self._output_rule()})
             return float_outputs_proto(quantizer.quantize_model(), proto)   # no Q/DQ on graph outputs
+
+    def _op_types(self) -> list[str]:
+        """The op types static QDQ quantizes ([passes.quantize] ops)."""
+        from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+        if self.section.ops == "matmul":
+            return list(MATMUL_OPS)
+        return sorted(set(QDQRegistry) | set(QLinearOpsRegistry))
+
+    def _output_rule(self) -> dict:
+        """ops = "matmul": Q/DQ on the MatMul/Gemm inputs, not their outputs (a transformer's FFN output carries
+        the residual stream's few huge channels; one per-tensor INT8 range there costs most of the accuracy)."""
+        return {"OpTypesToExcludeOutputQuantization": list(MATMUL_OPS)} if self.section.ops == "matmul" else {}
 
     def requantize(self, exclude) -> PassResult:
         """The last static run's calibration, re-applied with other nodes kept in float: a fallback

@@ -37,15 +37,16 @@ def _weight(node) -> np.ndarray | None:
     return w if w.ndim == 2 and w.dtype == np.float32 else None
 
 
-def smoothing_groups(model) -> dict:
-    """{activation value: [consumer nodes]} for every norm output read by MatMul/Attention weights."""
+def smoothing_groups(model, every: bool = False) -> dict:
+    """{activation value: [consumer nodes]} for every norm output read by MatMul/Attention weights;
+    `every`: for every activation read by them (e.g. the GELU output feeding an FFN's second layer)."""
     groups: dict = {}
     for node in model.graph:
         if node.op_type not in ("MatMul", "Attention") or _weight(node) is None:
             continue
         x = node.inputs[0]
         prod = x.producer() if x is not None else None
-        if prod is None or prod.op_type not in NORMS or prod.outputs[0] is not x:
+        if prod is None or not (every or (prod.op_type in NORMS and prod.outputs[0] is x)):
             continue
         groups.setdefault(x, []).append(node)
     # a weight shared with a node outside the group cannot be rescaled for this group alone
@@ -83,12 +84,13 @@ class SmoothQuant(FunctionalGraphPass):
 
     name = "smoothquant"
 
-    def __init__(self, feeds, alpha: float = 0.5):
+    def __init__(self, feeds, alpha: float = 0.5, every: bool = False):
         if not 0.0 <= alpha <= 1.0:
             raise ConfigError(f"smoothing alpha must be in [0, 1], got {alpha:g}",
                               hint="[passes.quantize] smooth_alpha = 0.5 is the usual start")
         self.feeds = list(feeds or [])
         self.alpha = float(alpha)
+        self.every = every                             # smooth every MatMul activation, not only norm outputs
         self.scales: dict[str, np.ndarray] = {}        # activation name -> s (for tests and the report)
 
     def options(self) -> dict:
@@ -96,7 +98,7 @@ class SmoothQuant(FunctionalGraphPass):
 
     def call(self, model) -> PassResult:
         model = model.clone()
-        groups = smoothing_groups(model)
+        groups = smoothing_groups(model, self.every)
         if not groups:
             return PassResult(model, False, {"smoothed": 0, "why": "no LayerNorm output feeds a MatMul/Attention"})
         if not self.feeds:
@@ -148,12 +150,12 @@ class SmoothQuant(FunctionalGraphPass):
         return True
 
 
-def smooth_proto(proto, calibration_feeds, alpha: float, has_data: bool):
+def smooth_proto(proto, calibration_feeds, alpha: float, has_data: bool, every: bool = False):
     """The quantize pass's step: (ModelProto, notes or None). `calibration_feeds(proto)[0]` gives the
     feeds; without calibration data (dynamic INT8) nothing can be measured and the graph stays as is."""
-    smoother = SmoothQuant(None, alpha)         # checks alpha even where nothing qualifies
+    smoother = SmoothQuant(None, alpha, every)  # checks alpha even where nothing qualifies
     model = ir.from_proto(proto)
-    if not smoothing_groups(model):
+    if not smoothing_groups(model, every):
         return proto, None
     if not has_data:
         return proto, "skipped: no calibration data to measure activation ranges"

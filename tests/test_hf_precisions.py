@@ -52,10 +52,32 @@ def test_openvino_int8_text_bundle(tiny_dir, tmp_path):
     assert [p["name"] for p in b.manifest["passes"]] == ["simplify", "quantize"]
     q = next(p for p in b.manifest["passes"] if p["name"] == "quantize")
     assert q["modified"] and q["options"]["mode"] == "static"
+    # a token-id model: Q/DQ on the MatMul inputs only, every MatMul activation smoothed (QKV, attention
+    # output, FFN in, FFN out: 4 per layer), at the matmul-only default alpha
+    assert q["options"]["ops"] == "matmul"
+    assert q["options"]["smoothing"]["alpha"] == 0.95 and q["options"]["smoothing"]["smoothed"] == 8
     assert "FakeQuantize" in (b.path / "model.xml").read_text()        # OpenVINO's form of the QDQ pairs
     with load(b.path) as runner:
         emb = runner.encode(TEXTS)
     assert emb.shape == (3, 32) and _cos_min(emb, _torch_embed(tiny_dir, TEXTS)) > 0.95
+
+
+def test_unbounded_int8_that_loses_accuracy_is_shipped_with_a_warning(tiny_dir, tmp_path):
+    """`-p int8` with no --max-accuracy-drop ships int8 (what was asked) but says what it lost and how to
+    bound it; the fp32 candidate's status does not claim a bound."""
+    import openvino  # noqa: F401
+    import edgecompile
+    from edgecompile.compiler.config import Config
+
+    b = edgecompile.build(tiny_dir, target="cpu", backend="openvino", precision="int8", output=tmp_path / "b",
+                          config=Config().with_overrides({"passes.quantize.mode": "static",   # clip half of |x|
+                                                          "passes.quantize.calibrate": "percentile",
+                                                          "passes.quantize.percentile": 50.0}))
+    rep = b.report()
+    assert rep["precision"] == "int8" and rep["quantization"]["metric_drop"] > 0.5
+    assert [w for w in rep["warnings"] if "no --max-accuracy-drop is set" in w and " pt of the task metric" in w]
+    fp32 = rep["precision_notes"]["candidates"][0]
+    assert fp32["status"].endswith("(no max_accuracy_drop set)")
 
 
 def test_auto_measures_a_fused_ort_candidate(tiny_dir, tmp_path, monkeypatch):

@@ -53,6 +53,10 @@ class DataSection:
 class QuantizeSection:
     # auto: dynamic for a model whose inputs are all integer (token ids: transformers), static otherwise
     mode: str = _choices("auto", "static", "dynamic", "qat", default="auto")
+    # static: which ops get Q/DQ. all: every op ONNX Runtime's QDQ registry lists; matmul: the inputs of
+    # MatMul/Gemm only (transformers: norms, softmax, GELU and residual adds stay float); auto: matmul for a
+    # model whose inputs are all integer (token ids), all otherwise
+    ops: str = _choices("auto", "all", "matmul", default="auto")
     calibrate: str = _choices("minmax", "entropy", "percentile", "search", "sample-mean", default="search")
     calib_samples: int = 256
     percentile: float = 99.99          # for calibrate = "percentile": clip |x| at this percentile
@@ -66,8 +70,11 @@ class QuantizeSection:
     equalize: bool = True              # static: cross-layer equalization before calibrating (passes/equalize.py)
     bias_correction: bool = True       # static: empirical bias correction after (passes/bias_correction.py)
     float_stem_channels: int | None = None   # static: convs on <= this many input channels stay float; None: preset
-    smooth_alpha: float = 0.5          # SmoothQuant-style smoothing of LayerNorm outputs read by MatMul/Attention
-                                       # (transformers; passes/smoothquant.py), from calibration data; 0 = off
+    # SmoothQuant-style smoothing (transformers; passes/smoothquant.py), from calibration data; 0 = off. It
+    # divides the LayerNorm outputs read by MatMul/Attention weights (static ops = "matmul": every MatMul
+    # activation). None: 0.5, or 0.95 for static ops = "matmul" (one per-tensor range per activation needs
+    # more of the range moved into the per-channel weights; NNCF's default for transformer MatMuls)
+    smooth_alpha: float | None = None
     # static: learned weight rounding (passes/adaround.py); "auto": only when PTQ is over the accuracy bound
     adaround: bool | str = _choices("auto", default="auto")
 
@@ -313,6 +320,21 @@ def find_default_config(cwd: Path | None = None) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
+def token_inputs(input_dtypes) -> bool:
+    """Every model input is an integer tensor (token ids: a transformer's text input)."""
+    dtypes = [str(d) for d in input_dtypes]
+    return bool(dtypes) and all(d.startswith(("int", "uint")) for d in dtypes)
+
+
+def resolve_quantize_ops(ops: str, input_dtypes) -> str:
+    """[passes.quantize] ops "auto" -> "matmul" for a token-id model (static INT8 of a transformer's norms,
+    softmax and residual adds costs far more accuracy than it saves time; NNCF and TensorRT's BERT recipes
+    quantize the MatMul inputs only), "all" otherwise."""
+    if ops != "auto":
+        return ops
+    return "matmul" if token_inputs(input_dtypes) else "all"
+
+
 def resolve_quantize_mode(mode: str, input_dtypes, backend: str) -> str:
     """[passes.quantize] mode "auto" -> "dynamic" when every model input is an integer tensor (token ids: the
     activations worth quantizing only exist inside the model, and per-tensor static ranges cost BERT-class
@@ -320,6 +342,4 @@ def resolve_quantize_mode(mode: str, input_dtypes, backend: str) -> str:
     `auto` among them); else "static" (TensorRT and TVM take QDQ graphs)."""
     if mode != "auto":
         return mode
-    dtypes = [str(d) for d in input_dtypes]
-    tokens = bool(dtypes) and all(d.startswith(("int", "uint")) for d in dtypes)
-    return "dynamic" if tokens and backend in ("ort", "openvino", "auto") else "static"
+    return "dynamic" if token_inputs(input_dtypes) and backend in ("ort", "openvino", "auto") else "static"

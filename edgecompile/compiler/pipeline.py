@@ -233,6 +233,8 @@ def _serialize(model) -> bytes:
 
 
 def _gate_precision(plan: Plan, achieved: str, notes: dict, progress: Progress) -> None:
+    if notes.get("warning"):
+        progress.warn(notes["warning"])
     if achieved == plan.precision or plan.precision == "auto":
         if plan.precision == "auto" and notes.get("reason"):
             progress.warn(f"precision auto kept {achieved}: {notes['reason']}")

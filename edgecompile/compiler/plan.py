@@ -10,7 +10,7 @@ from typing import Any
 from edgecompile.cache import content_key
 from edgecompile.compiler import registry
 from edgecompile.compiler.buildcache import code_fingerprint
-from edgecompile.compiler.config import Config, resolve_quantize_mode
+from edgecompile.compiler.config import Config, resolve_quantize_mode, resolve_quantize_ops
 from edgecompile.compiler.writer import check_writable
 from edgecompile.data import Dataset
 from edgecompile.errors import ConfigError, TargetUnavailableError
@@ -87,9 +87,11 @@ def make_plan(cfg: Config, *, output: str | Path | None, data: str | Path | None
     train = source.dataset(source.train_split) if source.kind == "torch" and source.train_split else None
     out = Path(output) if output else Path(f"{source.name}-{profile.name}-{backend}-{precision}")
     check_writable(out)
-    mode = resolve_quantize_mode(cfg.passes.quantize.mode, [s.dtype for s in source.inputs], backend)
-    if mode != cfg.passes.quantize.mode:
-        cfg = cfg.with_overrides({"passes.quantize.mode": mode})
+    q, dtypes = cfg.passes.quantize, [s.dtype for s in source.inputs]
+    resolved = {"passes.quantize.mode": resolve_quantize_mode(q.mode, dtypes, backend),
+                "passes.quantize.ops": resolve_quantize_ops(q.ops, dtypes)}
+    if resolved != {"passes.quantize.mode": q.mode, "passes.quantize.ops": q.ops}:
+        cfg = cfg.with_overrides(resolved)
     return Plan(cfg, source, profile, backend, target, precision, calibration, evaluation, train, out,
                 classifier=_is_classifier(source), options=options, use_cache=use_cache, backend_note=backend_note)
 

@@ -183,7 +183,14 @@ def _choose(plan, cands, models, slow, bound, notes, auto):
         best = max(ok, key=lambda c: c["speedup"])
         for c in ok:
             c["status"] = "chosen" if c is best else f"not chosen: slower than {best['precision']}"
-        cands[0]["status"] = f"not chosen: {best['precision']} is {best['speedup']:.2f}x faster within the bound"
+        within = "within the bound" if bound is not None else "(no max_accuracy_drop set)"
+        cands[0]["status"] = f"not chosen: {best['precision']} is {best['speedup']:.2f}x faster {within}"
+        drop = best["accuracy_drop"]
+        if bound is None and drop is not None and drop > AUTO_BOUND:
+            unit = (notes.get("quantization") or {}).get("metric_drop_unit", "")
+            notes["warning"] = (f"{best['precision']} loses {drop:.3g} {unit} of the task metric and no "
+                                "--max-accuracy-drop is set, so no layer fell back to float; set one to keep "
+                                "the layers that cost it in float").replace("  ", " ")
         if best["precision"] == "mixed":
             notes["note"] = (f"mixed precision: {best['float_nodes']} layer(s) kept in float to stay within "
                              f"max_accuracy_drop {bound:g}")

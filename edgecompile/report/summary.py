@@ -78,7 +78,7 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
         rows.append((name, f"{st['state']}: {st['why']}"))
     for where, what in (report.get("execution") or {}).items():
         if what:
-            rows.append((f"runs on {where.replace('_', ' ')}", what))
+            rows.append((where if where == "activations" else f"runs on {where.replace('_', ' ')}", what))
     rows.append(("size", f"{report['size_bytes'] / 1024:.1f} KiB"))
     cpu = report["machine"]["cpu"]
     rows.append(("measured on", f"{cpu['model']} ({cpu['cores']} cores)"))

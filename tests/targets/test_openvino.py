@@ -188,3 +188,30 @@ def test_bf16_for_float_ops_needs_speed_and_agreement():
     assert ovb.prefer_bf16(f32_ms=3.4, bf16_ms=3.0, cosine=0.9998)
     assert not ovb.prefer_bf16(f32_ms=3.1, bf16_ms=3.0, cosine=0.99999)     # under 5 % faster
     assert not ovb.prefer_bf16(f32_ms=6.0, bf16_ms=3.0, cosine=0.999)       # outputs moved too far
+
+
+@pytest.mark.skipif(not ovt.supports_bf16("CPU"), reason="OpenVINO runs no native bf16 on this CPU")
+def test_weight_only_int8_under_bf16_says_its_activations_are_not_quantized(digits_onnx, x_test, tmp_path):
+    """A dynamic (weight-only) INT8 graph under the bf16 hint runs bf16 MatMuls on int8 weights: OpenVINO
+    quantizes no activations then (the group size changes nothing), and the manifest and report say so;
+    under f32 its activations are quantized per group and nothing is added."""
+    pinned = {"openvino.int8_float_hint": "bf16", "passes.quantize.mode": "dynamic"}
+    b = _build(digits_onnx, tmp_path / "bf16", precision="int8", force=True, config=Config().with_overrides(pinned))
+    execution = b.manifest["backend_options"]["execution"]
+    assert execution["activations"].startswith("bf16, not quantized")
+    assert execution["activations"] in (b.path / "report.md").read_text()
+    import openvino as ov
+
+    name, xs = b.manifest["inputs"][0]["name"], np.split(np.asarray(x_test[:8], np.float32), 8)
+
+    def by_group(hint, g):
+        cfg = {**b.manifest["backend_options"]["config"], "INFERENCE_PRECISION_HINT": hint,
+               "DYNAMIC_QUANTIZATION_GROUP_SIZE": str(g)}
+        req = ov.Core().compile_model(str(b.path / "model.xml"), "CPU", cfg).create_infer_request()
+        return np.concatenate([next(iter(req.infer({name: x}).values())).copy() for x in xs])
+
+    np.testing.assert_array_equal(by_group("bf16", 0), by_group("bf16", 16))    # the group size has no effect
+    assert not np.array_equal(by_group("f32", 0), by_group("f32", 16))          # it has under f32
+    f32 = _build(digits_onnx, tmp_path / "f32", precision="int8", force=True,
+                 config=Config().with_overrides({**pinned, "openvino.int8_float_hint": "f32"}))
+    assert "execution" not in f32.manifest["backend_options"]
