@@ -23,6 +23,7 @@ from edgecompile.passes.calibration_cache import CALIBRATIONS, ROUNDINGS, calibr
 from edgecompile.passes.float_outputs import float_output_names, float_outputs_proto
 from edgecompile.passes.float_stems import float_stems
 from edgecompile.passes.gemm_matmul import gemm_to_matmul
+from edgecompile.passes.quant_ops import float_probabilities, op_types, output_rule
 from edgecompile.passes.quant_preset import backend_preset, preset_for, settings  # noqa: F401  (public here too)
 from edgecompile.targets.base import QuantPreset
 
@@ -30,7 +31,6 @@ from edgecompile.targets.base import QuantPreset
 # Ops whose presence makes quantization worthwhile (they carry the weights and the FLOPs).
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Attention", "LSTM")
 DYNAMIC_OPS = ("MatMul", "Attention", "LSTM")       # Gemm is rewritten to MatMul(+Add) first
-MATMUL_OPS = ("MatMul", "Gemm")                     # [passes.quantize] ops = "matmul": static QDQ on these only
 
 
 
@@ -172,7 +172,7 @@ class Quantize(FunctionalGraphPass):
         steps = {}
         if self.section.equalize:
             proto, steps["equalization"] = _equalize(proto, batches)
-        names = tensors_to_calibrate(proto, self._op_types())
+        names = tensors_to_calibrate(proto, op_types(self.section.ops))
         method = self.section.calibrate
         nonfinite: set[str] = set()
         stats = collect_stats(proto, names, batches, histograms=method not in ("minmax", "sample-mean"),
@@ -252,8 +252,11 @@ class Quantize(FunctionalGraphPass):
 
     def _exclude_notes(self) -> dict:
         notes = {"float_nodes": list(self.exclude)} if self.exclude else {}
-        stems = float_stems(*self._calibrated[:2]) if self.section.mode == "static" and self._calibrated else []
-        return {**notes, "float_stems": stems} if stems else notes
+        static = self.section.mode == "static" and self._calibrated
+        stems = float_stems(*self._calibrated[:2]) if static else []
+        probs = float_probabilities(self._calibrated[0], self.section.ops) if static else []
+        extra = {"float_stems": stems, "float_probabilities": probs}
+        return {**notes, **{k: v for k, v in extra.items() if v}}
 
     def _qdq(self, proto, preset: QuantPreset, ranges, exclude):
         """QDQ graph from calibrated ranges, leaving the `exclude`d nodes (and the preset's float stems) in float."""
@@ -274,27 +277,14 @@ class Quantize(FunctionalGraphPass):
                                      for k, (lo, hi) in ranges.items()})
         act, wt = _qtype(preset.activations), _qtype(preset.weights)
         model = update_opset_version(proto, wt, act)
-        op_types = self._op_types()
-        exclude = [*exclude, *(n for n in float_stems(proto, preset) + unranged_nodes(proto, ranges, op_types)
-                               if n not in exclude)]
+        types = op_types(self.section.ops)
+        exclude = [*exclude, *(n for n in float_stems(proto, preset) + unranged_nodes(proto, ranges, types)
+                               + float_probabilities(proto, self.section.ops) if n not in exclude)]
         with _quiet_ort_logging():
-            quantizer = QDQQuantizer(model, preset.per_channel, False, wt, act, tensors, [], list(exclude), op_types,
+            quantizer = QDQQuantizer(model, preset.per_channel, False, wt, act, tensors, [], list(exclude), types,
                                      {"ActivationSymmetric": preset.symmetric_activations,
-                                      "WeightSymmetric": preset.symmetric_weights, **self._output_rule()})
+                                      "WeightSymmetric": preset.symmetric_weights, **output_rule(self.section.ops)})
             return float_outputs_proto(quantizer.quantize_model(), proto)   # no Q/DQ on graph outputs
-
-    def _op_types(self) -> list[str]:
-        """The op types static QDQ quantizes ([passes.quantize] ops)."""
-        from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
-
-        if self.section.ops == "matmul":
-            return list(MATMUL_OPS)
-        return sorted(set(QDQRegistry) | set(QLinearOpsRegistry))
-
-    def _output_rule(self) -> dict:
-        """ops = "matmul": Q/DQ on the MatMul/Gemm inputs, not their outputs (a transformer's FFN output carries
-        the residual stream's few huge channels; one per-tensor INT8 range there costs most of the accuracy)."""
-        return {"OpTypesToExcludeOutputQuantization": list(MATMUL_OPS)} if self.section.ops == "matmul" else {}
 
     def requantize(self, exclude) -> PassResult:
         """The last static run's calibration, re-applied with other nodes kept in float: a fallback

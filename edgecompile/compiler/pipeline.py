@@ -277,7 +277,7 @@ def _onnx_evaluator(plan: Plan, reference: np.ndarray | None):
 
     from edgecompile.verify.metrics import bound_metric
 
-    evaluate_graph.metric = bound_metric(metric, ref)      # the metric actually scored (precision._metric_drop)
+    evaluate_graph.metric = bound_metric(metric, ref)      # the metric actually scored (precision_summary.metric_drop)
     return evaluate_graph
 
 

@@ -16,6 +16,7 @@ exported graph already carries the QDQ nodes and this stage only checks that (se
 from __future__ import annotations
 
 from edgecompile.compiler import registry
+from edgecompile.compiler.precision_summary import int8_summary, latency_feeds, metric_drop, output_cosine, pair_latency
 from edgecompile.compiler.rounding import maybe_adaround
 from edgecompile.errors import CompileError
 
@@ -116,12 +117,12 @@ def int8(plan, model, ctx, records, progress, auto: bool = False):
         return model, "fp32", {"reason": f"nothing to quantize: {why}",
                                "quantization": {"mode": qcfg.mode, "nothing_to_quantize": why}}
     bound = qcfg.max_accuracy_drop if qcfg.max_accuracy_drop is not None else (AUTO_BOUND if auto else None)
-    rec, qmodel = maybe_adaround(plan, qpass, rec, qmodel, lambda m: _metric_drop(plan, rec.metric_before, m, ctx)[0],
+    rec, qmodel = maybe_adaround(plan, qpass, rec, qmodel, lambda m: metric_drop(plan, rec.metric_before, m, ctx)[0],
                                  bound, ctx, records, progress)
     fp_bytes = ir.to_proto(model).SerializeToString()
-    feeds = _latency_feeds(plan, model)
+    feeds = latency_feeds(plan, model)
     with progress.step("int8 vs fp32", "size, latency (interleaved), output cosine"):
-        summary = summarize(plan, model, qmodel, rec, feeds=feeds, ctx=ctx)
+        summary = int8_summary(plan, model, qmodel, rec, feeds=feeds, ctx=ctx)
     notes = {"quantization": summary}
     lat = summary["latency"]
     cands = [_row("fp32", [], lat["fp32_ms"], lat["fp32_p99_ms"], 1.0, summary["size_bytes"]["fp32"], 0.0, 1.0),
@@ -147,8 +148,8 @@ def int8(plan, model, ctx, records, progress, auto: bool = False):
             mixed = found["model"]
             m_bytes = ir.to_proto(mixed).SerializeToString()
             with progress.step("mixed vs fp32", "latency (interleaved), output cosine"):
-                ml = _pair_latency(plan, fp_bytes, m_bytes, feeds)
-                cos = _cosine(plan, fp_bytes, m_bytes)
+                ml = pair_latency(plan, fp_bytes, m_bytes, feeds)
+                cos = output_cosine(plan, fp_bytes, m_bytes)
             cands.append(_row("mixed", found["kept"], ml["int8_ms"], ml["int8_p99_ms"], ml["speedup"], len(m_bytes),
                               found["drop"], cos))
             models["mixed"] = mixed
@@ -185,12 +186,11 @@ def _choose(plan, cands, models, slow, bound, notes, auto):
             c["status"] = "chosen" if c is best else f"not chosen: slower than {best['precision']}"
         within = "within the bound" if bound is not None else "(no max_accuracy_drop set)"
         cands[0]["status"] = f"not chosen: {best['precision']} is {best['speedup']:.2f}x faster {within}"
-        drop = best["accuracy_drop"]
-        if bound is None and drop is not None and drop > AUTO_BOUND:
-            unit = (notes.get("quantization") or {}).get("metric_drop_unit", "")
-            notes["warning"] = (f"{best['precision']} loses {drop:.3g} {unit} of the task metric and no "
-                                "--max-accuracy-drop is set, so no layer fell back to float; set one to keep "
-                                "the layers that cost it in float").replace("  ", " ")
+        if bound is None and (best["accuracy_drop"] or 0.0) > AUTO_BOUND:
+            unit = (notes.get("quantization") or {}).get("metric_drop_unit") or "units"
+            notes["warning"] = (f"{best['precision']} loses {best['accuracy_drop']:.3g} {unit} of the task metric "
+                                "and no --max-accuracy-drop is set, so no layer fell back to float; set one to "
+                                "keep the layers that cost it in float")
         if best["precision"] == "mixed":
             notes["note"] = (f"mixed precision: {best['float_nodes']} layer(s) kept in float to stay within "
                              f"max_accuracy_drop {bound:g}")
@@ -224,21 +224,21 @@ def _search(plan, qpass, rec, fp_bytes, qmodel, bound, feeds, ctx, progress) -> 
     data = plan.evaluation if plan.evaluation is not None else plan.calibration
     ranked = ps.sensitivity(fp_bytes, q_bytes, groups, data)
 
-    def metric_drop(m):
-        return _metric_drop(plan, rec.metric_before, ctx.evaluator(m), ctx)[0]
+    def drop_of(m):
+        return metric_drop(plan, rec.metric_before, ctx.evaluator(m), ctx)[0]
 
     by_task = _ranks_by_task_metric(plan) and len(groups) <= ps.TASK_SENSITIVITY_MAX_GROUPS
-    task = _metric_drop(plan, 0.0, 0.0, ctx)[2] or plan.source.metric      # e.g. map_agreement on unlabelled data
+    task = metric_drop(plan, 0.0, 0.0, ctx)[2] or plan.source.metric      # e.g. map_agreement on unlabelled data
     if by_task:          # regression / detection: rank by the gating metric itself (issue 25)
         with progress.step("sensitivity", f"{task} per layer group ({len(groups)} groups)"):
-            ranked = ps.task_sensitivity(qpass, groups, metric_drop, ranked)
+            ranked = ps.task_sensitivity(qpass, groups, drop_of, ranked)
     key = "metric_drop" if by_task else "added_error"
 
     def probe(a, b):
-        lat = _pair_latency(plan, a, b, feeds, rounds=4, seconds=0.4)
+        lat = pair_latency(plan, a, b, feeds, rounds=4, seconds=0.4)
         return lat["fp32_ms"], lat["int8_ms"]
 
-    res = ps.fallback(qpass, q_bytes, {g.node: g for g in groups}, ranked, metric_drop, bound, probe, progress)
+    res = ps.fallback(qpass, q_bytes, {g.node: g for g in groups}, ranked, drop_of, bound, probe, progress)
     step_of, prev = {}, 0
     for st in res["steps"]:                 # the step that moved each layer to float
         for n in [r["node"] for r in ranked[prev:st["float_layers"]]]:
@@ -300,107 +300,3 @@ def _qat(plan, model, ctx, records, progress):
         rec = next((r for r in [*ctx.module_records, *records] if r.name == "qat"), None)
         model, summary = qat_summary(model, rec)
     return model, "int8", {"quantization": summary}
-
-
-def _metric_drop(plan, before, after, ctx=None):
-    """(drop in contract units, unit name, metric name) from the pass record's metric values (scored by
-    ctx.evaluator, whose `metric` names the metric it bound, e.g. top1_agreement for too few confident)."""
-    if before is None or after is None or plan.evaluation is None:
-        return None, None, None
-    from edgecompile.verify.evaluate import choose_metric
-
-    m = getattr(getattr(ctx, "evaluator", None), "metric", None) or choose_metric(
-        plan.source.metric, plan.evaluation, plan.classifier)
-    if m.kind == "error":
-        return 100.0 * (after - before) / max(abs(before), 1e-12), "%", m.name
-    loss = before - after if m.higher_is_better else after - before
-    return 100.0 * loss, "pt", m.name
-
-
-def summarize(plan, fp32_model, int8_model, record, feeds=None, ctx=None) -> dict:
-    """Size ratio, batch-1 latency ratio (ORT, interleaved), output cosine, calibration used."""
-    import onnx_ir as ir
-
-    from edgecompile.verify.metrics import raw_similarity
-    from edgecompile.targets.ort.run import create_session
-
-    fp_bytes = ir.to_proto(fp32_model).SerializeToString()
-    q_bytes = ir.to_proto(int8_model).SerializeToString()
-    notes = record.notes
-    out = {"mode": notes.get("mode"), "preset": notes.get("preset"),
-           "activations": notes.get("activations"), "weights": notes.get("weights"),
-           "per_channel": notes.get("per_channel"), "symmetric_activations": notes.get("symmetric_activations"),
-           "calibration": ({"method": notes.get("calibrate"), "samples": notes.get("calib_samples"),
-                            "data": notes.get("calib_data"), **({"percentile": notes["percentile"]}
-                                                                 if "percentile" in notes else {})}
-                           if notes.get("mode") == "static" else None),
-           "quantized_ops": notes.get("quantized_ops"), "smoothing": notes.get("smoothing"),
-           "size_bytes": {"fp32": len(fp_bytes), "int8": len(q_bytes)},
-           "size_ratio": len(q_bytes) / len(fp_bytes)}
-    drop, unit, metric = _metric_drop(plan, record.metric_before, record.metric_after, ctx)
-    if drop is not None:
-        out.update(metric=metric, metric_fp32_graph=record.metric_before, metric_int8_graph=record.metric_after,
-                   metric_drop=drop, metric_drop_unit=unit)
-    threads = plan.config.build.threads
-    s32 = create_session(fp_bytes, threads=threads)
-    s8 = create_session(q_bytes, threads=threads)
-    data = plan.evaluation if plan.evaluation is not None else plan.calibration
-    if data is not None:
-        ds = data.take(128)
-        a = ds.stack_outputs([s8.run(None, f)[0] for f in ds.batches(64)])
-        b = ds.stack_outputs([s32.run(None, f)[0] for f in ds.batches(64)])
-        sim = raw_similarity(a, b)
-        out["output_cosine"] = sim["cosine"]
-        out["output_snr_db"] = sim["snr_db"]
-    out["latency"] = _pair_latency(
-        plan, fp_bytes, q_bytes, feeds if feeds is not None else _latency_feeds(plan, fp32_model)
-    )
-    return out
-
-
-def _latency_feeds(plan, fp32_model) -> dict:
-    """One batch-1 feed, the same for every candidate."""
-    from edgecompile.verify.bench import synthetic_feeds
-
-    data = plan.evaluation if plan.evaluation is not None else plan.calibration
-    if data is not None:
-        return data.first_feed()
-    from edgecompile.data import TensorSpec
-
-    specs = [TensorSpec(v.name, tuple(v.shape or ()), v.dtype.numpy().name) for v in fp32_model.graph.inputs]
-    return synthetic_feeds(specs, 1)
-
-
-def _pair_latency(plan, fp_bytes: bytes, q_bytes: bytes, feeds, rounds: int = 8, seconds: float = 1.5) -> dict:
-    """Batch-1 latency of the FP32 graph and a quantized one through ORT, interleaved, same feeds."""
-    from edgecompile.verify.bench import interleaved
-    from edgecompile.targets.ort.run import create_session
-
-    threads = plan.config.build.threads
-    s32 = create_session(fp_bytes, threads=threads)
-    s8 = create_session(q_bytes, threads=threads)
-    lat = interleaved({"fp32": lambda: s32.run(None, feeds), "int8": lambda: s8.run(None, feeds)},
-                      rounds=rounds, seconds=seconds)
-    paired = [a / b for a, b in zip(lat["fp32"]["samples_ms"], lat["int8"]["samples_ms"])]
-    return {"fp32_ms": lat["fp32"]["ms"], "int8_ms": lat["int8"]["ms"],
-            "fp32_p99_ms": lat["fp32"]["p99_ms"], "int8_p99_ms": lat["int8"]["p99_ms"],
-            "speedup": lat["fp32"]["ms"] / lat["int8"]["ms"], "batch": 1,
-            "slower_rounds": sum(1 for r in paired if r < 1.0),
-            "threads": threads or "ort default", "measured_with": "onnxruntime CPU, interleaved",
-            "rounds": lat["fp32"]["rounds"]}
-
-
-def _cosine(plan, fp_bytes: bytes, q_bytes: bytes) -> float | None:
-
-    from edgecompile.verify.metrics import raw_similarity
-    from edgecompile.targets.ort.run import create_session
-
-    data = plan.evaluation if plan.evaluation is not None else plan.calibration
-    if data is None:
-        return None
-    ds = data.take(128)
-    outs = []
-    for b in (q_bytes, fp_bytes):
-        s = create_session(b, threads=plan.config.build.threads)
-        outs.append(ds.stack_outputs([s.run(None, f)[0] for f in ds.batches(64)]))
-    return raw_similarity(outs[0], outs[1])["cosine"]

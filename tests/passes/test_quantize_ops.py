@@ -102,3 +102,36 @@ def test_smoothing_alpha_default_follows_the_quantization():
     assert alpha(mode="dynamic", ops="matmul") == 0.5
     assert alpha(mode="static", ops="auto") == 0.5        # the pass alone: auto -> all
     assert alpha(mode="static", ops="matmul", smooth_alpha=0.3) == 0.3
+
+
+ATTENTION = f"""
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[N, {D}] x) => (float[N, {D}] y) <float[{D}, {D}] wq, float[{D}, {D}] wk, float[{D}, {D}] wv> {{
+    q = MatMul(x, wq)
+    k = MatMul(x, wk)
+    v = MatMul(x, wv)
+    kt = Transpose<perm = [1, 0]>(k)
+    s = MatMul(q, kt)
+    p = Softmax<axis = -1>(s)
+    y = MatMul(p, v)
+}}
+"""
+
+
+def test_matmul_ops_leave_attention_probabilities_float():
+    """The MatMul reading a Softmax (probabilities x V) stays float under "matmul" and is named in the notes;
+    the score MatMul (Q x K^T) and the projections are quantized. Under "all" it is quantized."""
+    rng = np.random.default_rng(0)
+    w = {k: rng.normal(0, 0.3, (D, D)).astype(np.float32) for k in ("wq", "wk", "wv")}
+    cal = Dataset("attn", {"x": rng.normal(size=(64, D)).astype(np.float32)})
+    section = QuantizeSection(mode="static", ops="matmul", smooth_alpha=0.0, equalize=False, bias_correction=False)
+    result = Quantize(section, backend="ort", calibration=cal)(parse(ATTENTION, **w))
+    by_output = {n.outputs[0].name: n for n in result.model.graph}
+    pv = by_output["y"]
+    assert all(i.producer().op_type != "DequantizeLinear" for i in pv.inputs)
+    assert result.notes["float_probabilities"] == [pv.name]
+    assert by_output["s"].inputs[0].producer().op_type == "DequantizeLinear"
+    everything = Quantize(QuantizeSection(mode="static", ops="all", smooth_alpha=0.0, equalize=False,
+                                          bias_correction=False), backend="ort", calibration=cal)(parse(ATTENTION, **w))
+    y = next(n for n in everything.model.graph if n.outputs[0].name == "y")
+    assert y.inputs[0].producer().op_type == "DequantizeLinear" and "float_probabilities" not in everything.notes
