@@ -28,7 +28,7 @@ Accuracy vs raw ORT FP32 on real text: mean/min embedding cosine over the 256 ev
 nearest-neighbour retrieval top-1 agreement over them, and Spearman correlation with the human
 judgements of the 50 Lee documents (each candidate and FP32).
 Fresh process: wall time and peak RSS of a new Python process that loads and encodes one sentence,
-our bundle (`edgecompile.runtime.load`) vs raw ORT + tokenizers (median of 3, alternating).
+our bundle (`edgecompile.runtime.load`) vs raw ORT + tokenizers (median of 5, alternating).
 
 Bundles default to builds of models/minilm (served from the build cache when present).
 Writes bench/results/transformers.txt.
@@ -311,7 +311,7 @@ def main() -> None:
     raw_code = FRESH_RAW.format(threads=args.threads)
     our_code = FRESH_OURS.format(threads=args.threads)
     ours_f, raw_f = [], []
-    for _ in range(3):
+    for _ in range(5):
         ours_f.append(fresh(our_code, int8_dir))
         raw_f.append(fresh(raw_code, int8_dir / "model.onnx", int8_dir / "tokenizer.json"))
 
@@ -334,7 +334,7 @@ def main() -> None:
                      f"{rho:9.4f} {rho - rho_ref:+7.4f}")
     ot, orss = np.median([f[0] for f in ours_f]), np.median([f[1] for f in ours_f])
     rt, rrss = np.median([f[0] for f in raw_f]), np.median([f[1] for f in raw_f])
-    lines += ["", "fresh process, load + encode one sentence (median of 3):",
+    lines += ["", "fresh process, load + encode one sentence (median of 5):",
               f"  ours (edgecompile.runtime.load, int8 bundle): {1e3 * ot:8.1f} ms  {orss:7.1f} MiB peak RSS",
               f"  raw ORT + tokenizers (same model.onnx):        {1e3 * rt:8.1f} ms  {rrss:7.1f} MiB peak RSS",
               f"  ratio: time {ot / rt:.2f}x, memory {orss / rrss:.2f}x",
