@@ -152,16 +152,25 @@ start() {
   die "the board did not register within 180 s; see $RUN/board-$KEY.log"
 }
 
+signal_gone() {   # pkill ARGS...: only "no process matched" (exit 1) is tolerated, any other failure stops
+  local rc=0
+  pkill "$@" 2>/dev/null || rc=$?
+  [ "$rc" -le 1 ] || die "pkill $* failed (exit $rc)"
+}
+
 stop() {
   for f in "$RUN"/board-*.pid "$RUN"/tracker.pid; do
     [ -f "$f" ] || continue
-    pkill -TERM -P "$(cat "$f")" 2>/dev/null || true
-    kill -TERM "$(cat "$f")" 2>/dev/null || true
+    local pid
+    pid=$(cat "$f")
+    signal_gone -TERM -P "$pid"
+    # a process that already exited is fine; one still there that cannot be signalled is not
+    kill -TERM "$pid" 2>/dev/null || ! kill -0 "$pid" 2>/dev/null || die "cannot stop process $pid ($f)"
     rm -f "$f"
   done
-  pkill -TERM -f "proot.*$ROOTFS" 2>/dev/null || true
+  signal_gone -TERM -f "proot.*$ROOTFS"
   sleep 2
-  pkill -KILL -f "proot.*$ROOTFS" 2>/dev/null || true   # a proot whose tracees are gone may ignore TERM
+  signal_gone -KILL -f "proot.*$ROOTFS"   # a proot whose tracees are gone may ignore TERM
   log "stopped"
 }
 
