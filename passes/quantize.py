@@ -71,8 +71,7 @@ class Quantize(FunctionalGraphPass):
         if self.section.ops == "auto":       # the same
             self.section = dataclasses.replace(self.section, ops="all")
         if self.section.smooth_alpha is None:
-            matmul_only = self.section.mode == "static" and self.section.ops == "matmul"
-            self.section = dataclasses.replace(self.section, smooth_alpha=0.95 if matmul_only else 0.5)
+            self.section = dataclasses.replace(self.section, smooth_alpha=0.95 if self._matmul_only else 0.5)
         self.exclude = tuple(exclude)        # node names kept in float (the precision search's fallback)
         self.backend = backend               # whose preset (Backend.quant_preset) the QDQ graph follows
         self.calibration = calibration       # edgecompile.data.Dataset | None
@@ -92,6 +91,11 @@ class Quantize(FunctionalGraphPass):
             raise ConfigError("[passes.quantize] float_stem_channels must be 0 or more", hint="0 quantizes every conv")
         if self.section.calib_samples < 1:
             raise ConfigError(f"[passes.quantize] calib_samples must be at least 1, got {self.section.calib_samples}")
+
+    @property
+    def _matmul_only(self) -> bool:
+        """Static INT8 with Q/DQ on MatMul inputs only: every MatMul activation is smoothed, at alpha 0.95."""
+        return self.section.mode == "static" and self.section.ops == "matmul"
 
     def options(self) -> dict:
         s = self.section
@@ -123,9 +127,8 @@ class Quantize(FunctionalGraphPass):
             from edgecompile.passes.smoothquant import smooth_proto
 
             has_data = self.calibration is not None or self.calibration_data is not None
-            every = self.section.mode == "static" and self.section.ops == "matmul"
             proto, self.smoothing = smooth_proto(proto, self._calibration_feeds, self.section.smooth_alpha, has_data,
-                                                 every)
+                                                 every=self._matmul_only)
         with _quiet_ort_logging():
             if self.section.mode == "dynamic":
                 out, notes = self._dynamic(proto, preset)

@@ -100,7 +100,8 @@ class SmoothQuant(FunctionalGraphPass):
         model = model.clone()
         groups = smoothing_groups(model, self.every)
         if not groups:
-            return PassResult(model, False, {"smoothed": 0, "why": "no LayerNorm output feeds a MatMul/Attention"})
+            looked_for = "activation" if self.every else "LayerNorm output"
+            return PassResult(model, False, {"smoothed": 0, "why": f"no {looked_for} feeds a MatMul/Attention weight"})
         if not self.feeds:
             raise DataError("activation smoothing needs calibration data",
                             hint="set [data] calibration, or smooth_alpha = 0 to switch smoothing off")

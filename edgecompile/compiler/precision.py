@@ -122,7 +122,7 @@ def int8(plan, model, ctx, records, progress, auto: bool = False):
     fp_bytes = ir.to_proto(model).SerializeToString()
     feeds = latency_feeds(plan, model)
     with progress.step("int8 vs fp32", "size, latency (interleaved), output cosine"):
-        summary = int8_summary(plan, model, qmodel, rec, feeds=feeds, ctx=ctx)
+        summary = int8_summary(plan, fp_bytes, qmodel, rec, feeds, ctx=ctx)
     notes = {"quantization": summary}
     lat = summary["latency"]
     cands = [_row("fp32", [], lat["fp32_ms"], lat["fp32_p99_ms"], 1.0, summary["size_bytes"]["fp32"], 0.0, 1.0),

@@ -91,14 +91,13 @@ def metric_drop(plan, before, after, ctx=None):
     return 100.0 * loss, "pt", m.name
 
 
-def int8_summary(plan, fp32_model, int8_model, record, feeds=None, ctx=None) -> dict:
-    """The report's `quantization` record: size ratio, batch-1 latency ratio (ORT, interleaved), output
-    cosine and SNR, calibration used."""
+def int8_summary(plan, fp_bytes: bytes, int8_model, record, feeds: dict, ctx=None) -> dict:
+    """The report's `quantization` record: size ratio, batch-1 latency ratio (ORT, interleaved, on `feeds`),
+    output cosine and SNR, calibration used. `fp_bytes`: the serialized FP32 graph."""
     import onnx_ir as ir
 
     from edgecompile.verify.metrics import raw_similarity
 
-    fp_bytes = ir.to_proto(fp32_model).SerializeToString()
     q_bytes = ir.to_proto(int8_model).SerializeToString()
     notes = record.notes
     out = {"mode": notes.get("mode"), "preset": notes.get("preset"),
@@ -120,9 +119,7 @@ def int8_summary(plan, fp32_model, int8_model, record, feeds=None, ctx=None) -> 
         sim = raw_similarity(*outs)
         out["output_cosine"] = sim["cosine"]
         out["output_snr_db"] = sim["snr_db"]
-    out["latency"] = pair_latency(
-        plan, fp_bytes, q_bytes, feeds if feeds is not None else latency_feeds(plan, fp32_model)
-    )
+    out["latency"] = pair_latency(plan, fp_bytes, q_bytes, feeds)
     return out
 
 

@@ -116,11 +116,11 @@ class OpenVinoTarget(Backend):
 # bf16 for the ops of an INT8 graph that stay float only when it is this much faster, and its outputs this
 # close to the f32-hinted ones on the calibration samples (the task metric is then evaluated as always)
 BF16_MIN_GAIN = 1.05
+BF16_MIN_COSINE = 0.9995
 # measured on OpenVINO 2026.4: under the bf16 hint the CPU plugin quantizes no activations of a weight-only
 # graph (accuracy and speed are the same for every DYNAMIC_QUANTIZATION_GROUP_SIZE, 0 included)
 BF16_WEIGHT_ONLY = "bf16, not quantized (int8 weights, bf16 MatMuls: OpenVINO applies no dynamic quantization " \
                    "under the bf16 hint)"
-BF16_MIN_COSINE = 0.9995
 
 
 def prefer_bf16(f32_ms: float, bf16_ms: float, cosine: float) -> bool:
