@@ -25,6 +25,7 @@ from pathlib import Path
 from edgecompile.errors import CompileError, TargetUnavailableError, first_line
 from edgecompile.targets.base import Artifacts, Availability, Backend, BuildContext
 from edgecompile.targets.tvm import run
+from edgecompile.targets.tvm.integer import integer_kernels
 from edgecompile.targets.tvm.run import COMPILED_BATCH, LIB_FILE, _host_arch, tvm_module
 _CROSS_PACKAGE = {"aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu libc6-dev-arm64-cross"}   # the crt files too
 
@@ -174,8 +175,15 @@ def tvm_graph(model):
     return ir.to_proto(m)
 
 
-def to_relax(model):
-    """onnx_ir.Model (or ModelProto) -> (Relax IRModule with weights bound, ONNX bytes hashed for the cache)."""
+# Convolutions run NHWC with HWIO weights: MetaSchedule's CPU schedules vectorize along the innermost axis, the
+# output channels (NCHW leaves them the image width: 7..112), and VNNI needs the input channels contiguous.
+CONV_LAYOUT = ["NHWC", "HWIO"]
+
+
+def to_relax(model, lowering: dict | None = None):
+    """onnx_ir.Model (or ModelProto) -> (Relax IRModule with weights bound, ONNX bytes hashed for the cache).
+    QDQ convolutions/matmuls become integer kernels (integer.py), convolutions run in CONV_LAYOUT; what was
+    done is written into `lowering` (layout, integer and float kernel counts) when given."""
     proto = tvm_graph(model)
     bad = unsupported_nodes(proto)
     if bad:
@@ -193,6 +201,14 @@ def to_relax(model):
     except Exception as exc:   # a converter rejected a node's attributes / shapes
         raise CompileError(f"TVM's ONNX frontend failed: {first_line(exc)}",
                            hint="build with --backend ort (target cpu) for this model") from None
+    info = {"conv_layout": "/".join(CONV_LAYOUT)}
+    if any(n.op_type == "DequantizeLinear" for n in proto.graph.node):
+        mod, counts = integer_kernels(mod)
+        info["integer_kernels"] = {k: v for k, v in counts.items() if not k.startswith("float_")}
+        info["float_kernels"] = {k[len("float_"):]: v for k, v in counts.items() if k.startswith("float_")}
+    mod = relax.transform.FoldConstant()(relax.transform.ConvertLayout({"relax.nn.conv2d": CONV_LAYOUT})(mod))
+    if lowering is not None:
+        lowering.update(info)
     return mod, proto.SerializeToString(deterministic=True)
 
 
@@ -223,7 +239,8 @@ def compile_library(model, profile, out_path: Path, *, tune_trials: int = 0, tun
 
     tgt_dict = target_dict(profile)
     t0 = time.perf_counter()
-    mod, onnx_bytes = to_relax(model)
+    lowering = {}
+    mod, onnx_bytes = to_relax(model, lowering)
     t_import = time.perf_counter() - t0
     target = _make_target(tvm, tgt_dict)
     key = tvm_tune.database_key(graph_hash(onnx_bytes), tgt_dict, tvm.__version__)
@@ -261,6 +278,7 @@ def compile_library(model, profile, out_path: Path, *, tune_trials: int = 0, tun
         "compiled_batch": COMPILED_BATCH,
         "entry": "main",
         "graph_sha256": graph_hash(onnx_bytes),
+        "lowering": lowering,
         "tuning": tuning,
         "timings_s": {"import": round(t_import, 3), "compile": round(t_compile, 3), "link": round(t_link, 3)},
         "files": [out_path.name, meta_path.name],
@@ -284,7 +302,7 @@ class TvmTarget(Backend):
     name = "tvm"
     run_module = "edgecompile.targets.tvm.run"
     config_section = "tvm"
-    precisions = ("fp32", "int8")    # int8: the QDQ graph of the quantize pass, lowered by TVM
+    precisions = ("fp32", "int8")    # int8: the QDQ graph of the quantize pass, as integer kernels (integer.py)
 
     def compile(self, model, ctx: BuildContext) -> Artifacts:
         tvm_cfg = ctx.config.tvm
@@ -299,8 +317,8 @@ class TvmTarget(Backend):
             if ctx.progress is not None:
                 ctx.progress.warn(meta["tuning"]["untuned_warning"])
         return Artifacts(files=files, backend_options={k: meta[k] for k in (
-            "tvm_version", "target", "cross_compiler", "host_cpu", "compiled_batch", "graph_sha256", "tuning",
-            "timings_s")}, notes=notes)
+            "tvm_version", "target", "cross_compiler", "host_cpu", "compiled_batch", "graph_sha256", "lowering",
+            "tuning", "timings_s")}, notes=notes)
 
     def auto_candidate(self, model, plan) -> Availability:
         """`--backend auto` measures TVM only where its tuning database for this graph and target is
