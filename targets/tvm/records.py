@@ -73,19 +73,26 @@ class SharedRecords:
                                     "can be unreadable) and tune again") from None
 
     def commit(self, records) -> int:
-        """Append tuning records (from a session's database) to the shared one; returns how many."""
+        """Append tuning records (from a session's database) to the shared one; returns how many were kept (a
+        record whose trace does not replay on the kernel it would be filed under is left out)."""
         from tvm.s_tir import meta_schedule as ms
 
         records = list(records)
         if not records:
             return 0
+        kept = 0
         with self.locked():
             db = self._read(ms)                     # re-read: another build may have committed
             for rec in records:
                 # commit_workload finds the kernel by structural equality (a Python id() of the FFI wrapper is
                 # not a key: each `rec.workload` is a new wrapper and ids are reused once one is freed)
-                db.commit_tuning_record(copy_record(ms, rec, db.commit_workload(rec.workload.mod)))
-        return len(records)
+                workload = db.commit_workload(rec.workload.mod)
+                # the same computation filed under other block names (see `applies` below): TVM replays every
+                # trace when it reads the records, so one filed there would make the whole file unreadable
+                if applies(workload.mod, rec):
+                    db.commit_tuning_record(copy_record(ms, rec, workload))
+                    kept += 1
+        return kept
 
     # -- the cost model -----------------------------------------------------------------------------------
     def load_cost_model(self, model) -> int:
@@ -153,3 +160,41 @@ def valid_records(db, mod) -> list:
     if not db.has_workload(mod):
         return []
     return list(db.get_top_k(db.commit_workload(mod), ALL))
+
+
+# Records are found by structural equality of a kernel's TIR, which ignores block names, but a record's trace
+# names the blocks it schedules. A kernel tuned in another graph can be the same computation under other names
+# (a global mean over a dequantized tensor instead of a ReLU's output): its trace then fails to apply and TVM's
+# compile fails the whole build. Such records are not counted as this kernel's, and the compile step gets, per
+# kernel, the best record whose trace does apply.
+APPLY_CHECK_LIMIT = 32
+
+
+def applies(mod, rec) -> bool:
+    """Whether `rec`'s trace replays on the kernel `mod` (its own block names)."""
+    from tvm.s_tir import Schedule
+
+    try:
+        rec.trace.apply_to_schedule(Schedule(mod), remove_postproc=False)
+        return True
+    except Exception:
+        return False
+
+
+def applicable(mod, records: list) -> list:
+    """The records (best first) whose trace applies to `mod`. The usual case, the best one applies, costs one
+    replay: the rest come from the same kernel. Otherwise the first APPLY_CHECK_LIMIT are checked one by one."""
+    if not records or applies(mod, records[0]):
+        return records
+    return [r for r in records[:APPLY_CHECK_LIMIT] if applies(mod, r)]
+
+
+def compile_database(ms, tasks, db):
+    """A MemoryDatabase with, per kernel, the best record of `db` whose trace applies to it (none: untuned)."""
+    out = ms.database.MemoryDatabase()
+    for task in tasks:
+        mod = task.dispatched[0]
+        best = applicable(mod, valid_records(db, mod))
+        if best:
+            out.commit_tuning_record(copy_record(ms, best[0], out.commit_workload(mod)))
+    return out

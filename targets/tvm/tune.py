@@ -25,9 +25,10 @@ from pathlib import Path
 
 from edgecompile.cache import content_key, subdir
 from edgecompile.errors import ConfigError, first_line
-from edgecompile.targets.tvm.records import SEED_RECORDS, SharedRecords, copy_record, valid_records
+from edgecompile.targets.tvm.records import (SEED_RECORDS, SharedRecords, applicable, compile_database, copy_record,
+                                             valid_records)
 from edgecompile.targets.tvm.startup import import_tensor_intrinsics, search_strategy
-from edgecompile.targets.tvm.workers import builder_runner, hide_torch_from_workers
+from edgecompile.targets.tvm.workers import NATIVE_LOG, builder_runner, hide_torch_from_workers, native_stderr_to
 
 META_FILE = "edgecompile.json"
 MIN_PER_ITER, MAX_PER_ITER = 4, 32
@@ -35,7 +36,18 @@ STOPPED_BY_TIMEOUT = "not built: --tune-timeout reached"
 
 
 def database_key(graph_sha256: str, target: dict, tvm_version: str) -> str:
-    return content_key("tvm-tuning-db/v1", graph_sha256, target, tvm_version)[:32]
+    # v2: NHWC convolutions and integer QDQ kernels (build.to_relax); v1 databases described NCHW float kernels
+    return content_key("tvm-tuning-db/v2", graph_sha256, target, tvm_version)[:32]
+
+
+def trials_per_batch(budget: int, kernels: int) -> int:
+    """Candidates per batch: about half the budget for the scheduler's first round over the kernels, the rest by
+    expected gain. A budget too small for MIN_PER_ITER each, but not for one each, still gives every kernel a
+    candidate in the first round (an untuned kernel is ~100x slower: leaving one out costs more than it saves)."""
+    per_iter = min(budget, max(MIN_PER_ITER, min(MAX_PER_ITER, budget // (2 * kernels))))
+    if kernels <= budget < per_iter * kernels:
+        per_iter = budget // kernels
+    return per_iter
 
 
 def trials_in_cache(key: str) -> int:
@@ -104,7 +116,8 @@ class TuningDatabase:
         tasks = ms.relax_integration.extract_tasks(_fused(mod, target, tvm, relax), target)
         tasks = [t for t in tasks if not t.mod.attrs.get("tirx.is_scheduled", False)] if tasks else []
         self.database = self.shared.snapshot()
-        found = {t.task_name: valid_records(self.database, t.dispatched[0]) for t in tasks}
+        found = {t.task_name: applicable(t.dispatched[0], valid_records(self.database, t.dispatched[0]))
+                 for t in tasks}
         for t in tasks:
             self._note_task(t, found[t.task_name], _flops(estimate_tir_flops, t.dispatched[0]))
         before = self._count()
@@ -130,6 +143,7 @@ class TuningDatabase:
             reused = sum(1 for t in self.meta["tasks"].values() if t["trials"])
             progress.info(f"    tuning records for {reused}/{len(tasks)} kernels ({before} trials) in the cache: "
                           "reused, no re-tuning")
+        self.database = compile_database(ms, tasks, self.database)    # records whose traces apply, per kernel
         if self.persistent:
             self._save()
         total = self._count()
@@ -176,8 +190,7 @@ class TuningDatabase:
         fresh = [t for t in tasks if not found[t.task_name]]
         chosen = fresh or tasks            # kernels found in the records are not tuned again while others wait
         cores = max(1, min(os.cpu_count() or 1, int(target.attrs.get("num-cores", 0) or os.cpu_count() or 1)))
-        # about half the budget for the scheduler's first round over the kernels, the rest by expected gain
-        per_iter = min(budget, max(MIN_PER_ITER, min(MAX_PER_ITER, budget // (2 * len(chosen)))))
+        per_iter = trials_per_batch(budget, len(chosen))
         # the session's database: the records of these kernels (the search starts from their best)
         db = ms.database.MemoryDatabase()
         for t in tasks:
@@ -203,12 +216,14 @@ class TuningDatabase:
                 + f", {budget} trials, {per_iter} per batch, gradient task scheduler, cost model "
                 + (f"warm ({session['cost_model_samples']} samples)" if session["cost_model_samples"] else "cold")
                 + f"{where}")
+        stack = contextlib.ExitStack()
         try:
             if deadline is not None and time.perf_counter() >= deadline:
                 state.stopped = f"--tune-timeout {timeout_min} min reached after 0 trials"
             else:
                 _tidy_meta_schedule_logger()
                 import_tensor_intrinsics()
+                stack.enter_context(native_stderr_to(self.path / NATIVE_LOG, progress))
                 ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
                     chosen, str(self.path), strategy=search_strategy(ms, per_iter), num_threads=cores, seed=0)
                 callbacks = [*ms.measure_callback.MeasureCallback.create("default"), state.callback(ms)]
@@ -219,6 +234,7 @@ class TuningDatabase:
         except Exception as exc:     # MetaSchedule failed: keep what it measured, compile the rest untuned
             state.stopped = f"MetaSchedule failed after {state.done} trials: {first_line(exc)}"
         finally:
+            stack.close()
             seconds = time.perf_counter() - t0
             new = db.get_all_tuning_records()[seeded:]
             self.shared.commit(r for r in new if _mean_us(r) is not None and _mean_us(r) < 1e15)   # measured ones

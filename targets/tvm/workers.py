@@ -1,11 +1,14 @@
 """The processes MetaSchedule builds and measures kernels in: this host's workers, or a cross-linking
-builder with a board's RPC runner; and a `torch` hidden from those workers."""
+builder with a board's RPC runner; a `torch` hidden from those workers; and their (and TVM's C++) stderr
+kept out of the terminal while tuning."""
 from __future__ import annotations
 
 import contextlib
 import functools
 import os
+import sys
 import tempfile
+from pathlib import Path
 
 from edgecompile.cache import subdir
 from edgecompile.targets.tvm.startup import import_tensor_intrinsics
@@ -15,6 +18,9 @@ from edgecompile.targets.tvm.startup import import_tensor_intrinsics
 BUILD_TIMEOUT_S, RUN_TIMEOUT_S = 120.0, 120.0
 # A board session: upload, load and time one candidate; an emulated board needs minutes.
 REMOTE_SESSION_TIMEOUT_S = 600
+# TVM's C++ warnings while it searches (a VNNI tensorization that does not fit a candidate, an unknown custom
+# rule), hundreds per session, and its worker processes' output: into this file of the graph's database
+NATIVE_LOG = "tuning.log"
 
 
 def export_shared(cc: str | None, mod) -> str:
@@ -74,3 +80,28 @@ def hide_torch_from_workers() -> contextlib.ExitStack:
 
     stack.callback(restore)
     return stack
+
+
+@contextlib.contextmanager
+def native_stderr_to(path: Path, progress):
+    """File descriptor 2 (TVM's C++ log, MetaSchedule's worker processes) appended to `path` for the block;
+    Python's sys.stderr, and `progress` where it writes to it, keep writing to the terminal."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "ab") as log:
+        os.dup2(log.fileno(), 2)
+    terminal = os.fdopen(os.dup(saved), "w", buffering=1)
+    old_stderr, old_stream = sys.stderr, getattr(progress, "stream", None)
+    sys.stderr = terminal
+    if progress is not None and old_stream is old_stderr:
+        progress.stream = terminal
+    try:
+        yield
+    finally:
+        terminal.flush()
+        sys.stderr = old_stderr
+        if progress is not None and old_stream is old_stderr:
+            progress.stream = old_stream
+        terminal.close()
+        os.dup2(saved, 2)
+        os.close(saved)

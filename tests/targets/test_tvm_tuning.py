@@ -200,3 +200,46 @@ def test_unreadable_shared_records_are_a_clear_error(tmp_path):
     with pytest.raises(CompileError, match="cannot be read") as err:
         target.snapshot()
     assert str(tmp_path) in err.value.hint
+
+
+def test_records_whose_trace_names_other_blocks_are_not_applied(tmp_path):
+    """Two kernels that are the same computation under other block names are one workload to MetaSchedule's
+    database, but a record's trace names its blocks: the other kernel gets no record (compiled untuned)
+    instead of a compile that fails the build. Seen with a global mean tuned in an FP32 ResNet-18 and met again,
+    reading a dequantized tensor, in its INT8 graph."""
+    import types
+
+    import tvm
+    from tvm import te
+    from tvm.s_tir import Schedule
+    from tvm.s_tir import meta_schedule as ms
+
+    from edgecompile.targets.tvm.records import SharedRecords, applicable, compile_database, valid_records
+
+    def kernel(block):
+        a = te.placeholder((64,), "float32", name="A")
+        b = te.compute((64,), lambda i: a[i] * 2.0, name=block)
+        return tvm.IRModule({"main": te.create_prim_func([a, b]).with_attr("global_symbol", "main")})
+
+    def record(mod, block, db):
+        sch = Schedule(mod)
+        (loop,) = sch.get_loops(sch.get_sblock(block))
+        sch.split(loop, [None, 8])
+        return ms.database.TuningRecord(sch.trace, db.commit_workload(mod), run_secs=[1e-6])
+
+    tuned, other = kernel("scale"), kernel("double")
+    db = ms.database.MemoryDatabase()
+    db.commit_tuning_record(record(tuned, "scale", db))
+    assert len(valid_records(db, other)) == 1                  # found by structural equality...
+    assert applicable(other, valid_records(db, other)) == []   # ...but its trace does not replay there
+    assert len(applicable(tuned, valid_records(db, tuned))) == 1
+    assert compile_database(ms, [types.SimpleNamespace(dispatched=[other])], db).get_all_tuning_records() == []
+    kept = compile_database(ms, [types.SimpleNamespace(dispatched=[tuned])], db)
+    assert len(kept.get_all_tuning_records()) == 1
+    # the shared records: TVM replays every trace when it reads them, so a record of `other` filed under the
+    # workload of `tuned` would make the whole file unreadable; it is left out
+    shared = SharedRecords(tmp_path)
+    assert shared.commit(db.get_all_tuning_records()) == 1
+    session = ms.database.MemoryDatabase()
+    assert shared.commit([record(other, "double", session)]) == 0
+    assert len(shared.snapshot().get_all_tuning_records()) == 1
