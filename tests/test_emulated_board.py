@@ -143,8 +143,8 @@ def _on_board(env, jobs: dict, out_dir: Path) -> dict:
 
 @pytest.fixture(scope="module", params=["digits", "mobilenetv2"])
 def rpi5_bundles(request, tmp_path_factory):
-    """A model's rpi5 bundles built on this x86 host: ORT fp32 and QDQ int8 (plain ONNX graphs) and TVM fp32
-    (cross-linked for aarch64), with its test inputs as .npy (cut to BOARD_SAMPLES)."""
+    """A model's rpi5 bundles built on this x86 host: ORT fp32 and QDQ int8 (plain ONNX graphs) and TVM fp32 and
+    int8 (integer kernels; cross-linked for aarch64), with its test inputs as .npy (cut to BOARD_SAMPLES)."""
     import edgecompile
     from edgecompile.source import resolve_source
 
@@ -154,7 +154,7 @@ def rpi5_bundles(request, tmp_path_factory):
     np.save(root / "inputs.npy", x)
     bundles = {f"{b}-{p}": edgecompile.build(f"models/{name}", target="rpi5", backend=b, precision=p,
                                              output=root / f"{b}-{p}")
-               for b, p in (("ort", "fp32"), ("ort", "int8"), ("tvm", "fp32"))}
+               for b, p in (("ort", "fp32"), ("ort", "int8"), ("tvm", "fp32"), ("tvm", "int8"))}
     return name, bundles, root / "inputs.npy"
 
 
@@ -185,3 +185,8 @@ def test_rpi5_bundles_on_the_board_match_the_x86_run(board, rpi5_bundles, tmp_pa
     # TVM's own float kernels vs ORT's: same maths, different summation order (measured 1e-6 of the scale)
     np.testing.assert_allclose(on_tvm, ref, rtol=0, atol=1e-3 * scale, err_msg=f"{name} tvm vs x86 ort")
     assert (on_tvm.argmax(1) == ref.argmax(1)).all(), name
+    # TVM int8 on aarch64 (integer kernels, NEON) vs ORT running the same kind of QDQ graph on x86: both compute
+    # u8 x s8 in integers; calibration is the same, rounding of the float epilogues differs -> as ort-int8 above
+    on_tvm8, ref8 = on_board["tvm-int8"], here["ort-int8"][:TVM_SAMPLES[name]]
+    np.testing.assert_allclose(on_tvm8, ref8, rtol=0, atol=0.1 * scale, err_msg=f"{name} tvm int8 vs x86 ort int8")
+    assert (on_tvm8.argmax(1) == ref8.argmax(1)).mean() >= 0.98, name
