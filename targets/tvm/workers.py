@@ -85,9 +85,15 @@ def hide_torch_from_workers() -> contextlib.ExitStack:
 @contextlib.contextmanager
 def native_stderr_to(path: Path, progress):
     """File descriptor 2 (TVM's C++ log, MetaSchedule's worker processes) appended to `path` for the block;
-    Python's sys.stderr, and `progress` where it writes to it, keep writing to the terminal."""
-    sys.stderr.flush()
-    saved = os.dup(2)
+    Python's sys.stderr, and `progress` where it writes to it, keep writing to the terminal. A process without
+    a file descriptor 2 (or without sys.stderr) is left as it is."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    if sys.stderr is not None:
+        sys.stderr.flush()
     with open(path, "ab") as log:
         os.dup2(log.fileno(), 2)
     terminal = os.fdopen(os.dup(saved), "w", buffering=1)
