@@ -159,7 +159,7 @@ def bench_model(name, args, cpu, work, out, progress):
     def row(label, trials, seconds, note=""):
         o = outputs[label]
         cos = float(o @ ref / (np.linalg.norm(o) * np.linalg.norm(ref) + 1e-30))
-        out(f"  {label.split(' ')[0] + ' ' + label.split(' ')[1]:<10} {trials:>7} {seconds:>9} {lat[label]:>9.3f} "
+        out(f"  {' '.join(label.split()[:2]):<10} {trials:>7} {seconds:>9} {lat[label]:>9.3f} "
             f"{lat[label] / ort:>7.2f}x  {cos:.6f}{note}")
 
     row("ort fp32", "", "")

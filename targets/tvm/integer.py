@@ -27,13 +27,13 @@ QUANTIZE, DEQUANTIZE = "relax.quantize", "relax.dequantize"
 
 
 def integer_kernels(mod):
-    """(module, counts): `mod` with its QDQ conv2d/matmul pairs as integer kernels; counts of what was rewritten
-    ({"conv2d": n, "matmul": m}) and of the float ones left ({"float_conv2d": k, ...})."""
+    """(module, counts): `mod` with its QDQ conv2d/matmul pairs as integer kernels; counts =
+    {"integer_kernels": {"conv2d": n, "matmul": m}, "float_kernels": {...}} (rewritten / left float)."""
     import tvm
     from tvm import relax
     from tvm.relax.expr_functor import PyExprMutator, mutator
 
-    counts = {"conv2d": 0, "matmul": 0, "float_conv2d": 0, "float_matmul": 0}
+    counts = {"integer_kernels": {"conv2d": 0, "matmul": 0}, "float_kernels": {"conv2d": 0, "matmul": 0}}
 
     @mutator
     class Elementwise(PyExprMutator):      # second pass: what is left of quantize/dequantize
@@ -57,7 +57,7 @@ def integer_kernels(mod):
             new = None
             if data is not None and weight is not None:
                 new = (_conv2d if kind == "conv2d" else _matmul)(self, relax, call, data, weight)
-            counts[kind if new is not None else "float_" + kind] += 1
+            counts["float_kernels" if new is None else "integer_kernels"][kind] += 1
             return new if new is not None else call
 
     out = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)
@@ -87,15 +87,22 @@ def _const(expr):
     return expr.value.numpy() if isinstance(expr, Constant) else None
 
 
+def _scalar_qparams(call):
+    """(scale, zero point) of a quantize/dequantize call with one constant scale and zero point; else None."""
+    s, z = _const(call.args[1]), _const(call.args[2])
+    if s is None or z is None or s.size != 1 or z.size != 1:
+        return None
+    return float(s.reshape(())), int(z.reshape(()))
+
+
 def _elementwise(mutator_, relax, call):
     """quantize/dequantize of an activation with one scale and zero point as the elementwise ops their
     legalization computes (the same rounding and clipping): ops whose layout ConvertLayout can change, so
     an NHWC network stays NHWC across them. Constants (weights, biases) are left to constant folding."""
-    data, scale, zp = call.args
-    s, z = _const(scale), _const(zp)
-    if _const(data) is not None or s is None or z is None or s.size != 1 or z.size != 1:
+    data, params = call.args[0], _scalar_qparams(call)
+    if _const(data) is not None or params is None:
         return None
-    s, z = relax.const(s.reshape(()).astype(np.float32)), int(z.reshape(()))
+    s, z = relax.const(np.float32(params[0])), params[1]
     emit, dtype = mutator_.builder_.emit, str(call.attrs.out_dtype)
     if call.op.name == QUANTIZE:
         if dtype not in ("uint8", "int8"):
@@ -121,11 +128,10 @@ def _dequantized_activation(mutator_, expr):
     call = _bound(mutator_, expr)
     if getattr(getattr(call, "op", None), "name", "") != DEQUANTIZE:
         return None
-    xq, scale, zp = call.args
-    s, z = _const(scale), _const(zp)
-    if s is None or z is None or s.size != 1 or z.size != 1 or str(xq.ty.dtype) != "uint8":
+    params = _scalar_qparams(call)
+    if params is None or str(call.args[0].ty.dtype) != "uint8":
         return None
-    return xq, float(s.reshape(())), int(z.reshape(()))
+    return (call.args[0], *params)
 
 
 def _dequantized_weight(mutator_, expr):

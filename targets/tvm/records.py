@@ -165,8 +165,8 @@ def valid_records(db, mod) -> list:
 # Records are found by structural equality of a kernel's TIR, which ignores block names, but a record's trace
 # names the blocks it schedules. A kernel tuned in another graph can be the same computation under other names
 # (a global mean over a dequantized tensor instead of a ReLU's output): its trace then fails to apply and TVM's
-# compile fails the whole build. Such records are not counted as this kernel's, and the compile step gets, per
-# kernel, the best record whose trace does apply.
+# compile fails the whole build. Such records are not counted as this kernel's (`applicable`), and the compile
+# step gets, per kernel, the best record whose trace does apply (`compile_database`).
 APPLY_CHECK_LIMIT = 32
 
 
@@ -189,12 +189,11 @@ def applicable(mod, records: list) -> list:
     return [r for r in records[:APPLY_CHECK_LIMIT] if applies(mod, r)]
 
 
-def compile_database(ms, tasks, db):
-    """A MemoryDatabase with, per kernel, the best record of `db` whose trace applies to it (none: untuned)."""
+def compile_database(ms, tasks, best: dict):
+    """A MemoryDatabase with each kernel's record from `best` (kernel name -> its best record whose trace applies,
+    as `applicable` found it; None: compiled untuned)."""
     out = ms.database.MemoryDatabase()
     for task in tasks:
-        mod = task.dispatched[0]
-        best = applicable(mod, valid_records(db, mod))
-        if best:
-            out.commit_tuning_record(copy_record(ms, best[0], out.commit_workload(mod)))
+        if best.get(task.task_name) is not None:
+            out.commit_tuning_record(copy_record(ms, best[task.task_name], out.commit_workload(task.dispatched[0])))
     return out

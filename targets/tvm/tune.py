@@ -83,6 +83,7 @@ class TuningDatabase:
     def __init__(self, key: str, path: Path, shared: SharedRecords, persistent: bool):
         self.key, self.path, self.shared, self.persistent = key, path, shared, persistent
         self.database = None      # what compile_relax looks kernels up in (set by tune)
+        self.best = {}            # kernel name -> its best record whose trace applies (None: untuned)
         meta_file = path / META_FILE
         self.meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
         self.meta.setdefault("key", key)
@@ -115,9 +116,8 @@ class TuningDatabase:
         logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
         tasks = ms.relax_integration.extract_tasks(_fused(mod, target, tvm, relax), target)
         tasks = [t for t in tasks if not t.mod.attrs.get("tirx.is_scheduled", False)] if tasks else []
-        self.database = self.shared.snapshot()
-        found = {t.task_name: applicable(t.dispatched[0], valid_records(self.database, t.dispatched[0]))
-                 for t in tasks}
+        shared = self.shared.snapshot()
+        found = {t.task_name: applicable(t.dispatched[0], valid_records(shared, t.dispatched[0])) for t in tasks}
         for t in tasks:
             self._note_task(t, found[t.task_name], _flops(estimate_tir_flops, t.dispatched[0]))
         before = self._count()
@@ -143,7 +143,7 @@ class TuningDatabase:
             reused = sum(1 for t in self.meta["tasks"].values() if t["trials"])
             progress.info(f"    tuning records for {reused}/{len(tasks)} kernels ({before} trials) in the cache: "
                           "reused, no re-tuning")
-        self.database = compile_database(ms, tasks, self.database)    # records whose traces apply, per kernel
+        self.database = compile_database(ms, tasks, self.best)
         if self.persistent:
             self._save()
         total = self._count()
@@ -177,6 +177,7 @@ class TuningDatabase:
             "flops": flops, "weight": int(task.weight), "trials": 0, "best_us": None, "error": None})
         info["trials"] = len(records)
         info["best_us"] = _mean_us(records[0]) if records else None
+        self.best[task.task_name] = records[0] if records else None
 
     def _count(self) -> int:
         self.meta["trials"] = sum(int(t["trials"]) for t in self.meta["tasks"].values())
@@ -198,11 +199,10 @@ class TuningDatabase:
             for rec in found[t.task_name][:SEED_RECORDS]:
                 db.commit_tuning_record(copy_record(ms, rec, wl))
         seeded = len(db.get_all_tuning_records())
-        self.database = db
         cost_model = _cost_model(ms, cores)
         session["cost_model_samples"] = self.shared.load_cost_model(cost_model)
         state = _Progress(progress, [t.task_name for t in chosen], budget, t0, deadline, timeout_min)
-        hidden = hide_torch_from_workers()
+        workers_env = hide_torch_from_workers()      # undone, with the stderr redirect below, at the end
         builder, runner = builder_runner(ms, remote, cross_cc, cores)
         if progress is not None:
             where = ""
@@ -216,14 +216,13 @@ class TuningDatabase:
                 + f", {budget} trials, {per_iter} per batch, gradient task scheduler, cost model "
                 + (f"warm ({session['cost_model_samples']} samples)" if session["cost_model_samples"] else "cold")
                 + f"{where}")
-        stack = contextlib.ExitStack()
         try:
             if deadline is not None and time.perf_counter() >= deadline:
                 state.stopped = f"--tune-timeout {timeout_min} min reached after 0 trials"
             else:
                 _tidy_meta_schedule_logger()
                 import_tensor_intrinsics()
-                stack.enter_context(native_stderr_to(self.path / NATIVE_LOG, progress))
+                workers_env.enter_context(native_stderr_to(self.path / NATIVE_LOG, progress))
                 ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
                     chosen, str(self.path), strategy=search_strategy(ms, per_iter), num_threads=cores, seed=0)
                 callbacks = [*ms.measure_callback.MeasureCallback.create("default"), state.callback(ms)]
@@ -234,7 +233,6 @@ class TuningDatabase:
         except Exception as exc:     # MetaSchedule failed: keep what it measured, compile the rest untuned
             state.stopped = f"MetaSchedule failed after {state.done} trials: {first_line(exc)}"
         finally:
-            stack.close()
             seconds = time.perf_counter() - t0
             new = db.get_all_tuning_records()[seeded:]
             self.shared.commit(r for r in new if _mean_us(r) is not None and _mean_us(r) < 1e15)   # measured ones
@@ -249,7 +247,7 @@ class TuningDatabase:
             session["stopped"] = state.stopped
             self.meta["tuning_seconds"] = float(self.meta["tuning_seconds"]) + seconds
             del builder, runner
-            hidden.close()
+            workers_env.close()
         if session["stopped"] is None and state.done < budget:
             session["stopped"] = f"search space exhausted after {state.done} trials (no new candidates)"
         return session
