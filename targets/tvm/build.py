@@ -202,11 +202,14 @@ def to_relax(model, lowering: dict | None = None):
         raise CompileError(f"TVM's ONNX frontend failed: {first_line(exc)}",
                            hint="build with --backend ort (target cpu) for this model") from None
     info = {"conv_layout": "/".join(CONV_LAYOUT)}
-    if any(n.op_type == "DequantizeLinear" for n in proto.graph.node):
-        mod, counts = integer_kernels(mod)
-        info["integer_kernels"] = {k: v for k, v in counts.items() if not k.startswith("float_")}
-        info["float_kernels"] = {k[len("float_"):]: v for k, v in counts.items() if k.startswith("float_")}
-    mod = relax.transform.FoldConstant()(relax.transform.ConvertLayout({"relax.nn.conv2d": CONV_LAYOUT})(mod))
+    try:
+        if any(n.op_type == "DequantizeLinear" for n in proto.graph.node):
+            mod, counts = integer_kernels(mod)
+            info.update(counts)
+        mod = relax.transform.FoldConstant()(relax.transform.ConvertLayout({"relax.nn.conv2d": CONV_LAYOUT})(mod))
+    except Exception as exc:   # a rewrite TVM rejects for this graph
+        raise CompileError(f"lowering the graph for TVM (integer kernels, NHWC layout) failed: {first_line(exc)}",
+                           hint="build with --backend ort (target cpu) for this model, or report it") from None
     if lowering is not None:
         lowering.update(info)
     return mod, proto.SerializeToString(deterministic=True)

@@ -185,3 +185,17 @@ def test_tvm_native_messages_go_to_the_log_and_progress_to_the_terminal(tmp_path
     assert "Tensorize failed" in log and "progress line" not in log
     os.write(2, b"after\n")                             # fd 2 is the terminal again
     assert "after" in capfd.readouterr().err
+
+
+def test_a_lowering_tvm_rejects_is_a_one_line_compile_error(qdq, monkeypatch):
+    import edgecompile.targets.tvm.build as build
+    from edgecompile.errors import CompileError
+
+    def rejects(mod):
+        raise RuntimeError("Check failed: layout inference\n  long C++ trace")
+
+    monkeypatch.setattr(build, "integer_kernels", rejects)
+    with pytest.raises(CompileError) as err:
+        build.to_relax(qdq[0])
+    assert "\n" not in err.value.message and "lowering the graph for TVM" in err.value.message
+    assert "--backend ort" in err.value.hint
