@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
+import shutil
 import tempfile
 from collections import OrderedDict
 from pathlib import Path
@@ -27,11 +29,15 @@ import numpy as np
 
 from edgecompile.cache import content_key, subdir
 from edgecompile.errors import CompileError, first_line
+from edgecompile.targets.tvm.startup import import_tensor_intrinsics
 
 COST_DATA, COST_BOOSTER = "cost_model.npz", "cost_model.json"
 COST_MODEL_MAX_SAMPLES = 20_000     # the newest workloads' samples kept for the next session
 SEED_RECORDS = 256                  # per workload, copied into a session (its search starts from the best)
 ALL = 1 << 30
+RECORDS_FILE = "database_tuning_record.json"
+TENSORIZE = b'["Tensorize"'
+BEST_DIR, BEST_STAMP = "best", "stamp.json"        # in a graph's database directory
 
 
 def records_key(target: dict, tvm_version: str) -> str:
@@ -64,7 +70,21 @@ class SharedRecords:
         with self.locked():
             return self._read(ms)
 
+    def stamp(self) -> list | None:
+        """[size, mtime] of the records file (None: no records yet): what a graph's best records were taken from."""
+        try:
+            st = (self.path / RECORDS_FILE).stat()
+        except OSError:
+            return None
+        return [st.st_size, st.st_mtime_ns]
+
     def _read(self, ms):
+        try:
+            # TVM replays every trace as it reads; tensorized ones need the tensor intrinsics registered
+            if TENSORIZE in (self.path / RECORDS_FILE).read_bytes():
+                import_tensor_intrinsics()
+        except OSError:
+            pass
         try:
             return ms.database.JSONDatabase(work_dir=str(self.path))
         except Exception as exc:
@@ -197,3 +217,42 @@ def compile_database(ms, tasks, best: dict):
         if best.get(task.task_name) is not None:
             out.commit_tuning_record(copy_record(ms, best[task.task_name], out.commit_workload(task.dispatched[0])))
     return out
+
+
+# A warm rebuild needs one record per kernel, but reading the target's shared records means parsing and replaying
+# every trace of every graph ever tuned for it (4.6 s for ~1000 records). The best applicable record per kernel
+# is therefore also kept with the graph, stamped with the shared file it came from, and used while that file is
+# unchanged.
+
+def load_best(ms, graph_dir: Path, stamp: list | None, tasks) -> tuple[dict, dict] | None:
+    """({kernel name: best record or None}, the kernels' counts as the graph's meta records them) saved by
+    `save_best` from the shared records `stamp`; None when missing or stale."""
+    best_dir = Path(graph_dir) / BEST_DIR
+    try:
+        saved = json.loads((best_dir / BEST_STAMP).read_text())
+        if stamp is None or saved["records"] != stamp or any(t.task_name not in saved["tasks"] for t in tasks):
+            return None
+        if TENSORIZE in (best_dir / RECORDS_FILE).read_bytes():
+            import_tensor_intrinsics()
+        db = ms.database.JSONDatabase(work_dir=str(best_dir), allow_missing=False)
+        return ({t.task_name: next(iter(valid_records(db, t.dispatched[0])), None) for t in tasks},
+                {t.task_name: saved["tasks"][t.task_name] for t in tasks})
+    except Exception:            # missing, damaged, or unreadable by this TVM: read the shared records
+        return None
+
+
+def save_best(ms, graph_dir: Path, stamp: list | None, tasks, best: dict, counts: dict) -> None:
+    """Keep each kernel's best record (`best`: kernel name -> record or None) and `counts` (the meta's record
+    of each kernel) with the graph (see above)."""
+    graph_dir = Path(graph_dir)
+    tmp = Path(tempfile.mkdtemp(dir=graph_dir, prefix=".best-"))
+    try:
+        db = ms.database.JSONDatabase(work_dir=str(tmp))
+        for task in tasks:
+            if best.get(task.task_name) is not None:
+                db.commit_tuning_record(copy_record(ms, best[task.task_name], db.commit_workload(task.dispatched[0])))
+        (tmp / BEST_STAMP).write_text(json.dumps({"records": stamp, "tasks": counts}))
+        shutil.rmtree(graph_dir / BEST_DIR, ignore_errors=True)
+        os.replace(tmp, graph_dir / BEST_DIR)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -337,3 +337,10 @@ def run_tracker(*, host: str = "127.0.0.1", port: int = DEFAULT_TRACKER_PORT, po
         tracker.proc.join()
     finally:
         tracker.terminate()
+
+
+def session_board(remote: dict) -> dict:
+    """Check the board is on the tracker (one-line error if not) and return what it says about itself."""
+    info = board_info(request_board(remote["tracker"], remote["key"], wait=remote.get("wait", 30.0)))
+    return {"tracker": remote["tracker"], "key": remote["key"], "arch": info.get("arch"),
+            "emulated": bool(info.get("emulated", False))}

@@ -18,6 +18,7 @@ import threading
 
 TENSOR_INTRIN = "tvm.s_tir.tensor_intrin"
 _LOCK = threading.Lock()
+_FIXED = False
 
 
 def frame_records(context: int = 1) -> list[inspect.FrameInfo]:
@@ -35,20 +36,27 @@ def frame_records(context: int = 1) -> list[inspect.FrameInfo]:
 
 
 def import_tensor_intrinsics() -> None:
-    """Import TVM's tensor intrinsics (their registry) with the cheap frame records; a no-op once imported."""
-    if TENSOR_INTRIN in sys.modules:
+    """Import TVM's tensor intrinsics (their registry) with the cheap frame records, and fix the VNNI one for
+    this LLVM (vnni.register_intrinsic); a no-op once done."""
+    global _FIXED
+    if _FIXED:
         return
     with _LOCK:
-        original = inspect.stack
+        if TENSOR_INTRIN not in sys.modules:
+            original = inspect.stack
 
-        def stack(context: int = 1):
-            return frame_records(context)[1:] if context in (0, 1) else original(context)
+            def stack(context: int = 1):
+                return frame_records(context)[1:] if context in (0, 1) else original(context)
 
-        inspect.stack = stack
-        try:
-            importlib.import_module(TENSOR_INTRIN)
-        finally:
-            inspect.stack = original
+            inspect.stack = stack
+            try:
+                importlib.import_module(TENSOR_INTRIN)
+            finally:
+                inspect.stack = original
+        from edgecompile.targets.tvm.vnni import register_intrinsic
+
+        register_intrinsic()        # TVM's VNNI intrinsic with the operand types LLVM >= 22 takes
+        _FIXED = True
 
 
 # MetaSchedule's evolutionary search evolves a population of 512 schedules per kernel and batch (its default, sized

@@ -26,18 +26,27 @@ from pathlib import Path
 from edgecompile.cache import content_key, subdir
 from edgecompile.errors import ConfigError, first_line
 from edgecompile.targets.tvm.records import (SEED_RECORDS, SharedRecords, applicable, compile_database, copy_record,
-                                             valid_records)
+                                             load_best, save_best, valid_records)
+from edgecompile.targets.tvm.remote import session_board
 from edgecompile.targets.tvm.startup import import_tensor_intrinsics, search_strategy
-from edgecompile.targets.tvm.workers import NATIVE_LOG, builder_runner, hide_torch_from_workers, native_stderr_to
+from edgecompile.targets.tvm.vnni import space_generator, target_has_vnni
+from edgecompile.targets.tvm.workers import (NATIVE_LOG, builder_runner, hide_torch_from_workers, native_stderr_to,
+                                             tidy_meta_schedule_logger)
 
 META_FILE = "edgecompile.json"
 MIN_PER_ITER, MAX_PER_ITER = 4, 32
 STOPPED_BY_TIMEOUT = "not built: --tune-timeout reached"
 
 
+# A kernel without records (new to the cache, or all of its candidates failed) counts this many times its
+# occurrences in the gradient task scheduler's share: tuned first, without taking the others' whole budget.
+FRESH_WEIGHT = 4
+
+
 def database_key(graph_sha256: str, target: dict, tvm_version: str) -> str:
-    # v2: NHWC convolutions and integer QDQ kernels (build.to_relax); v1 databases described NCHW float kernels
-    return content_key("tvm-tuning-db/v2", graph_sha256, target, tvm_version)[:32]
+    # v3: integer convolutions packed for VNNI (vnni.py); v2: NHWC convolutions and integer QDQ kernels
+    # (build.to_relax); v1 databases described NCHW float kernels
+    return content_key("tvm-tuning-db/v3", graph_sha256, target, tvm_version)[:32]
 
 
 def trials_per_batch(budget: int, kernels: int) -> int:
@@ -116,10 +125,14 @@ class TuningDatabase:
         logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
         tasks = ms.relax_integration.extract_tasks(_fused(mod, target, tvm, relax), target)
         tasks = [t for t in tasks if not t.mod.attrs.get("tirx.is_scheduled", False)] if tasks else []
-        shared = self.shared.snapshot()
-        found = {t.task_name: applicable(t.dispatched[0], valid_records(shared, t.dispatched[0])) for t in tasks}
-        for t in tasks:
-            self._note_task(t, found[t.task_name], _flops(estimate_tir_flops, t.dispatched[0]))
+        stamp = self.shared.stamp()
+        best = load_best(ms, self.path, stamp, tasks) if self.persistent else None
+        if best is not None:        # the shared records did not change since this graph's best were taken
+            self.best.update(best[0])
+            self.meta["tasks"] = best[1]
+            found = None
+        else:
+            found = self._found(ms, tasks, estimate_tir_flops)
         before = self._count()
         # trials asked before for this graph count as done even where a candidate failed to build or run
         attempted = sum(int(x.get("trials_run", 0)) for x in self.meta["sessions"])
@@ -136,7 +149,8 @@ class TuningDatabase:
             session["stopped"] = "nothing to tune (no kernels)"
         elif todo:
             if remote:
-                session["measured_on"] = _board(remote)
+                session["measured_on"] = session_board(remote)
+            found = found or self._found(ms, tasks, estimate_tir_flops)
             session = self._tune(ms, tasks, found, target, todo, timeout_min, progress, session, remote, cross_cc)
             self.meta["sessions"].append({**session, "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
         elif before and progress is not None:
@@ -144,6 +158,8 @@ class TuningDatabase:
             progress.info(f"    tuning records for {reused}/{len(tasks)} kernels ({before} trials) in the cache: "
                           "reused, no re-tuning")
         self.database = compile_database(ms, tasks, self.best)
+        if self.persistent and found is not None:
+            save_best(ms, self.path, self.shared.stamp(), tasks, self.best, self.meta["tasks"])
         if self.persistent:
             self._save()
         total = self._count()
@@ -172,6 +188,14 @@ class TuningDatabase:
             )
         return record
 
+    def _found(self, ms, tasks, estimate_tir_flops) -> dict:
+        """{kernel name: its applicable records in the shared records, best first}, noted in the meta."""
+        shared = self.shared.snapshot()
+        found = {t.task_name: applicable(t.dispatched[0], valid_records(shared, t.dispatched[0])) for t in tasks}
+        for t in tasks:
+            self._note_task(t, found[t.task_name], _flops(estimate_tir_flops, t.dispatched[0]))
+        return found
+
     def _note_task(self, task, records, flops) -> None:
         info = self.meta["tasks"].setdefault(task.task_name, {
             "flops": flops, "weight": int(task.weight), "trials": 0, "best_us": None, "error": None})
@@ -188,10 +212,9 @@ class TuningDatabase:
               remote: dict | None = None, cross_cc: str | None = None) -> dict:
         t0 = time.perf_counter()
         deadline = None if timeout_min is None else t0 + 60.0 * timeout_min
-        fresh = [t for t in tasks if not found[t.task_name]]
-        chosen = fresh or tasks            # kernels found in the records are not tuned again while others wait
+        fresh = {t.task_name for t in tasks if not found[t.task_name]}
         cores = max(1, min(os.cpu_count() or 1, int(target.attrs.get("num-cores", 0) or os.cpu_count() or 1)))
-        per_iter = trials_per_batch(budget, len(chosen))
+        per_iter = trials_per_batch(budget, len(tasks))
         # the session's database: the records of these kernels (the search starts from their best)
         db = ms.database.MemoryDatabase()
         for t in tasks:
@@ -201,7 +224,7 @@ class TuningDatabase:
         seeded = len(db.get_all_tuning_records())
         cost_model = _cost_model(ms, cores)
         session["cost_model_samples"] = self.shared.load_cost_model(cost_model)
-        state = _Progress(progress, [t.task_name for t in chosen], budget, t0, deadline, timeout_min)
+        state = _Progress(progress, [t.task_name for t in tasks], budget, t0, deadline, timeout_min)
         workers_env = hide_torch_from_workers()      # undone, with the stderr redirect below, at the end
         builder, runner = builder_runner(ms, remote, cross_cc, cores)
         if progress is not None:
@@ -209,9 +232,10 @@ class TuningDatabase:
             if remote:
                 board = session.get("measured_on") or {}
                 where = f", measured on board {remote['key']!r}" + (" (emulated)" if board.get("emulated") else "")
-            skipped = len(tasks) - len(chosen)
+            known = len(tasks) - len(fresh)
             progress.info(
-                f"    tuning {len(chosen)} kernels" + (f" ({skipped} more found in the cache's records)" if skipped
+                f"    tuning {len(tasks)} kernels" + (f" ({known} start from the cache's records, the other "
+                                                       f"{len(fresh)} weigh x{FRESH_WEIGHT})" if known and fresh
                                                        else "")
                 + f", {budget} trials, {per_iter} per batch, gradient task scheduler, cost model "
                 + (f"warm ({session['cost_model_samples']} samples)" if session["cost_model_samples"] else "cold")
@@ -220,11 +244,13 @@ class TuningDatabase:
             if deadline is not None and time.perf_counter() >= deadline:
                 state.stopped = f"--tune-timeout {timeout_min} min reached after 0 trials"
             else:
-                _tidy_meta_schedule_logger()
+                tidy_meta_schedule_logger()
                 import_tensor_intrinsics()
                 workers_env.enter_context(native_stderr_to(self.path / NATIVE_LOG, progress))
                 ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-                    chosen, str(self.path), strategy=search_strategy(ms, per_iter), num_threads=cores, seed=0)
+                    tasks, str(self.path), space=space_generator(ms) if target_has_vnni(target) else
+                    "post-order-apply", strategy=search_strategy(ms, per_iter), num_threads=cores, seed=0)
+                weights = [w * (FRESH_WEIGHT if t.task_name in fresh else 1) for t, w in zip(tasks, weights)]
                 callbacks = [*ms.measure_callback.MeasureCallback.create("default"), state.callback(ms)]
                 ms.tune_tasks(tasks=ctxs, task_weights=weights, work_dir=str(self.path),
                               max_trials_global=budget, num_trials_per_iter=per_iter,
@@ -350,26 +376,6 @@ def _cost_model(ms, cores: int):
 def _mean_us(rec) -> float | None:
     secs = [float(s) for s in (rec.run_secs or [])]
     return 1e6 * sum(secs) / len(secs) if secs else None
-
-
-def _tidy_meta_schedule_logger() -> None:
-    """MetaSchedule re-applies its logging config on every call, naming the logger's current handlers;
-    an unnamed one (pytest's capture handlers, an app's own) makes that config fail for every task.
-    Keep its per-trial chatter in the log files only: console level WARNING."""
-    ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
-    for handler in list(ms_logger.handlers):
-        if handler.get_name() is None:
-            ms_logger.removeHandler(handler)
-    ms_logger.setLevel(logging.WARNING)
-
-
-def _board(remote: dict) -> dict:
-    """Check the board is on the tracker (one-line error if not) and return what it says about itself."""
-    from edgecompile.targets.tvm.remote import board_info, request_board
-
-    info = board_info(request_board(remote["tracker"], remote["key"], wait=remote.get("wait", 30.0)))
-    return {"tracker": remote["tracker"], "key": remote["key"], "arch": info.get("arch"),
-            "emulated": bool(info.get("emulated", False))}
 
 
 def _fused(mod, target, tvm, relax):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import sys
 import tempfile
@@ -111,3 +112,14 @@ def native_stderr_to(path: Path, progress):
         terminal.close()
         os.dup2(saved, 2)
         os.close(saved)
+
+
+def tidy_meta_schedule_logger() -> None:
+    """MetaSchedule re-applies its logging config on every call, naming the logger's current handlers;
+    an unnamed one (pytest's capture handlers, an app's own) makes that config fail for every task.
+    Keep its per-trial chatter in the log files only: console level WARNING."""
+    ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    for handler in list(ms_logger.handlers):
+        if handler.get_name() is None:
+            ms_logger.removeHandler(handler)
+    ms_logger.setLevel(logging.WARNING)

@@ -14,6 +14,8 @@ import tvm  # noqa: F401  (installed by the set-up)
 from edgecompile.data import TensorSpec
 from edgecompile.targets.profiles import get_profile
 
+TUNED_TRIALS = 16
+
 
 def _net():
     import torch
@@ -199,3 +201,32 @@ def test_a_lowering_tvm_rejects_is_a_one_line_compile_error(qdq, monkeypatch):
         build.to_relax(qdq[0])
     assert "\n" not in err.value.message and "lowering the graph for TVM" in err.value.message
     assert "--backend ort" in err.value.hint
+
+
+@pytest.mark.skipif(not __import__("test_tvm_vnni")._host_has_vnni(),
+                    reason="MetaSchedule measures candidates on this CPU, which has no AVX512-VNNI")
+def test_tuned_integer_convolutions_use_vnni_and_still_match_ort(qdq, tmp_path, monkeypatch):
+    """A short tuning session (VNNI host): valid measured candidates of the packed convolutions are
+    tensorized with `vpdpbusd` (before the fixes in vnni.py none was: they all failed to build), and the tuned
+    library's outputs still match ORT's QDQ graph."""
+    import json
+
+    from edgecompile.targets.ort.run import create_session
+    from edgecompile.targets.tvm.build import compile_library
+    from edgecompile.targets.tvm.run import load_library
+
+    model, data, feeds = qdq
+    monkeypatch.setenv("EDGECOMPILE_CACHE", str(tmp_path / "cache"))
+    meta = compile_library(model, get_profile("cpu"), tmp_path / "lib.so", tune_trials=TUNED_TRIALS)
+    assert meta["lowering"]["vnni_conv2d"] == 2
+    records = [json.loads(line) for f in (tmp_path / "cache" / "tvm" / "records").glob("*/database_tuning_record.json")
+               for line in f.read_text().splitlines() if line.strip()]
+    valid = [r for r in records if r[1][1] and max(float(s) for s in r[1][1]) < 1e9]
+    tensorized = [r for r in valid if "dot_16x4_vnni" in json.dumps(r[1][0]) and '"Tensorize"' in json.dumps(r[1][0])]
+    assert tensorized, f"{len(valid)} valid records of {len(records)}, none tensorized with VNNI"
+    lib = load_library(tmp_path / "lib.so", [TensorSpec("input", (1, 3, 12, 12), "float32")],
+                       [TensorSpec("logits", (1, 5), "float32")], 1)
+    out = lib.run(feeds)
+    got = np.asarray(next(iter(out.values())) if isinstance(out, dict) else out[0])
+    want = create_session(data, threads=1).run(None, feeds)[0]
+    np.testing.assert_allclose(got, want, atol=1.01 * float(np.abs(want).max()) / 127, rtol=0)
