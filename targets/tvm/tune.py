@@ -27,6 +27,7 @@ from edgecompile.cache import content_key, subdir
 from edgecompile.errors import ConfigError, first_line
 from edgecompile.targets.tvm.records import (SEED_RECORDS, SharedRecords, applicable, compile_database, copy_record,
                                              load_best, save_best, valid_records)
+from edgecompile.targets.tvm.deadline import STOPPED_BY_TIMEOUT, cost_model, deadline_builder, deadline_search
 from edgecompile.targets.tvm.remote import session_board
 from edgecompile.targets.tvm.startup import import_tensor_intrinsics, search_strategy
 from edgecompile.targets.tvm.vnni import space_generator, target_has_vnni
@@ -35,7 +36,6 @@ from edgecompile.targets.tvm.workers import (NATIVE_LOG, builder_runner, hide_to
 
 META_FILE = "edgecompile.json"
 MIN_PER_ITER, MAX_PER_ITER = 4, 32
-STOPPED_BY_TIMEOUT = "not built: --tune-timeout reached"
 
 
 # A kernel without records (new to the cache, or all of its candidates failed) counts this many times its
@@ -222,8 +222,8 @@ class TuningDatabase:
             for rec in found[t.task_name][:SEED_RECORDS]:
                 db.commit_tuning_record(copy_record(ms, rec, wl))
         seeded = len(db.get_all_tuning_records())
-        cost_model = _cost_model(ms, cores)
-        session["cost_model_samples"] = self.shared.load_cost_model(cost_model)
+        model = cost_model(ms, cores)
+        session["cost_model_samples"] = self.shared.load_cost_model(model)
         state = _Progress(progress, [t.task_name for t in tasks], budget, t0, deadline, timeout_min)
         workers_env = hide_torch_from_workers()      # undone, with the stderr redirect below, at the end
         builder, runner = builder_runner(ms, remote, cross_cc, cores)
@@ -234,8 +234,8 @@ class TuningDatabase:
                 where = f", measured on board {remote['key']!r}" + (" (emulated)" if board.get("emulated") else "")
             known = len(tasks) - len(fresh)
             progress.info(
-                f"    tuning {len(tasks)} kernels" + (f" ({known} start from the cache's records, the other "
-                                                       f"{len(fresh)} weigh x{FRESH_WEIGHT})" if known and fresh
+                f"    tuning {len(tasks)} kernels" + (f" ({known} start from the cache's records; {len(fresh)} "
+                                                       f"without records count x{FRESH_WEIGHT})" if known and fresh
                                                        else "")
                 + f", {budget} trials, {per_iter} per batch, gradient task scheduler, cost model "
                 + (f"warm ({session['cost_model_samples']} samples)" if session["cost_model_samples"] else "cold")
@@ -249,13 +249,14 @@ class TuningDatabase:
                 workers_env.enter_context(native_stderr_to(self.path / NATIVE_LOG, progress))
                 ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
                     tasks, str(self.path), space=space_generator(ms) if target_has_vnni(target) else
-                    "post-order-apply", strategy=search_strategy(ms, per_iter), num_threads=cores, seed=0)
+                    "post-order-apply", strategy=deadline_search(ms, search_strategy(ms, per_iter), state),
+                    num_threads=cores, seed=0)
                 weights = [w * (FRESH_WEIGHT if t.task_name in fresh else 1) for t, w in zip(tasks, weights)]
                 callbacks = [*ms.measure_callback.MeasureCallback.create("default"), state.callback(ms)]
                 ms.tune_tasks(tasks=ctxs, task_weights=weights, work_dir=str(self.path),
                               max_trials_global=budget, num_trials_per_iter=per_iter,
-                              builder=_deadline_builder(ms, builder, state), runner=runner, database=db,
-                              cost_model=cost_model, measure_callbacks=callbacks, task_scheduler="gradient")
+                              builder=deadline_builder(ms, builder, state), runner=runner, database=db,
+                              cost_model=model, measure_callbacks=callbacks, task_scheduler="gradient")
         except Exception as exc:     # MetaSchedule failed: keep what it measured, compile the rest untuned
             state.stopped = f"MetaSchedule failed after {state.done} trials: {first_line(exc)}"
         finally:
@@ -263,7 +264,7 @@ class TuningDatabase:
             new = db.get_all_tuning_records()[seeded:]
             self.shared.commit(r for r in new if _mean_us(r) is not None and _mean_us(r) < 1e15)   # measured ones
             if state.done:
-                self.shared.save_cost_model(cost_model)
+                self.shared.save_cost_model(model)
             for t in tasks:
                 self._note_task(t, valid_records(db, t.dispatched[0]) + found[t.task_name][SEED_RECORDS:], 0)
                 info = self.meta["tasks"][t.task_name]
@@ -342,35 +343,6 @@ class _Progress:
                 state.after_batch(task_scheduler, task_id, builder_results, runner_results)
 
         return ProgressCallback()
-
-
-def _deadline_builder(ms, inner, state: _Progress):
-    """The builder, except that past the deadline it builds nothing (the batch comes back as errors)."""
-    from tvm.ir.utils import derived_object
-
-    @derived_object
-    class DeadlineBuilder(ms.builder.PyBuilder):
-        def build(self, build_inputs):
-            if state.expired():
-                state.end_pending()       # only ever the kernel these candidates are for: all others ended
-                return [ms.builder.BuilderResult(None, STOPPED_BY_TIMEOUT) for _ in build_inputs]
-            state.before_build(len(build_inputs))
-            return inner.build(build_inputs)
-
-    return DeadlineBuilder()
-
-
-def _cost_model(ms, cores: int):
-    """MetaSchedule's XGBoost cost model, except that it does not learn from candidates the deadline skipped."""
-    from tvm.ir.utils import derived_object
-
-    @derived_object
-    class XGBModel(ms.cost_model.XGBModel._cls):
-        def update(self, context, candidates, results):
-            keep = [i for i, r in enumerate(results) if r.error_msg != STOPPED_BY_TIMEOUT]
-            super().update(context, [candidates[i] for i in keep], [results[i] for i in keep])
-
-    return XGBModel(num_tuning_cores=cores, adaptive_training=True)
 
 
 def _mean_us(rec) -> float | None:

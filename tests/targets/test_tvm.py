@@ -230,3 +230,29 @@ def test_int8_qdq_graph_compiles_and_keeps_top1(tvm_bundle, tmp_path):
     assert (rep["backend"], rep["precision"]) == ("tvm", "int8")
     assert abs(rep["accuracy"]["candidate"] - tvm_bundle.report()["accuracy"]["candidate"]) <= 0.01
     assert [p["name"] for p in bundle.manifest["passes"]] == ["simplify", "quantize"]
+
+
+def test_past_the_deadline_no_kernel_searches_for_candidates():
+    """The task scheduler visits every kernel once per round before it joins their results; each search takes
+    seconds. Past --tune-timeout the search strategy returns nothing (the kernel ends) without searching:
+    a run with seconds left once spent 4 minutes searching 25 kernels whose candidates were discarded."""
+    import time
+
+    from tvm.s_tir import meta_schedule as ms
+
+    from edgecompile.targets.tvm.deadline import deadline_search
+    from edgecompile.targets.tvm.tune import _Progress
+
+    now = time.perf_counter()
+    state = _Progress(None, ["a", "b"], 100, now - 60, now - 1, 0.5)
+    search = deadline_search(ms, ms.search_strategy.EvolutionarySearch(population_size=8), state)
+    for strategy in (search, search.clone()):       # MetaSchedule clones it per kernel
+        # the inner search was never set up: delegating to it would raise
+        assert strategy.generate_measure_candidates() is None
+    assert state.stopped == "--tune-timeout 0.5 min reached after 0 trials"
+    live = deadline_search(ms, ms.search_strategy.EvolutionarySearch(population_size=8),
+                           _Progress(None, ["a"], 100, now, now + 600, 10))
+    import tvm
+
+    with pytest.raises(tvm.error.InternalError, match="state_ != nullptr"):   # before it: the inner search
+        live.generate_measure_candidates()                                      # (not set up here)

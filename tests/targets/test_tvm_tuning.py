@@ -109,6 +109,35 @@ def test_warm_database_rebuild_runs_zero_trials(tuned, cache, tmp_path):
         assert tuning["trials_in_database"] == first["trials_in_database"]
 
 
+def test_a_warm_rebuild_reads_the_graphs_best_records_while_the_targets_are_unchanged(tuned, cache, tmp_path,
+                                                                                      monkeypatch):
+    """Reading the target's shared records parses and replays every trace of every graph tuned for it (seconds
+    for a tuned network); a graph keeps its best records, stamped with the shared file they came from."""
+    import os
+
+    import onnx_ir as ir
+
+    from edgecompile.targets.tvm import records
+    from edgecompile.targets.tvm.build import compile_library
+
+    reads, real = [], records.SharedRecords.snapshot
+    monkeypatch.setattr(records.SharedRecords, "snapshot", lambda self: reads.append(1) or real(self))
+
+    def build(name):
+        return compile_library(ir.load(str(tuned[1])), get_profile("cpu"), tmp_path / name)["tuning"]
+
+    full = build("a.so")               # (another test may have committed records since: then it reads them)
+    reads.clear()
+    warm = build("b.so")
+    assert reads == [], "the shared records were read although they did not change"
+    assert warm["trials_in_database"] == full["trials_in_database"] and warm["tasks"] == full["tasks"]
+    assert warm["trials_in_database"] >= tuned[2]["tuning"]["trials_in_database"]
+    shared = next(tuned[0].glob(f"tvm/records/*/{records.RECORDS_FILE}"))
+    st = shared.stat()
+    os.utime(shared, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))    # another build committed records
+    assert build("c.so")["tasks"] == full["tasks"] and reads == [1]
+
+
 def test_the_next_session_starts_from_the_saved_cost_model(tuned, cache, tmp_path):
     import onnx_ir as ir
     from tvm.s_tir import meta_schedule as ms
