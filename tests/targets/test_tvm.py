@@ -252,7 +252,6 @@ def test_past_the_deadline_no_kernel_searches_for_candidates():
     assert state.stopped == "--tune-timeout 0.5 min reached after 0 trials"
     live = deadline_search(ms, ms.search_strategy.EvolutionarySearch(population_size=8),
                            _Progress(None, ["a"], 100, now, now + 600, 10))
-    import tvm
 
     with pytest.raises(tvm.error.InternalError, match="state_ != nullptr"):   # before it: the inner search
         live.generate_measure_candidates()                                      # (not set up here)

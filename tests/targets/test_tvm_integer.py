@@ -203,7 +203,15 @@ def test_a_lowering_tvm_rejects_is_a_one_line_compile_error(qdq, monkeypatch):
     assert "--backend ort" in err.value.hint
 
 
-@pytest.mark.skipif(not __import__("test_tvm_vnni")._host_has_vnni(),
+def _host_has_vnni() -> bool:
+    from tvm.target import codegen
+
+    from edgecompile.targets.tvm.vnni import target_has_vnni
+
+    return target_has_vnni(tvm.target.Target({"kind": "llvm", "mcpu": str(codegen.llvm_get_system_cpu())}))
+
+
+@pytest.mark.skipif(not _host_has_vnni(),
                     reason="MetaSchedule measures candidates on this CPU, which has no AVX512-VNNI")
 def test_tuned_integer_convolutions_use_vnni_and_still_match_ort(qdq, tmp_path, monkeypatch):
     """A short tuning session (VNNI host): valid measured candidates of the packed convolutions are

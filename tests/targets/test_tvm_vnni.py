@@ -15,7 +15,6 @@ VNNI_CPU = "cascadelake"
 
 
 def _host_has_vnni() -> bool:
-    import tvm
     from tvm.target import codegen
 
     cpu = str(codegen.llvm_get_system_cpu())
@@ -56,7 +55,6 @@ def test_packed_weights_put_16_outputs_by_4_inputs_innermost_and_pad_the_inputs_
     (5, 5, 16, 16, 1, (1, 1), (0, 0, 0, 0), (1, 1)),       # 1x1
 ])
 def test_the_packed_convolution_computes_the_convolution(shape):
-    import tvm
     from tvm import te
 
     h, w_, i, o, k, strides, padding, dilation = shape
@@ -76,7 +74,6 @@ def test_the_packed_convolution_computes_the_convolution(shape):
 def _tensorized_dot():
     """C[i, j] = sum_k A[i, k] * B[j, k] (u8 x s8 -> s32) from packed B, its 16x4 inner block tensorized with
     the VNNI intrinsic by hand: what a tuned candidate contains."""
-    import tvm
     from tvm import s_tir, te
 
     from edgecompile.targets.tvm.startup import import_tensor_intrinsics
@@ -102,7 +99,6 @@ def _tensorized_dot():
 def test_the_vnni_intrinsic_builds_with_this_llvm_and_computes_the_dot_product():
     """TVM's own implementation passes <16 x i32> operands, which LLVM 22's vpdpbusd rejects in verification:
     every tensorized candidate failed to build, so no tuned kernel used VNNI."""
-    import tvm
 
     mod, m, n, kk = _tensorized_dot()
     lib = tvm.compile(mod, target=tvm.target.Target({"kind": "llvm", "mcpu": VNNI_CPU}))   # LLVM verifies here
@@ -118,7 +114,6 @@ def test_the_vnni_intrinsic_builds_with_this_llvm_and_computes_the_dot_product()
 
 
 def test_no_vectorized_loop_is_left_around_a_block_to_be_tensorized():
-    import tvm
     from tvm import s_tir, te
     from tvm.s_tir import meta_schedule as ms
 
@@ -140,7 +135,6 @@ def test_no_vectorized_loop_is_left_around_a_block_to_be_tensorized():
 
 
 def test_only_x86_targets_with_vnni_get_the_packed_convolutions():
-    import tvm
 
     assert vnni.target_has_vnni(tvm.target.Target({"kind": "llvm", "mcpu": VNNI_CPU}))
     assert not vnni.target_has_vnni(tvm.target.Target({"kind": "llvm", "mcpu": "haswell"}))
