@@ -220,7 +220,7 @@ def compile_database(ms, tasks, best: dict):
 
 
 # A warm rebuild needs one record per kernel, but reading the target's shared records means parsing and replaying
-# every trace of every graph ever tuned for it (4.6 s for ~1000 records). The best applicable record per kernel
+# every trace of every graph ever tuned for it (seconds for a few tuned networks). The best applicable record per kernel
 # is therefore also kept with the graph, stamped with the shared file it came from, and used while that file is
 # unchanged.
 
