@@ -79,12 +79,7 @@ class SharedRecords:
         return [st.st_size, st.st_mtime_ns]
 
     def _read(self, ms):
-        try:
-            # TVM replays every trace as it reads; tensorized ones need the tensor intrinsics registered
-            if TENSORIZE in (self.path / RECORDS_FILE).read_bytes():
-                import_tensor_intrinsics()
-        except OSError:
-            pass
+        intrinsics_for(self.path)
         try:
             return ms.database.JSONDatabase(work_dir=str(self.path))
         except Exception as exc:
@@ -209,20 +204,34 @@ def applicable(mod, records: list) -> list:
     return [r for r in records[:APPLY_CHECK_LIMIT] if applies(mod, r)]
 
 
-def compile_database(ms, tasks, best: dict):
-    """A MemoryDatabase with each kernel's record from `best` (kernel name -> its best record whose trace applies,
-    as `applicable` found it; None: compiled untuned)."""
-    out = ms.database.MemoryDatabase()
+def intrinsics_for(records_dir: Path) -> None:
+    """TVM replays every trace as it reads a records directory; tensorized ones need the tensor intrinsics
+    registered first (an import of seconds, so only when the records mention it)."""
+    try:
+        if TENSORIZE in (Path(records_dir) / RECORDS_FILE).read_bytes():
+            import_tensor_intrinsics()
+    except OSError:            # no records file: nothing to replay
+        pass
+
+
+def commit_best(ms, db, tasks, best: dict):
+    """`db` with each kernel's record from `best` (kernel name -> its best record whose trace applies, as
+    `applicable` found it; None: none, compiled untuned) filed under the kernel's own workload."""
     for task in tasks:
         if best.get(task.task_name) is not None:
-            out.commit_tuning_record(copy_record(ms, best[task.task_name], out.commit_workload(task.dispatched[0])))
-    return out
+            db.commit_tuning_record(copy_record(ms, best[task.task_name], db.commit_workload(task.dispatched[0])))
+    return db
+
+
+def compile_database(ms, tasks, best: dict):
+    """A MemoryDatabase with each kernel's record from `best` (see commit_best): what the compile step uses."""
+    return commit_best(ms, ms.database.MemoryDatabase(), tasks, best)
 
 
 # A warm rebuild needs one record per kernel, but reading the target's shared records means parsing and replaying
-# every trace of every graph ever tuned for it (seconds for a few tuned networks). The best applicable record per kernel
-# is therefore also kept with the graph, stamped with the shared file it came from, and used while that file is
-# unchanged.
+# every trace of every graph ever tuned for it (seconds for a few tuned networks). The best applicable record per
+# kernel is therefore also kept with the graph, stamped with the shared file it came from, and used while that file
+# is unchanged.
 
 def load_best(ms, graph_dir: Path, stamp: list | None, tasks) -> tuple[dict, dict] | None:
     """({kernel name: best record or None}, the kernels' counts as the graph's meta records them) saved by
@@ -232,8 +241,7 @@ def load_best(ms, graph_dir: Path, stamp: list | None, tasks) -> tuple[dict, dic
         saved = json.loads((best_dir / BEST_STAMP).read_text())
         if stamp is None or saved["records"] != stamp or any(t.task_name not in saved["tasks"] for t in tasks):
             return None
-        if TENSORIZE in (best_dir / RECORDS_FILE).read_bytes():
-            import_tensor_intrinsics()
+        intrinsics_for(best_dir)
         db = ms.database.JSONDatabase(work_dir=str(best_dir), allow_missing=False)
         return ({t.task_name: next(iter(valid_records(db, t.dispatched[0])), None) for t in tasks},
                 {t.task_name: saved["tasks"][t.task_name] for t in tasks})
@@ -247,10 +255,7 @@ def save_best(ms, graph_dir: Path, stamp: list | None, tasks, best: dict, counts
     graph_dir = Path(graph_dir)
     tmp = Path(tempfile.mkdtemp(dir=graph_dir, prefix=".best-"))
     try:
-        db = ms.database.JSONDatabase(work_dir=str(tmp))
-        for task in tasks:
-            if best.get(task.task_name) is not None:
-                db.commit_tuning_record(copy_record(ms, best[task.task_name], db.commit_workload(task.dispatched[0])))
+        commit_best(ms, ms.database.JSONDatabase(work_dir=str(tmp)), tasks, best)
         (tmp / BEST_STAMP).write_text(json.dumps({"records": stamp, "tasks": counts}))
         shutil.rmtree(graph_dir / BEST_DIR, ignore_errors=True)
         os.replace(tmp, graph_dir / BEST_DIR)

@@ -150,7 +150,8 @@ class TuningDatabase:
         elif todo:
             if remote:
                 session["measured_on"] = session_board(remote)
-            found = found or self._found(ms, tasks, estimate_tir_flops)
+            if found is None:      # the graph's best records were enough to count; tuning needs them all
+                found = self._found(ms, tasks, estimate_tir_flops)
             session = self._tune(ms, tasks, found, target, todo, timeout_min, progress, session, remote, cross_cc)
             self.meta["sessions"].append({**session, "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
         elif before and progress is not None:

@@ -52,7 +52,8 @@ def register_intrinsic() -> bool:
     from tvm.s_tir.tensor_intrin import x86
     from tvm.target import codegen
 
-    if codegen.llvm_version_major(allow_none=True) is None or codegen.llvm_version_major() < 22:
+    major = codegen.llvm_version_major(allow_none=True)
+    if major is None or major < 22:
         return False
     TensorIntrin.register(INTRIN, x86.dot_product_16x4_u8i8i32_desc, _byte_vector_impl(), override=True)
     return True
