@@ -26,7 +26,7 @@ from edgecompile.errors import CompileError, TargetUnavailableError, first_line
 from edgecompile.targets.base import Artifacts, Availability, Backend, BuildContext
 from edgecompile.targets.tvm import run
 from edgecompile.targets.tvm.integer import integer_kernels
-from edgecompile.targets.tvm.vnni import pack_convs, target_has_vnni
+from edgecompile.targets.tvm.packed import pack_convs, target_forms
 from edgecompile.targets.tvm.run import COMPILED_BATCH, LIB_FILE, _host_arch, tvm_module
 _CROSS_PACKAGE = {"aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu libc6-dev-arm64-cross"}   # the crt files too
 
@@ -181,11 +181,12 @@ def tvm_graph(model):
 CONV_LAYOUT = ["NHWC", "HWIO"]
 
 
-def to_relax(model, lowering: dict | None = None, vnni: bool = False):
+def to_relax(model, lowering: dict | None = None, forms=()):
     """onnx_ir.Model (or ModelProto) -> (Relax IRModule with weights bound, ONNX bytes hashed for the cache).
     QDQ convolutions/matmuls become integer kernels (integer.py), convolutions run in CONV_LAYOUT; what was
-    done is written into `lowering` (layout, integer and float kernel counts) when given. `vnni`: the target
-    has AVX512-VNNI, so the integer convolutions are computed from weights packed for it (vnni.py)."""
+    done is written into `lowering` (layout, integer, float and packed kernel counts) when given. `forms`: the
+    packed convolution forms the target's CPU has an instruction for (packed.target_forms): the convolutions
+    they compute are taken from weights packed for it (packed.py)."""
     proto = tvm_graph(model)
     bad = unsupported_nodes(proto)
     if bad:
@@ -209,8 +210,9 @@ def to_relax(model, lowering: dict | None = None, vnni: bool = False):
             mod, counts = integer_kernels(mod)
             info.update(counts)
         mod = relax.transform.FoldConstant()(relax.transform.ConvertLayout({"relax.nn.conv2d": CONV_LAYOUT})(mod))
-        if vnni and info.get("integer_kernels", {}).get("conv2d"):
-            mod, info["vnni_conv2d"] = pack_convs(mod)
+        if forms:
+            mod, counts = pack_convs(mod, forms)
+            info.update(counts)
     except Exception as exc:   # a rewrite TVM rejects for this graph
         raise CompileError(f"lowering the graph for TVM (integer kernels, NHWC layout) failed: {first_line(exc)}",
                            hint="build with --backend ort (target cpu) for this model, or report it") from None
@@ -248,7 +250,7 @@ def compile_library(model, profile, out_path: Path, *, tune_trials: int = 0, tun
     t0 = time.perf_counter()
     target = _make_target(tvm, tgt_dict)
     lowering = {}
-    mod, onnx_bytes = to_relax(model, lowering, vnni=target_has_vnni(target))
+    mod, onnx_bytes = to_relax(model, lowering, forms=target_forms(target))
     t_import = time.perf_counter() - t0
     key = tvm_tune.database_key(graph_hash(onnx_bytes), tgt_dict, tvm.__version__)
     with tvm_tune.open_database(key, tgt_dict, tvm.__version__, cache=cache) as db:

@@ -37,7 +37,7 @@ def frame_records(context: int = 1) -> list[inspect.FrameInfo]:
 
 def import_tensor_intrinsics() -> None:
     """Import TVM's tensor intrinsics (their registry) with the cheap frame records, and fix the VNNI one for
-    this LLVM (vnni.register_intrinsic); a no-op once done."""
+    this LLVM (vnni.register_intrinsic), register ours (fma.register_intrinsic); a no-op once done."""
     global _FIXED
     if _FIXED:
         return
@@ -53,9 +53,10 @@ def import_tensor_intrinsics() -> None:
                 importlib.import_module(TENSOR_INTRIN)
             finally:
                 inspect.stack = original
-        from edgecompile.targets.tvm.vnni import register_intrinsic
+        from edgecompile.targets.tvm import fma, vnni
 
-        register_intrinsic()        # TVM's VNNI intrinsic with the operand types LLVM >= 22 takes
+        vnni.register_intrinsic()   # TVM's VNNI intrinsic with the operand types LLVM >= 22 takes
+        fma.register_intrinsic()    # ours: float convolutions' 16-lane FMA tile
         _FIXED = True
 
 

@@ -30,7 +30,7 @@ from edgecompile.targets.tvm.records import (SEED_RECORDS, SharedRecords, applic
 from edgecompile.targets.tvm.deadline import STOPPED_BY_TIMEOUT, cost_model, deadline_builder, deadline_search
 from edgecompile.targets.tvm.remote import session_board
 from edgecompile.targets.tvm.startup import import_tensor_intrinsics, search_strategy
-from edgecompile.targets.tvm.vnni import space_generator, target_has_vnni
+from edgecompile.targets.tvm.packed import space_generator, target_forms
 from edgecompile.targets.tvm.workers import (NATIVE_LOG, builder_runner, hide_torch_from_workers, native_stderr_to,
                                              tidy_meta_schedule_logger)
 
@@ -44,9 +44,9 @@ FRESH_WEIGHT = 4
 
 
 def database_key(graph_sha256: str, target: dict, tvm_version: str) -> str:
-    # v3: integer convolutions packed for VNNI (vnni.py); v2: NHWC convolutions and integer QDQ kernels
+    # v4: float convolutions packed for AVX-512 FMA (fma.py); v3: integer convolutions packed for VNNI (vnni.py); v2: NHWC convolutions and integer QDQ kernels
     # (build.to_relax); v1 databases described NCHW float kernels
-    return content_key("tvm-tuning-db/v3", graph_sha256, target, tvm_version)[:32]
+    return content_key("tvm-tuning-db/v4", graph_sha256, target, tvm_version)[:32]
 
 
 def trials_per_batch(budget: int, kernels: int) -> int:
@@ -248,10 +248,10 @@ class TuningDatabase:
                 tidy_meta_schedule_logger()
                 import_tensor_intrinsics()
                 workers_env.enter_context(native_stderr_to(self.path / NATIVE_LOG, progress))
+                intrins = [f.intrin for f in target_forms(target)]
                 ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-                    tasks, str(self.path), space=space_generator(ms) if target_has_vnni(target) else
-                    "post-order-apply", strategy=deadline_search(ms, search_strategy(ms, per_iter), state),
-                    num_threads=cores, seed=0)
+                    tasks, str(self.path), space=space_generator(ms, intrins) if intrins else "post-order-apply",
+                    strategy=deadline_search(ms, search_strategy(ms, per_iter), state), num_threads=cores, seed=0)
                 weights = [w * (FRESH_WEIGHT if t.task_name in fresh else 1) for t, w in zip(tasks, weights)]
                 callbacks = [*ms.measure_callback.MeasureCallback.create("default"), state.callback(ms)]
                 ms.tune_tasks(tasks=ctxs, task_weights=weights, work_dir=str(self.path),

@@ -8,7 +8,7 @@ import pytest
 
 import tvm  # noqa: F401  (installed by the set-up)
 
-from edgecompile.targets.tvm import vnni
+from edgecompile.targets.tvm import packed, vnni
 
 # a CPU with AVX512-VNNI (LLVM's name): code for it is built (LLVM verifies it) on any x86 host
 VNNI_CPU = "cascadelake"
@@ -18,7 +18,7 @@ def _host_has_vnni() -> bool:
     from tvm.target import codegen
 
     cpu = str(codegen.llvm_get_system_cpu())
-    return vnni.target_has_vnni(tvm.target.Target({"kind": "llvm", "mcpu": cpu}))
+    return vnni.target_has(tvm.target.Target({"kind": "llvm", "mcpu": cpu}))
 
 
 def _conv_ref(x, w_hwio, strides, padding, dilation):
@@ -40,7 +40,7 @@ def _conv_ref(x, w_hwio, strides, padding, dilation):
 def test_packed_weights_put_16_outputs_by_4_inputs_innermost_and_pad_the_inputs_with_zeros():
     rng = np.random.default_rng(0)
     w = rng.integers(-128, 128, (3, 3, 6, 32)).astype(np.int8)          # 6 inputs: padded to 8
-    pk = vnni.pack_weights(w)
+    pk = packed.pack_weights(w, vnni.FORM)
     assert pk.shape == (2, 3, 3, 2, 16, 4) and pk.dtype == np.int8
     for a, y, x, b, j, k in ((0, 0, 0, 0, 0, 0), (1, 2, 1, 1, 15, 1), (0, 1, 2, 0, 7, 3), (1, 0, 0, 1, 3, 0)):
         assert pk[a, y, x, b, j, k] == w[y, x, b * 4 + k, a * 16 + j]
@@ -61,10 +61,10 @@ def test_the_packed_convolution_computes_the_convolution(shape):
     rng = np.random.default_rng(1)
     x = rng.integers(0, 256, (1, h, w_, i)).astype(np.uint8)
     w = rng.integers(-128, 128, (k, k, i, o)).astype(np.int8)
-    pk = vnni.pack_weights(w)
-    data, packed = te.placeholder(x.shape, "uint8", "data"), te.placeholder(pk.shape, "int8", "packed")
-    out = vnni.conv_te(data, packed, list(strides), list(padding), list(dilation), i, o)
-    lib = tvm.compile(te.create_prim_func([data, packed, out]), target="llvm")
+    pk = packed.pack_weights(w, vnni.FORM)
+    data, pk_in = te.placeholder(x.shape, "uint8", "data"), te.placeholder(pk.shape, "int8", "packed")
+    out = packed.conv_te(data, pk_in, list(strides), list(padding), list(dilation), i, o, vnni.FORM)
+    lib = tvm.compile(te.create_prim_func([data, pk_in, out]), target="llvm")
     want = _conv_ref(x, w, strides, padding, dilation)
     got = tvm.runtime.tensor(np.zeros(want.shape, np.int32))
     lib(tvm.runtime.tensor(x), tvm.runtime.tensor(pk), got)
@@ -122,12 +122,12 @@ def test_no_vectorized_loop_is_left_around_a_block_to_be_tensorized():
     d = te.compute((8, 64), lambda i, j: c[i, j] + 1.0, name="d")
     sch = s_tir.Schedule(te.create_prim_func([a, d]))
     c_block, d_block = sch.get_sblock("c"), sch.get_sblock("d")
-    sch.annotate(c_block, vnni.TENSORIZE_ANN, vnni.INTRIN)
+    sch.annotate(c_block, packed.TENSORIZE_ANN, vnni.INTRIN)
     for block in (c_block, d_block):
         _, j = sch.get_loops(block)
         jo, _ = sch.split(j, [None, 16])
         sch.vectorize(jo)
-    assert vnni._serial_around_tensorize(ms)().apply(sch)
+    assert packed._serial_around_tensorize(ms)().apply(sch)
     kinds = {name: [int(sch.get(lp).kind) for lp in sch.get_loops(sch.get_sblock(name))] for name in "cd"}
     vec, unrolled = int(tvm.tirx.ForKind.VECTORIZED), int(tvm.tirx.ForKind.UNROLLED)
     assert vec not in kinds["c"] and unrolled in kinds["c"]
@@ -136,7 +136,7 @@ def test_no_vectorized_loop_is_left_around_a_block_to_be_tensorized():
 
 def test_only_x86_targets_with_vnni_get_the_packed_convolutions():
 
-    assert vnni.target_has_vnni(tvm.target.Target({"kind": "llvm", "mcpu": VNNI_CPU}))
-    assert not vnni.target_has_vnni(tvm.target.Target({"kind": "llvm", "mcpu": "haswell"}))
-    assert not vnni.target_has_vnni(tvm.target.Target(
+    assert vnni.target_has(tvm.target.Target({"kind": "llvm", "mcpu": VNNI_CPU}))
+    assert not vnni.target_has(tvm.target.Target({"kind": "llvm", "mcpu": "haswell"}))
+    assert not vnni.target_has(tvm.target.Target(
         {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76", "mattr": ["+neon", "+dotprod"]}))
