@@ -44,8 +44,8 @@ FRESH_WEIGHT = 4
 
 
 def database_key(graph_sha256: str, target: dict, tvm_version: str) -> str:
-    # v4: float convolutions packed for AVX-512 FMA (fma.py); v3: integer convolutions packed for VNNI (vnni.py); v2: NHWC convolutions and integer QDQ kernels
-    # (build.to_relax); v1 databases described NCHW float kernels
+    # v4: float convolutions packed for AVX-512 FMA (fma.py); v3: integer convolutions packed for VNNI (vnni.py);
+    # v2: NHWC convolutions and integer QDQ kernels (build.to_relax); v1 databases described NCHW float kernels
     return content_key("tvm-tuning-db/v4", graph_sha256, target, tvm_version)[:32]
 
 
