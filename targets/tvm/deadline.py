@@ -12,6 +12,11 @@ from __future__ import annotations
 STOPPED_BY_TIMEOUT = "not built: --tune-timeout reached"
 
 
+def timeout_reached(minutes: float, trials: int) -> str:
+    """What a tuning session that reached --tune-timeout says ("4.6 min", not "4.589499999999999 min")."""
+    return f"--tune-timeout {round(float(minutes), 1):g} min reached after {trials} trials"
+
+
 def deadline_search(ms, inner, state):
     """`inner` (a SearchStrategy), except that past the deadline it generates no candidates (the kernel ends)."""
     from tvm.ir.utils import derived_object
@@ -33,7 +38,7 @@ def deadline_search(ms, inner, state):
         def generate_measure_candidates(self):
             if state.expired():
                 if state.stopped is None:
-                    state.stopped = f"--tune-timeout {state.timeout_min} min reached after {state.done} trials"
+                    state.stopped = timeout_reached(state.timeout_min, state.done)
                 return None
             return self.inner.generate_measure_candidates()
 

@@ -27,7 +27,8 @@ from edgecompile.cache import content_key, subdir
 from edgecompile.errors import ConfigError, first_line
 from edgecompile.targets.tvm.records import (SEED_RECORDS, SharedRecords, applicable, compile_database, copy_record,
                                              load_best, save_best, valid_records)
-from edgecompile.targets.tvm.deadline import STOPPED_BY_TIMEOUT, cost_model, deadline_builder, deadline_search
+from edgecompile.targets.tvm.deadline import (STOPPED_BY_TIMEOUT, cost_model, deadline_builder, deadline_search,
+                                              timeout_reached)
 from edgecompile.targets.tvm.remote import session_board
 from edgecompile.targets.tvm.startup import import_tensor_intrinsics, search_strategy
 from edgecompile.targets.tvm.packed import space_generator, target_forms
@@ -243,7 +244,7 @@ class TuningDatabase:
                 + f"{where}")
         try:
             if deadline is not None and time.perf_counter() >= deadline:
-                state.stopped = f"--tune-timeout {timeout_min} min reached after 0 trials"
+                state.stopped = timeout_reached(timeout_min, 0)
             else:
                 tidy_meta_schedule_logger()
                 import_tensor_intrinsics()
@@ -320,7 +321,7 @@ class _Progress:
                                f"({time.perf_counter() - self.t0:.0f} s)")
         if self.expired():
             if self.stopped is None:
-                self.stopped = f"--tune-timeout {self.timeout_min} min reached after {self.done} trials"
+                self.stopped = timeout_reached(self.timeout_min, self.done)
             # End the other kernels. The one joined stays alive here: the scheduler's clean-up terminates it
             # after this join (twice fails a check), or its main loop hands it out again: the builder ends it.
             for i, task in enumerate(scheduler.tasks_):

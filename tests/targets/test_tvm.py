@@ -232,6 +232,13 @@ def test_int8_qdq_graph_compiles_and_keeps_top1(tvm_bundle, tmp_path):
     assert [p["name"] for p in bundle.manifest["passes"]] == ["simplify", "quantize"]
 
 
+def test_the_timeout_message_rounds_the_minutes_left():
+    from edgecompile.targets.tvm.deadline import timeout_reached
+
+    assert timeout_reached(4.589499999999999, 194) == "--tune-timeout 4.6 min reached after 194 trials"
+    assert timeout_reached(20, 0) == "--tune-timeout 20 min reached after 0 trials"
+
+
 def test_past_the_deadline_no_kernel_searches_for_candidates():
     """The task scheduler visits every kernel once per round before it joins their results; each search takes
     seconds. Past --tune-timeout the search strategy returns nothing (the kernel ends) without searching:
