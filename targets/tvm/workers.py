@@ -17,6 +17,11 @@ from edgecompile.targets.tvm.startup import import_tensor_intrinsics
 # MetaSchedule's builder/runner timeouts include starting their worker processes; on a loaded
 # 2-core machine that alone can take tens of seconds, so be generous (TVM's default is 30 s).
 BUILD_TIMEOUT_S, RUN_TIMEOUT_S = 120.0, 120.0
+# A candidate whose machine code takes longer than this to generate is failed, not measured: it would be paid
+# again by every rebuild from the records. LLVM spent 22 s on one ResNet-18 matmul candidate (a 50-wide vector
+# loop, explicitly unrolled 512 steps) that the search then kept as that kernel's best, so the warm rebuild took
+# 28 s (bench/results/tvm_vs_ort_20min_fma.txt); the other kernels' code takes 0.03-0.3 s each.
+EXPORT_LIMIT_S = 4.0
 # A board session: upload, load and time one candidate; an emulated board needs minutes.
 REMOTE_SESSION_TIMEOUT_S = 600
 # TVM's C++ warnings while it searches (a VNNI tensorization that does not fit a candidate, an unknown custom
@@ -37,19 +42,45 @@ def export_shared(cc: str | None, mod) -> str:
     return path
 
 
+class SlowCodegen(RuntimeError):
+    pass
+
+
+def export_within(limit_s: float, shared: bool, cc: str | None, mod) -> str:
+    """MetaSchedule builder export (in its worker processes): `export_shared` for a board (`shared`), else the
+    host's default (a tar of object files), failed when generating the code took more than `limit_s`."""
+    import shutil
+    import time
+
+    t0 = time.perf_counter()
+    if shared:
+        path = export_shared(cc, mod)
+    else:
+        from tvm.s_tir.meta_schedule.builder.local_builder import default_export
+
+        path = default_export(mod)
+    took = time.perf_counter() - t0
+    if took > limit_s:
+        shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+        raise SlowCodegen(f"generating this candidate's code took {took:.1f} s (limit {limit_s:g} s): every "
+                          "rebuild would pay it again")
+    return path
+
+
 def builder_runner(ms, remote: dict | None, cross_cc: str | None, cores: int):
     """MetaSchedule's builder and runner: this host's, or a cross-linking builder and the board's RPC runner.
     The builder's workers (fresh ones every batch) import TVM's tensor intrinsics the cheap way first."""
     if not remote:
         return (ms.builder.LocalBuilder(max_workers=cores, timeout_sec=BUILD_TIMEOUT_S,
-                                        initializer=import_tensor_intrinsics),
+                                        initializer=import_tensor_intrinsics,
+                                        f_export=functools.partial(export_within, EXPORT_LIMIT_S, False, None)),
                 ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S))
     from edgecompile.targets.tvm.remote import parse_address
 
     host, port = parse_address(remote["tracker"])
     builder = ms.builder.LocalBuilder(max_workers=cores, timeout_sec=BUILD_TIMEOUT_S,
                                       initializer=import_tensor_intrinsics,
-                                      f_export=functools.partial(export_shared, cross_cc))
+                                      f_export=functools.partial(export_within, EXPORT_LIMIT_S, True, cross_cc))
     runner = ms.runner.RPCRunner(
         rpc_config=ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=remote["key"],
                                        session_priority=1, session_timeout_sec=REMOTE_SESSION_TIMEOUT_S),

@@ -262,3 +262,29 @@ def test_past_the_deadline_no_kernel_searches_for_candidates():
 
     with pytest.raises(tvm.error.InternalError, match="state_ != nullptr"):   # before it: the inner search
         live.generate_measure_candidates()                                      # (not set up here)
+
+
+def test_a_candidate_whose_code_takes_too_long_to_generate_is_failed_and_its_files_removed():
+    """One ResNet-18 matmul candidate took LLVM 22 s and was kept as the best: every rebuild paid it. The
+    builder's export fails such candidates (workers.EXPORT_LIMIT_S) so they are never measured or kept."""
+    import os
+    import tempfile
+
+    from tvm import te
+    from tvm.driver import build as tvm_build
+
+    from edgecompile.targets.tvm.workers import SlowCodegen, export_within
+
+    a = te.placeholder((64,), "float32", "a")
+    b = te.compute((64,), lambda i: a[i] * 2.0, name="b")
+
+    def kernel():        # what MetaSchedule's builder hands the export: a runtime module
+        return tvm_build(tvm.IRModule({"main": te.create_prim_func([a, b])}), target="llvm")
+
+    path = export_within(60.0, False, None, kernel())
+    assert os.path.isfile(path)
+    made = set(os.listdir(tempfile.gettempdir()))
+    with pytest.raises(SlowCodegen, match=r"took \d+\.\d s \(limit 0 s\)") as err:
+        export_within(0.0, True, None, kernel())
+    assert "\n" not in str(err.value)
+    assert not {d for d in set(os.listdir(tempfile.gettempdir())) - made if d.startswith("edgecompile-tune-")}

@@ -156,3 +156,35 @@ def test_only_x86_targets_with_avx512_get_the_packed_float_convolutions_and_the_
     space = packed.space_generator(ms, [fma.INTRIN])
     rules = [type(r).__name__ for r in space.sch_rules]
     assert rules.index("MultiLevelTilingWithIntrin") + 1 == rules.index("MultiLevelTiling"), rules
+
+
+@pytest.mark.skipif(not _host_has_avx512(), reason="MetaSchedule measures candidates on this CPU, which has no AVX-512")
+def test_tuned_float_convolutions_use_the_fma_tile_and_still_match_ort(tmp_path, monkeypatch):
+    """A short tuning session (AVX-512 host): valid measured candidates of the packed float convolutions are
+    tensorized with fma_16x4_f32, and the tuned library's outputs still match ORT's."""
+    import json
+
+    import onnx_ir as ir
+    import onnxruntime as ort
+
+    from edgecompile.data import TensorSpec
+    from edgecompile.targets.profiles import get_profile
+    from edgecompile.targets.tvm.build import compile_library
+    from edgecompile.targets.tvm.run import load_library
+
+    proto = _float_conv_graph()
+    monkeypatch.setenv("EDGECOMPILE_CACHE", str(tmp_path / "cache"))
+    meta = compile_library(ir.from_proto(proto), get_profile("cpu"), tmp_path / "lib.so", tune_trials=16)
+    assert meta["lowering"]["fma_conv2d"] == 2
+    records = [json.loads(line) for f in (tmp_path / "cache" / "tvm" / "records").glob("*/database_tuning_record.json")
+               for line in f.read_text().splitlines() if line.strip()]
+    valid = [r for r in records if r[1][1] and max(float(s) for s in r[1][1]) < 1e9]
+    tensorized = [r for r in valid if fma.INTRIN in json.dumps(r[1][0]) and '"Tensorize"' in json.dumps(r[1][0])]
+    assert tensorized, f"{len(valid)} valid records of {len(records)}, none tensorized with {fma.INTRIN}"
+    lib = load_library(tmp_path / "lib.so", [TensorSpec("x", (1, 3, 12, 12), "float32")],
+                       [TensorSpec("y", (1, 32, 6, 6), "float32")], 1)
+    x = np.random.default_rng(5).standard_normal((1, 3, 12, 12)).astype(np.float32)
+    out = lib.run({"x": x})
+    got = np.asarray(next(iter(out.values())) if isinstance(out, dict) else out[0])
+    want = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
