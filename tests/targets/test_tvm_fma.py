@@ -8,6 +8,7 @@ import pytest
 
 import tvm  # noqa: F401  (installed by the set-up)
 
+from conv_ref import conv_nhwc, tensorize_product
 from edgecompile.targets.tvm import fma, packed, vnni
 
 AVX512_CPU = "skylake-avx512"      # LLVM's name; code for it is built (LLVM verifies it) on any x86 host
@@ -17,22 +18,6 @@ def _host_has_avx512() -> bool:
     from tvm.target import codegen
 
     return fma.target_has(tvm.target.Target({"kind": "llvm", "mcpu": str(codegen.llvm_get_system_cpu())}))
-
-
-def _conv_ref(x, w_hwio, strides, padding, dilation):
-    """NHWC float64 convolution by loops over the kernel taps (padding top, left, bottom, right)."""
-    top, left, bottom, right = padding
-    xp = np.pad(x.astype(np.float64), ((0, 0), (top, bottom), (left, right), (0, 0)))
-    kh, kw, _, o = w_hwio.shape
-    oh = (xp.shape[1] - dilation[0] * (kh - 1) - 1) // strides[0] + 1
-    ow = (xp.shape[2] - dilation[1] * (kw - 1) - 1) // strides[1] + 1
-    out = np.zeros((x.shape[0], oh, ow, o))
-    for i in range(kh):
-        for j in range(kw):
-            patch = xp[:, i * dilation[0]:i * dilation[0] + strides[0] * (oh - 1) + 1:strides[0],
-                       j * dilation[1]:j * dilation[1] + strides[1] * (ow - 1) + 1:strides[1], :]
-            out += np.einsum("nhwc,co->nhwo", patch, w_hwio[i, j].astype(np.float64))
-    return out
 
 
 def test_float_weights_are_packed_with_16_output_channels_innermost_and_the_inputs_padded_with_zeros():
@@ -63,7 +48,7 @@ def test_the_packed_float_convolution_computes_the_convolution(shape):
     data, pk_in = te.placeholder(x.shape, "float32", "data"), te.placeholder(pk.shape, "float32", "packed")
     out = packed.conv_te(data, pk_in, list(strides), list(padding), list(dilation), i, o, fma.FORM)
     lib = tvm.compile(te.create_prim_func([data, pk_in, out]), target="llvm")
-    want = _conv_ref(x, w, strides, padding, dilation)
+    want = conv_nhwc(x, w, strides, padding, dilation, np.float64)
     got = tvm.runtime.tensor(np.zeros(want.shape, np.float32))
     lib(tvm.runtime.tensor(x), tvm.runtime.tensor(pk), got)
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-4)
@@ -72,7 +57,7 @@ def test_the_packed_float_convolution_computes_the_convolution(shape):
 def test_the_fma_intrinsic_tensorizes_a_packed_product_and_computes_it():
     """C[i, j] = sum_k A[i, k] * B[k, j] from B packed [N/16, K/4, 4, 16], the 4x16 tile tensorized by hand
     with fma_16x4_f32 as a tuned candidate has it; built for AVX-512 (LLVM verifies), run where the CPU can."""
-    from tvm import s_tir, te
+    from tvm import te
 
     from edgecompile.targets.tvm.startup import import_tensor_intrinsics
 
@@ -82,16 +67,9 @@ def test_the_fma_intrinsic_tensorizes_a_packed_product_and_computes_it():
     b = te.placeholder((n // 16, kk // 4, 4, 16), "float32", "b")
     r = te.reduce_axis((0, kk), "r")
     c = te.compute((m, n), lambda i, j: te.sum(a[i, r] * b[j // 16, r // 4, r % 4, j % 16], axis=r), name="c")
-    sch = s_tir.Schedule(te.create_prim_func([a, b, c]))
-    block = sch.get_sblock("c")
-    i, j, k = sch.get_loops(block)
-    jo, ji = sch.split(j, [None, 16])
-    ko, ki = sch.split(k, [None, 4])
-    sch.reorder(i, jo, ko, ji, ki)
-    sch.decompose_reduction(block, ko)
-    sch.tensorize(ji, fma.INTRIN)
-    assert "llvm.fmuladd" in sch.mod.script()
-    lib = tvm.compile(sch.mod, target=tvm.target.Target({"kind": "llvm", "mcpu": AVX512_CPU}))
+    mod = tensorize_product(te.create_prim_func([a, b, c]), fma.INTRIN)
+    assert "llvm.fmuladd" in mod.script()
+    lib = tvm.compile(mod, target=tvm.target.Target({"kind": "llvm", "mcpu": AVX512_CPU}))
     if not _host_has_avx512():
         pytest.skip(f"built for {AVX512_CPU}; this CPU has no AVX-512 to run it")
     rng = np.random.default_rng(2)

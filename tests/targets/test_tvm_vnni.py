@@ -8,6 +8,7 @@ import pytest
 
 import tvm  # noqa: F401  (installed by the set-up)
 
+from conv_ref import conv_nhwc, tensorize_product
 from edgecompile.targets.tvm import packed, vnni
 
 # a CPU with AVX512-VNNI (LLVM's name): code for it is built (LLVM verifies it) on any x86 host
@@ -19,22 +20,6 @@ def _host_has_vnni() -> bool:
 
     cpu = str(codegen.llvm_get_system_cpu())
     return vnni.target_has(tvm.target.Target({"kind": "llvm", "mcpu": cpu}))
-
-
-def _conv_ref(x, w_hwio, strides, padding, dilation):
-    """NHWC int64 convolution by loops over the kernel taps (padding top, left, bottom, right)."""
-    top, left, bottom, right = padding
-    xp = np.pad(x.astype(np.int64), ((0, 0), (top, bottom), (left, right), (0, 0)))
-    kh, kw, _, o = w_hwio.shape
-    oh = (xp.shape[1] - dilation[0] * (kh - 1) - 1) // strides[0] + 1
-    ow = (xp.shape[2] - dilation[1] * (kw - 1) - 1) // strides[1] + 1
-    out = np.zeros((x.shape[0], oh, ow, o), np.int64)
-    for i in range(kh):
-        for j in range(kw):
-            patch = xp[:, i * dilation[0]:i * dilation[0] + strides[0] * (oh - 1) + 1:strides[0],
-                       j * dilation[1]:j * dilation[1] + strides[1] * (ow - 1) + 1:strides[1], :]
-            out += np.einsum("nhwc,co->nhwo", patch, w_hwio[i, j].astype(np.int64))
-    return out
 
 
 def test_packed_weights_put_16_outputs_by_4_inputs_innermost_and_pad_the_inputs_with_zeros():
@@ -65,7 +50,7 @@ def test_the_packed_convolution_computes_the_convolution(shape):
     data, pk_in = te.placeholder(x.shape, "uint8", "data"), te.placeholder(pk.shape, "int8", "packed")
     out = packed.conv_te(data, pk_in, list(strides), list(padding), list(dilation), i, o, vnni.FORM)
     lib = tvm.compile(te.create_prim_func([data, pk_in, out]), target="llvm")
-    want = _conv_ref(x, w, strides, padding, dilation)
+    want = conv_nhwc(x, w, strides, padding, dilation)
     got = tvm.runtime.tensor(np.zeros(want.shape, np.int32))
     lib(tvm.runtime.tensor(x), tvm.runtime.tensor(pk), got)
     np.testing.assert_array_equal(got.numpy(), want)
@@ -74,7 +59,7 @@ def test_the_packed_convolution_computes_the_convolution(shape):
 def _tensorized_dot():
     """C[i, j] = sum_k A[i, k] * B[j, k] (u8 x s8 -> s32) from packed B, its 16x4 inner block tensorized with
     the VNNI intrinsic by hand: what a tuned candidate contains."""
-    from tvm import s_tir, te
+    from tvm import te
 
     from edgecompile.targets.tvm.startup import import_tensor_intrinsics
 
@@ -85,15 +70,7 @@ def _tensorized_dot():
     r = te.reduce_axis((0, kk), "r")
     c = te.compute((m, n), lambda i, j: te.sum(a[i, r].astype("int32") * b[j // 16, r // 4, j % 16, r % 4]
                                                .astype("int32"), axis=r), name="c")
-    sch = s_tir.Schedule(te.create_prim_func([a, b, c]))
-    block = sch.get_sblock("c")
-    i, j, k = sch.get_loops(block)
-    jo, ji = sch.split(j, [None, 16])
-    ko, ki = sch.split(k, [None, 4])
-    sch.reorder(i, jo, ko, ji, ki)
-    sch.decompose_reduction(block, ko)
-    sch.tensorize(ji, vnni.INTRIN)
-    return sch.mod, m, n, kk
+    return tensorize_product(te.create_prim_func([a, b, c]), vnni.INTRIN), m, n, kk
 
 
 def test_the_vnni_intrinsic_builds_with_this_llvm_and_computes_the_dot_product():
