@@ -26,7 +26,8 @@ from edgecompile.errors import CompileError, TargetUnavailableError, first_line
 from edgecompile.targets.base import Artifacts, Availability, Backend, BuildContext
 from edgecompile.targets.tvm import run
 from edgecompile.targets.tvm.integer import integer_kernels
-from edgecompile.targets.tvm.packed import pack_convs, target_forms
+from edgecompile.targets.tvm.forms import target_forms
+from edgecompile.targets.tvm.packed import pack_convs
 from edgecompile.targets.tvm.run import COMPILED_BATCH, LIB_FILE, _host_arch, tvm_module
 _CROSS_PACKAGE = {"aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu libc6-dev-arm64-cross"}   # the crt files too
 
@@ -185,7 +186,7 @@ def to_relax(model, lowering: dict | None = None, forms=()):
     """onnx_ir.Model (or ModelProto) -> (Relax IRModule with weights bound, ONNX bytes hashed for the cache).
     QDQ convolutions/matmuls become integer kernels (integer.py), convolutions run in CONV_LAYOUT; what was
     done is written into `lowering` (layout, integer, float and packed kernel counts) when given. `forms`: the
-    packed convolution forms the target's CPU has an instruction for (packed.target_forms): the convolutions
+    packed convolution forms the target's CPU has an instruction for (forms.target_forms): the convolutions
     they compute are taken from weights packed for it (packed.py)."""
     proto = tvm_graph(model)
     bad = unsupported_nodes(proto)

@@ -204,10 +204,3 @@ def _serial_around_tensorize(ms):
 
     _POSTPROC = SerialAroundTensorize
     return _POSTPROC
-
-
-def target_forms(target) -> list:
-    """The packed forms `target`'s CPU computes with a tensor intrinsic (none for non-x86 targets)."""
-    from edgecompile.targets.tvm import fma, vnni
-
-    return [m.FORM for m in (vnni, fma) if m.target_has(target)]

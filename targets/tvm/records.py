@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections import OrderedDict
@@ -29,7 +30,8 @@ import numpy as np
 
 from edgecompile.cache import content_key, subdir
 from edgecompile.errors import CompileError, first_line
-from edgecompile.targets.tvm.startup import import_tensor_intrinsics
+from edgecompile.targets.tvm.fma import INTRIN as FMA_INTRIN
+from edgecompile.targets.tvm.startup import import_tensor_intrinsics, register_our_intrinsics
 
 COST_DATA, COST_BOOSTER = "cost_model.npz", "cost_model.json"
 COST_MODEL_MAX_SAMPLES = 20_000     # the newest workloads' samples kept for the next session
@@ -205,13 +207,20 @@ def applicable(mod, records: list) -> list:
 
 
 def intrinsics_for(records_dir: Path) -> None:
-    """TVM replays every trace as it reads a records directory; tensorized ones need the tensor intrinsics
-    registered first (an import of seconds, so only when the records mention it)."""
+    """TVM replays every trace as it reads a records directory; tensorized ones need their tensor intrinsics
+    registered first. TVM's own are an import of seconds, so only when the records name one of them: ours
+    (fma.py) are registered alone (every tuned FP32 kernel on AVX-512 is tensorized with it)."""
     try:
-        if TENSORIZE in (Path(records_dir) / RECORDS_FILE).read_bytes():
-            import_tensor_intrinsics()
+        data = (Path(records_dir) / RECORDS_FILE).read_bytes()
     except OSError:            # no records file: nothing to replay
-        pass
+        return
+    if TENSORIZE not in data:
+        return
+    names = set(re.findall(rb'\["Tensorize",\s*\[[^\]]*\],\s*\["([^"]+)"', data))
+    if names and names <= {FMA_INTRIN.encode()}:
+        register_our_intrinsics()
+    else:
+        import_tensor_intrinsics()
 
 
 def commit_best(ms, db, tasks, best: dict):

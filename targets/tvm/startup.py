@@ -10,6 +10,7 @@ frames: ~4 s. It is also the builder workers' initializer, so their default buil
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import linecache
@@ -19,6 +20,7 @@ import threading
 TENSOR_INTRIN = "tvm.s_tir.tensor_intrin"
 _LOCK = threading.Lock()
 _FIXED = False
+_OURS = False
 
 
 def frame_records(context: int = 1) -> list[inspect.FrameInfo]:
@@ -35,6 +37,33 @@ def frame_records(context: int = 1) -> list[inspect.FrameInfo]:
     return out
 
 
+@contextlib.contextmanager
+def cheap_frames():
+    """TVMScript parsing (`@T.prim_func`) with `inspect.stack` answered by `frame_records`."""
+    original = inspect.stack
+
+    def stack(context: int = 1):
+        return frame_records(context)[1:] if context in (0, 1) else original(context)
+
+    inspect.stack = stack
+    try:
+        yield
+    finally:
+        inspect.stack = original
+
+
+def register_our_intrinsics() -> None:
+    """Register our own tensor intrinsic (fma.py) alone, without TVM's: a no-op once done."""
+    global _OURS
+    if _OURS:
+        return
+    with _LOCK, cheap_frames():
+        from edgecompile.targets.tvm import fma
+
+        fma.register_intrinsic()    # ours: float convolutions' 16-lane FMA tile
+        _OURS = True
+
+
 def import_tensor_intrinsics() -> None:
     """Import TVM's tensor intrinsics (their registry) with the cheap frame records, and fix the VNNI one for
     this LLVM (vnni.register_intrinsic), register ours (fma.register_intrinsic); a no-op once done."""
@@ -43,21 +72,13 @@ def import_tensor_intrinsics() -> None:
         return
     with _LOCK:
         if TENSOR_INTRIN not in sys.modules:
-            original = inspect.stack
-
-            def stack(context: int = 1):
-                return frame_records(context)[1:] if context in (0, 1) else original(context)
-
-            inspect.stack = stack
-            try:
+            with cheap_frames():
                 importlib.import_module(TENSOR_INTRIN)
-            finally:
-                inspect.stack = original
-        from edgecompile.targets.tvm import fma, vnni
+        from edgecompile.targets.tvm import vnni
 
         vnni.register_intrinsic()   # TVM's VNNI intrinsic with the operand types LLVM >= 22 takes
-        fma.register_intrinsic()    # ours: float convolutions' 16-lane FMA tile
         _FIXED = True
+    register_our_intrinsics()
 
 
 # MetaSchedule's evolutionary search evolves a population of 512 schedules per kernel and batch (its default, sized

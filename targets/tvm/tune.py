@@ -31,7 +31,8 @@ from edgecompile.targets.tvm.deadline import (STOPPED_BY_TIMEOUT, cost_model, de
                                               timeout_reached)
 from edgecompile.targets.tvm.remote import session_board
 from edgecompile.targets.tvm.startup import import_tensor_intrinsics, search_strategy
-from edgecompile.targets.tvm.packed import space_generator, target_forms
+from edgecompile.targets.tvm.forms import target_forms
+from edgecompile.targets.tvm.packed import space_generator
 from edgecompile.targets.tvm.workers import (NATIVE_LOG, builder_runner, hide_torch_from_workers, native_stderr_to,
                                              tidy_meta_schedule_logger)
 

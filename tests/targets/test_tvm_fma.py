@@ -9,7 +9,7 @@ import pytest
 import tvm  # noqa: F401  (installed by the set-up)
 
 from conv_ref import conv_nhwc, tensorize_product
-from edgecompile.targets.tvm import fma, packed, vnni
+from edgecompile.targets.tvm import fma, forms, packed, vnni
 
 AVX512_CPU = "skylake-avx512"      # LLVM's name; code for it is built (LLVM verifies it) on any x86 host
 
@@ -129,8 +129,8 @@ def test_only_x86_targets_with_avx512_get_the_packed_float_convolutions_and_the_
     assert not fma.target_has(tvm.target.Target({"kind": "llvm", "mcpu": "haswell"}))
     assert not fma.target_has(tvm.target.Target(
         {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76", "mattr": ["+neon", "+dotprod"]}))
-    assert packed.target_forms(tvm.target.Target({"kind": "llvm", "mcpu": "cascadelake"})) == [vnni.FORM, fma.FORM]
-    assert packed.target_forms(tvm.target.Target({"kind": "llvm", "mcpu": AVX512_CPU})) == [fma.FORM]
+    assert forms.target_forms(tvm.target.Target({"kind": "llvm", "mcpu": "cascadelake"})) == [vnni.FORM, fma.FORM]
+    assert forms.target_forms(tvm.target.Target({"kind": "llvm", "mcpu": AVX512_CPU})) == [fma.FORM]
     space = packed.space_generator(ms, [fma.INTRIN])
     rules = [type(r).__name__ for r in space.sch_rules]
     assert rules.index("MultiLevelTilingWithIntrin") + 1 == rules.index("MultiLevelTiling"), rules

@@ -41,6 +41,33 @@ def test_tensor_intrinsics_import_restores_inspect_stack():
     assert TensorIntrin.get("dot_16x4_vnni") is not None      # the x86 intrinsics are registered
 
 
+def test_records_tensorized_only_with_our_intrinsic_do_not_import_tvms(tmp_path):
+    """Every tuned FP32 kernel on AVX-512 is tensorized with fma_16x4_f32: a warm rebuild reading such records
+    registers that one intrinsic, without the seconds TVM's tensor-intrinsic import costs; records naming one of
+    TVM's still import them. In a fresh interpreter (this one may have imported them already)."""
+    import subprocess
+    import textwrap
+
+    pytest.importorskip("tvm")
+    code = textwrap.dedent("""
+        import sys
+        from pathlib import Path
+        from edgecompile.targets.tvm import records, startup
+        from tvm.s_tir import TensorIntrin
+        d = Path(sys.argv[1])
+        (d / records.RECORDS_FILE).write_text('[0, [[["Tensorize", ["b1"], ["fma_16x4_f32", true], []]], []]]')
+        records.intrinsics_for(d)
+        assert TensorIntrin.get("fma_16x4_f32") is not None
+        assert startup.TENSOR_INTRIN not in sys.modules, "TVM's tensor intrinsics were imported"
+        (d / records.RECORDS_FILE).write_text('[0, [[["Tensorize", ["b1"], ["dot_16x4_vnni", true], []]], []]]')
+        records.intrinsics_for(d)
+        assert startup.TENSOR_INTRIN in sys.modules
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
 @pytest.mark.parametrize(("per_iter", "population"), [(4, 64), (8, 128), (32, 512), (64, 512)])
 def test_population_follows_the_batch(per_iter, population):
     pytest.importorskip("tvm")
