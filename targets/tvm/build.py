@@ -215,7 +215,8 @@ def to_relax(model, lowering: dict | None = None, forms=()):
             mod, counts = pack_convs(mod, forms)
             info.update(counts)
     except Exception as exc:   # a rewrite TVM rejects for this graph
-        raise CompileError(f"lowering the graph for TVM (integer kernels, NHWC layout) failed: {first_line(exc)}",
+        raise CompileError(f"lowering the graph for TVM (integer kernels, NHWC layout, packed convolutions) failed: "
+                           f"{first_line(exc)}",
                            hint="build with --backend ort (target cpu) for this model, or report it") from None
     if lowering is not None:
         lowering.update(info)

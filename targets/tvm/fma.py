@@ -12,20 +12,14 @@ Only on x86 targets whose CPU has avx512f; other targets keep the convolutions a
 """
 from __future__ import annotations
 
-from edgecompile.targets.tvm.packed import GROUP, LANES, PackedForm, x86_target_has
+from edgecompile.targets.tvm.packed import GROUP, LANES, PackedForm
 
 INTRIN = "fma_16x4_f32"
-FEATURE = "avx512f"
-FORM = PackedForm("fma", "conv2d_nhwc_fma16", INTRIN, "float32", "float32", "float32", lanes_inner=True)
-
-
-def target_has(target) -> bool:
-    """Whether `target` is an x86 LLVM target whose CPU has AVX-512 (16 float lanes)."""
-    return x86_target_has(FEATURE, target)
+FORM = PackedForm("fma", INTRIN, "avx512f", "float32", "float32", "float32", lanes_inner=True)
 
 
 def register_intrinsic() -> None:
-    """Register `fma_16x4_f32` (idempotent). Call after TVM's tensor intrinsics are imported."""
+    """Register `fma_16x4_f32` (idempotent; needs none of TVM's tensor intrinsics: startup.py calls it)."""
     from tvm.s_tir import TensorIntrin
 
     desc, impl = _functions()

@@ -6,4 +6,4 @@ from edgecompile.targets.tvm import fma, vnni
 
 def target_forms(target) -> list:
     """The packed forms `target`'s CPU computes with a tensor intrinsic (none for non-x86 targets)."""
-    return [m.FORM for m in (vnni, fma) if m.target_has(target)]
+    return [form for form in (vnni.FORM, fma.FORM) if form.target_has(target)]

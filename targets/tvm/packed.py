@@ -29,13 +29,35 @@ LANES, GROUP = 16, 4            # output channels per instruction, input channel
 @dataclass(frozen=True)
 class PackedForm:
     """A convolution form a 16-lane tensor intrinsic computes."""
-    name: str                   # `lowering` counts the convolutions packed in this form as NAME_conv2d
-    kernel: str                 # the kernel's name (its PrimFunc's name hint); its count in `lowering`
+    name: str                   # kernels are conv2d_nhwc_NAME; `lowering` counts them as NAME_conv2d
     intrin: str                 # the tensor intrinsic MetaSchedule tensorizes its inner tile with
+    feature: str                # the x86 CPU feature (LLVM's name) the intrinsic's instruction needs
     data: str                   # dtypes: activation, weights, accumulator (the convolution's output)
     weight: str
     acc: str
     lanes_inner: bool           # weights' inner tile [GROUP, LANES] (True) or [LANES, GROUP]
+
+    @property
+    def kernel(self) -> str:
+        return f"conv2d_nhwc_{self.name}"
+
+    @property
+    def count_key(self) -> str:
+        return f"{self.name}_conv2d"
+
+    def target_has(self, target) -> bool:
+        """Whether `target` is an x86 LLVM target whose CPU has this form's instruction."""
+        from tvm.target import codegen
+
+        if str(target.kind.name) != "llvm":
+            return False
+        triple = str(target.attrs.get("mtriple", "") or codegen.llvm_get_system_triple())
+        if not triple.startswith(("x86_64", "i686", "i386")):
+            return False
+        try:
+            return bool(codegen.target_has_features(self.feature, target))
+        except Exception:     # an LLVM without the query: no tensorization
+            return False
 
 
 def pack_weights(w_hwio: np.ndarray, form: PackedForm) -> np.ndarray:
@@ -89,8 +111,9 @@ def _form_of(call, forms):
     from tvm.ir.expr import Constant
 
     a, (data, weight) = call.attrs, call.args
-    out = str(a.out_dtype) if a.out_dtype is not None and str(a.out_dtype) not in ("", "void", "None") \
-        else str(data.ty.dtype)
+    out = str(a.out_dtype)
+    if out in ("", "void", "None"):         # no out_dtype given: the data's
+        out = str(data.ty.dtype)
     if not (isinstance(weight, Constant) and int(a.groups) == 1 and str(a.data_layout) == "NHWC"
             and str(a.kernel_layout) == "HWIO" and str(a.out_layout) == "NHWC"
             and int(weight.ty.shape[3]) % LANES == 0):
@@ -109,7 +132,7 @@ def pack_convs(mod, forms) -> tuple:
     class Pack(PyExprMutator):
         def __init__(self, module):
             super().__init__(module)
-            self.module, self.counts = module, {f"{f.name}_conv2d": 0 for f in forms}
+            self.module, self.counts = module, {f.count_key: 0 for f in forms}
 
         def visit_call_(self, call):
             call = super().visit_call_(call)
@@ -117,7 +140,7 @@ def pack_convs(mod, forms) -> tuple:
             if form is None:
                 return call
             a, w = call.attrs, call.args[1].value.numpy()
-            self.counts[f"{form.name}_conv2d"] += 1
+            self.counts[form.count_key] += 1
             geometry = ([int(v) for v in a.strides], [int(v) for v in a.padding], [int(v) for v in a.dilation],
                         int(w.shape[2]), int(w.shape[3]))
             return self.builder_.call_te(
@@ -134,20 +157,6 @@ def pack_convs(mod, forms) -> tuple:
     out = packer.run()
     return relax.transform.DeadCodeElimination()(out), packer.counts
 
-
-def x86_target_has(feature: str, target) -> bool:
-    """Whether `target` is an x86 LLVM target whose CPU has `feature` (LLVM's name)."""
-    from tvm.target import codegen
-
-    if str(target.kind.name) != "llvm":
-        return False
-    triple = str(target.attrs.get("mtriple", "") or codegen.llvm_get_system_triple())
-    if not triple.startswith(("x86_64", "i686", "i386")):
-        return False
-    try:
-        return bool(codegen.target_has_features(feature, target))
-    except Exception:     # an LLVM without the query: no tensorization
-        return False
 
 
 # -- tuning ----------------------------------------------------------------------------------------------------

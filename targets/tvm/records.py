@@ -30,8 +30,7 @@ import numpy as np
 
 from edgecompile.cache import content_key, subdir
 from edgecompile.errors import CompileError, first_line
-from edgecompile.targets.tvm.fma import INTRIN as FMA_INTRIN
-from edgecompile.targets.tvm.startup import import_tensor_intrinsics, register_our_intrinsics
+from edgecompile.targets.tvm.startup import register_intrinsics_named
 
 COST_DATA, COST_BOOSTER = "cost_model.npz", "cost_model.json"
 COST_MODEL_MAX_SAMPLES = 20_000     # the newest workloads' samples kept for the next session
@@ -216,11 +215,7 @@ def intrinsics_for(records_dir: Path) -> None:
         return
     if TENSORIZE not in data:
         return
-    names = set(re.findall(rb'\["Tensorize",\s*\[[^\]]*\],\s*\["([^"]+)"', data))
-    if names and names <= {FMA_INTRIN.encode()}:
-        register_our_intrinsics()
-    else:
-        import_tensor_intrinsics()
+    register_intrinsics_named({n.decode() for n in re.findall(rb'\["Tensorize",\s*\[[^\]]*\],\s*\["([^"]+)"', data)})
 
 
 def commit_best(ms, db, tasks, best: dict):

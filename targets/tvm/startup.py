@@ -52,6 +52,17 @@ def cheap_frames():
         inspect.stack = original
 
 
+def register_intrinsics_named(names: set) -> None:
+    """Register the tensor intrinsics `names` (as they appear in tuning records): ours alone when they are all
+    ours (`register_our_intrinsics`, milliseconds), else TVM's import as well (`import_tensor_intrinsics`)."""
+    from edgecompile.targets.tvm import fma
+
+    if names and names <= {fma.INTRIN}:
+        register_our_intrinsics()
+    else:
+        import_tensor_intrinsics()
+
+
 def register_our_intrinsics() -> None:
     """Register our own tensor intrinsic (fma.py) alone, without TVM's: a no-op once done."""
     global _OURS

@@ -18,16 +18,10 @@ ResNet-18's packed convolutions after tuning, per kernel: bench/results/tvm_vs_o
 """
 from __future__ import annotations
 
-from edgecompile.targets.tvm.packed import PackedForm, x86_target_has
+from edgecompile.targets.tvm.packed import PackedForm
 
 INTRIN = "dot_16x4_vnni"
-FEATURE = "avx512vnni"
-FORM = PackedForm("vnni", "conv2d_nhwc_vnni", INTRIN, "uint8", "int8", "int32", lanes_inner=False)
-
-
-def target_has(target) -> bool:
-    """Whether MetaSchedule can tensorize u8 x s8 with VNNI for `target` (an x86 LLVM target with avx512vnni)."""
-    return x86_target_has(FEATURE, target)
+FORM = PackedForm("vnni", INTRIN, "avx512vnni", "uint8", "int8", "int32", lanes_inner=False)
 
 
 def register_intrinsic() -> bool:

@@ -17,7 +17,7 @@ AVX512_CPU = "skylake-avx512"      # LLVM's name; code for it is built (LLVM ver
 def _host_has_avx512() -> bool:
     from tvm.target import codegen
 
-    return fma.target_has(tvm.target.Target({"kind": "llvm", "mcpu": str(codegen.llvm_get_system_cpu())}))
+    return fma.FORM.target_has(tvm.target.Target({"kind": "llvm", "mcpu": str(codegen.llvm_get_system_cpu())}))
 
 
 def test_float_weights_are_packed_with_16_output_channels_innermost_and_the_inputs_padded_with_zeros():
@@ -125,9 +125,9 @@ def test_a_graph_packs_the_float_convolutions_with_16n_outputs_and_still_compute
 def test_only_x86_targets_with_avx512_get_the_packed_float_convolutions_and_the_rule_for_them():
     from tvm.s_tir import meta_schedule as ms
 
-    assert fma.target_has(tvm.target.Target({"kind": "llvm", "mcpu": AVX512_CPU}))
-    assert not fma.target_has(tvm.target.Target({"kind": "llvm", "mcpu": "haswell"}))
-    assert not fma.target_has(tvm.target.Target(
+    assert fma.FORM.target_has(tvm.target.Target({"kind": "llvm", "mcpu": AVX512_CPU}))
+    assert not fma.FORM.target_has(tvm.target.Target({"kind": "llvm", "mcpu": "haswell"}))
+    assert not fma.FORM.target_has(tvm.target.Target(
         {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76", "mattr": ["+neon", "+dotprod"]}))
     assert forms.target_forms(tvm.target.Target({"kind": "llvm", "mcpu": "cascadelake"})) == [vnni.FORM, fma.FORM]
     assert forms.target_forms(tvm.target.Target({"kind": "llvm", "mcpu": AVX512_CPU})) == [fma.FORM]

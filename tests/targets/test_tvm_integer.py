@@ -206,9 +206,9 @@ def test_a_lowering_tvm_rejects_is_a_one_line_compile_error(qdq, monkeypatch):
 def _host_has_vnni() -> bool:
     from tvm.target import codegen
 
-    from edgecompile.targets.tvm.vnni import target_has as target_has_vnni
+    from edgecompile.targets.tvm import vnni
 
-    return target_has_vnni(tvm.target.Target({"kind": "llvm", "mcpu": str(codegen.llvm_get_system_cpu())}))
+    return vnni.FORM.target_has(tvm.target.Target({"kind": "llvm", "mcpu": str(codegen.llvm_get_system_cpu())}))
 
 
 @pytest.mark.skipif(not _host_has_vnni(),

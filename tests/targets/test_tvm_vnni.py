@@ -19,7 +19,7 @@ def _host_has_vnni() -> bool:
     from tvm.target import codegen
 
     cpu = str(codegen.llvm_get_system_cpu())
-    return vnni.target_has(tvm.target.Target({"kind": "llvm", "mcpu": cpu}))
+    return vnni.FORM.target_has(tvm.target.Target({"kind": "llvm", "mcpu": cpu}))
 
 
 def test_packed_weights_put_16_outputs_by_4_inputs_innermost_and_pad_the_inputs_with_zeros():
@@ -113,7 +113,7 @@ def test_no_vectorized_loop_is_left_around_a_block_to_be_tensorized():
 
 def test_only_x86_targets_with_vnni_get_the_packed_convolutions():
 
-    assert vnni.target_has(tvm.target.Target({"kind": "llvm", "mcpu": VNNI_CPU}))
-    assert not vnni.target_has(tvm.target.Target({"kind": "llvm", "mcpu": "haswell"}))
-    assert not vnni.target_has(tvm.target.Target(
+    assert vnni.FORM.target_has(tvm.target.Target({"kind": "llvm", "mcpu": VNNI_CPU}))
+    assert not vnni.FORM.target_has(tvm.target.Target({"kind": "llvm", "mcpu": "haswell"}))
+    assert not vnni.FORM.target_has(tvm.target.Target(
         {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76", "mattr": ["+neon", "+dotprod"]}))
