@@ -25,6 +25,7 @@ from pathlib import Path
 from edgecompile.errors import CompileError, TargetUnavailableError, first_line
 from edgecompile.targets.base import Artifacts, Availability, Backend, BuildContext
 from edgecompile.targets.tvm import run
+from edgecompile.targets.tvm.constants import fold_transposes
 from edgecompile.targets.tvm.integer import integer_kernels
 from edgecompile.targets.tvm.forms import target_forms
 from edgecompile.targets.tvm.packed import pack_convs
@@ -210,7 +211,8 @@ def to_relax(model, lowering: dict | None = None, forms=()):
         if any(n.op_type == "DequantizeLinear" for n in proto.graph.node):
             mod, counts = integer_kernels(mod)
             info.update(counts)
-        mod = relax.transform.FoldConstant()(relax.transform.ConvertLayout({"relax.nn.conv2d": CONV_LAYOUT})(mod))
+        mod = relax.transform.ConvertLayout({"relax.nn.conv2d": CONV_LAYOUT})(mod)
+        mod = relax.transform.FoldConstant()(fold_transposes(mod))
         if forms:
             mod, counts = pack_convs(mod, forms)
             info.update(counts)

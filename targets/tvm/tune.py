@@ -276,6 +276,7 @@ class TuningDatabase:
             session["seconds"] = seconds
             session["stopped"] = state.stopped
             self.meta["tuning_seconds"] = float(self.meta["tuning_seconds"]) + seconds
+            builder.close()
             del builder, runner
             workers_env.close()
         if session["stopped"] is None and state.done < budget:

@@ -22,6 +22,11 @@ BUILD_TIMEOUT_S, RUN_TIMEOUT_S = 120.0, 120.0
 # loop, explicitly unrolled 512 steps) that the search then kept as that kernel's best, so the warm rebuild took
 # 28 s (bench/results/tvm_vs_ort_20min_fma.txt); the other kernels' code takes 0.03-0.3 s each.
 EXPORT_LIMIT_S = 4.0
+# TVM's LocalBuilder starts fresh worker processes for every batch (it cites a memory leak in long-lived ones).
+# Each pays importing TVM and the tensor intrinsics, 3.3 s on a 2-core Xeon (by hand), and with the 4-12
+# candidates a batch of a 20-minute ResNet-18 run, building was 41 % of the run (505 of 1236 s in MetaSchedule's
+# log). `pooled_builder` keeps its workers across batches and replaces each after WORKER_USES builds.
+WORKER_USES = 32
 # A board session: upload, load and time one candidate; an emulated board needs minutes.
 REMOTE_SESSION_TIMEOUT_S = 600
 # TVM's C++ warnings while it searches (a VNNI tensorization that does not fit a candidate, an unknown custom
@@ -67,20 +72,62 @@ def export_within(limit_s: float, shared: bool, cc: str | None, mod) -> str:
     return path
 
 
+def pooled_builder(ms, cores: int, f_export):
+    """TVM's LocalBuilder (`cores` workers, `f_export`), its worker processes kept across batches (see
+    WORKER_USES); each imports TVM's tensor intrinsics the cheap way when it starts. `close()` ends them."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.builder import local_builder
+    from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
+
+    @derived_object
+    class PooledBuilder(ms.builder.LocalBuilder._cls):
+        pool = None
+
+        def _sanity_check(self) -> None:    # TVM's starts a worker only to look the functions up: ours, the pool's
+            self.pool = PopenPoolExecutor(max_workers=self.max_workers, timeout=self.timeout_sec,
+                                          initializer=self.initializer, maximum_process_uses=WORKER_USES)
+            self.pool.submit(_look_up_on_worker, self.f_build, self.f_export).result()
+
+        def build(self, build_inputs):
+            jobs = [(self.f_build, self.f_export, b.mod, b.target, local_builder._serialize_params(b.params))
+                    for b in build_inputs]
+            results = []
+            for done in self.pool.map_with_error_catching(lambda job: local_builder._worker_func(*job), jobs):
+                if done.status == StatusKind.COMPLETE:
+                    results.append(ms.builder.BuilderResult(done.value, None))
+                elif done.status == StatusKind.TIMEOUT:
+                    results.append(ms.builder.BuilderResult(None, f"building took over {self.timeout_sec:g} s"))
+                else:
+                    results.append(ms.builder.BuilderResult(None, f"building failed: {done.value}"))
+            return results
+
+        def close(self) -> None:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True)
+                self.pool = None
+
+    return PooledBuilder(max_workers=cores, timeout_sec=BUILD_TIMEOUT_S, initializer=import_tensor_intrinsics,
+                         f_export=f_export)
+
+
+def _look_up_on_worker(f_build, f_export) -> None:
+    """The builder's functions exist in a worker (raises there otherwise)."""
+    from tvm.s_tir.meta_schedule.utils import get_global_func_with_default_on_worker
+
+    get_global_func_with_default_on_worker(name=f_build, default=None)
+    get_global_func_with_default_on_worker(name=f_export, default=None)
+
+
 def builder_runner(ms, remote: dict | None, cross_cc: str | None, cores: int):
-    """MetaSchedule's builder and runner: this host's, or a cross-linking builder and the board's RPC runner.
-    The builder's workers (fresh ones every batch) import TVM's tensor intrinsics the cheap way first."""
+    """MetaSchedule's builder (`pooled_builder`; close() it when done) and runner: this host's, or a
+    cross-linking builder and the board's RPC runner."""
     if not remote:
-        return (ms.builder.LocalBuilder(max_workers=cores, timeout_sec=BUILD_TIMEOUT_S,
-                                        initializer=import_tensor_intrinsics,
-                                        f_export=functools.partial(export_within, EXPORT_LIMIT_S, False, None)),
+        return (pooled_builder(ms, cores, functools.partial(export_within, EXPORT_LIMIT_S, False, None)),
                 ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S))
     from edgecompile.targets.tvm.remote import parse_address
 
     host, port = parse_address(remote["tracker"])
-    builder = ms.builder.LocalBuilder(max_workers=cores, timeout_sec=BUILD_TIMEOUT_S,
-                                      initializer=import_tensor_intrinsics,
-                                      f_export=functools.partial(export_within, EXPORT_LIMIT_S, True, cross_cc))
+    builder = pooled_builder(ms, cores, functools.partial(export_within, EXPORT_LIMIT_S, True, cross_cc))
     runner = ms.runner.RPCRunner(
         rpc_config=ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=remote["key"],
                                        session_priority=1, session_timeout_sec=REMOTE_SESSION_TIMEOUT_S),

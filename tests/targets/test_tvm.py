@@ -288,3 +288,33 @@ def test_a_candidate_whose_code_takes_too_long_to_generate_is_failed_and_its_fil
         export_within(0.0, True, None, kernel())
     assert "\n" not in str(err.value)
     assert not {d for d in set(os.listdir(tempfile.gettempdir())) - made if d.startswith("edgecompile-tune-")}
+
+
+def test_the_builder_keeps_its_worker_processes_across_batches(monkeypatch):
+    """TVM's LocalBuilder started fresh workers every batch (seconds each); ours keeps them, and replaces a
+    worker after WORKER_USES uses (the first: the builder's check, at its creation, that its functions exist)."""
+    from tvm import te
+    from tvm.s_tir import meta_schedule as ms
+
+    from edgecompile.targets.tvm import workers
+
+    def pids():
+        return [w._proc.pid for w in builder.pool._worker_map.values()]
+
+    monkeypatch.setattr(workers, "WORKER_USES", 5)
+    a = te.placeholder((64,), name="a")
+    mod = tvm.IRModule({"main": te.create_prim_func([a, te.compute((64,), lambda i: a[i] * 2.0, name="b")])})
+    hidden = workers.hide_torch_from_workers()         # as when tuning (tvm_ffi imports torch: seconds)
+    builder = workers.pooled_builder(ms, 1, None)
+    try:
+        first = pids()
+        assert len(first) == 1
+        for _ in range(2):           # the check, two batches of two, then one more build: in a new worker
+            results = builder.build([ms.builder.BuilderInput(mod, tvm.target.Target("llvm"))] * 2)
+            assert [r.error_msg for r in results] == [None, None]
+            assert pids() == first
+        assert builder.build([ms.builder.BuilderInput(mod, tvm.target.Target("llvm"))])[0].error_msg is None
+        assert len(pids()) == 1 and pids() != first
+    finally:
+        builder.close()
+        hidden.close()
