@@ -9,12 +9,24 @@ returns no candidates past the deadline, which ends that kernel at once.
 """
 from __future__ import annotations
 
+from edgecompile.errors import first_line
+
 STOPPED_BY_TIMEOUT = "not built: --tune-timeout reached"
 
 
 def timeout_reached(minutes: float, trials: int) -> str:
     """What a tuning session that reached --tune-timeout says ("4.6 min", not "4.589499999999999 min")."""
     return f"--tune-timeout {round(float(minutes), 1):g} min reached after {trials} trials"
+
+
+def stopped_by_failure(state, exc) -> str:
+    """Why a session whose MetaSchedule call raised `exc` stopped. Past the deadline, the search ends every
+    kernel it is asked about; in its first round over the kernels TVM's gradient task scheduler can then pick one
+    it had ended and fail a check ("!task->is_terminated", seen at the end of a 20-minute run): that session
+    stopped at the timeout, not on an error."""
+    if state.expired():
+        return timeout_reached(state.timeout_min, state.done)
+    return f"MetaSchedule failed after {state.done} trials: {first_line(exc)}"
 
 
 def deadline_search(ms, inner, state):

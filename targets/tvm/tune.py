@@ -28,7 +28,7 @@ from edgecompile.errors import ConfigError, first_line
 from edgecompile.targets.tvm.records import (SEED_RECORDS, SharedRecords, applicable, compile_database, copy_record,
                                              load_best, save_best, valid_records)
 from edgecompile.targets.tvm.deadline import (STOPPED_BY_TIMEOUT, cost_model, deadline_builder, deadline_search,
-                                              timeout_reached)
+                                              stopped_by_failure, timeout_reached)
 from edgecompile.targets.tvm.remote import session_board
 from edgecompile.targets.tvm.startup import import_tensor_intrinsics, search_strategy
 from edgecompile.targets.tvm.forms import target_forms
@@ -261,7 +261,7 @@ class TuningDatabase:
                               builder=deadline_builder(ms, builder, state), runner=runner, database=db,
                               cost_model=model, measure_callbacks=callbacks, task_scheduler="gradient")
         except Exception as exc:     # MetaSchedule failed: keep what it measured, compile the rest untuned
-            state.stopped = f"MetaSchedule failed after {state.done} trials: {first_line(exc)}"
+            state.stopped = stopped_by_failure(state, exc)
         finally:
             seconds = time.perf_counter() - t0
             new = db.get_all_tuning_records()[seeded:]

@@ -239,6 +239,25 @@ def test_the_timeout_message_rounds_the_minutes_left():
     assert timeout_reached(20, 0) == "--tune-timeout 20 min reached after 0 trials"
 
 
+def test_metaschedule_failing_past_the_deadline_is_reported_as_the_timeout():
+    """Past the deadline TVM's gradient scheduler can pick a kernel the deadline ended and fail a check: the
+    session stopped at --tune-timeout. Before the deadline a failure is reported as one."""
+    import time
+
+    from edgecompile.targets.tvm.deadline import stopped_by_failure
+    from edgecompile.targets.tvm.tune import _Progress
+
+    now = time.perf_counter()
+    exc = RuntimeError("Check failed: (!task->is_terminated) is false:\nmore")
+    late = _Progress(None, ["a"], 100, now - 60, now - 1, 1.0)
+    late.done = 290
+    assert stopped_by_failure(late, exc) == "--tune-timeout 1 min reached after 290 trials"
+    early = _Progress(None, ["a"], 100, now, now + 600, 10.0)
+    early.done = 3
+    assert stopped_by_failure(early, exc) == ("MetaSchedule failed after 3 trials: Check failed: "
+                                              "(!task->is_terminated) is false:")
+
+
 def test_past_the_deadline_no_kernel_searches_for_candidates():
     """The task scheduler visits every kernel once per round before it joins their results; each search takes
     seconds. Past --tune-timeout the search strategy returns nothing (the kernel ends) without searching:
