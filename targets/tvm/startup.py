@@ -6,7 +6,8 @@ workers for every batch; ours, workers.pooled_builder, keeps them). Each `@T.pri
 which for every frame looks up its source file and module (walking all of sys.modules for frames of evaluated
 code): measured 30 s per import on a loaded 2-core host, 160 s in a tuning process. `import_tensor_intrinsics()`
 runs that import with an `inspect.stack` that builds the same FrameInfo records (frame, file, line, function, the
-one line of context TVMScript reads) straight from the frames: ~4 s. It is also the builder workers' initializer, so their default build function finds it imported.
+one line of context TVMScript reads) straight from the frames: ~4 s. It is also the builder workers' initializer,
+so their default build function finds it imported.
 """
 from __future__ import annotations
 
