@@ -166,6 +166,26 @@ class SharedRecords:
         return total
 
 
+# TVM's gradient scheduler gives every kernel of a session a batch before it allocates trials by expected gain. In
+# the later steps of a 20-minute ResNet-18 run that first round was most of a session (12 candidates for each of 20
+# kernels), though 8 of them (the transposes, pooling, the mean, the matmul, three 1x1 convs) were together 2.3 %
+# of the latency (MetaSchedule's task table). A kernel with records whose best time x weight is under this share
+# of the graph's is not tuned again.
+NEGLIGIBLE_SHARE = 0.01
+
+
+def worth_tuning(tasks, found: dict, info: dict) -> list:
+    """`tasks` less the negligible ones (above): kept are those without records, the costliest, and those whose
+    best x weight (`info`: kernel name -> the meta's record) is at least NEGLIGIBLE_SHARE of the sum."""
+    cost = {t.task_name: info[t.task_name]["best_us"] * info[t.task_name]["weight"] for t in tasks
+            if found.get(t.task_name) and info.get(t.task_name, {}).get("best_us")}
+    if not cost:
+        return list(tasks)
+    total, top = sum(cost.values()), max(cost, key=cost.get)
+    return [t for t in tasks if t.task_name not in cost or t.task_name == top
+            or cost[t.task_name] >= NEGLIGIBLE_SHARE * total]
+
+
 def copy_record(ms, rec, workload):
     return ms.database.TuningRecord(rec.trace, workload, run_secs=rec.run_secs, target=rec.target,
                                     args_info=rec.args_info)

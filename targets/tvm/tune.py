@@ -25,8 +25,9 @@ from pathlib import Path
 
 from edgecompile.cache import content_key, subdir
 from edgecompile.errors import ConfigError, first_line
-from edgecompile.targets.tvm.records import (SEED_RECORDS, SharedRecords, applicable, compile_database, copy_record,
-                                             load_best, save_best, valid_records)
+from edgecompile.targets.tvm.records import (NEGLIGIBLE_SHARE, SEED_RECORDS, SharedRecords, applicable,
+                                             compile_database, copy_record, load_best, save_best, valid_records,
+                                             worth_tuning)
 from edgecompile.targets.tvm.deadline import (STOPPED_BY_TIMEOUT, cost_model, deadline_builder, deadline_search,
                                               stopped_by_failure, timeout_reached)
 from edgecompile.targets.tvm.remote import session_board
@@ -154,7 +155,11 @@ class TuningDatabase:
                 session["measured_on"] = session_board(remote)
             if found is None:      # the graph's best records were enough to count; tuning needs them all
                 found = self._found(ms, tasks, estimate_tir_flops)
-            session = self._tune(ms, tasks, found, target, todo, timeout_min, progress, session, remote, cross_cc)
+            worth = worth_tuning(tasks, found, self.meta["tasks"])
+            if len(worth) < len(tasks) and progress is not None:
+                progress.info(f"    {len(tasks) - len(worth)} kernels under {NEGLIGIBLE_SHARE:.0%} of the graph's time "
+                              "(their records are applied) are not tuned again")
+            session = self._tune(ms, worth, found, target, todo, timeout_min, progress, session, remote, cross_cc)
             self.meta["sessions"].append({**session, "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
         elif before and progress is not None:
             reused = sum(1 for t in self.meta["tasks"].values() if t["trials"])

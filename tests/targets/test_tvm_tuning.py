@@ -274,3 +274,25 @@ def test_records_whose_trace_names_other_blocks_are_not_applied(tmp_path):
     session = ms.database.MemoryDatabase()
     assert shared.commit([record(other, "double", session)]) == 0
     assert len(shared.snapshot().get_all_tuning_records()) == 1
+
+
+def test_kernels_with_records_under_one_percent_of_the_time_are_not_tuned_again():
+    """Each session's first round gives every kernel a batch; one whose records put it under NEGLIGIBLE_SHARE of
+    the graph's time is left out. Kernels without records, and the costliest, are always tuned."""
+    from types import SimpleNamespace
+
+    from edgecompile.targets.tvm.records import NEGLIGIBLE_SHARE, worth_tuning
+
+    assert NEGLIGIBLE_SHARE == 0.01
+    tasks = [SimpleNamespace(task_name=n) for n in ("conv", "conv_twice", "pool", "transpose", "new")]
+    info = {"conv": {"best_us": 1500.0, "weight": 1}, "conv_twice": {"best_us": 1400.0, "weight": 2},
+            "pool": {"best_us": 40.0, "weight": 1},          # 40 / 4340 = 0.92 %: left out
+            "transpose": {"best_us": 30.0, "weight": 2},     # 60 / 4340 = 1.4 %: kept
+            "new": {"best_us": None, "weight": 1}}
+    found = {"conv": ["r"], "conv_twice": ["r"], "pool": ["r"], "transpose": ["r"], "new": []}
+    assert [t.task_name for t in worth_tuning(tasks, found, info)] == ["conv", "conv_twice", "transpose", "new"]
+    # no records at all (a fresh cache): every kernel
+    assert worth_tuning(tasks, {}, info) == tasks
+    # one kernel holds nearly all the time: the others with records are left out, never the costliest
+    info["conv"]["best_us"] = 1e6
+    assert [t.task_name for t in worth_tuning(tasks, found, info)] == ["conv", "new"]
