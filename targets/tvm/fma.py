@@ -15,7 +15,7 @@ from __future__ import annotations
 from edgecompile.targets.tvm.packed import GROUP, LANES, PackedForm
 
 INTRIN = "fma_16x4_f32"
-FORM = PackedForm("fma", INTRIN, "avx512f", "float32", "float32", "float32", lanes_inner=True)
+FORM = PackedForm("fma", INTRIN, "avx512f", "float32", "float32", "float32", lanes_inner=True, winograd=True)
 
 
 def register_intrinsic() -> None:

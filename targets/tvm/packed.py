@@ -36,6 +36,7 @@ class PackedForm:
     weight: str
     acc: str
     lanes_inner: bool           # weights' inner tile [GROUP, LANES] (True) or [LANES, GROUP]
+    winograd: bool = False      # 3x3 stride-1 convolutions as Winograd F(2x2, 3x3) (winograd.py)
 
     @property
     def kernel(self) -> str:
@@ -128,11 +129,15 @@ def pack_convs(mod, forms) -> tuple:
     from tvm import relax
     from tvm.relax.expr_functor import PyExprMutator, mutator
 
+    from edgecompile.targets.tvm import winograd
+
     @mutator
     class Pack(PyExprMutator):
         def __init__(self, module):
             super().__init__(module)
             self.module, self.counts = module, {f.count_key: 0 for f in forms}
+            if any(f.winograd for f in forms):
+                self.counts["winograd_conv2d"] = 0
 
         def visit_call_(self, call):
             call = super().visit_call_(call)
@@ -140,6 +145,10 @@ def pack_convs(mod, forms) -> tuple:
             if form is None:
                 return call
             a, w = call.attrs, call.args[1].value.numpy()
+            tile = winograd.eligible(a, w.shape, [int(d) for d in call.args[0].ty.shape]) if form.winograd else None
+            if tile:
+                self.counts["winograd_conv2d"] += 1
+                return winograd.conv(self.builder_, call.args[0], w, a.padding, tile, form)
             self.counts[form.count_key] += 1
             geometry = ([int(v) for v in a.strides], [int(v) for v in a.padding], [int(v) for v in a.dilation],
                         int(w.shape[2]), int(w.shape[3]))
@@ -154,7 +163,7 @@ def pack_convs(mod, forms) -> tuple:
             return self.builder_.get()
 
     packer = Pack(mod)
-    out = packer.run()
+    out = winograd.unfused_inputs(packer.run())
     return relax.transform.DeadCodeElimination()(out), packer.counts
 
 
