@@ -163,7 +163,7 @@ def pack_convs(mod, forms) -> tuple:
             return self.builder_.get()
 
     packer = Pack(mod)
-    out = winograd.unfused_inputs(packer.run())
+    out = packer.run()
     return relax.transform.DeadCodeElimination()(out), packer.counts
 
 

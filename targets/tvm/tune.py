@@ -127,7 +127,7 @@ class TuningDatabase:
 
         logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
         tasks = ms.relax_integration.extract_tasks(_fused(mod, target, tvm, relax), target)
-        tasks = [t for t in tasks if not t.mod.attrs.get("tirx.is_scheduled", False)] if tasks else []
+        tasks = [t for t in tasks or () if not _scheduled(t.mod)]
         stamp = self.shared.stamp()
         best = load_best(ms, self.path, stamp, tasks) if self.persistent else None
         if best is not None:        # the shared records did not change since this graph's best were taken
@@ -357,6 +357,12 @@ class _Progress:
 def _mean_us(rec) -> float | None:
     secs = [float(s) for s in (rec.run_secs or [])]
     return 1e6 * sum(secs) / len(secs) if secs else None
+
+
+def _scheduled(mod) -> bool:
+    """Whether a task's module is scheduled already (e.g. winograd.py's transforms): nothing to tune."""
+    return bool((mod.attrs or {}).get("tirx.is_scheduled", False)) or any(
+        bool((f.attrs or {}).get("tirx.is_scheduled", False)) for f in mod.functions.values())
 
 
 def _fused(mod, target, tvm, relax):

@@ -7,13 +7,19 @@ products summed over input channels are (m+2)^2 independent matrix products [til
 does 16 multiply-adds where the direct convolution does 36 (2.25x fewer), F(4x4, 3x3) 36 for 144 (4x), at the
 cost of the two transforms (memory-bound) and, for F(4x4), about ten times the rounding error of F(2x2).
 
-Three kernels per convolution, each tuned by MetaSchedule: the input transform (padding included), the batched
-matrix product in the packed FMA form (its weights [tile element, K/16, C/4, 4, 16], the 16-lane FMA tile of
-fma.py), and the output transform, which Relax fuses with what follows (bias, residual add, ReLU).
+Three kernels per convolution: the input transform (padding included) and the output transform (cropped to the
+output map) as TIR functions scheduled here, one parallel loop over tiles x 16-channel vectors with each tile's
+elements unrolled and written out with their nonzero coefficients (MetaSchedule's design space for such
+element-wise kernels is little more than where to parallelize and vectorize; what it picked for them ran 2-3x
+slower); between them the batched matrix product in the packed FMA form (weights [tile element, K/16, C/4, 4,
+16], the 16-lane FMA tile of fma.py), which MetaSchedule tunes. Both transforms are opaque to Relax's FuseOps,
+whose fusing would drop their schedules: bias, residual and activation run in the kernel after.
 
 Used for float convolutions in the FMA form (packed.py) with a 3x3 kernel, stride and dilation 1, and enough
-output tiles to reuse the transformed weights (`MIN_TILES`): on small maps (ResNet's last stage, 7x7) the
-transformed weights are (m+2)^2/9 times the direct ones and each is used by few tiles, so the direct kernel wins.
+output tiles to reuse the transformed weights (`TILES`): on small maps (ResNet's last stage, 7x7) the
+transformed weights are (m+2)^2/9 times the direct ones and each is used by few tiles, so the direct kernel
+wins. F(4x4) where the map has enough 4x4 tiles: fewer products, and a transformed input 2.25x the input's size
+where F(2x2)'s is 4x (the transforms are memory-bound).
 """
 from __future__ import annotations
 
@@ -21,9 +27,11 @@ import numpy as np
 
 from edgecompile.targets.tvm.packed import GROUP, LANES
 
-INPUT = "winograd_input"
+INPUT, OUTPUT = "winograd_input", "winograd_output"
 OPAQUE = 8            # Relax's kOpaque fusion pattern
-MIN_TILES = 40        # output tiles (batch x tiles per map) below which the direct convolution is kept
+# (m, least output tiles, batch x tiles per map), tried in order; fewer tiles than the last: direct convolution.
+# ResNet-18 at 224: F(4x4) on the 56x56 and 28x28 maps (196 and 49 tiles), F(2x2) on 14x14 (49), 7x7 direct.
+TILES = ((4, 49), (2, 40))
 
 # Lavin & Gray's matrices: B' (input), G (filter), A' (output), rows as written in their paper.
 _MATRICES = {
@@ -40,9 +48,12 @@ _MATRICES = {
 
 
 def tile_size(out_h: int, out_w: int, batch: int = 1) -> int | None:
-    """The output tile m (2) for a convolution with this output map, or None to keep the direct one."""
-    tiles = batch * -(-out_h // 2) * -(-out_w // 2)
-    return 2 if tiles >= MIN_TILES else None
+    """The output tile m for a convolution with this output map (4 on large maps, else 2), or None to keep
+    the direct convolution."""
+    for m, least in TILES:
+        if batch * -(-out_h // m) * -(-out_w // m) >= least:
+            return m
+    return None
 
 
 def eligible(attrs, w_hwio_shape, data_shape) -> int | None:
@@ -112,31 +123,22 @@ def conv(builder, data, w_hwio: np.ndarray, padding, m: int, form):
     in_ch, out_ch = int(w_hwio.shape[2]), int(w_hwio.shape[3])
     top, left, bottom, right = (int(p) for p in padding)
     oh, ow = h + top + bottom - 2, w + left + right - 2
-    geometry = (m, top, left, oh, ow, in_ch)
-    v = builder.emit(builder.call_te(lambda d, k: input_te(d, k, *geometry), data,
-                                     relax.const(input_coefficients(m)), primfunc_name_hint=INPUT))
+    func = input_func((n, h, w, int(data.ty.shape[3])), str(data.ty.dtype), m, top, left, oh, ow, in_ch)
+    v_shape = [(m + 2) ** 2, n * -(-oh // m) * -(-ow // m), -(-in_ch // GROUP) * GROUP]
+    v = builder.emit(relax.call_tir(builder.add_func(func, INPUT), relax.Tuple([data]),
+                                    relax.TensorType(v_shape, str(data.ty.dtype))))
     prod = builder.emit(builder.call_te(lambda a, b: gemm_te(a, b, form), v,
                                         relax.const(transform_weights(w_hwio, m)),
                                         primfunc_name_hint=f"winograd_{form.name}"))
-    return builder.call_te(lambda p, k: output_te(p, k, n, oh, ow, out_ch), prod,
-                           relax.const(output_coefficients(m)), primfunc_name_hint="winograd_output")
+    func = output_func(v_shape[:2] + [out_ch], str(data.ty.dtype), n, oh, ow, m)
+    return relax.call_tir(builder.add_func(func, OUTPUT), [prod],
+                          relax.TensorType([n, oh, ow, out_ch], str(data.ty.dtype)))
 
 
-def unfused_inputs(mod):
-    """`mod` with its input transforms marked opaque for Relax's FuseOps (call after the last `conv`). Each
-    input element is read by several tiles: a producer fused into the transform (the previous convolution's
-    output transform) would be recomputed for each read."""
-    from tvm import tirx
-
-    for gv, func in list(mod.functions.items()):
-        if isinstance(func, tirx.PrimFunc) and str(gv.name_hint).startswith(INPUT):
-            mod[gv] = func.with_attr("op_pattern", OPAQUE)
-    return mod
-
-
-def input_te(data, coef, m: int, top: int, left: int, oh: int, ow: int, in_ch: int):
-    """V [e, tiles, C4*4]: each (m+2)^2 input tile, zero-padded (borders, channels to x4), times B' . B
-    (written out as a sum, so that Relax sees an injective kernel and LLVM a straight line per element)."""
+def input_te(data, m: int, top: int, left: int, oh: int, ow: int, in_ch: int):
+    """(d, V): d [tiles, m+2, m+2, C4*4] the input tiles, zero-padded (borders, channels to x4); V [e, tiles,
+    C4*4] = B' d B, each of the (m+2)^2 elements written out with its nonzero coefficients as constants (one
+    select over e, which unrolling e folds away)."""
     from tvm import te, tirx
 
     n, h, w, _ = (int(d) for d in data.shape)
@@ -150,9 +152,55 @@ def input_te(data, coef, m: int, top: int, left: int, oh: int, ow: int, in_ch: i
         inside = [y >= 0, y < h, x >= 0, x < w] + ([c < in_ch] if c4 != in_ch else [])   # lanes alike if x4
         return tirx.if_then_else(tirx.all(*inside), data[b, y, x, c], zero)
 
-    return te.compute((alpha * alpha, n * th * tw, c4),
-                      lambda e, p, c: sum(coef[e, i, j] * tile(p, i, j, c) for i in range(alpha) for j in range(alpha)),
-                      name="winograd_input")
+    d = te.compute((n * th * tw, alpha, alpha, c4), tile, name="winograd_tile")
+    coef = input_coefficients(m).reshape(alpha * alpha, alpha * alpha)
+    return d, te.compute((alpha * alpha, n * th * tw, c4),
+                         lambda e, p, c: _written_out(coef, e, lambda t: d[p, t // alpha, t % alpha, c]),
+                         name=INPUT)
+
+
+def _written_out(coef: np.ndarray, row, term):
+    """sum_t coef[row, t] * term(t), written out for each row with its nonzero coefficients as constants (±1 as
+    additions), one select over `row` (a loop the schedule unrolls, so that the select folds away)."""
+    from tvm import tirx
+
+    def line(r):
+        terms = [term(t) if k == 1 else -term(t) if k == -1 else term(t) * float(k)
+                 for t, k in enumerate(coef[r]) if k]
+        return sum(terms[1:], terms[0])
+
+    out = line(len(coef) - 1)
+    for r in reversed(range(len(coef) - 1)):
+        out = tirx.Select(row == r, line(r), out)
+    return out
+
+
+def input_func(data_shape, dtype: str, m: int, top: int, left: int, oh: int, ow: int, in_ch: int):
+    """The input transform as a scheduled TIR function (MetaSchedule leaves it alone): one parallel loop over
+    tiles x channel vectors; in it the tile is loaded into registers (a local buffer, borders zero) and all
+    (m+2)^2 elements computed from it, unrolled, 16 channels a vector. Its design space for MetaSchedule is
+    little more than where to parallelize and vectorize, and what it picked ran at a fifth of this."""
+    from tvm import s_tir, te
+
+    data = te.placeholder(data_shape, dtype, "data")
+    d, v = input_te(data, m, top, left, oh, ow, in_ch)
+    sch = s_tir.Schedule(te.create_prim_func([data, v]))
+    block, tile = sch.get_sblock(INPUT), sch.get_sblock("winograd_tile")
+    e, p, c = sch.get_loops(block)
+    c4 = int(v.shape[2])
+    co, ci = sch.split(c, [None, next(k for k in (16, 8, 4) if c4 % k == 0)])
+    sch.reorder(p, co, e, ci)
+    outer = sch.fuse(p, co)
+    sch.parallel(outer)
+    sch.compute_at(tile, outer)
+    sch.set_scope(tile, 0, "local")
+    i, j, c = sch.get_loops(tile)[1:]
+    sch.unroll(i)
+    sch.unroll(j)
+    sch.vectorize(c)
+    sch.unroll(e)
+    sch.vectorize(ci)
+    return _scheduled(sch)
 
 
 def gemm_te(v, packed, form):
@@ -169,17 +217,38 @@ def gemm_te(v, packed, form):
         name=f"winograd_{form.name}")
 
 
-def output_te(prod, coef, n: int, oh: int, ow: int, out_ch: int):
-    """Y [n, OH, OW, K]: each tile's A' M A, cropped to the output map (a sum written out: injective, so Relax
-    fuses the bias, residual and activation that follow into it)."""
-    from tvm import te
+def output_func(prod_shape, dtype: str, n: int, oh: int, ow: int, m: int):
+    """Y [n, OH, OW, K] = A' M A per tile, cropped to the output map, as a scheduled TIR function: one parallel
+    loop over tiles x 16-channel vectors; in it the tile's m x m outputs, unrolled, each written out with its
+    nonzero coefficients. Opaque to Relax's FuseOps (fusing would drop the schedule): bias, residual and
+    activation run in the next kernel."""
+    from tvm import s_tir, te
 
-    alpha2 = int(prod.shape[0])
-    m = int(coef.shape[1])
+    alpha2, tiles, k = prod_shape
     th, tw = -(-oh // m), -(-ow // m)
+    prod = te.placeholder(prod_shape, dtype, "prod")
+    coef = output_coefficients(m).reshape(alpha2, m * m).T          # [u*m + v, e]
 
-    def out(b, y, x, k):
-        p = b * th * tw + (y // m) * tw + x // m
-        return sum(coef[e, y % m, x % m] * prod[e, p, k] for e in range(alpha2))
+    def out(b, y, x, c):
+        p = b * th * tw + y // m * tw + x // m
+        return _written_out(coef, y % m * m + x % m, lambda e: prod[e, p, c])
 
-    return te.compute((n, oh, ow, out_ch), out, name="winograd_output")
+    y = te.compute((n, oh, ow, k), out, name=OUTPUT)
+    sch = s_tir.Schedule(te.create_prim_func([prod, y]))
+    b, yy, xx, c = sch.get_loops(sch.get_sblock(OUTPUT))
+    ty, u = sch.split(yy, [None, m])
+    tx, v = sch.split(xx, [None, m])
+    co, ci = sch.split(c, [None, next(f for f in (16, 8, 4, 2, 1) if k % f == 0)])
+    sch.reorder(b, ty, tx, co, u, v, ci)
+    sch.parallel(sch.fuse(b, ty, tx, co))
+    sch.unroll(u)
+    sch.unroll(v)
+    sch.vectorize(ci)
+    return _scheduled(sch)
+
+
+def _scheduled(sch):
+    """The schedule's function for a Relax module: opaque to fusion, left alone by MetaSchedule, and without
+    the "main" symbol create_prim_func gave it (the module names its functions)."""
+    return (sch.mod["main"].without_attr("global_symbol").with_attr("op_pattern", OPAQUE)
+            .with_attr("tirx.is_scheduled", True))

@@ -36,9 +36,10 @@ def _attrs(strides=(1, 1), dilation=(1, 1), padding=(1, 1, 1, 1)):
 
 
 def test_only_3x3_stride_1_convolutions_with_enough_tiles_and_16n_outputs_take_winograd():
-    assert winograd.eligible(_attrs(), (3, 3, 64, 64), (1, 56, 56, 64)) == 2
-    assert winograd.eligible(_attrs(), (3, 3, 256, 256), (1, 14, 14, 256)) == 2       # 49 tiles
-    assert winograd.eligible(_attrs(), (3, 3, 512, 512), (1, 7, 7, 512)) is None      # 16 tiles: direct
+    assert winograd.eligible(_attrs(), (3, 3, 64, 64), (1, 56, 56, 64)) == 4          # 196 4x4 tiles
+    assert winograd.eligible(_attrs(), (3, 3, 128, 128), (1, 28, 28, 128)) == 4       # 49 4x4 tiles
+    assert winograd.eligible(_attrs(), (3, 3, 256, 256), (1, 14, 14, 256)) == 2       # 16 4x4, 49 2x2 tiles
+    assert winograd.eligible(_attrs(), (3, 3, 512, 512), (1, 7, 7, 512)) is None      # 16 2x2 tiles: direct
     assert winograd.eligible(_attrs(), (3, 3, 512, 512), (4, 7, 7, 512)) == 2         # 64 tiles in a batch
     assert winograd.eligible(_attrs(strides=(2, 2)), (3, 3, 64, 64), (1, 56, 56, 64)) is None
     assert winograd.eligible(_attrs(dilation=(2, 2)), (3, 3, 64, 64), (1, 56, 56, 64)) is None
@@ -78,7 +79,7 @@ def _residual_graph():
     return onnx.helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def test_a_graph_runs_its_3x3_convolutions_as_winograd_kernels_fused_with_what_follows_and_computes_the_same():
+def test_a_graph_runs_its_3x3_convolutions_as_winograd_kernels_and_computes_the_same():
     import onnxruntime as ort
     from tvm import relax
 
@@ -88,12 +89,15 @@ def test_a_graph_runs_its_3x3_convolutions_as_winograd_kernels_fused_with_what_f
     lowering = {}
     mod, _ = to_relax(model, lowering, forms=[fma.FORM])
     assert lowering["winograd_conv2d"] == 2 and lowering["fma_conv2d"] == 1, lowering     # the 1x1 is direct
-    inputs = [f for gv, f in mod.functions.items() if gv.name_hint.startswith(winograd.INPUT)]
-    assert inputs and all(int(f.attrs["op_pattern"]) == winograd.OPAQUE for f in inputs)
+    transforms = {gv.name_hint: f for gv, f in mod.functions.items()
+                  if gv.name_hint.startswith((winograd.INPUT, winograd.OUTPUT))}
+    assert len(transforms) == 3, sorted(transforms)        # 8 and 16 input channels; one output shape, shared
+    assert all(int(f.attrs["op_pattern"]) == winograd.OPAQUE and f.attrs["tirx.is_scheduled"]
+               for f in transforms.values())
     fused = relax.transform.FuseOps()(relax.transform.AnnotateTIROpPattern()(relax.transform.LegalizeOps()(mod)))
     names = [gv.name_hint for gv in fused.get_global_vars()]
-    assert any(n.startswith("fused_winograd_output") and n.endswith("relu") for n in names), names
-    assert not any(n.startswith("fused_") and winograd.INPUT in n for n in names), names   # inputs stay alone
+    assert not any(n.startswith("fused_") and "winograd" in n for n in names), names   # the schedules stay
+    assert sum(n.startswith("winograd_fma") for n in names) == 2, names                 # the products tuned
 
     x = np.random.default_rng(3).standard_normal((1, 8, 16, 16)).astype(np.float32)
     vm = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
@@ -103,6 +107,34 @@ def test_a_graph_runs_its_3x3_convolutions_as_winograd_kernels_fused_with_what_f
     plain = {}
     to_relax(model, plain)                    # no forms (an ARM target, a CPU without AVX-512): direct
     assert "winograd_conv2d" not in plain
+
+
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("shape,padding", [((1, 9, 9, 16), (1, 1, 1, 1)), ((2, 6, 7, 6), (0, 1, 2, 1))])
+def test_the_scheduled_transforms_compute_the_convolution_with_the_products_between_them(m, shape, padding):
+    """The input and output transform kernels as built (odd maps cropped, channels padded to x4, a batch of
+    two), the products between them in numpy: together the direct convolution."""
+    n, h, w, c = shape
+    top, left, bottom, right = padding
+    oh, ow = h + top + bottom - 2, w + left + right - 2
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(shape).astype(np.float32)
+    wt = rng.standard_normal((3, 3, c, 32)).astype(np.float32)
+    tiles = n * -(-oh // m) * -(-ow // m)
+    c4 = -(-c // 4) * 4
+    v = tvm.runtime.tensor(np.zeros(((m + 2) ** 2, tiles, c4), np.float32))
+    _built(winograd.input_func(shape, "float32", m, top, left, oh, ow, c))(tvm.runtime.tensor(x), v)
+    u = winograd.transform_weights(wt, m)                       # [e, K/16, C4/4, 4, 16] -> [e, C4, K]
+    u = u.transpose(0, 2, 3, 1, 4).reshape(len(u), c4, -1)
+    prod = np.einsum("epc,eck->epk", v.numpy().astype(np.float64), u).astype(np.float32)
+    y = tvm.runtime.tensor(np.zeros((n, oh, ow, 32), np.float32))
+    _built(winograd.output_func(list(prod.shape), "float32", n, oh, ow, m))(tvm.runtime.tensor(prod), y)
+    want = conv_nhwc(x, wt, (1, 1), padding, (1, 1), np.float64)
+    np.testing.assert_allclose(y.numpy(), want, rtol=1e-3 if m == 4 else 1e-4, atol=1e-3 if m == 4 else 1e-4)
+
+
+def _built(func):
+    return tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target="llvm")["main"]
 
 
 def test_the_design_space_tensorizes_the_winograd_product_with_the_fma_tile():
