@@ -136,9 +136,9 @@ def conv(builder, data, w_hwio: np.ndarray, padding, m: int, form):
 
 
 def input_te(data, m: int, top: int, left: int, oh: int, ow: int, in_ch: int):
-    """(d, V): d [tiles, m+2, m+2, C4*4] the input tiles, zero-padded (borders, channels to x4); V [e, tiles,
-    C4*4] = B' d B, each of the (m+2)^2 elements written out with its nonzero coefficients as constants (one
-    select over e, which unrolling e folds away)."""
+    """(d, d B, V): d [tiles, m+2, m+2, C4*4] the input tiles, zero-padded (borders, channels to x4); V [e,
+    tiles, C4*4] = B' d B, computed as (d B) then B' (d B), each product written out with its nonzero
+    coefficients as constants."""
     from tvm import te, tirx
 
     n, h, w, _ = (int(d) for d in data.shape)
@@ -152,16 +152,19 @@ def input_te(data, m: int, top: int, left: int, oh: int, ow: int, in_ch: int):
         inside = [y >= 0, y < h, x >= 0, x < w] + ([c < in_ch] if c4 != in_ch else [])   # lanes alike if x4
         return tirx.if_then_else(tirx.all(*inside), data[b, y, x, c], zero)
 
+    bt, _, _ = _MATRICES[m]
     d = te.compute((n * th * tw, alpha, alpha, c4), tile, name="winograd_tile")
-    coef = input_coefficients(m).reshape(alpha * alpha, alpha * alpha)
-    return d, te.compute((alpha * alpha, n * th * tw, c4),
-                         lambda e, p, c: _written_out(coef, e, lambda t: d[p, t // alpha, t % alpha, c]),
-                         name=INPUT)
+    rows = te.compute((n * th * tw, alpha, alpha, c4),             # d B, row by row: [tile, i, nu, c]
+                      lambda p, i, nu, c: _written_out(bt, nu, lambda j: d[p, i, j, c]), name="winograd_rows")
+    return d, rows, te.compute((alpha * alpha, n * th * tw, c4),    # B' (d B): [xi * alpha + nu, tile, c]
+                               lambda e, p, c: _written_out(bt, e // alpha, lambda i: rows[p, i, e % alpha, c]),
+                               name=INPUT)
 
 
 def _written_out(coef: np.ndarray, row, term):
-    """sum_t coef[row, t] * term(t), written out for each row with its nonzero coefficients as constants (±1 as
-    additions), one select over `row` (a loop the schedule unrolls, so that the select folds away)."""
+    """sum_t coef[row, t] * term(t), written out for each row of the small matrix `coef` with its nonzero
+    coefficients as constants (±1 as additions), one select over `row` (a loop the schedule unrolls, so that
+    the select folds away). Row then column (separable), so that each select has m+2 rows, not (m+2)^2."""
     from tvm import tirx
 
     def line(r):
@@ -183,24 +186,34 @@ def input_func(data_shape, dtype: str, m: int, top: int, left: int, oh: int, ow:
     from tvm import s_tir, te
 
     data = te.placeholder(data_shape, dtype, "data")
-    d, v = input_te(data, m, top, left, oh, ow, in_ch)
+    _, _, v = input_te(data, m, top, left, oh, ow, in_ch)
     sch = s_tir.Schedule(te.create_prim_func([data, v]))
-    block, tile = sch.get_sblock(INPUT), sch.get_sblock("winograd_tile")
-    e, p, c = sch.get_loops(block)
+    e, p, c = sch.get_loops(sch.get_sblock(INPUT))
     c4 = int(v.shape[2])
     co, ci = sch.split(c, [None, next(k for k in (16, 8, 4) if c4 % k == 0)])
-    sch.reorder(p, co, e, ci)
+    xi, nu = sch.split(e, [None, m + 2])
+    sch.reorder(p, co, nu, xi, ci)           # per column nu: its m+2 values of d B, then B' times them
     outer = sch.fuse(p, co)
     sch.parallel(outer)
-    sch.compute_at(tile, outer)
-    sch.set_scope(tile, 0, "local")
-    i, j, c = sch.get_loops(tile)[1:]
-    sch.unroll(i)
-    sch.unroll(j)
-    sch.vectorize(c)
-    sch.unroll(e)
+    for loop in (xi, nu):
+        sch.unroll(loop)
     sch.vectorize(ci)
+    _in_registers(sch, ["winograd_rows"], nu, 2)
+    _in_registers(sch, ["winograd_tile"], outer, 1)
     return _scheduled(sch)
+
+
+def _in_registers(sch, stages, at, depth: int) -> None:
+    """Compute each of `stages` (consumers first) inside loop `at` (the `depth`-th from the outside), in a
+    local buffer, its own loops unrolled but the innermost (channels), vectorized."""
+    for name in stages:
+        block = sch.get_sblock(name)
+        sch.compute_at(block, at)
+        sch.set_scope(block, 0, "local")
+        *loops, inner = sch.get_loops(block)[depth:]
+        for loop in loops:
+            sch.unroll(loop)
+        sch.vectorize(inner)
 
 
 def gemm_te(v, packed, form):
@@ -218,20 +231,24 @@ def gemm_te(v, packed, form):
 
 
 def output_func(prod_shape, dtype: str, n: int, oh: int, ow: int, m: int):
-    """Y [n, OH, OW, K] = A' M A per tile, cropped to the output map, as a scheduled TIR function: one parallel
-    loop over tiles x 16-channel vectors; in it the tile's m x m outputs, unrolled, each written out with its
-    nonzero coefficients. Opaque to Relax's FuseOps (fusing would drop the schedule): bias, residual and
-    activation run in the next kernel."""
+    """Y [n, OH, OW, K] = A' (M A) per tile, cropped to the output map, as a scheduled TIR function: one
+    parallel loop over tiles x 16-channel vectors; in it M A in registers, then the tile's m x m outputs,
+    unrolled, each product written out with its nonzero coefficients. Opaque to Relax's FuseOps (fusing
+    would drop the schedule): bias, residual and activation run in the next kernel."""
     from tvm import s_tir, te
 
     alpha2, tiles, k = prod_shape
     th, tw = -(-oh // m), -(-ow // m)
+    alpha = m + 2
+    _, _, at = _MATRICES[m]
     prod = te.placeholder(prod_shape, dtype, "prod")
-    coef = output_coefficients(m).reshape(alpha2, m * m).T          # [u*m + v, e]
+    cols = te.compute((tiles, alpha, m, k),                          # M A, row by row: [tile, xi, v, c]
+                      lambda p, xi, v, c: _written_out(at, v, lambda nu: prod[xi * alpha + nu, p, c]),
+                      name="winograd_cols")
 
     def out(b, y, x, c):
         p = b * th * tw + y // m * tw + x // m
-        return _written_out(coef, y % m * m + x % m, lambda e: prod[e, p, c])
+        return _written_out(at, y % m, lambda xi: cols[p, xi, x % m, c])
 
     y = te.compute((n, oh, ow, k), out, name=OUTPUT)
     sch = s_tir.Schedule(te.create_prim_func([prod, y]))
@@ -240,10 +257,12 @@ def output_func(prod_shape, dtype: str, n: int, oh: int, ow: int, m: int):
     tx, v = sch.split(xx, [None, m])
     co, ci = sch.split(c, [None, next(f for f in (16, 8, 4, 2, 1) if k % f == 0)])
     sch.reorder(b, ty, tx, co, u, v, ci)
-    sch.parallel(sch.fuse(b, ty, tx, co))
+    outer = sch.fuse(b, ty, tx, co)
+    sch.parallel(outer)
     sch.unroll(u)
     sch.unroll(v)
     sch.vectorize(ci)
+    _in_registers(sch, ["winograd_cols"], outer, 1)
     return _scheduled(sch)
 
 
