@@ -29,7 +29,7 @@ from edgecompile.targets.tvm.packed import GROUP, LANES
 
 INPUT, OUTPUT = "winograd_input", "winograd_output"
 OPAQUE = 8            # Relax's kOpaque fusion pattern
-# (m, least output tiles, batch x tiles per map), tried in order; fewer tiles than the last: direct convolution.
+# (m, the fewest output tiles, batch x tiles per map, it takes), tried in order; below the last: direct kernel.
 # ResNet-18 at 224: F(4x4) on the 56x56 and 28x28 maps (196 and 49 tiles), F(2x2) on 14x14 (49), 7x7 direct.
 TILES = ((4, 49), (2, 40))
 
