@@ -22,8 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgecompile.targets.tvm.lanes import GROUP, LANES
+
 TENSORIZE_ANN = "meta_schedule.auto_tensorize"
-LANES, GROUP = 16, 4            # output channels per instruction, input channels per step
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgecompile.targets.tvm.packed import GROUP, LANES
+from edgecompile.targets.tvm.lanes import GROUP, LANES
 
 INPUT, OUTPUT = "winograd_input", "winograd_output"
 OPAQUE = 8            # Relax's kOpaque fusion pattern
