@@ -37,7 +37,7 @@ class PackedForm:
     weight: str
     acc: str
     lanes_inner: bool           # weights' inner tile [GROUP, LANES] (True) or [LANES, GROUP]
-    winograd: bool = False      # 3x3 stride-1 convolutions as Winograd F(2x2, 3x3) (winograd.py)
+    winograd: bool = False      # 3x3 stride-1 convolutions as Winograd F(4x4/2x2, 3x3) (winograd.py)
 
     @property
     def kernel(self) -> str:

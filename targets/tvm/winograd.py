@@ -47,11 +47,22 @@ _MATRICES = {
 }
 
 
+def _grid(out_h: int, out_w: int, m: int) -> tuple[int, int]:
+    """Tile rows and columns covering an out_h x out_w map with m x m tiles (the last ones cropped)."""
+    return -(-out_h // m), -(-out_w // m)
+
+
+def _padded(channels: int) -> int:
+    """Channels rounded up to the packed form's group of input channels."""
+    return -(-channels // GROUP) * GROUP
+
+
 def tile_size(out_h: int, out_w: int, batch: int = 1) -> int | None:
     """The output tile m for a convolution with this output map (4 on large maps, else 2), or None to keep
     the direct convolution."""
     for m, least in TILES:
-        if batch * -(-out_h // m) * -(-out_w // m) >= least:
+        th, tw = _grid(out_h, out_w, m)
+        if batch * th * tw >= least:
             return m
     return None
 
@@ -67,16 +78,20 @@ def eligible(attrs, w_hwio_shape, data_shape) -> int | None:
     return tile_size(h + top + bottom - 2, w + left + right - 2, n)
 
 
+def _filters(w_hwio: np.ndarray, m: int) -> np.ndarray:
+    """HWIO 3x3 weights -> U = G g G' per (input, output) channel, [(m+2)^2, I, O] in float64."""
+    _, g, _ = _MATRICES[m]
+    _, _, i, o = w_hwio.shape
+    return np.einsum("ay,yxio,bx->abio", g, w_hwio.astype(np.float64), g).reshape((m + 2) ** 2, i, o)
+
+
 def transform_weights(w_hwio: np.ndarray, m: int) -> np.ndarray:
     """HWIO 3x3 weights -> U = G g G' per (input, output) channel, packed [(m+2)^2, O/16, ceil(I/4), 4, 16]."""
-    _, g, _ = _MATRICES[m]
-    alpha = m + 2
-    _, _, i, o = w_hwio.shape
-    u = np.einsum("ay,yxio,bx->abio", g, w_hwio.astype(np.float64), g)      # [alpha, alpha, I, O]
-    i4 = -(-i // GROUP)
-    padded = np.zeros((alpha * alpha, i4 * GROUP, o), np.float64)
-    padded[:, :i, :] = u.reshape(alpha * alpha, i, o)
-    blocks = padded.reshape(alpha * alpha, i4, GROUP, o // LANES, LANES)      # e i4 group o16 lane
+    u = _filters(w_hwio, m)
+    alpha2, i, o = u.shape
+    padded = np.zeros((alpha2, _padded(i), o), np.float64)
+    padded[:, :i, :] = u
+    blocks = padded.reshape(alpha2, -1, GROUP, o // LANES, LANES)             # e i4 group o16 lane
     return np.ascontiguousarray(blocks.transpose(0, 3, 1, 2, 4)).astype(np.float32)
 
 
@@ -94,19 +109,18 @@ def output_coefficients(m: int) -> np.ndarray:
 
 
 def reference(x_nhwc: np.ndarray, w_hwio: np.ndarray, padding, m: int) -> np.ndarray:
-    """The Winograd convolution in numpy (float64), the same arithmetic as the kernels: for tests."""
+    """The Winograd convolution in numpy (float64), from the full (m+2)^2 x (m+2)^2 transforms (the kernels
+    apply them row then column): for tests."""
     n, h, w, c = x_nhwc.shape
     top, left, bottom, right = padding
     oh, ow = h + top + bottom - 2, w + left + right - 2
-    th, tw = -(-oh // m), -(-ow // m)
+    th, tw = _grid(oh, ow, m)
     xp = np.zeros((n, th * m + 2, tw * m + 2, c))
     xp[:, top:top + h, left:left + w] = x_nhwc
     alpha = m + 2
     tiles = np.stack([xp[:, y * m:y * m + alpha, x * m:x * m + alpha] for y in range(th) for x in range(tw)], 1)
     v = np.einsum("eij,ntijc->entc", input_coefficients(m).astype(np.float64), tiles)   # [e, n, tiles, C]
-    _, g, _ = _MATRICES[m]
-    u = np.einsum("ay,yxio,bx->abio", g, w_hwio.astype(np.float64), g).reshape(alpha * alpha, c, -1)
-    prod = np.einsum("entc,eck->entk", v, u)
+    prod = np.einsum("entc,eck->entk", v, _filters(w_hwio, m))
     y = np.einsum("euv,entk->ntuvk", output_coefficients(m).astype(np.float64), prod)
     y = y.reshape(n, th, tw, m, m, -1).transpose(0, 1, 3, 2, 4, 5).reshape(n, th * m, tw * m, -1)
     return y[:, :oh, :ow]
@@ -124,7 +138,8 @@ def conv(builder, data, w_hwio: np.ndarray, padding, m: int, form):
     top, left, bottom, right = (int(p) for p in padding)
     oh, ow = h + top + bottom - 2, w + left + right - 2
     func = input_func((n, h, w, int(data.ty.shape[3])), str(data.ty.dtype), m, top, left, oh, ow, in_ch)
-    v_shape = [(m + 2) ** 2, n * -(-oh // m) * -(-ow // m), -(-in_ch // GROUP) * GROUP]
+    th, tw = _grid(oh, ow, m)
+    v_shape = [(m + 2) ** 2, n * th * tw, _padded(in_ch)]
     v = builder.emit(relax.call_tir(builder.add_func(func, INPUT), relax.Tuple([data]),
                                     relax.TensorType(v_shape, str(data.ty.dtype))))
     prod = builder.emit(builder.call_te(lambda a, b: gemm_te(a, b, form), v,
@@ -136,15 +151,15 @@ def conv(builder, data, w_hwio: np.ndarray, padding, m: int, form):
 
 
 def input_te(data, m: int, top: int, left: int, oh: int, ow: int, in_ch: int):
-    """(d, d B, V): d [tiles, m+2, m+2, C4*4] the input tiles, zero-padded (borders, channels to x4); V [e,
-    tiles, C4*4] = B' d B, computed as (d B) then B' (d B), each product written out with its nonzero
-    coefficients as constants."""
+    """V [e, tiles, C4*4] = B' d B, with d [tiles, m+2, m+2, C4*4] the input tiles zero-padded (borders,
+    channels to x4; stage "winograd_tile"), computed as d B (stage "winograd_rows") then B' (d B), each
+    product written out with its nonzero coefficients as constants."""
     from tvm import te, tirx
 
     n, h, w, _ = (int(d) for d in data.shape)
     alpha = m + 2
-    th, tw = -(-oh // m), -(-ow // m)
-    c4 = -(-in_ch // GROUP) * GROUP
+    th, tw = _grid(oh, ow, m)
+    c4 = _padded(in_ch)
     zero = tirx.const(0, data.dtype)
 
     def tile(p, i, j, c):
@@ -156,9 +171,8 @@ def input_te(data, m: int, top: int, left: int, oh: int, ow: int, in_ch: int):
     d = te.compute((n * th * tw, alpha, alpha, c4), tile, name="winograd_tile")
     rows = te.compute((n * th * tw, alpha, alpha, c4),             # d B, row by row: [tile, i, nu, c]
                       lambda p, i, nu, c: _written_out(bt, nu, lambda j: d[p, i, j, c]), name="winograd_rows")
-    return d, rows, te.compute((alpha * alpha, n * th * tw, c4),    # B' (d B): [xi * alpha + nu, tile, c]
-                               lambda e, p, c: _written_out(bt, e // alpha, lambda i: rows[p, i, e % alpha, c]),
-                               name=INPUT)
+    return te.compute((alpha * alpha, n * th * tw, c4),             # B' (d B): [xi * alpha + nu, tile, c]
+                      lambda e, p, c: _written_out(bt, e // alpha, lambda i: rows[p, i, e % alpha, c]), name=INPUT)
 
 
 def _written_out(coef: np.ndarray, row, term):
@@ -186,7 +200,7 @@ def input_func(data_shape, dtype: str, m: int, top: int, left: int, oh: int, ow:
     from tvm import s_tir, te
 
     data = te.placeholder(data_shape, dtype, "data")
-    _, _, v = input_te(data, m, top, left, oh, ow, in_ch)
+    v = input_te(data, m, top, left, oh, ow, in_ch)
     sch = s_tir.Schedule(te.create_prim_func([data, v]))
     e, p, c = sch.get_loops(sch.get_sblock(INPUT))
     c4 = int(v.shape[2])
@@ -198,22 +212,21 @@ def input_func(data_shape, dtype: str, m: int, top: int, left: int, oh: int, ow:
     for loop in (xi, nu):
         sch.unroll(loop)
     sch.vectorize(ci)
-    _in_registers(sch, ["winograd_rows"], nu, 2)
-    _in_registers(sch, ["winograd_tile"], outer, 1)
+    _in_registers(sch, "winograd_rows", nu, 2)
+    _in_registers(sch, "winograd_tile", outer, 1)
     return _scheduled(sch)
 
 
-def _in_registers(sch, stages, at, depth: int) -> None:
-    """Compute each of `stages` (consumers first) inside loop `at` (the `depth`-th from the outside), in a
-    local buffer, its own loops unrolled but the innermost (channels), vectorized."""
-    for name in stages:
-        block = sch.get_sblock(name)
-        sch.compute_at(block, at)
-        sch.set_scope(block, 0, "local")
-        *loops, inner = sch.get_loops(block)[depth:]
-        for loop in loops:
-            sch.unroll(loop)
-        sch.vectorize(inner)
+def _in_registers(sch, stage: str, at, depth: int) -> None:
+    """Compute `stage` inside loop `at` (the `depth`-th from the outside), in a local buffer, its own loops
+    unrolled but the innermost (channels), vectorized."""
+    block = sch.get_sblock(stage)
+    sch.compute_at(block, at)
+    sch.set_scope(block, 0, "local")
+    *loops, inner = sch.get_loops(block)[depth:]
+    for loop in loops:
+        sch.unroll(loop)
+    sch.vectorize(inner)
 
 
 def gemm_te(v, packed, form):
@@ -237,8 +250,8 @@ def output_func(prod_shape, dtype: str, n: int, oh: int, ow: int, m: int):
     would drop the schedule): bias, residual and activation run in the next kernel."""
     from tvm import s_tir, te
 
-    alpha2, tiles, k = prod_shape
-    th, tw = -(-oh // m), -(-ow // m)
+    _, tiles, k = prod_shape
+    th, tw = _grid(oh, ow, m)
     alpha = m + 2
     _, _, at = _MATRICES[m]
     prod = te.placeholder(prod_shape, dtype, "prod")
@@ -262,7 +275,7 @@ def output_func(prod_shape, dtype: str, n: int, oh: int, ow: int, m: int):
     sch.unroll(u)
     sch.unroll(v)
     sch.vectorize(ci)
-    _in_registers(sch, ["winograd_cols"], outer, 1)
+    _in_registers(sch, "winograd_cols", outer, 1)
     return _scheduled(sch)
 
 
