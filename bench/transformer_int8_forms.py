@@ -15,6 +15,12 @@ C. Where OpenVINO runs bf16 natively: static INT8 (ours, Q/DQ on the MatMul inpu
    token-id models) and on every op (the earlier default); NNCF's) and our dynamic INT8, with the f32 and
    the bf16 hint, against bf16 on the FP32 graph (needs nncf: `.venv/bin/pip install -e '.[bench]'`).
    Under the bf16 hint OpenVINO quantizes no activation of the dynamic (weight-only) graph.
+D. Where OpenVINO runs bf16 natively: our static INT8 (Q/DQ on the MatMul inputs) with families of
+   layers kept in float (attention scores Q x K', FFN output, attention output, Q/K/V projections), each
+   with the f32 and the bf16 hint: does any mix reach 98 % retrieval and stay faster than bf16?
+E. Where the time goes: OpenVINO's per-node profile (PERF_COUNT) of one 128-token inference, summed by
+   node type and kernel, for bf16, static INT8 (bf16 hint) and dynamic INT8 with groups of 64 (f32
+   hint): the MatMul (FullyConnected) kernels each form runs and their time.
 
     .venv/bin/python bench/transformer_int8_forms.py [--fp32 DIR] [--int8-ov DIR] [--rounds 5]
 
@@ -158,6 +164,8 @@ def main() -> int:
         name = "weight-only" if g == 0 else f"G={g}"
         out(f"  OpenVINO {name:12s} p50 {lat[f'G={g}']:6.2f} ms  {base / lat[f'G={g}']:4.2f}x raw fp32  {acc}")
     section_c(out, src, cal, ov_dir, one_by_one, ref1, lat_feeds, cands["raw ORT fp32"], work, args)
+    section_d(out, src, cal, one_by_one, ref1, lat_feeds, cands["raw ORT fp32"], work, args)
+    section_e(out, src, cal, ov_dir, lat_feeds, work, args)
     out(f"\n({time.perf_counter() - t0:.0f} s in all; load average {load_average()} at the end)")
     write_results(args.out, out)
     return 0
@@ -216,6 +224,104 @@ def section_c(out, src, cal, ov_dir, one_by_one, ref1, lat_feeds, raw_engine, wo
     out(f"  raw ORT fp32: p50 {base:.2f} ms")
     for name, acc in rows:
         out(f"  {name:40s} p50 {lat[name]:6.2f} ms  {base / lat[name]:4.2f}x raw fp32  {acc}")
+
+
+def _static_int8(src, cal):
+    """Our static INT8 pass (Q/DQ on the MatMul inputs) over the graph the OpenVINO backend quantizes,
+    calibrated once; `requantize(names)` re-applies it with those nodes kept in float."""
+    import onnx
+    import onnx_ir as ir
+
+    from edgecompile.compiler.config import QuantizeSection
+    from edgecompile.passes.quantize import Quantize
+    from edgecompile.passes.simplify import Simplify
+
+    graph = Simplify()(ir.from_proto(onnx.load(str(src.path)))).model
+    q = Quantize(QuantizeSection(mode="static", ops="matmul"), [], backend="openvino", calibration=cal)
+    first = q(graph)
+    return q, first, [n.name for n in ir.to_proto(graph).graph.node if n.op_type == "MatMul"]
+
+
+def _ov_cfg(hint: str, threads: int, **extra) -> dict:
+    return {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": threads,
+            **extra}
+
+
+def section_d(out, src, cal, one_by_one, ref1, lat_feeds, raw_engine, work, args) -> None:
+    """D. Static INT8 with families of layers kept in float, f32 and bf16 hints, against bf16."""
+    import onnx_ir as ir
+    import openvino as ov
+
+    from edgecompile.targets.openvino.run import supports_bf16
+
+    out("\n## D. Our static INT8 (MatMul inputs) with layer families kept in float; accuracy and latency as in B")
+    if not supports_bf16("CPU"):
+        out("  skipped: OpenVINO runs no native bf16 on this CPU")
+        return
+    q, first, mm = _static_int8(src, cal)
+    fam = {"QxK'": [n for n in mm if n.endswith("attention/self/MatMul")],
+           "FFN out": [n for n in mm if "/output/dense" in n and "attention" not in n],
+           "attention out": [n for n in mm if "attention/output/dense" in n],
+           "QKV": [n for n in mm if any(k in n for k in ("/query/", "/key/", "/value/"))]}
+    mixes = {"none kept float (all static)": []}
+    for i in range(1, len(fam) + 1):       # the families kept in float cumulatively, in that order
+        mixes["float: " + " + ".join(list(fam)[:i])] = [n for nodes in list(fam.values())[:i] for n in nodes]
+    core = ov.Core()
+    cands, rows = {"raw ORT fp32": raw_engine}, []
+    acc, cands["bf16 (the FP32 graph)"] = ov_form(core, core.read_model(str(src.path)),
+                                                 _ov_cfg("bf16", args.threads), one_by_one, ref1)
+    rows.append(("bf16 (the FP32 graph)", 0, acc))
+    for label, exclude in mixes.items():
+        path = work / f"static-mix-{len(exclude)}.onnx"
+        path.write_bytes(ir.to_proto(q.requantize(exclude).model if exclude else first.model).SerializeToString())
+        for hint in ("f32", "bf16"):
+            name = f"{label}, {hint}"
+            acc, cands[name] = ov_form(core, core.read_model(str(path)), _ov_cfg(hint, args.threads), one_by_one, ref1)
+            rows.append((name, len(exclude), acc))
+    lat = p50s(cands, lat_feeds, args)
+    base = lat["raw ORT fp32"]
+    out(f"  raw ORT fp32: p50 {base:.2f} ms; families: " + ", ".join(f"{k} {len(v)}" for k, v in fam.items()))
+    for name, n, acc in rows:
+        out(f"  {name:58s} ({n:2d} float) p50 {lat[name]:6.2f} ms  {base / lat[name]:4.2f}x raw fp32  {acc}")
+
+
+def section_e(out, src, cal, ov_dir, lat_feeds, work, args) -> None:
+    """E. OpenVINO's per-node profile, summed by node type and kernel, for three forms."""
+    import collections
+
+    import onnx_ir as ir
+    import openvino as ov
+
+    from edgecompile.targets.openvino.run import supports_bf16
+
+    out("\n## E. Where the time goes: OpenVINO per-node profile of one 128-token inference (mean of 100), "
+        "by node type and kernel")
+    if not supports_bf16("CPU"):
+        out("  skipped: OpenVINO runs no native bf16 on this CPU")
+        return
+    static = work / "static-all.onnx"
+    static.write_bytes(ir.to_proto(_static_int8(src, cal)[1].model).SerializeToString())
+    forms = {"bf16 (the FP32 graph)": (src.path, _ov_cfg("bf16", args.threads)),
+             "static INT8, bf16 hint": (static, _ov_cfg("bf16", args.threads)),
+             "dynamic INT8 G=64, f32 hint": (ov_dir / "model.xml",
+                                             _ov_cfg("f32", args.threads, DYNAMIC_QUANTIZATION_GROUP_SIZE=64)),
+             "dynamic INT8 (int8 weights), bf16 hint": (ov_dir / "model.xml", _ov_cfg("bf16", args.threads))}
+    core = ov.Core()
+    for label, (path, cfg) in forms.items():
+        model = core.read_model(str(path))
+        names = {i.get_any_name() for i in model.inputs}
+        feeds = {k: v for k, v in lat_feeds.items() if k in names}
+        req = core.compile_model(model, "CPU", {**cfg, "PERF_COUNT": True}).create_infer_request()
+        for _ in range(30):
+            req.infer(feeds)
+        spent: dict = collections.defaultdict(float)
+        for _ in range(100):
+            req.infer(feeds)
+            for p in req.profiling_info:
+                spent[(p.node_type, p.exec_type)] += p.real_time.total_seconds() * 10   # ms per run (/100)
+        total = sum(spent.values())
+        top = sorted(spent.items(), key=lambda kv: -kv[1])[:3]
+        out(f"  {label:40s} total {total:5.2f} ms; " + "; ".join(f"{t} [{k}] {v:.2f} ms" for (t, k), v in top))
 
 
 if __name__ == "__main__":
