@@ -349,6 +349,10 @@ def test_served_text_bundle_answers_texts_with_the_runtime_embeddings(tiny_embed
         assert res.status_code == 200, res.text
         got = np.asarray(res.json()["embeddings"], np.float32)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+        pair = httpx.post(s.base + "/v1/models/text/infer", json={"texts": [texts]}, timeout=60)
+        assert pair.status_code == 200, pair.text
+        with load(tiny_embed_bundle.path) as r:
+            np.testing.assert_allclose(pair.json()["embeddings"], r.encode([tuple(texts)]), rtol=1e-4, atol=1e-5)
         bad = httpx.post(s.base + "/v1/models/text/infer", json={"texts": "not a list"}, timeout=60)
         assert bad.status_code == 400 and "texts" in bad.json()["error"]["message"]
     finally:

@@ -81,11 +81,13 @@ def read_feeds(path: str | Path, inputs) -> tuple[dict, "object | None"]:
               help=".npy (single-input models) or .npz with arrays named after the inputs (+ optional labels).")
 @click.option("--text", "texts", multiple=True, metavar="TEXT",
               help="Text bundles: a text to embed or classify (repeatable) instead of --input.")
+@click.option("--pair", "pairs", multiple=True, metavar="TEXT",
+              help="Pair models (cross-encoders, NLI): the second text of each --text, in the same order.")
 @click.option("-o", "--output", type=click.Path(), help="Write the outputs to this .npz (named after the outputs).")
 @click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads.")
 @with_remote_options
 @json_option
-def run(bundle_dir, input_path, texts, output, threads, remote, key, wait, json_mode):
+def run(bundle_dir, input_path, texts, pairs, output, threads, remote, key, wait, json_mode):
     """Run the bundle in BUNDLE_DIR on the arrays in --input, or on --text for text bundles.
 
     Inputs are checked (names, dtypes, shapes) and refused with exit 2 when wrong; NaN/inf inputs
@@ -94,10 +96,15 @@ def run(bundle_dir, input_path, texts, output, threads, remote, key, wait, json_
 
     if bool(input_path) == bool(texts):
         raise click.UsageError("pass either --input FILE or --text TEXT (repeatable)")
+    if pairs and not texts:
+        raise click.UsageError("--pair goes with --text (one --pair per --text)")
     if texts:
         from edgecompile.cli.textrun import run_texts
 
-        run_texts(open_runner(bundle_dir, threads, remote, key, wait), list(texts), output, json_mode)
+        if pairs and len(pairs) != len(texts):
+            raise click.UsageError(f"{len(pairs)} --pair for {len(texts)} --text: give one --pair per --text")
+        items = list(zip(texts, pairs)) if pairs else list(texts)
+        run_texts(open_runner(bundle_dir, threads, remote, key, wait), items, output, json_mode)
         return
     with open_runner(bundle_dir, threads, remote, key, wait) as runner:
         board = getattr(runner, "board", None)

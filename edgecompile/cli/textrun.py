@@ -9,7 +9,7 @@ from edgecompile.cli.common import echo_warnings, emit_json, save_npz
 from edgecompile.errors import BundleError
 
 
-def run_texts(runner, texts: list[str], output: str | None, json_mode: bool) -> None:
+def run_texts(runner, texts: list, output: str | None, json_mode: bool) -> None:
     import numpy as np
 
     with runner:
@@ -23,7 +23,7 @@ def run_texts(runner, texts: list[str], output: str | None, json_mode: bool) -> 
             warnings.simplefilter("always", RuntimeWarning)
             if front.task == "text-classification":
                 res = runner.classify(texts)
-                arrays = {"probabilities": res["probabilities"]}
+                arrays = {k: res[k] for k in ("probabilities", "values") if k in res}
             else:
                 emb = runner.encode(texts)
                 res = None
@@ -36,7 +36,9 @@ def run_texts(runner, texts: list[str], output: str | None, json_mode: bool) -> 
     if res is not None:
         result["labels"] = res["labels"]
         result["scores"] = [float(s) for s in res["scores"]]
-        result["probabilities"] = res["probabilities"].tolist()
+        result.update({k: res[k].tolist() for k in ("probabilities", "values") if k in res})
+        if "active" in res:
+            result["active"] = res["active"]
     else:
         result["embeddings"] = emb.tolist()
         result["dim"] = int(emb.shape[1])
@@ -44,9 +46,11 @@ def run_texts(runner, texts: list[str], output: str | None, json_mode: bool) -> 
         emit_json(result)
         return
     for i, text in enumerate(texts):
+        text = " | ".join(text) if isinstance(text, tuple) else text
         short = text if len(text) <= 60 else text[:57] + "..."
         if res is not None:
-            click.echo(f"{res['labels'][i]}  {res['scores'][i]:.4f}  {short}")
+            active = f"  [{', '.join(res['active'][i])}]" if "active" in res else ""
+            click.echo(f"{res['labels'][i]}  {res['scores'][i]:.4f}{active}  {short}")
         else:
             v = emb[i]
             head = " ".join(f"{x:+.4f}" for x in v[:4])

@@ -47,6 +47,7 @@ class HfModelSource:
     normalize: bool
     max_length: int
     class_labels: list[str] | None = None
+    scoring: str | None = None          # text-classification: softmax | sigmoid | none (scoring_rule)
     model_type: str = "bert"            # onnxruntime.transformers.optimizer's name for the fusions
     kind: str = "hf"
     preprocessing: dict = field(default_factory=dict)
@@ -96,7 +97,7 @@ class HfModelSource:
                 "input_names": [s.name for s in self.inputs], "output": self.outputs[0],
                 "pooling": self.pooling, "normalize": self.normalize,
                 "pooling_applied": "graph" if self.task == "feature-extraction" else None,
-                "labels": self.class_labels}
+                "labels": self.class_labels, "scoring": self.scoring}
 
     def write_frontend(self, writer) -> dict:
         """Copy the tokenizer into the bundle (a hashed artifact); the manifest's `frontend` record."""
@@ -120,6 +121,18 @@ def candidate_graph_passes(plan, model, evaluator, records):
 
 
 # -- tokenization (shared with the runtime's rules, see edgecompile.runtime.text) ---------------
+
+def scoring_rule(config: dict, n_labels: int) -> str:
+    """How a sequence-classification head's logits become scores, by transformers' own rule (its
+    text-classification pipeline): `problem_type` "regression" -> none (raw values); "multi_label_classification",
+    or a single label (cross-encoders, binary heads with one logit) -> sigmoid per label; else softmax."""
+    problem = config.get("problem_type")
+    if problem == "regression":
+        return "none"
+    if problem == "multi_label_classification" or n_labels == 1:
+        return "sigmoid"
+    return "softmax"
+
 
 def load_tokenizer(path: Path, max_length: int):
     from edgecompile.runtime.tokenizer import read_tokenizer_json
@@ -225,14 +238,16 @@ def hf_source(directory: str | Path, task: str | None = None, *, name: str | Non
     )
     max_length = min(max_length, int(config.get("max_position_embeddings", 512)))
     pooling, normalize = (None, False)
-    labels = None
+    labels = scoring = None
     if task == "feature-extraction":
         pooling, normalize, _ = _pooling(directory)
         outputs, metric = [EMBEDDING_OUTPUT], "retrieval_agreement"
     else:
         id2label = config.get("id2label") or {}
         labels = [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(len(id2label) or 2)]
-        outputs, metric = ["logits"], "top1_agreement"
+        scoring = scoring_rule(config, len(labels))
+        # a regression head's values have no decision to agree on: they must stay close to FP32's
+        outputs, metric = ["logits"], "output_closeness" if scoring == "none" else "top1_agreement"
     src = HfModelSource(
         name=name or directory.resolve().name,
         directory=directory,
@@ -246,6 +261,7 @@ def hf_source(directory: str | Path, task: str | None = None, *, name: str | Non
         normalize=normalize,
         max_length=max_length,
         class_labels=labels,
+        scoring=scoring,
         model_type=ORT_MODEL_TYPES.get(config["model_type"], "bert"),
         lora=adapter,
         adapter=adapter.record() if adapter is not None else None,

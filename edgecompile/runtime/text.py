@@ -5,7 +5,9 @@ the graph with the bundle's engine. Texts are tokenized, truncated to the manife
 (a truncation is reported with a RuntimeWarning naming the texts, never silent), and padded to
 the smallest length bucket that holds the longest text of each batch, so short texts do not pay
 for `max_length` tokens. Pooling and normalisation are those recorded in the manifest: applied in
-the graph (`pooling_applied: "graph"`), or here on a `last_hidden_state` output.
+the graph (`pooling_applied: "graph"`), or here on a `last_hidden_state` output. A text may be a pair
+(`(first, second)`: cross-encoders, NLI), tokenized as the model's tokenizer joins pairs. Classification
+scores follow the manifest's `scoring` (softmax, sigmoid per label, or none for regression heads).
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ class TextFrontend:
         self.normalize = bool(spec.get("normalize"))
         self.pooling_applied = spec.get("pooling_applied")
         self.labels = spec.get("labels")
+        self.scoring = spec.get("scoring") or "softmax"        # bundles before the field: softmax
         self.tokenizer = read_tokenizer_json(bundle.artifact("tokenizer"), self.max_length)
 
     # -- tokenization -------------------------------------------------------------------------
@@ -37,15 +40,18 @@ class TextFrontend:
         """Feeds for `texts`, padded to a length bucket; the indices of truncated texts."""
         return tokenize(self.tokenizer, texts, self.input_names, self.buckets, self.max_length)
 
-    def _check(self, texts) -> list[str]:
+    def _check(self, texts) -> list:
         if isinstance(texts, str):
             texts = [texts]
-        texts = list(texts)
+        texts = [tuple(t) if isinstance(t, list) else t for t in texts]
         if not texts:
             raise DataError("no texts given", hint="pass a non-empty list of strings")
-        bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
+        bad = [t for t in texts if not isinstance(t, str)
+               and not (isinstance(t, tuple) and len(t) == 2 and all(isinstance(x, str) for x in t))]
         if bad:
-            raise DataError(f"texts must be strings, got {bad[0]}", hint="pass a list of str")
+            what = f"a {len(bad[0])}-tuple" if isinstance(bad[0], tuple) else type(bad[0]).__name__
+            raise DataError(f"texts must be strings or (first, second) pairs of strings, got {what}",
+                            hint="pass a list of str, or of 2-tuples of str for a pair model")
         return texts
 
     def _forward(self, texts: list[str], batch_size: int) -> np.ndarray:
@@ -53,7 +59,8 @@ class TextFrontend:
         outs = []
         truncated: list[int] = []
         # sort by length so that each batch is padded only to its own longest text
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        order = sorted(range(len(texts)), key=lambda i: sum(map(len, texts[i])) if isinstance(texts[i], tuple)
+                       else len(texts[i]))
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             feeds, cut = self.tokenize([texts[i] for i in idx])
@@ -80,18 +87,29 @@ class TextFrontend:
         return np.ascontiguousarray(self._forward(texts, batch_size), np.float32)
 
     def classify(self, texts, batch_size: int = 32) -> dict:
-        """{"labels": [N top labels], "scores": float32 [N] (their softmax probability),
-        "probabilities": float32 [N, classes]}."""
+        """{"labels": [N top labels], "scores": float32 [N] (the top label's score),
+        "probabilities": float32 [N, classes]} by the manifest's scoring: softmax over the classes, or a
+        sigmoid per label (multi-label heads, single-logit heads such as cross-encoders; then also
+        "active": per text the labels scoring >= 0.5). Regression heads (scoring none) give
+        "values": float32 [N, outputs] (raw) and "scores" = the first value, with no probabilities."""
         if self.task != "text-classification":
             raise BundleError(f"this is a {self.task} bundle; classify() needs a text-classification bundle",
                               hint="use runner.encode(texts)")
         logits = self._forward(texts, batch_size).astype(np.float64)
-        z = np.exp(logits - logits.max(1, keepdims=True))
-        probs = (z / z.sum(1, keepdims=True)).astype(np.float32)
+        names = self.labels or [f"LABEL_{i}" for i in range(logits.shape[1])]
+        if self.scoring == "none":
+            values = logits.astype(np.float32)
+            return {"labels": [names[0]] * len(values), "scores": values[:, 0].copy(), "values": values}
+        if self.scoring == "sigmoid":
+            probs = (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+        else:
+            z = np.exp(logits - logits.max(1, keepdims=True))
+            probs = (z / z.sum(1, keepdims=True)).astype(np.float32)
         top = probs.argmax(1)
-        names = self.labels or [f"LABEL_{i}" for i in range(probs.shape[1])]
-        return {"labels": [names[i] for i in top], "scores": probs[np.arange(len(top)), top],
-                "probabilities": probs}
+        res = {"labels": [names[i] for i in top], "scores": probs[np.arange(len(top)), top], "probabilities": probs}
+        if self.scoring == "sigmoid":
+            res["active"] = [[names[j] for j in np.flatnonzero(row >= 0.5)] for row in probs]
+        return res
 
 
 def tokenize(tokenizer, texts: list[str], input_names: list[str], buckets: list[int],

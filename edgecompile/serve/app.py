@@ -272,8 +272,9 @@ async def _in_thread(fn, *args, **kw):
 
 
 async def _texts(model: ServedModel, texts) -> dict:
-    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-        raise RequestError(400, '"texts" must be a non-empty list of strings')
+    pair = lambda t: isinstance(t, list) and len(t) == 2 and all(isinstance(x, str) for x in t)  # noqa: E731
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) or pair(t) for t in texts):
+        raise RequestError(400, '"texts" must be a non-empty list of strings (or of [first, second] pairs)')
     task = (model.manifest.get("frontend") or {}).get("task")
     if task in ("classification", "text-classification"):
         return {"results": to_jsonable(await _in_thread(model.runner.classify, texts))}

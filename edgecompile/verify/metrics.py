@@ -28,10 +28,15 @@ def _top1(out, labels):
     return (np.asarray(out).reshape(len(out), -1).argmax(1) == np.asarray(labels).reshape(-1)).astype(np.float64)
 
 
+def decisions(out) -> np.ndarray:
+    """What a classifier's output decides, per sample: the top class; for a single logit (binary heads,
+    cross-encoders: sigmoid scores) whether it is positive, so that agreement is not trivially 100 %."""
+    a = np.asarray(out).reshape(len(out), -1)
+    return (a[:, 0] > 0).astype(np.int64) if a.shape[1] == 1 else a.argmax(1)
+
+
 def _agree(out, ref):
-    return (np.asarray(out).reshape(len(out), -1).argmax(1) == np.asarray(ref).reshape(len(ref), -1).argmax(1)).astype(
-        np.float64
-    )
+    return (decisions(out) == decisions(ref)).astype(np.float64)
 
 
 def _confident(out, ref):
