@@ -142,12 +142,14 @@ def test_bad_pairs_are_refused(heads):
 
 
 def test_single_logit_agreement_is_the_sign_of_the_logit():
-    """top-1 agreement on a one-column output compares decisions (logit > 0), not argmax (always 0)."""
+    """top-1 (and confident) agreement on a one-column output compares decisions (logit > 0), not an argmax
+    that is always 0 (nor a one-class softmax that is always confident and always agrees)."""
     from edgecompile.verify.metrics import METRICS, decisions
 
     ref = np.array([[1.5], [-0.2], [0.3], [-2.0]])
     out = np.array([[1.4], [0.1], [0.2], [-1.0]])
     assert decisions(ref).tolist() == [1, 0, 1, 0]
     assert METRICS["top1_agreement"].per_sample(out, ref).tolist() == [1.0, 0.0, 1.0, 1.0]
+    assert METRICS["confident_agreement"].per_sample(out, ref).tolist() == [1.0, 0.0, 1.0, 1.0]
     two = np.array([[0.1, 0.9], [0.8, 0.2]])
     assert decisions(two).tolist() == [1, 0]

@@ -34,6 +34,14 @@ MIN_CONFIDENT = 30              # fewer confident samples than max(MIN_CONFIDENT
 MIN_CONFIDENT_SHARE = 0.10      # the bound falls back to top-1 agreement on all samples
 
 
+def rows(x: np.ndarray) -> np.ndarray:
+    """Output rows as class scores; a single logit (binary heads, cross-encoders) becomes the two-class
+    logits [0, x], whose softmax is [1 - sigmoid(x), sigmoid(x)]: its decision is x > 0, not an argmax
+    that is always 0."""
+    z = np.asarray(x).reshape(len(x), -1)
+    return np.concatenate([np.zeros_like(z), z], axis=1) if z.shape[1] == 1 else z
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = np.asarray(logits, np.float64).reshape(len(logits), -1)
     z = z - z.max(axis=1, keepdims=True)
@@ -65,8 +73,7 @@ def distributions(candidate: np.ndarray, reference: np.ndarray) -> tuple[np.ndar
 
 def per_sample(candidate: np.ndarray, reference: np.ndarray, k: int = 5) -> dict[str, np.ndarray]:
     """Per-sample arrays: agree (0/1), top-k containment (0/1), KL (nats), reference confidence."""
-    cand = np.asarray(candidate).reshape(len(candidate), -1)
-    ref = np.asarray(reference).reshape(len(reference), -1)
+    cand, ref = rows(candidate), rows(reference)
     if cand.shape != ref.shape:
         raise ValueError(f"candidate {cand.shape} and reference {ref.shape} outputs differ in shape")
     p, q = distributions(cand, ref)
@@ -98,6 +105,7 @@ def agreement(candidate: np.ndarray, reference: np.ndarray, *, confident: float 
 
 def confident_mask(reference: np.ndarray, confident: float = CONFIDENT) -> np.ndarray:
     """The samples whose reference softmax max is at least `confident` (fixed by the reference alone)."""
+    reference = rows(reference)
     return _distribution(reference, is_probabilities(reference)).max(axis=1) >= confident
 
 
@@ -125,8 +133,7 @@ def _choice(mask: np.ndarray, confident: float) -> dict:
 
 def confident_agree(candidate: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Per-sample top-1 agreement (0/1) on the reference-confident samples only."""
-    cand = np.asarray(candidate).reshape(len(candidate), -1)
-    ref = np.asarray(reference).reshape(len(reference), -1)
+    cand, ref = rows(candidate), rows(reference)
     mask = confident_mask(ref)
     return (cand[mask].argmax(axis=1) == ref[mask].argmax(axis=1)).astype(np.float64)
 

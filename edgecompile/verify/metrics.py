@@ -31,8 +31,9 @@ def _top1(out, labels):
 def decisions(out) -> np.ndarray:
     """What a classifier's output decides, per sample: the top class; for a single logit (binary heads,
     cross-encoders: sigmoid scores) whether it is positive, so that agreement is not trivially 100 %."""
-    a = np.asarray(out).reshape(len(out), -1)
-    return (a[:, 0] > 0).astype(np.int64) if a.shape[1] == 1 else a.argmax(1)
+    from edgecompile.verify.agreement import rows
+
+    return rows(out).argmax(1)
 
 
 def _agree(out, ref):
