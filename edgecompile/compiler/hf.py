@@ -25,6 +25,7 @@ from pathlib import Path
 
 from edgecompile.data import Dataset, TensorSpec
 from edgecompile.compiler.hf_export import EMBEDDING_OUTPUT, MIN_AGREEMENT, MIN_COSINE, OPSET  # noqa: F401
+from edgecompile.compiler.hf_export import SAFETENSORS, TORCH_BIN
 from edgecompile.errors import ConfigError, DataError, ModelLoadError
 
 TASKS = ("feature-extraction", "text-classification")
@@ -212,8 +213,8 @@ def hf_source(directory: str | Path, task: str | None = None, *, name: str | Non
     config = _read_json(directory / "config.json", "config.json")
     if not isinstance(config, dict) or "model_type" not in config:
         raise ModelLoadError(f"{directory}/config.json has no model_type", hint="not a transformers model directory")
-    if not ((directory / "model.safetensors").is_file() or (directory / "pytorch_model.bin").is_file()):
-        raise ModelLoadError(f"{directory}: no model.safetensors or pytorch_model.bin",
+    if not any((directory / n).is_file() for n in (*SAFETENSORS, *TORCH_BIN)):
+        raise ModelLoadError(f"{directory}: no model.safetensors or pytorch_model.bin (nor a sharded index of them)",
                              hint="save the model with save_pretrained (safetensors preferred)")
     if not (directory / "tokenizer.json").is_file():
         raise ModelLoadError(f"{directory}: no tokenizer.json (the bundle's runtime needs a fast tokenizer)",

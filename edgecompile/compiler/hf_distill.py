@@ -29,7 +29,8 @@ import numpy as np
 
 from edgecompile.errors import ConfigError, DataError, ModelLoadError
 
-# files of the teacher directory that are not copied into the student (weights, config, docs, exports)
+# files of the teacher directory that are not copied into the student (weights -- also is_weight_file's
+# shards and indexes --, config, docs, exports)
 _NOT_COPIED = {"config.json", "model.safetensors", "pytorch_model.bin", "README.md", "distillation.json",
                "onnx", "openvino", "model.onnx", ".git", "__pycache__"}
 _LAYER_KEY = re.compile(r"^(.*\blayers?)\.(\d+)\.(.+)$")
@@ -94,7 +95,7 @@ def load_encoder(directory: Path):
     import warnings
     from contextlib import redirect_stderr
 
-    from edgecompile.compiler.hf_export import _quiet
+    from edgecompile.compiler.hf_export import _quiet, uses_safetensors
 
     _quiet()
     from transformers import AutoModel
@@ -103,7 +104,7 @@ def load_encoder(directory: Path):
         with warnings.catch_warnings(), redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             model = AutoModel.from_pretrained(str(directory), local_files_only=True, attn_implementation="eager",
-                                              use_safetensors=(directory / "model.safetensors").is_file(),
+                                              use_safetensors=uses_safetensors(directory),
                                               weights_only=True)
     except Exception as exc:
         msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else exc.__class__.__name__
@@ -260,12 +261,14 @@ def _check_output(out_dir: Path, teacher_dir: Path) -> None:
 
 def _save(student, teacher_dir: Path, out_dir: Path, record: dict) -> None:
     """Write the Hugging Face directory next to `out_dir` and swap it into place."""
+    from edgecompile.compiler.hf_export import is_weight_file
+
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
     student.save_pretrained(str(tmp), safe_serialization=True)
     for p in sorted(teacher_dir.iterdir()):
-        if p.name in _NOT_COPIED or p.name.startswith("."):
+        if p.name in _NOT_COPIED or p.name.startswith(".") or is_weight_file(p.name):
             continue
         (shutil.copytree if p.is_dir() else shutil.copyfile)(p, tmp / p.name)
     (tmp / "distillation.json").write_text(json.dumps(record, indent=2) + "\n")

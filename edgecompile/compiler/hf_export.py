@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import warnings
 from contextlib import redirect_stderr, redirect_stdout
@@ -86,6 +87,21 @@ def _code_key() -> str:
     return h.hexdigest()
 
 
+# the weights of a save_pretrained directory, whole or sharded (an index naming the shards)
+SAFETENSORS = ("model.safetensors", "model.safetensors.index.json")
+TORCH_BIN = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def uses_safetensors(directory: Path) -> bool:
+    return any((directory / n).is_file() for n in SAFETENSORS)
+
+
+def is_weight_file(name: str) -> bool:
+    """model.safetensors / pytorch_model.bin, their shards (model-00001-of-00002.safetensors) and indexes."""
+    return re.fullmatch(r"(model(-\d+-of-\d+)?\.safetensors|pytorch_model(-\d+-of-\d+)?\.bin)(\.index\.json)?",
+                        name) is not None
+
+
 def _load_torch_model(src):
     _quiet()
     try:
@@ -94,7 +110,7 @@ def _load_torch_model(src):
         raise ModelLoadError("Hugging Face sources need transformers and optimum-onnx",
                              hint="pip install 'edgecompile[hf]'") from None
     cls = AutoModel if src.task == "feature-extraction" else AutoModelForSequenceClassification
-    safetensors = (src.directory / "model.safetensors").is_file()
+    safetensors = uses_safetensors(src.directory)
     try:
         with warnings.catch_warnings(), redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
