@@ -44,7 +44,7 @@ class HfModelSource:
     outputs: list[str]
     fingerprint: str
     metric: str
-    pooling: str | None                 # mean | cls | max (feature-extraction)
+    pooling: str | None                 # feature-extraction: a POOLING_KEYS name (mean, cls, max, ...)
     normalize: bool
     max_length: int
     class_labels: list[str] | None = None
@@ -178,6 +178,12 @@ def _fingerprint(directory: Path, task: str) -> str:
     return h.hexdigest()
 
 
+# sentence-transformers' pooling modes (1_Pooling/config.json) -> our names (runtime.text.pool, add_pooling)
+POOLING_KEYS = (("mean", "pooling_mode_mean_tokens"), ("cls", "pooling_mode_cls_token"),
+                ("max", "pooling_mode_max_tokens"), ("mean_sqrt_len", "pooling_mode_mean_sqrt_len_tokens"),
+                ("weightedmean", "pooling_mode_weightedmean_tokens"), ("lasttoken", "pooling_mode_lasttoken"))
+
+
 def _pooling(directory: Path) -> tuple[str, bool, bool]:
     """(pooling mode, normalize, declared by a sentence-transformers config)."""
     modules_file = directory / "modules.json"
@@ -190,11 +196,11 @@ def _pooling(directory: Path) -> tuple[str, bool, bool]:
     if pool is None:
         return "cls", normalize, True
     cfg = _read_json(directory / pool.get("path", "1_Pooling") / "config.json", "pooling config")
-    modes = [m for m, key in (("mean", "pooling_mode_mean_tokens"), ("cls", "pooling_mode_cls_token"),
-                              ("max", "pooling_mode_max_tokens")) if cfg.get(key)]
+    modes = [m for m, key in POOLING_KEYS if cfg.get(key)]
     if len(modes) != 1:
         raise ModelLoadError(
-            f"{directory}: pooling config enables {modes or 'no mode'}; one of mean, cls, max is supported",
+            f"{directory}: pooling config enables {modes or 'no mode'}; exactly one of "
+            f"{', '.join(m for m, _ in POOLING_KEYS)} is supported",
             hint="edit 1_Pooling/config.json to a single pooling mode",
         )
     return modes[0], normalize, True

@@ -172,13 +172,38 @@ def add_pooling(proto, pooling: str, normalize: bool):
             numpy_helper.from_array(np.array([2], np.int64), "pool_axis2")]
     nodes += [helper.make_node("Unsqueeze", ["attention_mask", "pool_axis2"], ["pool_mask3"]),
               helper.make_node("Cast", ["pool_mask3"], ["pool_maskf"], to=TensorProto.FLOAT)]
-    if pooling == "mean":
+    if pooling in ("mean", "mean_sqrt_len", "weightedmean", "lasttoken"):
+        # a weighted sum over the sequence: weights = mask (mean), mask x position 1..S (weightedmean) or the
+        # one-hot of the last real token (lasttoken: cumsum(mask) reaches the count there, x mask)
+        weights = "pool_maskf"
+        if pooling == "weightedmean":
+            init.append(numpy_helper.from_array(np.array(1, np.int64), "pool_one_i"))
+            nodes += [helper.make_node("Shape", ["last_hidden_state"], ["pool_shape"]),
+                      helper.make_node("Gather", ["pool_shape", "pool_one_i"], ["pool_len"], axis=0),
+                      helper.make_node("Add", ["pool_len", "pool_one_i"], ["pool_end"]),
+                      helper.make_node("Range", ["pool_one_i", "pool_end", "pool_one_i"], ["pool_pos_i"]),
+                      helper.make_node("Cast", ["pool_pos_i"], ["pool_pos"], to=TensorProto.FLOAT),
+                      helper.make_node("Unsqueeze", ["pool_pos", "pool_axis1"], ["pool_pos2"]),
+                      helper.make_node("Mul", ["pool_maskf", "pool_pos2"], ["pool_w"])]
+            weights = "pool_w"
+        elif pooling == "lasttoken":
+            init.append(numpy_helper.from_array(np.array(1, np.int64), "pool_one_i"))
+            nodes += [helper.make_node("CumSum", ["pool_maskf", "pool_one_i"], ["pool_cum"]),
+                      helper.make_node("ReduceSum", ["pool_maskf", "pool_axis1"], ["pool_n"], keepdims=1),
+                      helper.make_node("Equal", ["pool_cum", "pool_n"], ["pool_at_end"]),
+                      helper.make_node("Cast", ["pool_at_end"], ["pool_at_endf"], to=TensorProto.FLOAT),
+                      helper.make_node("Mul", ["pool_at_endf", "pool_maskf"], ["pool_w"])]
+            weights = "pool_w"
         init.append(numpy_helper.from_array(np.array(1e-9, np.float32), "pool_eps"))
-        nodes += [helper.make_node("Mul", ["last_hidden_state", "pool_maskf"], ["pool_masked"]),
+        nodes += [helper.make_node("Mul", ["last_hidden_state", weights], ["pool_masked"]),
                   helper.make_node("ReduceSum", ["pool_masked", "pool_axis1"], ["pool_sum"], keepdims=0),
-                  helper.make_node("ReduceSum", ["pool_maskf", "pool_axis1"], ["pool_count0"], keepdims=0),
-                  helper.make_node("Max", ["pool_count0", "pool_eps"], ["pool_count"]),
-                  helper.make_node("Div", ["pool_sum", "pool_count"], ["pool_out"])]
+                  helper.make_node("ReduceSum", [weights, "pool_axis1"], ["pool_count0"], keepdims=0),
+                  helper.make_node("Max", ["pool_count0", "pool_eps"], ["pool_count"])]
+        if pooling == "mean_sqrt_len":
+            nodes += [helper.make_node("Sqrt", ["pool_count"], ["pool_root"]),
+                      helper.make_node("Div", ["pool_sum", "pool_root"], ["pool_out"])]
+        else:
+            nodes.append(helper.make_node("Div", ["pool_sum", "pool_count"], ["pool_out"]))
     elif pooling == "cls":
         init.append(numpy_helper.from_array(np.array(0, np.int64), "pool_zero"))
         nodes += [helper.make_node("Gather", ["last_hidden_state", "pool_zero"], ["pool_out"], axis=1)]
@@ -190,7 +215,8 @@ def add_pooling(proto, pooling: str, normalize: bool):
                   helper.make_node("Add", ["last_hidden_state", "pool_pen"], ["pool_masked"]),
                   helper.make_node("ReduceMax", ["pool_masked", "pool_axis1"], ["pool_out"], keepdims=0)]
     else:
-        raise ExportError(f"unsupported pooling {pooling!r}", hint="mean, cls or max")
+        raise ExportError(f"unsupported pooling {pooling!r}", hint="mean, cls, max, mean_sqrt_len, weightedmean "
+                          "or lasttoken")
     if normalize:
         nodes.append(helper.make_node("LpNormalization", ["pool_out"], [EMBEDDING_OUTPUT], axis=-1, p=2))
     else:

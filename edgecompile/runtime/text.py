@@ -144,6 +144,14 @@ def pool(hidden: np.ndarray, mask: np.ndarray, pooling: str, normalize: bool) ->
         out = hidden[:, 0]
     elif pooling == "max":
         out = (hidden + (1.0 - m) * -1e9).max(1)
+    elif pooling == "mean_sqrt_len":
+        out = (hidden * m).sum(1) / np.sqrt(np.maximum(m.sum(1), 1e-9))
+    elif pooling == "weightedmean":       # position-weighted (1..S) mean of the real tokens
+        w = m * np.arange(1, hidden.shape[1] + 1, dtype=np.float32)[None, :, None]
+        out = (hidden * w).sum(1) / np.maximum(w.sum(1), 1e-9)
+    elif pooling == "lasttoken":          # right padding: the last real token
+        last = np.maximum(mask.astype(np.int64).sum(1) - 1, 0)
+        out = hidden[np.arange(len(hidden)), last]
     else:
         raise BundleError(f"unknown pooling {pooling!r} in the manifest", hint="rebuild the bundle")
     if normalize:
