@@ -123,6 +123,20 @@ def candidate_graph_passes(plan, model, evaluator, records):
 
 # -- tokenization (shared with the runtime's rules, see edgecompile.runtime.text) ---------------
 
+# models whose position ids start after the padding index (position = padding_idx + 1 + k, RoBERTa's
+# create_position_ids_from_input_ids): max_position_embeddings - padding_idx - 1 tokens fit (514 -> 512)
+PADDING_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "mpnet", "longformer",
+                            "data2vec-text", "roberta-prelayernorm", "xmod", "ibert", "luke", "markuplm", "esm"}
+
+
+def usable_positions(config: dict) -> int:
+    """How many tokens the model's position embeddings take."""
+    positions = int(config.get("max_position_embeddings") or 512)
+    if config.get("model_type") in PADDING_OFFSET_POSITIONS:
+        positions -= int(config.get("pad_token_id") or 0) + 1
+    return positions
+
+
 def scoring_rule(config: dict, n_labels: int) -> str:
     """How a sequence-classification head's logits become scores, by transformers' own rule (its
     text-classification pipeline): `problem_type` "regression" -> none (raw values); "multi_label_classification",
@@ -243,7 +257,7 @@ def hf_source(directory: str | Path, task: str | None = None, *, name: str | Non
         if (directory / "tokenizer_config.json").is_file()
         else 512
     )
-    max_length = min(max_length, int(config.get("max_position_embeddings", 512)))
+    max_length = min(max_length, usable_positions(config))
     pooling, normalize = (None, False)
     labels = scoring = None
     if task == "feature-extraction":

@@ -25,7 +25,7 @@ def session_options(threads: int | None, level: str = "all"):
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
-    so.log_severity_level = 3
+    so.log_severity_level = 4      # fatal only: a failed run raises, and its one-line error says it all
     return so
 
 
