@@ -265,4 +265,8 @@ def load_data(spec: str | None, source: ModelSource, *, default: str | None) -> 
         if len(ds) == 0:
             raise DataError(f"data spec {spec!r} selects zero samples", hint="widen the slice")
         return ds
+    from edgecompile.runtime.textfile import is_text_file
+
+    if is_text_file(spec) and getattr(source, "kind", None) == "hf":     # texts, tokenized like the source's own
+        return source.text_file(spec)
     return load_npz(spec, source.inputs)

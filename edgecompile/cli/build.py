@@ -19,7 +19,8 @@ from edgecompile.cli.common import Ctx, _load_config, _show_built, emit_json, ve
 @click.option("--block-size", "block_size", type=click.IntRange(min=16),
               help="Weight-only int4/int8 quantization block size ([passes.quantize] block_size). Default 32.")
 @click.option("-o", "--output", type=click.Path(), help="Bundle directory to write (replaced atomically).")
-@click.option("--data", type=click.Path(), help=".npz with arrays named after the inputs (+ optional labels).")
+@click.option("--data", type=click.Path(), help=".npz with arrays named after the inputs (+ optional labels); for text "
+              "models also .txt/.jsonl/.tsv/.csv texts (+ optional labels).")
 @click.option("-c", "--config", "config_path", type=click.Path(), help="TOML config (default: ./edgecompile.toml).")
 @click.option("--task", type=click.Choice(["feature-extraction", "text-classification"]),
               help="Hugging Face model directories: what to export (default: from config.json).")

@@ -95,7 +95,8 @@ def compare(obj: Ctx, a, b, data, samples, tolerance, no_localize, per_node, jso
 @click.command()
 @click.argument("bundle_dir", metavar="DIR")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Baseline JSON file to write.")
-@click.option("--data", type=click.Path(), help=".npz to evaluate on (default: the data the bundle was evaluated on).")
+@click.option("--data", type=click.Path(), help=".npz to evaluate on, or texts for a text bundle "
+              "(.txt/.jsonl/.tsv/.csv); default: the data the bundle was evaluated on.")
 @click.option("--no-latency", is_flag=True, help="Do not record latency.")
 @click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads.")
 @click.pass_obj
@@ -122,7 +123,8 @@ def baseline(obj: Ctx, bundle_dir, output, data, no_latency, threads):
 @click.option("--allow-other-machine", is_flag=True,
               help="Let --max-latency-ratio compare with a baseline measured on another CPU model.")
 @click.option(
-    "--data", type=click.Path(), help=".npz to evaluate on; differing from the baseline's data makes the test unpaired."
+    "--data", type=click.Path(), help=".npz (or texts for a text bundle) to evaluate on; differing from the "
+    "baseline's data makes the test unpaired."
 )
 @click.option("--alpha", type=click.FloatRange(min=1e-6, max=0.5), default=0.05, show_default=True,
               help="Significance level of the one-sided tests.")

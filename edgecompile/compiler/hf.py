@@ -91,6 +91,14 @@ class HfModelSource:
         # the corpus split lets `baseline`/`check` rebuild these tokens with the bundle's own tokenizer
         return Dataset(f"{self.name}:{split}", feeds, meta={"texts": f"{self.corpus}:{split}"})
 
+    def text_file(self, path) -> Dataset:
+        """`--data` given as a text file (edgecompile.runtime.textfile), tokenized like the corpora."""
+        from edgecompile.runtime.textfile import text_file_dataset
+
+        return text_file_dataset(path, self.tokenizer(), input_names=[s.name for s in self.inputs],
+                                 buckets=buckets(self.max_length), max_length=self.max_length, task=self.task,
+                                 class_labels=None if self.scoring == "none" else self.class_labels)
+
     # -- bundle --------------------------------------------------------------------------
     def frontend_spec(self) -> dict:
         return {"kind": "text", "task": self.task, "tokenizer": "tokenizer.json", "max_length": self.max_length,

@@ -68,7 +68,9 @@ def run_outputs(fn: Callable[[Mapping[str, np.ndarray]], list[np.ndarray]] | obj
 
 def choose_metric(name: str, ds: Dataset, classifier: bool) -> Metric:
     metric = get_metric(name)
-    return metric if ds.labels is not None else label_free(metric, classifier, "detection" in (ds.meta or {}))
+    if ds.labels is not None:       # labelled data: agreement with the reference becomes accuracy on the labels
+        return get_metric("top1") if name == "top1_agreement" else metric
+    return label_free(metric, classifier, "detection" in (ds.meta or {}))
 
 
 def compare(candidate_out: np.ndarray, reference_out: np.ndarray, ds: Dataset, metric: Metric,

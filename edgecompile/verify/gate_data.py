@@ -64,11 +64,31 @@ def text_dataset(spec: str, identity: str, bundle: Bundle) -> Dataset:
     return Dataset(identity, feeds, meta={"texts": spec})
 
 
+def load_file(data, bundle: Bundle, inputs) -> Dataset:
+    """`--data` of `baseline`/`check`: a .npz of input arrays, or for a text bundle a text data file
+    (edgecompile.runtime.textfile) tokenized with the bundle's own tokenizer and length buckets."""
+    from edgecompile.runtime.textfile import is_text_file, text_file_dataset
+    from edgecompile.runtime.tokenizer import read_tokenizer_json
+
+    fe = bundle.manifest.get("frontend") or {}
+    if not is_text_file(data):
+        return with_detection_spec(load_npz(data, inputs), fe)
+    if fe.get("kind") != "text":
+        raise DataError(f"{data}: a text file, but {bundle.path} is not a text bundle",
+                        hint="pass the data as a .npz of input arrays")
+    max_length = int(fe["max_length"])
+    return text_file_dataset(data, read_tokenizer_json(bundle.artifact("tokenizer"), max_length),
+                             input_names=list(fe["input_names"]), max_length=max_length,
+                             buckets=[int(b) for b in fe.get("buckets") or [max_length]],
+                             task=fe.get("task", "feature-extraction"),
+                             class_labels=None if fe.get("scoring") == "none" else fe.get("labels"))
+
+
 def bundle_dataset(bundle: Bundle, data: str | Path | None = None) -> Dataset:
     """The data a bundle was evaluated on (its manifest), or `data` (a `.npz`) when given."""
     inputs = _inputs(bundle)
     if data is not None:
-        return with_detection_spec(load_npz(data, inputs), bundle.manifest.get("frontend"))
+        return load_file(data, bundle, inputs)
     desc = (bundle.manifest.get("data") or {}).get("evaluation")
     if not desc:
         raise DataError(f"{bundle.path}: the bundle records no evaluation data", hint="pass --data FILE.npz")
@@ -88,7 +108,7 @@ def _check_data(base: dict, bundle: Bundle, data) -> tuple[Dataset, bool, list[s
     want = base["data"]
     notes: list[str] = []
     if data is not None:
-        ds = with_detection_spec(load_npz(data, inputs), bundle.manifest.get("frontend"))
+        ds = load_file(data, bundle, inputs)
         if ds.sha256() != want["sha256"]:
             notes.append(f"--data {Path(data).name} differs from the baseline's data ({want['identity']}); "
                          "baseline and candidate are compared unpaired (weaker test)")
@@ -99,7 +119,7 @@ def _check_data(base: dict, bundle: Bundle, data) -> tuple[Dataset, bool, list[s
         return ds, True, notes
     stored = want.get("path")
     if stored and Path(stored).is_file():
-        ds = load_npz(stored, inputs)
+        ds = load_file(stored, bundle, inputs)
     elif want["identity"].startswith("file:"):
         raise DataError(f"the baseline was recorded on {want['identity'][5:]!r}, which is not at {stored!r} any more",
                         hint="pass the same data with --data FILE.npz")
