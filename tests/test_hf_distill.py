@@ -243,3 +243,29 @@ def test_lora_bad_adapters_are_one_line_errors(lora_case, tmp_path):
         rc, _, err = run_cli("build", model, "--lora", adir, "-o", tmp_path / "x")
         assert rc == code and message in err and "Traceback" not in err, err
         assert len(err.strip().splitlines()) <= 2, err
+
+
+def test_classifier_teacher_gives_a_classifier_student(tmp_path):
+    """A sequence-classification teacher: the student keeps the head (copied, then trained on the KL of the
+    class distributions beside hidden states and attention maps), is built as a text-classification bundle,
+    and the comparison scores agreement with the teacher's labels instead of embedding cosine."""
+    import edgecompile
+    from edgecompile.compiler.hf_distill import distill_student
+    from edgecompile.compiler.textdata import split_sentences
+    from edgecompile.verify.textcompare import compare_text_bundles, comparison_rows
+    from test_hf import _tiny_dir
+
+    teacher = _tiny_dir(tmp_path / "teacher", classifier=True)
+    rec = distill_student(teacher, 1, tmp_path / "student", steps=4, texts=split_sentences("train")[:64],
+                          batch_size=8)
+    assert rec["head"] == "softmax" and set(rec["loss_first"]) == {"hidden", "attention", "output_kl"}
+    cfg = json.loads((tmp_path / "student" / "config.json").read_text())
+    assert cfg["architectures"] == ["BertForSequenceClassification"] and cfg["num_hidden_layers"] == 1
+    assert cfg["id2label"] == {"0": "neg", "1": "pos"}
+    bundles = [edgecompile.build(d, target="cpu", backend="ort", precision="fp32", output=tmp_path / f"b-{d.name}")
+               for d in (teacher, tmp_path / "student")]
+    assert bundles[1].manifest["frontend"]["task"] == "text-classification"
+    cmp = compare_text_bundles(bundles[0].path, bundles[1].path, rounds=1, seconds=0.05)
+    assert cmp["task"] == "text-classification" and cmp["eval_texts"] > 0 and 0.0 <= cmp["label_agreement"] <= 1.0
+    rows = comparison_rows(cmp)
+    assert rows[0]["label agreement with teacher"] == "100.0 %" and "mean cosine to teacher" not in rows[1]

@@ -10,7 +10,8 @@
   hidden states (MSE of student layer k's output against teacher layer g(k)'s, and embeddings against
   embeddings, over real tokens), attention maps (MSE of the attention probabilities of student layer k
   against teacher layer g(k), over real query/key pairs) and outputs (1 - cosine of the pooled sentence
-  embeddings).
+  embeddings; for a sequence-classification teacher, whose head the student keeps, KL divergence of the
+  class distributions, or the logits' MSE for sigmoid and regression heads).
 * The student is saved as a Hugging Face directory (`config.json` with the new `num_hidden_layers`,
   `model.safetensors`, the teacher's tokenizer and sentence-transformers files, `distillation.json`)
   that `edgecompile build` takes like any other.
@@ -89,8 +90,17 @@ def read_texts(path: str | Path | None) -> tuple[list[str], str]:
     return texts, f"{p.name} ({len(texts)} lines)"
 
 
-def load_encoder(directory: Path):
-    """The Hugging Face encoder with eager attention (so that attention probabilities are returned)."""
+def is_sequence_classifier(directory: Path) -> bool:
+    try:
+        archs = json.loads((Path(directory) / "config.json").read_text()).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        return False
+    return any(str(a).endswith("ForSequenceClassification") for a in archs)
+
+
+def load_encoder(directory: Path, classifier: bool = False):
+    """The Hugging Face encoder (with its classification head when `classifier`) with eager attention (so
+    that attention probabilities are returned)."""
     import io
     import warnings
     from contextlib import redirect_stderr
@@ -98,14 +108,14 @@ def load_encoder(directory: Path):
     from edgecompile.compiler.hf_export import _quiet, uses_safetensors
 
     _quiet()
-    from transformers import AutoModel
+    from transformers import AutoModel, AutoModelForSequenceClassification
 
     try:
         with warnings.catch_warnings(), redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
-            model = AutoModel.from_pretrained(str(directory), local_files_only=True, attn_implementation="eager",
-                                              use_safetensors=uses_safetensors(directory),
-                                              weights_only=True)
+            cls = AutoModelForSequenceClassification if classifier else AutoModel
+            model = cls.from_pretrained(str(directory), local_files_only=True, attn_implementation="eager",
+                                        use_safetensors=uses_safetensors(directory), weights_only=True)
     except Exception as exc:
         msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else exc.__class__.__name__
         raise ModelLoadError(f"{directory}: loading the teacher failed: {msg}",
@@ -157,8 +167,10 @@ def _pool(hidden, mask, pooling: str):
     return torch.nn.functional.normalize(out, dim=-1)
 
 
-def _terms(t_out, s_out, mask, layers: list[int], pooling: str):
-    """(hidden-state MSE, attention-probability MSE, 1 - mean cosine of the pooled embeddings)."""
+def _terms(t_out, s_out, mask, layers: list[int], pooling: str, head: str | None = None):
+    """(hidden-state MSE, attention-probability MSE, output term): 1 - mean cosine of the pooled embeddings,
+    or for a classification `head` (its scoring: softmax | sigmoid | none) KL(teacher || student) of the
+    class distributions (softmax) or the MSE of the logits."""
     m = mask.to(t_out.hidden_states[0].dtype)
     tok = m.unsqueeze(-1)
     width = t_out.hidden_states[0].shape[-1]
@@ -169,8 +181,19 @@ def _terms(t_out, s_out, mask, layers: list[int], pooling: str):
     heads = t_out.attentions[0].shape[1]
     attn = sum((((s_out.attentions[k] - t_out.attentions[t]) ** 2) * pair_mask).sum() for k, t in enumerate(layers))
     attn = attn / (len(layers) * heads * pair_mask.sum())
-    cos = (_pool(s_out.last_hidden_state, mask, pooling) * _pool(t_out.last_hidden_state, mask, pooling)).sum(-1)
+    if head == "softmax":
+        import torch
+
+        log_t = torch.log_softmax(t_out.logits, -1)
+        return hidden, attn, (log_t.exp() * (log_t - torch.log_softmax(s_out.logits, -1))).sum(-1).mean()
+    if head is not None:
+        return hidden, attn, ((s_out.logits - t_out.logits) ** 2).mean()
+    cos = (_pool(s_out.hidden_states[-1], mask, pooling) * _pool(t_out.hidden_states[-1], mask, pooling)).sum(-1)
     return hidden, attn, 1.0 - cos.mean()
+
+
+OUTPUT_TERMS = {None: ("one_minus_cos", "1-cos", "1 - pooled cosine"), "softmax": ("output_kl", "KL", "class KL"),
+                "sigmoid": ("output_mse", "logit MSE", "logit MSE"), "none": ("output_mse", "MSE", "output MSE")}
 
 
 def distill_student(teacher_dir: Path, n_layers: int, out_dir: Path, *, steps: int = 300,
@@ -179,7 +202,7 @@ def distill_student(teacher_dir: Path, n_layers: int, out_dir: Path, *, steps: i
     """Initialise, distill and save the student; returns the record written to `distillation.json`."""
     import torch
 
-    from edgecompile.compiler.hf import _pooling, load_tokenizer, tokenize
+    from edgecompile.compiler.hf import _pooling, load_tokenizer, scoring_rule, tokenize
 
     if steps < 1:
         raise ConfigError(f"--steps {steps}: must be >= 1", hint="e.g. --steps 300")
@@ -187,7 +210,10 @@ def distill_student(teacher_dir: Path, n_layers: int, out_dir: Path, *, steps: i
     _check_output(out_dir, teacher_dir)
     if texts is None:
         texts, data_identity = read_texts(None)
-    teacher = load_encoder(teacher_dir)
+    classifier = is_sequence_classifier(teacher_dir)
+    teacher = load_encoder(teacher_dir, classifier)
+    head = scoring_rule(teacher.config.to_dict(), int(teacher.config.num_labels)) if classifier else None
+    out_key, out_label, out_what = OUTPUT_TERMS[head]
     n_teacher = int(teacher.config.num_hidden_layers)
     layers = layer_map(n_teacher, n_layers)
     pooling, _, _ = _pooling(teacher_dir)
@@ -218,7 +244,7 @@ def distill_student(teacher_dir: Path, n_layers: int, out_dir: Path, *, steps: i
         with torch.no_grad():
             t_out = teacher(**inputs, output_hidden_states=True, output_attentions=True)
         s_out = student(**inputs, output_hidden_states=True, output_attentions=True)
-        terms = _terms(t_out, s_out, inputs["attention_mask"], layers, pooling)
+        terms = _terms(t_out, s_out, inputs["attention_mask"], layers, pooling, head)
         if scale is None:
             scale = [1.0 / max(float(t.detach()), 1e-12) for t in terms]
         loss = sum(w * t for w, t in zip(scale, terms))
@@ -231,19 +257,20 @@ def distill_student(teacher_dir: Path, n_layers: int, out_dir: Path, *, steps: i
         history.append(vals)
         if progress is not None and (step % every == 0 or step == 1 or step == steps):
             progress.info(f"  distill step {step}/{steps}: loss {float(loss.detach()):.4f} (hidden {vals[0]:.5f}, "
-                          f"attention {vals[1]:.6f}, 1-cos {vals[2]:.5f})  {time.perf_counter() - t0:.0f} s")
+                          f"attention {vals[1]:.6f}, {out_label} {vals[2]:.5f})  {time.perf_counter() - t0:.0f} s")
     seconds = time.perf_counter() - t0
     n_params = lambda m: int(sum(p.numel() for p in m.parameters()))  # noqa: E731
     first, last = history[0], [float(np.mean([h[i] for h in history[-min(10, len(history)):]])) for i in range(3)]
     record = {
         "teacher": teacher_name or teacher_dir.resolve().name, "teacher_layers": n_teacher,
         "student_layers": n_layers, "layer_map": {f"student {k + 1}": f"teacher {t + 1}" for k, t in enumerate(layers)},
-        "init": "layer dropping: teacher embeddings, pooler and the mapped layers",
-        "losses": "hidden-state MSE + attention-probability MSE + (1 - pooled cosine), each / its step-0 value",
+        "init": "layer dropping: teacher embeddings, pooler, the mapped layers" + (" and the head" if head else ""),
+        "losses": f"hidden-state MSE + attention-probability MSE + {out_what}, each / its step-0 value",
+        "head": head,
         "steps": steps, "batch_size": batch_size, "lr": lr, "max_length": max_length, "seed": seed,
         "data": data_identity or f"{len(texts)} texts", "texts": len(texts), "pooling": pooling,
-        "loss_first": dict(zip(("hidden", "attention", "one_minus_cos"), first)),
-        "loss_last10": dict(zip(("hidden", "attention", "one_minus_cos"), last)),
+        "loss_first": dict(zip(("hidden", "attention", out_key), first)),
+        "loss_last10": dict(zip(("hidden", "attention", out_key), last)),
         "params": {"teacher": n_params(teacher), "student": n_params(student)}, "train_seconds": round(seconds, 1),
     }
     _save(student.eval(), teacher_dir, out_dir, record)
@@ -322,7 +349,8 @@ def distill_and_build(teacher: str, n_layers: int, *, student_dir: str | Path | 
                          precision=precision, config=config, progress=progress)
         with progress.step("compare", "teacher vs student: size, interleaved encode latency, metrics"):
             cmp = compare_text_bundles(t_bundle.path, bundle.path)
-    section = {"kind": "hf-layer-distillation", "teacher": tname, "metric": "mean cosine to teacher",
+    metric = "label agreement with teacher" if cmp.get("task") == "text-classification" else "mean cosine to teacher"
+    section = {"kind": "hf-layer-distillation", "teacher": tname, "metric": metric,
                "rows": comparison_rows(cmp, record["params"]), "comparison": cmp, "training": record,
                "student_dir": str(student_dir)}
     _add_to_report(bundle.path, section, config)
