@@ -211,6 +211,7 @@ def test_bad_hf_inputs_are_one_line_errors(tiny_embed_dir, tmp_path, capfd):
     broken = tmp_path / "no-tokenizer"
     shutil.copytree(tiny_embed_dir, broken)
     (broken / "tokenizer.json").unlink()
+    (broken / "vocab.txt").unlink()                   # (with vocab.txt the slow tokenizer is converted)
     rc, out, err = run_cli("build", broken, "-o", tmp_path / "x")
     assert rc == 1 and "no tokenizer.json" in err and "hint:" in err and "Traceback" not in err
     rc, out, err = run_cli("build", "models/digits", "--task", "feature-extraction", "-o", tmp_path / "y")

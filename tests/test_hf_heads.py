@@ -153,34 +153,3 @@ def test_single_logit_agreement_is_the_sign_of_the_logit():
     assert METRICS["confident_agreement"].per_sample(out, ref).tolist() == [1.0, 0.0, 1.0, 1.0]
     two = np.array([[0.1, 0.9], [0.8, 0.2]])
     assert decisions(two).tolist() == [1, 0]
-
-
-@pytest.mark.parametrize("safetensors", [True, False])
-def test_sharded_checkpoints_build_and_distill(tmp_path, safetensors):
-    """save_pretrained's sharded weights (model-0000k-of-0000n.safetensors or pytorch_model-...bin plus the
-    index) are a model directory like a single file: the bundle matches transformers, and a distilled student
-    gets its own weights, none of the teacher's shards or index."""
-    import torch
-    from transformers import AutoModelForSequenceClassification
-
-    import edgecompile
-    from edgecompile.compiler.hf_distill import distill_student
-    from edgecompile.runtime import load
-
-    directory, _ = _head_dir(tmp_path / "teacher", num_labels=2)
-    model = AutoModelForSequenceClassification.from_pretrained(directory).eval()
-    sharded = tmp_path / "sharded"
-    model.save_pretrained(sharded, max_shard_size="500KB", safe_serialization=safetensors)
-    index = "model.safetensors.index.json" if safetensors else "pytorch_model.bin.index.json"
-    assert (sharded / index).is_file() and len(list(sharded.glob("*-of-*"))) >= 2
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
-        shutil.copyfile(MINILM / name, sharded / name)
-    bundle = edgecompile.build(sharded, target="cpu", backend="ort", precision="fp32", output=tmp_path / "b")
-    with load(bundle.path) as runner:
-        res = runner.classify(PAIRS)
-    with torch.no_grad():
-        want = torch.softmax(model(**_encoded(PAIRS, sharded)).logits, -1).numpy()
-    np.testing.assert_allclose(res["probabilities"], want, atol=1e-4)
-    distill_student(sharded, 1, tmp_path / "student", steps=2, batch_size=4)
-    names = sorted(p.name for p in (tmp_path / "student").iterdir())
-    assert "model.safetensors" in names and not [n for n in names if "-of-" in n or n.endswith(".index.json")]

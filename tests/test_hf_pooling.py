@@ -1,7 +1,7 @@
 """Every sentence-transformers pooling mode a 1_Pooling/config.json may declare, appended to the exported
 graph: the bundle's embeddings against sentence-transformers' definitions computed here in torch on the
 model's last_hidden_state (texts of different lengths, so padding is exercised). Tiny random BERTs as in
-tests/test_hf.py. And the usable length of RoBERTa-family position embeddings."""
+tests/test_hf.py."""
 from __future__ import annotations
 
 import json
@@ -78,37 +78,3 @@ def test_two_pooling_modes_are_a_one_line_error(base_dir, tmp_path):
     cfg_file.write_text(json.dumps(cfg))
     with pytest.raises(ModelLoadError, match=r"enables \['mean', 'cls'\]; exactly one of mean, cls, max, "):
         resolve_source(str(d))
-
-
-def test_roberta_position_offset_caps_the_length(tmp_path):
-    """RoBERTa-family position ids start after the padding index: 514 position embeddings hold 512 tokens.
-    A text longer than that is truncated to what fits (it used to crash in the position Gather)."""
-    import torch
-    from transformers import AutoTokenizer, RobertaConfig, RobertaModel
-
-    import edgecompile
-    from edgecompile.compiler.hf import usable_positions
-    from edgecompile.runtime import load
-    from test_hf import MINILM, ST_FILES
-
-    assert usable_positions({"model_type": "roberta", "max_position_embeddings": 514, "pad_token_id": 1}) == 512
-    assert usable_positions({"model_type": "bert", "max_position_embeddings": 512, "pad_token_id": 0}) == 512
-    torch.manual_seed(0)
-    cfg = RobertaConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=40, pad_token_id=0)
-    d = tmp_path / "roberta"
-    RobertaModel(cfg).eval().save_pretrained(d)
-    for name in ST_FILES:
-        (shutil.copytree if (MINILM / name).is_dir() else shutil.copyfile)(MINILM / name, d / name)
-    pool_cfg = json.loads((d / "1_Pooling" / "config.json").read_text())
-    (d / "1_Pooling" / "config.json").write_text(json.dumps({**pool_cfg, "word_embedding_dimension": 32}))
-    b = edgecompile.build(d, target="cpu", backend="ort", precision="fp32", output=tmp_path / "b")
-    assert b.manifest["frontend"]["max_length"] == 39
-    long = " ".join(["word"] * 100)
-    with load(b.path) as runner, pytest.warns(RuntimeWarning, match="longer than 39 tokens were truncated"):
-        got = runner.encode([long])
-    enc = AutoTokenizer.from_pretrained(d)([long], truncation=True, max_length=39, return_tensors="pt")
-    with torch.no_grad():
-        hidden = RobertaModel.from_pretrained(d).eval()(**enc).last_hidden_state
-    want = torch.nn.functional.normalize(hidden.mean(1), dim=1).numpy()
-    np.testing.assert_allclose(got, want, atol=2e-5)

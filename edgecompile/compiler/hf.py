@@ -25,7 +25,7 @@ from pathlib import Path
 
 from edgecompile.data import Dataset, TensorSpec
 from edgecompile.compiler.hf_export import EMBEDDING_OUTPUT, MIN_AGREEMENT, MIN_COSINE, OPSET  # noqa: F401
-from edgecompile.compiler.hf_export import SAFETENSORS, TORCH_BIN
+from edgecompile.compiler.hf_export import SAFETENSORS, TORCH_BIN, tokenizer_file
 from edgecompile.errors import ConfigError, DataError, ModelLoadError
 
 TASKS = ("feature-extraction", "text-classification")
@@ -61,12 +61,13 @@ class HfModelSource:
     path: Path | None = None            # the exported ONNX (set by hf_source)
     lora: object = None                 # an edgecompile.compiler.lora.Adapter merged before export
     adapter: dict | None = None         # its record (path, sha256, r, alpha, targets) for the manifest
+    tokenizer_path: Path | None = None  # tokenizer.json: the directory's, or converted from its slow tokenizer
     _tokenizer: object = field(default=None, repr=False)
 
     # -- data ------------------------------------------------------------------------------
     def tokenizer(self):
         if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.directory / "tokenizer.json", self.max_length)
+            self._tokenizer = load_tokenizer(self.tokenizer_path or self.directory / "tokenizer.json", self.max_length)
         return self._tokenizer
 
     @property
@@ -110,7 +111,7 @@ class HfModelSource:
 
     def write_frontend(self, writer) -> dict:
         """Copy the tokenizer into the bundle (a hashed artifact); the manifest's `frontend` record."""
-        shutil.copyfile(self.directory / "tokenizer.json", writer.path("tokenizer.json"))
+        shutil.copyfile(self.tokenizer_path or self.directory / "tokenizer.json", writer.path("tokenizer.json"))
         writer.add_artifact("tokenizer.json", "tokenizer")
         return self.frontend_spec()
 
@@ -244,9 +245,7 @@ def hf_source(directory: str | Path, task: str | None = None, *, name: str | Non
     if not any((directory / n).is_file() for n in (*SAFETENSORS, *TORCH_BIN)):
         raise ModelLoadError(f"{directory}: no model.safetensors or pytorch_model.bin (nor a sharded index of them)",
                              hint="save the model with save_pretrained (safetensors preferred)")
-    if not (directory / "tokenizer.json").is_file():
-        raise ModelLoadError(f"{directory}: no tokenizer.json (the bundle's runtime needs a fast tokenizer)",
-                             hint="AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR) writes one")
+    tokenizer_path = tokenizer_file(directory)        # the directory's, or converted from a slow tokenizer
     archs = config.get("architectures") or []
     default_task = "text-classification" if any(a.endswith("ForSequenceClassification") for a in archs) \
         else "feature-extraction"
@@ -291,6 +290,7 @@ def hf_source(directory: str | Path, task: str | None = None, *, name: str | Non
         max_length=max_length,
         class_labels=labels,
         scoring=scoring,
+        tokenizer_path=tokenizer_path,
         model_type=ORT_MODEL_TYPES.get(config["model_type"], "bert"),
         lora=adapter,
         adapter=adapter.record() if adapter is not None else None,

@@ -203,6 +203,7 @@ def distill_student(teacher_dir: Path, n_layers: int, out_dir: Path, *, steps: i
     import torch
 
     from edgecompile.compiler.hf import _pooling, load_tokenizer, scoring_rule, tokenize
+    from edgecompile.compiler.hf_export import tokenizer_file
 
     if steps < 1:
         raise ConfigError(f"--steps {steps}: must be >= 1", hint="e.g. --steps 300")
@@ -221,7 +222,7 @@ def distill_student(teacher_dir: Path, n_layers: int, out_dir: Path, *, steps: i
     student = init_student(teacher, layers).train()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    tok = load_tokenizer(teacher_dir / "tokenizer.json", max_length)
+    tok = load_tokenizer(tokenizer_file(teacher_dir), max_length)
     names = ["input_ids", "attention_mask", "token_type_ids"]
     accepted = set(teacher.forward.__code__.co_varnames)
     names = [n for n in names if n in accepted]

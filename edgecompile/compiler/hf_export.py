@@ -102,6 +102,48 @@ def is_weight_file(name: str) -> bool:
                         name) is not None
 
 
+# the files a slow (Python) tokenizer is made from: a directory without tokenizer.json is converted once
+SLOW_TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt",
+                        "spiece.model", "sentencepiece.bpe.model", "tokenizer.model", "added_tokens.json")
+
+
+def tokenizer_file(directory: Path) -> Path:
+    """The directory's tokenizer.json, or one converted from its slow tokenizer's files by transformers
+    (cached by their content); raises a one-line ModelLoadError when there is neither."""
+    directory = Path(directory)
+    own = directory / "tokenizer.json"
+    if own.is_file():
+        return own
+    files = [directory / n for n in SLOW_TOKENIZER_FILES if (directory / n).is_file()]
+    hint = "AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR) writes one"
+    if not any(f.name not in ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json") for f in files):
+        raise ModelLoadError(f"{directory}: no tokenizer.json, nor a vocabulary to make one from", hint=hint)
+    from edgecompile.cache import content_key, subdir
+
+    key = content_key("hf-tokenizer/v1", *[(f.name, hashlib.sha256(f.read_bytes()).hexdigest()) for f in files])
+    out = subdir("hf-tokenizer") / key[:32] / "tokenizer.json"
+    if out.is_file():
+        return out
+    _quiet()
+    try:
+        from transformers import AutoTokenizer
+
+        with warnings.catch_warnings(), redirect_stderr(io.StringIO()), redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            tok = AutoTokenizer.from_pretrained(str(directory), use_fast=True, local_files_only=True)
+        if not tok.is_fast:
+            raise ValueError("transformers has no fast version of this tokenizer")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        tok.backend_tokenizer.save(str(tmp))
+        tmp.replace(out)
+    except Exception as exc:  # noqa: BLE001  (conversion errors come from many libraries)
+        msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
+        raise ModelLoadError(f"{directory}: no tokenizer.json, and converting its slow tokenizer failed ({msg})",
+                             hint=hint) from None
+    return out
+
+
 def _load_torch_model(src):
     _quiet()
     try:
