@@ -39,13 +39,25 @@ def mlp_onnx(tmp_path_factory):
     return d / "mlp.onnx", d / "data.npz"
 
 
-def test_digits_int8_cli_done_when(tmp_path):
+def _build_json(monkeypatch, *args) -> dict:
+    """`edgecompile build ... --json` in process, without the speed fallback: digits runs in ~0.03 ms and its
+    INT8 graph measures ~10 % slower than FP32 on some CPUs, where the build rightly ships FP32
+    (test_slowdown_gate_needs_a_consistent_loss); these tests are about the INT8 record."""
+    from click.testing import CliRunner
+
+    from edgecompile.cli.main import cli
+    from edgecompile.compiler import precision as precision_stage
+
+    monkeypatch.setattr(precision_stage, "measurably_slower", lambda lat: False)
+    res = CliRunner().invoke(cli, ["build", *map(str, args), "--json"])
+    assert res.exit_code == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+def test_digits_int8_cli_done_when(tmp_path, monkeypatch):
     out = tmp_path / "OUT"
-    code, stdout, stderr = run_cli(
-        "build", "models/digits", "--target", "cpu", "--backend", "ort", "--precision", "int8", "-o", out, "--json"
-    )
-    assert code == 0, stderr
-    rep = json.loads(stdout)
+    rep = _build_json(monkeypatch, "models/digits", "--target", "cpu", "--backend", "ort", "--precision", "int8",
+                      "-o", out)
     assert rep["precision"] == "int8" and rep["requested_precision"] == "int8"
     assert abs(rep["accuracy"]["delta"]) <= 0.005
     q = rep["quantization"]
@@ -70,14 +82,10 @@ def test_digits_int8_cli_done_when(tmp_path):
         assert next(iter(res.values())).shape == (1, 10)
 
 
-def test_onnx_source_int8_with_calibration_flags(digits_onnx, tmp_path):
+def test_onnx_source_int8_with_calibration_flags(digits_onnx, tmp_path, monkeypatch):
     model, data = digits_onnx
-    code, stdout, stderr = run_cli(
-        "build", model, "--backend", "ort", "--precision", "int8", "--data", data, "--calibrate", "percentile",
-        "--calib-samples", "32", "-o", tmp_path / "b", "--json"
-    )
-    assert code == 0, stderr
-    rep = json.loads(stdout)
+    rep = _build_json(monkeypatch, model, "--backend", "ort", "--precision", "int8", "--data", data, "--calibrate",
+                      "percentile", "--calib-samples", "32", "-o", tmp_path / "b")
     assert rep["precision"] == "int8"
     assert rep["quantization"]["calibration"]["method"] == "percentile"
     assert rep["quantization"]["calibration"]["samples"] == 32
