@@ -266,6 +266,14 @@ def test_classifier_teacher_gives_a_classifier_student(tmp_path):
                for d in (teacher, tmp_path / "student")]
     assert bundles[1].manifest["frontend"]["task"] == "text-classification"
     cmp = compare_text_bundles(bundles[0].path, bundles[1].path, rounds=1, seconds=0.05)
-    assert cmp["task"] == "text-classification" and cmp["eval_texts"] > 0 and 0.0 <= cmp["label_agreement"] <= 1.0
+    from edgecompile.compiler.textdata import corpus_split
+    from edgecompile.runtime import load
+
+    texts = corpus_split("polarity", "eval")
+    with load(bundles[0].path) as t, load(bundles[1].path) as s:
+        pt, ps = t.classify(texts)["probabilities"], s.classify(texts)["probabilities"]
+    assert cmp["task"] == "text-classification" and cmp["eval_texts"] == len(texts)
+    assert cmp["label_agreement"] == pytest.approx(float((pt.argmax(1) == ps.argmax(1)).mean()))
+    assert cmp["mean_abs_score_diff"] == pytest.approx(float(np.abs(pt - ps).mean()), rel=1e-6)
     rows = comparison_rows(cmp)
     assert rows[0]["label agreement with teacher"] == "100.0 %" and "mean cosine to teacher" not in rows[1]

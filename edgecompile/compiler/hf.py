@@ -25,7 +25,7 @@ from pathlib import Path
 
 from edgecompile.data import Dataset, TensorSpec
 from edgecompile.compiler.hf_export import EMBEDDING_OUTPUT, MIN_AGREEMENT, MIN_COSINE, OPSET  # noqa: F401
-from edgecompile.compiler.hf_export import SAFETENSORS, TORCH_BIN, tokenizer_file
+from edgecompile.compiler.hf_export import SAFETENSORS, TORCH_BIN, has_classification_head, tokenizer_file
 from edgecompile.errors import ConfigError, DataError, ModelLoadError
 
 TASKS = ("feature-extraction", "text-classification")
@@ -61,13 +61,16 @@ class HfModelSource:
     path: Path | None = None            # the exported ONNX (set by hf_source)
     lora: object = None                 # an edgecompile.compiler.lora.Adapter merged before export
     adapter: dict | None = None         # its record (path, sha256, r, alpha, targets) for the manifest
-    tokenizer_path: Path | None = None  # tokenizer.json: the directory's, or converted from its slow tokenizer
+    tokenizer_path: Path | None = None  # tokenizer.json: the directory's (None), or converted from a slow tokenizer
     _tokenizer: object = field(default=None, repr=False)
+
+    def __post_init__(self):
+        self.tokenizer_path = self.tokenizer_path or self.directory / "tokenizer.json"
 
     # -- data ------------------------------------------------------------------------------
     def tokenizer(self):
         if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.tokenizer_path or self.directory / "tokenizer.json", self.max_length)
+            self._tokenizer = load_tokenizer(self.tokenizer_path, self.max_length)
         return self._tokenizer
 
     @property
@@ -96,9 +99,7 @@ class HfModelSource:
         """`--data` given as a text file (edgecompile.runtime.textfile), tokenized like the corpora."""
         from edgecompile.runtime.textfile import text_file_dataset
 
-        return text_file_dataset(path, self.tokenizer(), input_names=[s.name for s in self.inputs],
-                                 buckets=buckets(self.max_length), max_length=self.max_length, task=self.task,
-                                 class_labels=None if self.scoring == "none" else self.class_labels)
+        return text_file_dataset(path, self.tokenizer(), self.frontend_spec())
 
     # -- bundle --------------------------------------------------------------------------
     def frontend_spec(self) -> dict:
@@ -111,7 +112,7 @@ class HfModelSource:
 
     def write_frontend(self, writer) -> dict:
         """Copy the tokenizer into the bundle (a hashed artifact); the manifest's `frontend` record."""
-        shutil.copyfile(self.tokenizer_path or self.directory / "tokenizer.json", writer.path("tokenizer.json"))
+        shutil.copyfile(self.tokenizer_path, writer.path("tokenizer.json"))
         writer.add_artifact("tokenizer.json", "tokenizer")
         return self.frontend_spec()
 
@@ -247,8 +248,7 @@ def hf_source(directory: str | Path, task: str | None = None, *, name: str | Non
                              hint="save the model with save_pretrained (safetensors preferred)")
     tokenizer_path = tokenizer_file(directory)        # the directory's, or converted from a slow tokenizer
     archs = config.get("architectures") or []
-    default_task = "text-classification" if any(a.endswith("ForSequenceClassification") for a in archs) \
-        else "feature-extraction"
+    default_task = "text-classification" if has_classification_head(config) else "feature-extraction"
     task = task or default_task
     if task not in TASKS:
         raise ConfigError(f"unsupported --task {task!r}", hint=f"one of: {', '.join(TASKS)}")

@@ -30,10 +30,10 @@ import numpy as np
 
 from edgecompile.errors import ConfigError, DataError, ModelLoadError
 
-# files of the teacher directory that are not copied into the student (weights -- also is_weight_file's
-# shards and indexes --, config, docs, exports)
-_NOT_COPIED = {"config.json", "model.safetensors", "pytorch_model.bin", "README.md", "distillation.json",
-               "onnx", "openvino", "model.onnx", ".git", "__pycache__"}
+# files of the teacher directory that are not copied into the student (config, docs, exports; the weights,
+# whole or sharded, are hf_export.is_weight_file's)
+_NOT_COPIED = {"config.json", "README.md", "distillation.json", "onnx", "openvino", "model.onnx", ".git",
+               "__pycache__"}
 _LAYER_KEY = re.compile(r"^(.*\blayers?)\.(\d+)\.(.+)$")
 
 
@@ -91,11 +91,13 @@ def read_texts(path: str | Path | None) -> tuple[list[str], str]:
 
 
 def is_sequence_classifier(directory: Path) -> bool:
+    from edgecompile.compiler.hf_export import has_classification_head
+
     try:
-        archs = json.loads((Path(directory) / "config.json").read_text()).get("architectures") or []
-    except (OSError, ValueError, AttributeError):
+        config = json.loads((Path(directory) / "config.json").read_text())
+        return isinstance(config, dict) and has_classification_head(config)
+    except (OSError, ValueError):
         return False
-    return any(str(a).endswith("ForSequenceClassification") for a in archs)
 
 
 def load_encoder(directory: Path, classifier: bool = False):

@@ -92,6 +92,11 @@ SAFETENSORS = ("model.safetensors", "model.safetensors.index.json")
 TORCH_BIN = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
+def has_classification_head(config: dict) -> bool:
+    """config.json names a sequence-classification architecture (BertForSequenceClassification, ...)."""
+    return any(str(a).endswith("ForSequenceClassification") for a in config.get("architectures") or [])
+
+
 def uses_safetensors(directory: Path) -> bool:
     return any((directory / n).is_file() for n in SAFETENSORS)
 

@@ -136,6 +136,13 @@ def tokenize(tokenizer, texts: list[str], input_names: list[str], buckets: list[
     return {name: arrays[name] for name in input_names}, truncated
 
 
+def tokenize_for(tokenizer, texts: list, frontend: dict) -> tuple[dict[str, np.ndarray], list[int]]:
+    """`tokenize` by the rules of a text `frontend` record (input names, max length, length buckets)."""
+    max_length = int(frontend["max_length"])
+    return tokenize(tokenizer, texts, list(frontend["input_names"]),
+                    [int(b) for b in frontend.get("buckets") or [max_length]], max_length)
+
+
 def pool(hidden: np.ndarray, mask: np.ndarray, pooling: str, normalize: bool) -> np.ndarray:
     m = mask[:, :, None].astype(np.float32)
     if pooling == "mean":

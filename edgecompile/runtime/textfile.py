@@ -78,12 +78,13 @@ def _columns(path: Path, rows: list[dict]) -> tuple[list, list | None]:
     return texts, labels if all(given) else None
 
 
-def label_indices(path, labels: list, class_labels: list[str] | None, task: str) -> np.ndarray:
-    """Class indices of `labels` (names from id2label, or indices)."""
+def label_indices(path, labels: list, frontend: dict) -> np.ndarray:
+    """Class indices of `labels` (names from id2label, or indices) for a model with this frontend record."""
+    task, class_labels = frontend.get("task", "feature-extraction"), frontend.get("labels")
     if task != "text-classification":
         raise DataError(f"{path}: labels are for classification models, this one is {task}",
                         hint="drop the label column")
-    if not class_labels:
+    if frontend.get("scoring") == "none" or not class_labels:
         raise DataError(f"{path}: labels are for classification heads, this model's is a regression head",
                         hint="drop the label column (the build then bounds the outputs' closeness to FP32)")
     out = []
@@ -102,15 +103,15 @@ def label_indices(path, labels: list, class_labels: list[str] | None, task: str)
     return np.asarray(out, np.int64)
 
 
-def text_file_dataset(path, tokenizer, *, input_names: list[str], buckets: list[int], max_length: int,
-                      task: str, class_labels: list[str] | None) -> Dataset:
-    """A Dataset of token arrays (and labels) from a text data file."""
-    from edgecompile.runtime.text import tokenize
+def text_file_dataset(path, tokenizer, frontend: dict) -> Dataset:
+    """A Dataset of token arrays (and labels) from a text data file, tokenized by the rules of a text
+    `frontend` record (the manifest's, or the source's frontend_spec): input names, max length, buckets."""
+    from edgecompile.runtime.text import tokenize_for
 
     texts, labels = read_text_file(path)
-    feeds, truncated = tokenize(tokenizer, texts, input_names, buckets, max_length)
+    feeds, truncated = tokenize_for(tokenizer, texts, frontend)
     if truncated:
-        warnings.warn(f"{Path(path).name}: {len(truncated)} text(s) truncated to {max_length} tokens",
+        warnings.warn(f"{Path(path).name}: {len(truncated)} text(s) truncated to {frontend['max_length']} tokens",
                       RuntimeWarning, stacklevel=2)
-    y = None if labels is None else label_indices(path, labels, class_labels, task)
+    y = None if labels is None else label_indices(path, labels, frontend)
     return Dataset(f"file:{Path(path).name}", feeds, y, meta={"text_file": True})

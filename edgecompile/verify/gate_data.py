@@ -49,26 +49,27 @@ def text_dataset(spec: str, identity: str, bundle: Bundle) -> Dataset:
     """A text bundle's evaluation texts (`corpus:split`, see compiler.textdata) tokenized again with the
     bundle's own tokenizer and length buckets, as the build did."""
     from edgecompile.compiler.textdata import corpus_split
-    from edgecompile.runtime.text import tokenize
-    from edgecompile.runtime.tokenizer import read_tokenizer_json
+    from edgecompile.runtime.text import tokenize_for
 
     fe = bundle.manifest.get("frontend") or {}
     if fe.get("kind") != "text":
         raise DataError(f"evaluation data {identity!r} are texts, but {bundle.path} is not a text bundle",
                         hint="pass the data with --data FILE.npz")
     corpus, _, split = spec.partition(":")
-    max_length = int(fe["max_length"])
-    tok = read_tokenizer_json(bundle.artifact("tokenizer"), max_length)
-    feeds, _ = tokenize(tok, corpus_split(corpus, split), list(fe["input_names"]),
-                        [int(b) for b in fe.get("buckets") or [max_length]], max_length)
+    feeds, _ = tokenize_for(_bundle_tokenizer(bundle, fe), corpus_split(corpus, split), fe)
     return Dataset(identity, feeds, meta={"texts": spec})
+
+
+def _bundle_tokenizer(bundle: Bundle, fe: dict):
+    from edgecompile.runtime.tokenizer import read_tokenizer_json
+
+    return read_tokenizer_json(bundle.artifact("tokenizer"), int(fe["max_length"]))
 
 
 def load_file(data, bundle: Bundle, inputs) -> Dataset:
     """`--data` of `baseline`/`check`: a .npz of input arrays, or for a text bundle a text data file
     (edgecompile.runtime.textfile) tokenized with the bundle's own tokenizer and length buckets."""
     from edgecompile.runtime.textfile import is_text_file, text_file_dataset
-    from edgecompile.runtime.tokenizer import read_tokenizer_json
 
     fe = bundle.manifest.get("frontend") or {}
     if not is_text_file(data):
@@ -76,12 +77,7 @@ def load_file(data, bundle: Bundle, inputs) -> Dataset:
     if fe.get("kind") != "text":
         raise DataError(f"{data}: a text file, but {bundle.path} is not a text bundle",
                         hint="pass the data as a .npz of input arrays")
-    max_length = int(fe["max_length"])
-    return text_file_dataset(data, read_tokenizer_json(bundle.artifact("tokenizer"), max_length),
-                             input_names=list(fe["input_names"]), max_length=max_length,
-                             buckets=[int(b) for b in fe.get("buckets") or [max_length]],
-                             task=fe.get("task", "feature-extraction"),
-                             class_labels=None if fe.get("scoring") == "none" else fe.get("labels"))
+    return text_file_dataset(data, _bundle_tokenizer(bundle, fe), fe)
 
 
 def bundle_dataset(bundle: Bundle, data: str | Path | None = None) -> Dataset:
